@@ -1,0 +1,274 @@
+"""The model contract shared by the logistic, softmax and MLP models.
+
+A model owns a dict of parameter arrays and nothing else between calls: every method is a pure
+function of ``(params, X, y)``. The objective of every model is
+
+    E = L(X, y) + l2 * sum_W ||W||^2 + l1 * sum_W |W|
+
+where ``L`` is the cross-entropy, a mean over the batch (``reduction="mean"``) or a sum
+(``reduction="sum"``, seed 000's summed gradients), and the sums run over the weight matrices
+(biases too when ``regularize_bias=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from digitlab.errors import ConfigError, ShapeError
+from digitlab.models.functional import penalty_grad_, penalty_value
+
+REDUCTIONS = ("mean", "sum")
+INITS = ("zeros", "normal", "fan_in", "uniform")
+
+
+def as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
+    """Return ``rng`` if it is a Generator, else a new Generator seeded with it."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+def init_weight(
+    shape: tuple[int, int], method: str, rng: np.random.Generator, dtype: np.dtype
+) -> np.ndarray:
+    """Draw an initial weight matrix.
+
+    Parameters
+    ----------
+    shape : (fan_in, fan_out)
+    method : {"zeros", "normal", "fan_in", "uniform"}
+        All zeros; standard normal; normal with std ``1/sqrt(fan_in)``; uniform on [-1, 1].
+    rng : numpy.random.Generator
+    dtype : numpy dtype
+
+    Returns
+    -------
+    ndarray (fan_in, fan_out)
+    """
+    if method == "zeros":
+        return np.zeros(shape, dtype=dtype)
+    if method == "normal":
+        return rng.standard_normal(shape).astype(dtype)
+    if method == "fan_in":
+        return (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(dtype)
+    if method == "uniform":
+        return rng.uniform(-1.0, 1.0, shape).astype(dtype)
+    raise ConfigError(f"init={method!r} is not one of {', '.join(INITS)}")
+
+
+def _check_nonneg(name: str, value: float) -> float:
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+class Model:
+    """Base class: parameters, penalty, validation and the flat view used by L-BFGS.
+
+    Subclasses set ``kind`` and implement ``logits``, ``forward`` and ``_data_loss_and_grad``.
+
+    Parameters
+    ----------
+    l1, l2 : float
+        Penalty strengths (the reports' lambda).
+    reduction : {"mean", "sum"}
+        Whether the cross-entropy is averaged or summed over the batch.
+    regularize_bias : bool
+        Whether the penalty also covers the bias vectors.
+    dtype : numpy dtype
+        float32 (default, the fast path) or float64 (for gradient checks and exact optima).
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        reduction: str = "mean",
+        regularize_bias: bool = False,
+        dtype: Any = np.float32,
+    ) -> None:
+        self.l1 = _check_nonneg("l1", l1)
+        self.l2 = _check_nonneg("l2", l2)
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"reduction={reduction!r} is not one of {', '.join(REDUCTIONS)}")
+        self.reduction = reduction
+        self.regularize_bias = bool(regularize_bias)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.params: dict[str, np.ndarray] = {}
+        self.n_features = 0
+        self.n_classes = 0
+
+    # ----------------------------------------------------------------- subclass hooks
+    def logits(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _data_loss_and_grad(
+        self, X: np.ndarray, y: np.ndarray, scale: float
+    ) -> tuple[float, dict[str, np.ndarray]]:  # pragma: no cover - abstract
+        """Summed cross-entropy over the batch and ``scale`` times its gradient."""
+        raise NotImplementedError
+
+    def _data_loss_sum(self, X: np.ndarray, y: np.ndarray) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able hyperparameters from which :func:`digitlab.models.build_model` rebuilds."""
+        return {
+            "kind": self.kind,
+            "n_features": self.n_features,
+            "n_classes": self.n_classes,
+            "l1": self.l1,
+            "l2": self.l2,
+            "reduction": self.reduction,
+            "regularize_bias": self.regularize_bias,
+            "dtype": self.dtype.name,
+        }
+
+    # ----------------------------------------------------------------- public API
+    @property
+    def penalized(self) -> list[str]:
+        """Names of the parameters the penalty covers."""
+        return [k for k in self.params if k.startswith("W") or self.regularize_bias]
+
+    @property
+    def weights(self) -> list[str]:
+        """Names of the weight matrices (not the biases)."""
+        return [k for k in self.params if k.startswith("W")]
+
+    def penalty(self) -> float:
+        """``l2 * sum(W**2) + l1 * sum(|W|)`` over the penalized parameters."""
+        if not (self.l1 or self.l2):
+            return 0.0
+        return sum(penalty_value(self.params[k], self.l1, self.l2) for k in self.penalized)
+
+    def weight_norm(self) -> float:
+        """L2 norm of all weight matrices together (biases excluded)."""
+        return float(
+            np.sqrt(sum(float(np.vdot(self.params[k], self.params[k])) for k in self.weights))
+        )
+
+    def loss_and_grad(self, X: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """The regularised objective and its gradient.
+
+        Parameters
+        ----------
+        X : ndarray (n, d)
+        y : ndarray of int (n,)
+
+        Returns
+        -------
+        loss : float
+            Cross-entropy (mean or sum over the batch, see ``reduction``) plus the penalty.
+        grads : dict of ndarray
+            Same keys and shapes as ``params``.
+        """
+        X = self.check_X(X)
+        y = self.check_y(y, X.shape[0])
+        scale = 1.0 / X.shape[0] if self.reduction == "mean" else 1.0
+        loss_sum, grads = self._data_loss_and_grad(X, y, scale)
+        loss = loss_sum * scale
+        if self.l1 or self.l2:
+            for k in self.penalized:
+                penalty_grad_(grads[k], self.params[k], self.l1, self.l2)
+            loss += self.penalty()
+        return loss, grads
+
+    def loss(self, X: np.ndarray, y: np.ndarray, *, penalty: bool = True) -> float:
+        """The objective without its gradient (``penalty=False``: cross-entropy alone)."""
+        X = self.check_X(X)
+        y = self.check_y(y, X.shape[0])
+        value = self._data_loss_sum(X, y)
+        if self.reduction == "mean":
+            value /= X.shape[0]
+        return value + (self.penalty() if penalty else 0.0)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Most probable class of each row.
+
+        Parameters
+        ----------
+        X : ndarray (n, d)
+
+        Returns
+        -------
+        ndarray of int64 (n,)
+        """
+        z = self.logits(X)
+        if z.ndim == 1:
+            return (z > 0).astype(np.int64)
+        return z.argmax(axis=1)
+
+    def accuracy(self, X: np.ndarray, y: np.ndarray) -> float:
+        """Fraction of rows whose predicted class equals ``y``."""
+        return float(np.mean(self.predict(X) == np.asarray(y)))
+
+    def copy(self) -> Model:
+        """A deep copy (parameters copied)."""
+        from digitlab.models import build_model
+
+        return build_model(self.config(), {k: v.copy() for k, v in self.params.items()})
+
+    def astype(self, dtype: Any) -> Model:
+        """A copy whose parameters and arithmetic use ``dtype``."""
+        cfg = self.config() | {"dtype": np.dtype(dtype).name}
+        from digitlab.models import build_model
+
+        return build_model(cfg, {k: v.astype(dtype) for k, v in self.params.items()})
+
+    # ----------------------------------------------------------------- flat view (L-BFGS)
+    def get_flat(self) -> np.ndarray:
+        """All parameters concatenated into one float64 vector (key order of ``params``)."""
+        return np.concatenate([v.ravel() for v in self.params.values()]).astype(np.float64)
+
+    def set_flat(self, theta: np.ndarray) -> None:
+        """Inverse of :meth:`get_flat`: write a flat vector back into ``params``."""
+        offset = 0
+        for v in self.params.values():
+            v[...] = theta[offset : offset + v.size].reshape(v.shape)
+            offset += v.size
+        if offset != theta.size:
+            raise ShapeError(f"flat parameter vector has {theta.size} values, model has {offset}")
+
+    # ----------------------------------------------------------------- validation
+    def check_X(self, X: np.ndarray) -> np.ndarray:
+        """Validate ``X (n, d)`` and return it in the model's dtype (no copy if it already is)."""
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ShapeError(
+                f"X must have shape (n, {self.n_features}) for this {self.kind} model, "
+                f"got {X.shape}"
+            )
+        if X.shape[0] == 0:
+            raise ShapeError("X has no rows")
+        if X.dtype != self.dtype:
+            X = X.astype(self.dtype)
+        return X
+
+    def check_y(self, y: np.ndarray, n: int) -> np.ndarray:
+        """Validate integer labels ``y (n,)`` in ``[0, n_classes)``."""
+        y = np.asarray(y)
+        if y.shape != (n,):
+            raise ShapeError(f"y must have shape ({n},) to match X, got {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+                y = y.astype(np.int64)
+            else:
+                raise ShapeError(f"y must hold integer class labels, got dtype {y.dtype}")
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= self.n_classes:
+            raise ShapeError(
+                f"labels must lie in [0, {self.n_classes - 1}] for this {self.kind} model, "
+                f"got values in [{lo}, {hi}]"
+            )
+        return y

@@ -1,0 +1,200 @@
+"""Pure array functions the models are built from.
+
+Shape convention (used everywhere in digitlab): ``X (n, d)``, ``W (d, k)``, ``b (k,)``,
+logits ``Z (n, k)``, integer labels ``y (n,)``.
+
+Each function states whether it returns a sum or a mean. Functions whose name ends in ``_``
+overwrite their first argument to avoid allocating a second ``(n, k)`` array in the hot path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit
+
+ACTIVATIONS = ("tanh", "sigmoid", "relu")
+
+
+def activate_(z: np.ndarray, name: str) -> np.ndarray:
+    """Apply a hidden activation in place.
+
+    Parameters
+    ----------
+    z : ndarray (n, h)
+        Pre-activations; overwritten by the activations.
+    name : {"tanh", "sigmoid", "relu"}
+
+    Returns
+    -------
+    ndarray (n, h)
+        ``z`` itself.
+    """
+    if name == "tanh":
+        return np.tanh(z, out=z)
+    if name == "sigmoid":
+        return expit(z, out=z)
+    if name == "relu":
+        return np.maximum(z, 0, out=z)
+    raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+
+
+def activation_backward_(delta: np.ndarray, a: np.ndarray, name: str) -> np.ndarray:
+    """Multiply an upstream gradient by the activation's derivative, in place.
+
+    The derivative is written in terms of the activation's *output* ``a``:
+    tanh' = 1 - a**2, sigmoid' = a (1 - a), relu' = [a > 0].
+
+    Parameters
+    ----------
+    delta : ndarray (n, h)
+        dLoss/da; overwritten by dLoss/dz.
+    a : ndarray (n, h)
+        The activation output of the forward pass.
+    name : {"tanh", "sigmoid", "relu"}
+
+    Returns
+    -------
+    ndarray (n, h)
+        ``delta`` itself.
+    """
+    if name == "tanh":
+        delta *= 1.0 - a * a
+    elif name == "sigmoid":
+        delta *= a * (1.0 - a)
+    elif name == "relu":
+        delta *= a > 0
+    else:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return delta
+
+
+def softmax_(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in place, stable (the row maximum is subtracted first).
+
+    Parameters
+    ----------
+    z : ndarray (n, k)
+        Logits; overwritten by probabilities.
+
+    Returns
+    -------
+    ndarray (n, k)
+        ``z`` itself, rows summing to one.
+    """
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax (log-sum-exp form, never ``log(0)``).
+
+    Parameters
+    ----------
+    z : ndarray (n, k)
+
+    Returns
+    -------
+    ndarray (n, k)
+    """
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax_cross_entropy_(z: np.ndarray, y: np.ndarray, scale: float) -> tuple[float, np.ndarray]:
+    """Summed cross-entropy of softmax(z) against labels, and its gradient, fused.
+
+    Uses ``-log p_y = logsumexp(z) - z_y`` for the loss and ``dL/dz = p - onehot(y)``
+    for the gradient, so no log of a probability is ever taken.
+
+    Parameters
+    ----------
+    z : ndarray (n, k)
+        Logits; overwritten by the gradient.
+    y : ndarray of int (n,)
+        Labels in ``[0, k)``.
+    scale : float
+        Factor applied to the gradient (``1/n`` for a mean loss, ``1`` for a sum).
+
+    Returns
+    -------
+    loss_sum : float
+        ``sum_i -log softmax(z_i)[y_i]`` (a sum over the batch, not a mean).
+    grad : ndarray (n, k)
+        ``scale * (softmax(z) - onehot(y))``, stored in ``z``.
+    """
+    rows = np.arange(z.shape[0])
+    z -= z.max(axis=1, keepdims=True)
+    z_y = z[rows, y]  # fancy indexing copies, so z may be overwritten below
+    np.exp(z, out=z)
+    s = z.sum(axis=1)
+    loss_sum = float(np.sum(np.log(s), dtype=np.float64) - np.sum(z_y, dtype=np.float64))
+    z /= s[:, None]
+    z[rows, y] -= 1.0
+    if scale != 1.0:
+        z *= scale
+    return loss_sum, z
+
+
+def softmax_cross_entropy(z: np.ndarray, y: np.ndarray) -> float:
+    """Summed softmax cross-entropy without the gradient (``z`` is not modified).
+
+    Parameters
+    ----------
+    z : ndarray (n, k)
+    y : ndarray of int (n,)
+
+    Returns
+    -------
+    float
+        ``sum_i -log softmax(z_i)[y_i]``.
+    """
+    m = z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0]
+    return float(
+        np.sum(lse, dtype=np.float64) - np.sum(z[np.arange(z.shape[0]), y], dtype=np.float64)
+    )
+
+
+def binary_cross_entropy(z: np.ndarray, t: np.ndarray) -> float:
+    """Summed binary cross-entropy of sigmoid(z) against 0/1 targets.
+
+    Uses ``-[t log s(z) + (1-t) log(1-s(z))] = log(1 + e^z) - t z`` (``np.logaddexp``), stable
+    for any ``z``.
+
+    Parameters
+    ----------
+    z : ndarray (n,)
+        Logits.
+    t : ndarray (n,)
+        Targets in {0, 1}.
+
+    Returns
+    -------
+    float
+        The sum over the batch.
+    """
+    return float(np.sum(np.logaddexp(0.0, z), dtype=np.float64) - np.dot(t.astype(z.dtype), z))
+
+
+def penalty_value(w: np.ndarray, l1: float, l2: float) -> float:
+    """``l2 * sum(w**2) + l1 * sum(|w|)`` for one parameter array."""
+    value = 0.0
+    if l2:
+        value += l2 * float(np.vdot(w, w))
+    if l1:
+        value += l1 * float(np.abs(w).sum(dtype=np.float64))
+    return value
+
+
+def penalty_grad_(grad: np.ndarray, w: np.ndarray, l1: float, l2: float) -> np.ndarray:
+    """Add the penalty's gradient ``2 l2 w + l1 sign(w)`` to ``grad`` in place.
+
+    ``sign(0) = 0``: the subgradient of ``|w|`` at zero that keeps zero weights at zero.
+    """
+    if l2:
+        grad += (2.0 * l2) * w
+    if l1:
+        grad += l1 * np.sign(w)
+    return grad

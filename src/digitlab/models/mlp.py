@@ -1,0 +1,122 @@
+"""Feed-forward network: hidden layers with tanh/sigmoid/relu, softmax output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from digitlab.errors import ConfigError
+from digitlab.models.base import Model, as_generator, init_weight
+from digitlab.models.functional import (
+    ACTIVATIONS,
+    activate_,
+    activation_backward_,
+    softmax_,
+    softmax_cross_entropy,
+    softmax_cross_entropy_,
+)
+
+
+class MLPModel(Model):
+    """Multi-layer perceptron with a softmax output.
+
+    Layer ``i`` (1-based) maps ``a_{i-1} (n, n_{i-1})`` to ``z_i = a_{i-1} W{i} + b{i}``
+    with ``W{i} (n_{i-1}, n_i)`` and ``b{i} (n_i,)``; hidden layers apply ``activation``,
+    the last one the softmax.
+
+    Parameters
+    ----------
+    n_features : int
+    n_classes : int
+    hidden : sequence of int
+        Hidden layer sizes; ``()`` gives softmax regression.
+    activation : {"tanh", "sigmoid", "relu"}
+    init : {"zeros", "normal", "fan_in", "uniform"}
+        Weight initialisation (biases start at zero).
+    rng : Generator or int or None
+    **kwargs
+        ``l1``, ``l2``, ``reduction``, ``regularize_bias``, ``dtype`` (see :class:`Model`).
+    """
+
+    kind = "mlp"
+
+    def __init__(
+        self,
+        n_features: int,
+        n_classes: int,
+        hidden: Sequence[int] = (400,),
+        activation: str = "tanh",
+        *,
+        init: str = "fan_in",
+        rng: np.random.Generator | int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        hidden = tuple(int(h) for h in hidden)
+        if any(h < 1 for h in hidden):
+            raise ConfigError(f"hidden layer sizes must be >= 1, got {hidden}")
+        self.n_features, self.n_classes = int(n_features), int(n_classes)
+        self.hidden, self.activation, self.init = hidden, activation, init
+        gen = as_generator(rng)
+        sizes = (self.n_features, *hidden, self.n_classes)
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
+            self.params[f"W{i}"] = init_weight((n_in, n_out), init, gen, self.dtype)
+            self.params[f"b{i}"] = np.zeros(n_out, dtype=self.dtype)
+
+    @property
+    def n_layers(self) -> int:
+        """Number of weight layers (hidden layers + 1)."""
+        return len(self.hidden) + 1
+
+    def config(self) -> dict[str, Any]:
+        return super().config() | {
+            "hidden": list(self.hidden),
+            "activation": self.activation,
+            "init": self.init,
+        }
+
+    def _forward_hidden(self, X: np.ndarray) -> list[np.ndarray]:
+        """Activations ``[X, a_1, ..., a_{L-1}]`` of the input and every hidden layer."""
+        acts = [X]
+        for i in range(1, self.n_layers):
+            z = acts[-1] @ self.params[f"W{i}"]
+            z += self.params[f"b{i}"]
+            acts.append(activate_(z, self.activation))
+        return acts
+
+    def _output_logits(self, a: np.ndarray) -> np.ndarray:
+        L = self.n_layers
+        z = a @ self.params[f"W{L}"]
+        z += self.params[f"b{L}"]
+        return z
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """Output-layer logits, shape (n, k)."""
+        return self._output_logits(self._forward_hidden(self.check_X(X))[-1])
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities, shape (n, k)."""
+        return softmax_(self.logits(X))
+
+    def _data_loss_sum(self, X: np.ndarray, y: np.ndarray) -> float:
+        return softmax_cross_entropy(self._output_logits(self._forward_hidden(X)[-1]), y)
+
+    def _data_loss_and_grad(
+        self, X: np.ndarray, y: np.ndarray, scale: float
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        acts = self._forward_hidden(X)
+        loss_sum, delta = softmax_cross_entropy_(self._output_logits(acts[-1]), y, scale)
+        grads: dict[str, np.ndarray] = {}
+        # Backpropagation, layer L down to 1: delta holds dE/dz_i, shape (n, n_i).
+        for i in range(self.n_layers, 0, -1):
+            a_prev = acts[i - 1]
+            grads[f"W{i}"] = a_prev.T @ delta  # (n_{i-1}, n_i)
+            grads[f"b{i}"] = delta.sum(axis=0)  # (n_i,)
+            if i > 1:
+                delta = delta @ self.params[f"W{i}"].T  # dE/da_{i-1}
+                activation_backward_(delta, a_prev, self.activation)  # dE/dz_{i-1}
+        return loss_sum, {k: grads[k] for k in self.params}
