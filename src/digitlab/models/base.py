@@ -17,7 +17,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from digitlab.errors import ConfigError, ShapeError
-from digitlab.models.functional import penalty_grad_, penalty_value
+from digitlab.models.functional import (
+    binary_cross_entropy,
+    penalty_grad_,
+    penalty_value,
+    softmax_cross_entropy,
+)
 
 REDUCTIONS = ("mean", "sum")
 INITS = ("zeros", "normal", "fan_in", "uniform")
@@ -192,6 +197,25 @@ class Model:
         if self.reduction == "mean":
             value /= X.shape[0]
         return value + (self.penalty() if penalty else 0.0)
+
+    def loss_sum_and_correct(self, X: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        """Summed cross-entropy (no penalty) and number of correct predictions, one pass.
+
+        Parameters
+        ----------
+        X : ndarray (n, d)
+        y : ndarray of int (n,)
+
+        Returns
+        -------
+        loss_sum : float
+        n_correct : int
+        """
+        y = self.check_y(y, np.shape(X)[0])
+        z = self.logits(X)
+        if z.ndim == 1:
+            return binary_cross_entropy(z, y), int(np.count_nonzero((z > 0) == y))
+        return softmax_cross_entropy(z, y), int(np.count_nonzero(z.argmax(axis=1) == y))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Most probable class of each row.

@@ -1,0 +1,121 @@
+"""Update rules (hand-worked steps), schedules (the annealing formula) and L-BFGS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from digitlab import LogisticModel, MLPModel, SoftmaxModel
+from digitlab.errors import ConfigError
+from digitlab.optim import SGD, Constant, InverseTime, StepDecay, lbfgs, make_schedule
+
+
+def test_plain_gradient_descent_step_by_hand():
+    params = {"W": np.array([[1.0, -2.0]]), "b": np.array([0.5])}
+    grads = {"W": np.array([[0.1, 0.4]]), "b": np.array([-1.0])}
+    SGD().step(params, grads, lr=0.5)
+    np.testing.assert_allclose(params["W"], [[0.95, -2.2]])
+    np.testing.assert_allclose(params["b"], [1.0])
+
+
+def test_momentum_two_steps_by_hand():
+    opt = SGD(momentum=0.9)
+    p = {"w": np.array([1.0])}
+    opt.step(p, {"w": np.array([2.0])}, lr=0.1)  # v = 2, p = 1 - 0.2
+    np.testing.assert_allclose(p["w"], [0.8])
+    opt.step(p, {"w": np.array([1.0])}, lr=0.1)  # v = 0.9*2 + 1 = 2.8, p = 0.8 - 0.28
+    np.testing.assert_allclose(p["w"], [0.52])
+    np.testing.assert_allclose(opt.state_dict()["w"], [2.8])
+
+
+def test_momentum_state_round_trip():
+    a, b = SGD(momentum=0.5), SGD(momentum=0.5)
+    pa, pb = {"w": np.ones(3)}, {"w": np.ones(3)}
+    a.step(pa, {"w": np.arange(3.0)}, 0.1)
+    b.load_state_dict(a.state_dict())
+    pb["w"][...] = pa["w"]
+    a.step(pa, {"w": np.ones(3)}, 0.1)
+    b.step(pb, {"w": np.ones(3)}, 0.1)
+    np.testing.assert_array_equal(pa["w"], pb["w"])
+
+
+@pytest.mark.parametrize("mu", [-0.1, 1.0])
+def test_momentum_range(mu):
+    with pytest.raises(ConfigError, match="momentum"):
+        SGD(momentum=mu)
+
+
+def test_inverse_time_annealing_formula():
+    s = InverseTime(eta0=0.0015, T=3, unit="epoch")
+    for epoch in range(10):
+        assert s(step=999, epoch=epoch) == pytest.approx(0.0015 / (1 + epoch / 3))
+    assert s(0, 3) == pytest.approx(0.0015 / 2)  # halves at t = T
+    per_step = InverseTime(eta0=0.01, T=1000, unit="step")
+    assert per_step(step=2000, epoch=0) == pytest.approx(0.01 / 3)
+
+
+def test_step_decay_and_constant():
+    s = StepDecay(eta0=1.0, gamma=0.5, every=2)
+    assert [s(0, e) for e in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    assert Constant(0.3)(100, 7) == 0.3
+
+
+@pytest.mark.parametrize("schedule", [Constant(0.1), InverseTime(0.1, 3.0), StepDecay(0.1, 0.5, 3)])
+def test_schedule_config_round_trip(schedule):
+    assert make_schedule(schedule.config()) == schedule
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"name": "cosine", "eta0": 1},
+        {"name": "inverse_time", "eta0": 0.1, "T": 0},
+        {"name": "constant", "eta0": -1},
+        {"name": "inverse_time", "eta0": 0.1, "T": 1, "unit": "h"},
+    ],
+)
+def test_bad_schedules(cfg):
+    with pytest.raises(ConfigError):
+        make_schedule(cfg)
+
+
+def _problem(n=200, d=10, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    y = (X[:, :k] + 0.8 * rng.standard_normal((n, k))).argmax(axis=1)
+    return X, y
+
+
+def test_lbfgs_reaches_a_stationary_point_softmax():
+    X, y = _problem()
+    res = lbfgs(SoftmaxModel(10, 3, l2=1e-3), X, y)
+    assert res.converged
+    assert res.grad_norm < 1e-5
+    # no gradient-descent run can go below the optimum of the same objective
+    model = SoftmaxModel(10, 3, l2=1e-3, dtype=np.float64)
+    for _ in range(300):
+        _, g = model.loss_and_grad(X, y)
+        for k in model.params:
+            model.params[k] -= 0.5 * g[k]
+    assert model.loss(X, y) >= res.objective - 1e-12
+
+
+def test_lbfgs_logistic_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _problem(k=2)
+    alpha = 1e-2
+    res = lbfgs(LogisticModel(10, l2=alpha), X, y)
+    assert res.grad_norm < 1e-5
+    # sklearn minimises 0.5||w||^2 + C sum(CE); ours mean(CE) + alpha ||w||^2 => C = 1/(2 alpha n)
+    ref = LogisticRegression(C=1 / (2 * alpha * len(y)), tol=1e-12, max_iter=10000).fit(X, y)
+    np.testing.assert_allclose(res.model.params["W"][:, 0], ref.coef_[0], atol=1e-5)
+    np.testing.assert_allclose(res.model.params["b"], ref.intercept_, atol=1e-5)
+
+
+def test_lbfgs_refuses_nonconvex_or_l1():
+    X, y = _problem()
+    with pytest.raises(ConfigError, match="convex"):
+        lbfgs(MLPModel(10, 3, hidden=(4,)), X, y)
+    with pytest.raises(ConfigError, match="l1"):
+        lbfgs(SoftmaxModel(10, 3, l1=0.1), X, y)

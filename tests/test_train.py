@@ -1,0 +1,340 @@
+"""Trainer: batching, shuffling, evaluation schedule, early stopping, checkpoints, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from digitlab import MLPModel, SoftmaxModel
+from digitlab.checkpoint import load_checkpoint
+from digitlab.errors import CheckpointError, ConfigError, DivergenceError
+from digitlab.optim import SGD, InverseTime
+from digitlab.train import (
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    History,
+    Trainer,
+    resolve_batch_size,
+    resolve_eval_every,
+)
+
+
+def _data(n=120, d=8, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    y = (X[:, :k] + 0.5 * rng.standard_normal((n, k))).argmax(axis=1)
+    return X, y
+
+
+def _record_batches(trainer, X, y, epochs):
+    seen = []
+    original = trainer.model.loss_and_grad
+
+    def spy(Xb, yb):
+        seen.append(Xb[:, 0].copy())
+        return original(Xb, yb)
+
+    trainer.model.loss_and_grad = spy
+    trainer.fit((X, y), epochs=epochs)
+    return seen
+
+
+def test_resolve_batch_size():
+    assert resolve_batch_size("full", 50) == 50
+    assert resolve_batch_size(0.1, 18000) == 1800
+    assert resolve_batch_size(128, 100) == 100
+    assert resolve_batch_size(1, 100) == 1
+    for bad in (0, -3, 1.5, "half", True):
+        with pytest.raises(ConfigError):
+            resolve_batch_size(bad, 10)
+
+
+def test_resolve_eval_every():
+    assert resolve_eval_every("epoch", 140) == 140
+    assert resolve_eval_every(0.2, 140) == 28  # seed 004: steps_per_epoch // 5
+    assert resolve_eval_every(7, 140) == 7
+    with pytest.raises(ConfigError):
+        resolve_eval_every(0.0, 10)
+
+
+def test_no_shuffle_keeps_stored_order_and_shuffle_is_seeded():
+    X, y = _data(n=10)
+    X[:, 0] = np.arange(10)
+    plain = _record_batches(Trainer(SoftmaxModel(8, 3), batch_size=4, shuffle=False), X, y, 2)
+    assert [b.tolist() for b in plain] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] * 2
+    a = _record_batches(Trainer(SoftmaxModel(8, 3), batch_size=4, rng=3), X, y, 2)
+    b = _record_batches(Trainer(SoftmaxModel(8, 3), batch_size=4, rng=3), X, y, 2)
+    c = _record_batches(Trainer(SoftmaxModel(8, 3), batch_size=4, rng=4), X, y, 2)
+    assert [x.tolist() for x in a] == [x.tolist() for x in b]
+    assert [x.tolist() for x in a] != [x.tolist() for x in c]
+    first_epoch = np.concatenate(a[:3])
+    assert sorted(first_epoch.tolist()) == list(range(10))  # a permutation: each row once
+    assert np.concatenate(a[3:]).tolist() != first_epoch.tolist()  # a new order per epoch
+
+
+def test_drop_last_and_replacement():
+    X, y = _data(n=10)
+    X[:, 0] = np.arange(10)
+    dropped = _record_batches(Trainer(SoftmaxModel(8, 3), batch_size=4, drop_last=True), X, y, 1)
+    assert [len(b) for b in dropped] == [4, 4]
+    sgd = _record_batches(
+        Trainer(SoftmaxModel(8, 3), batch_size=1, replacement=True, rng=0), X, y, 3
+    )
+    assert len(sgd) == 30 and all(len(b) == 1 for b in sgd)
+    drawn = np.concatenate(sgd)
+    assert len(np.unique(drawn)) < 30  # with replacement: repeats occur
+
+
+def test_full_batch_one_step_per_epoch_and_eval_records():
+    X, y = _data()
+    trainer = Trainer(SoftmaxModel(8, 3, l2=0.01), schedule=0.5)
+    hist = trainer.fit((X[:100], y[:100]), (X[100:], y[100:]), epochs=5)
+    assert trainer.step == 5 and len(hist) == 5
+    rec = hist.records[-1]
+    for key in (
+        "step",
+        "epoch",
+        "lr",
+        "weight_norm",
+        "train_loss",
+        "train_objective",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+    ):
+        assert key in rec
+    assert rec["train_objective"] == pytest.approx(rec["train_loss"] + trainer.model.penalty())
+    assert rec["weight_norm"] == pytest.approx(trainer.model.weight_norm())
+    assert np.all(np.diff(hist.series("train_objective")) < 0)  # GD descends
+
+
+def test_eval_every_fraction_of_epoch():
+    X, y = _data(n=100)
+    trainer = Trainer(SoftmaxModel(8, 3), batch_size=10, eval_every=0.2)
+    hist = trainer.fit((X, y), epochs=2)
+    assert hist.series("step").tolist() == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    assert hist.series("epoch").tolist() == pytest.approx([0.2 * i for i in range(1, 11)])
+
+
+def test_annealed_rate_is_applied_per_epoch():
+    X, y = _data(n=100)
+    trainer = Trainer(SoftmaxModel(8, 3), schedule=InverseTime(1.0, T=2), batch_size=50)
+    hist = trainer.fit((X, y), epochs=3)
+    assert hist.series("lr").tolist() == pytest.approx([1.0, 1 / 1.5, 0.5])
+
+
+class Scripted(Callback):
+    """Replaces val_loss with a scripted curve and marks params with the evaluation index."""
+
+    def __init__(self, curve):
+        self.curve, self.i = curve, 0
+
+    def on_evaluate(self, trainer, record):
+        record["val_loss"] = self.curve[self.i]
+        trainer.model.params["b"][...] = self.i
+        self.i += 1
+
+
+def test_early_stopping_on_a_synthetic_curve():
+    X, y = _data()
+    curve = [5.0, 4.0, 3.0, 3.5, 3.2, 2.999, 3.1, 3.3, 3.4, 1.0, 0.5]
+    es = EarlyStopping("val_loss", patience=3)
+    trainer = Trainer(SoftmaxModel(8, 3), callbacks=[Scripted(curve), es])
+    hist = trainer.fit((X, y), epochs=50)
+    # best at eval 5 (2.999), then 3 evaluations without improvement: stop after eval 8
+    assert len(hist) == 9 and trainer.step == 9
+    assert es.best == 2.999 and es.best_step == 6
+    assert np.all(trainer.model.params["b"] == 5)  # the best evaluation's parameters
+    assert "early stopping" in trainer.stop_reason
+
+
+def test_early_stopping_min_delta_and_accuracy_mode():
+    X, y = _data()
+    es = EarlyStopping("val_acc", patience=2, min_delta=0.05)
+    assert es.mode == "max"
+
+    class Acc(Callback):
+        def __init__(self):
+            self.vals = iter([0.5, 0.52, 0.54, 0.9])
+
+        def on_evaluate(self, trainer, record):
+            record["val_acc"] = next(self.vals)
+
+    trainer = Trainer(SoftmaxModel(8, 3), callbacks=[Acc(), es])
+    trainer.fit((X, y), epochs=10)
+    assert trainer.step == 3  # +0.02 and +0.04 are within min_delta
+
+
+def test_early_stopping_without_validation_says_so():
+    X, y = _data()
+    trainer = Trainer(SoftmaxModel(8, 3), callbacks=[EarlyStopping("val_loss")])
+    with pytest.raises(ConfigError, match="val_loss"):
+        trainer.fit((X, y), epochs=2)
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_last_good_checkpoint(tmp_path):
+    X, y = _data()
+    ck = Checkpoint(tmp_path / "ck.npz", every=1)
+    X *= 10
+    trainer = Trainer(SoftmaxModel(8, 3), schedule=1e36, batch_size=10, callbacks=[ck])
+    with pytest.raises(DivergenceError, match="loss became"):
+        trainer.fit((X, y), epochs=5)
+    assert trainer.diverged and trainer.step >= 2
+    arrays, meta = load_checkpoint(tmp_path / "ck.npz")
+    assert 1 <= meta["progress"]["step"] <= trainer.step
+    assert all(np.all(np.isfinite(v)) for v in arrays.values() if v.dtype.kind == "f")
+
+
+def _make_trainer(seed=0, callbacks=()):
+    model = MLPModel(8, 3, hidden=(6,), rng=seed)
+    return Trainer(
+        model,
+        optimizer=SGD(momentum=0.9),
+        schedule=InverseTime(0.1, T=5, unit="step"),
+        batch_size=16,
+        eval_every=3,
+        callbacks=[EarlyStopping("val_loss", patience=100), *callbacks],
+        batch_transform=lambda Xb, rng: Xb + rng.normal(0, 0.01, Xb.shape).astype(Xb.dtype),
+        rng=seed,
+    )
+
+
+class InterruptAt(Callback):
+    def __init__(self, step):
+        self.at = step
+
+    def on_step_end(self, trainer, loss):
+        if trainer.step == self.at:
+            trainer.interrupted = True
+            trainer.request_stop("interrupted")
+
+
+@pytest.mark.parametrize("split_at", [5, 8, 16])  # mid-epoch, at an epoch's end (8 batches)
+@pytest.mark.parametrize("how", ["periodic", "interrupt"])
+def test_resume_is_bit_identical(tmp_path, split_at, how):
+    X, y = _data(n=120)
+    val = _data(n=30, seed=1)
+    full = _make_trainer()
+    full.fit((X, y), val, steps=25)
+
+    if how == "periodic":  # a checkpoint written every split_at steps of a longer run
+        first = _make_trainer(callbacks=[Checkpoint(tmp_path / "ck.npz", split_at, True)])
+        first.fit((X, y), val, steps=split_at + 1)
+        path = tmp_path / f"ck-step{split_at}.npz"
+    else:  # Ctrl-C at split_at: the end-of-training checkpoint
+        first = _make_trainer(callbacks=[InterruptAt(split_at), Checkpoint(tmp_path / "ck.npz")])
+        first.fit((X, y), val, steps=25)
+        path = tmp_path / "ck.npz"
+    arrays, meta = load_checkpoint(path)
+    assert meta["progress"]["step"] == split_at
+    resumed = _make_trainer(seed=99)  # different init and rng: everything must come back
+    resumed.load_state_dict(arrays, meta)
+    resumed.fit((X, y), val, steps=25)
+    for k in full.model.params:
+        np.testing.assert_array_equal(resumed.model.params[k], full.model.params[k])
+    assert resumed.history.records == [
+        {**r, "time": resumed.history.records[i]["time"]}
+        for i, r in enumerate(full.history.records)
+    ]
+
+
+def test_checkpoint_every_n_steps_and_contents(tmp_path):
+    X, y = _data()
+    ck = Checkpoint(tmp_path / "run" / "ck.npz", every=4, keep_steps=True)
+    trainer = Trainer(SoftmaxModel(8, 3), batch_size=10, callbacks=[ck])
+    trainer.extra_meta = {"dataset": "synthetic"}
+    trainer.fit((X, y), steps=9)
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == ["ck-step4.npz", "ck-step8.npz", "ck-step9.npz", "ck.npz"]
+    arrays, meta = load_checkpoint(tmp_path / "run" / "ck.npz")
+    assert meta["model"]["kind"] == "softmax" and meta["progress"]["step"] == 9
+    assert meta["extra"] == {"dataset": "synthetic"}
+    np.testing.assert_array_equal(arrays["model/W"], trainer.model.params["W"])
+
+
+def test_checkpoint_for_another_model_is_refused(tmp_path):
+    X, y = _data()
+    trainer = Trainer(SoftmaxModel(8, 3), callbacks=[Checkpoint(tmp_path / "ck.npz")])
+    trainer.fit((X, y), steps=1)
+    arrays, meta = load_checkpoint(tmp_path / "ck.npz")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        Trainer(MLPModel(8, 3)).load_state_dict(arrays, meta)
+
+
+def test_bad_checkpoint_files(tmp_path):
+    with pytest.raises(CheckpointError, match="no such"):
+        load_checkpoint(tmp_path / "missing.npz")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="junk.npz"):
+        load_checkpoint(junk)
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, a=np.zeros(2))
+    with pytest.raises(CheckpointError, match="not a digitlab checkpoint"):
+        load_checkpoint(plain)
+
+
+def test_history_csv_round_trip(tmp_path):
+    X, y = _data()
+    trainer = Trainer(SoftmaxModel(8, 3), schedule=0.3)
+    hist = trainer.fit((X, y), epochs=3)
+    hist.to_csv(tmp_path / "history.csv")
+    back = History.from_csv(tmp_path / "history.csv")
+    assert back.records == hist.records
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from digitlab import MLPModel
+    from digitlab.train import Checkpoint, Trainer, graceful_interrupts
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2000, 50)).astype(np.float32)
+    y = rng.integers(0, 4, 2000)
+    trainer = Trainer(MLPModel(50, 4, hidden=(64,)), batch_size=8, schedule=0.01,
+                      callbacks=[Checkpoint(sys.argv[1])])
+
+    class Ready:
+        def on_train_begin(self, t): print("ready", flush=True)
+        def on_step_end(self, t, loss): pass
+        def on_evaluate(self, t, r): pass
+        def on_train_end(self, t): pass
+        def state_dict(self): return {}, {}
+
+    trainer.callbacks.append(Ready())
+    with graceful_interrupts(trainer):
+        trainer.fit((X, y), epochs=100000)
+    print(trainer.stop_reason, trainer.step, flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, sig):
+    ck = tmp_path / "ck.npz"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(ck)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    os.kill(proc.pid, sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    reason, step = out.strip().rsplit(" ", 1)
+    assert reason == f"interrupted by {sig.name}"
+    arrays, meta = load_checkpoint(ck)
+    assert meta["progress"]["step"] == int(step) > 0
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
