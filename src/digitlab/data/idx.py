@@ -1,0 +1,179 @@
+"""Read and write IDX files, the format of MNIST, Fashion-MNIST, KMNIST and EMNIST.
+
+An IDX file is a 4-byte magic number ``00 00 TT RR`` (``TT`` the element type, ``RR`` the
+rank), ``RR`` big-endian uint32 dimensions, then the elements in C order, big-endian.
+Files may be gzip-compressed; compression is detected from the gzip magic bytes, not the name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from digitlab.errors import DataError, DatasetNotFoundError
+
+__all__ = ["IDX_DTYPES", "read_idx", "write_idx"]
+
+#: IDX element-type code -> big-endian dtype on disk.
+IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_CODES: dict[np.dtype, int] = {dt.newbyteorder("="): code for code, dt in IDX_DTYPES.items()}
+
+_GZIP_MAGIC = b"\x1f\x8b"
+# deflate cannot expand data by more than ~1032:1, so a header that claims more than this
+# many bytes per compressed byte is certainly truncated; checked before allocating.
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _read_exact(f: BinaryIO, buf: memoryview) -> int:
+    """Fill ``buf`` from ``f``; return the number of bytes read (short only at end of file)."""
+    got = 0
+    while got < len(buf):
+        n = f.readinto(buf[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an IDX file, gzip-compressed or raw.
+
+    Parameters
+    ----------
+    path
+        File to read. Compression is detected from the first two bytes.
+
+    Returns
+    -------
+    numpy.ndarray
+        Array of the file's shape ``(d0, d1, ...)`` and element type (uint8, int8, int16,
+        int32, float32 or float64), native byte order, writable.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        The file does not exist.
+    DataError
+        The header is malformed, the data is truncated or followed by trailing bytes, or the
+        gzip stream is corrupt.
+    """
+    path = Path(path)
+    name = str(path)
+    try:
+        raw = open(path, "rb")
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"{name}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{name}: cannot open ({e.strerror or e})") from None
+    try:
+        with raw:
+            compressed = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            file_size = os.fstat(raw.fileno()).st_size
+            if compressed:
+                with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                    return _read_stream(f, name, file_size, compressed=True)
+            return _read_stream(raw, name, file_size, compressed=False)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{name}: corrupt gzip stream ({e})") from None
+
+
+def _read_stream(f: BinaryIO, name: str, file_size: int, *, compressed: bool) -> np.ndarray:
+    magic = f.read(4)
+    if len(magic) < 4:
+        raise DataError(f"{name}: not an IDX file (only {len(magic)} bytes, need a 4-byte magic)")
+    if magic[0] != 0 or magic[1] != 0:
+        raise DataError(
+            f"{name}: not an IDX file (magic {magic.hex()} does not start with two zero bytes)"
+        )
+    code, rank = magic[2], magic[3]
+    if code not in IDX_DTYPES:
+        known = ", ".join(f"0x{c:02X}" for c in IDX_DTYPES)
+        raise DataError(f"{name}: unknown IDX data type code 0x{code:02X} (known: {known})")
+    if rank < 1:
+        raise DataError(f"{name}: IDX rank is 0; need at least one dimension")
+    dims_raw = f.read(4 * rank)
+    if len(dims_raw) < 4 * rank:
+        raise DataError(f"{name}: truncated IDX header (rank {rank} needs {4 * rank} dim bytes)")
+    shape = tuple(int(d) for d in np.frombuffer(dims_raw, dtype=">u4"))
+    dtype = IDX_DTYPES[code]
+    expected = math.prod(shape) * dtype.itemsize
+    header = 4 + 4 * rank
+    if not compressed and file_size - header != expected:
+        problem = "truncated" if file_size - header < expected else "trailing bytes"
+        raise DataError(
+            f"{name}: {problem}: header {shape} of {dtype.name} needs {expected} data bytes, "
+            f"file has {file_size - header}"
+        )
+    if compressed and expected > _MAX_DEFLATE_RATIO * file_size + 1024:
+        raise DataError(
+            f"{name}: truncated: header {shape} needs {expected} data bytes, more than a "
+            f"{file_size}-byte gzip file can hold"
+        )
+    out = np.empty(shape, dtype=dtype)
+    got = _read_exact(f, memoryview(out.reshape(-1).view(np.uint8)))
+    if got < expected:
+        raise DataError(f"{name}: truncated: header {shape} needs {expected} data bytes, got {got}")
+    if f.read(1):
+        raise DataError(f"{name}: trailing bytes after the {expected} data bytes")
+    if not dtype.isnative:
+        out.byteswap(inplace=True)
+    return out.view(dtype.newbyteorder("="))
+
+
+def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> Path:
+    """Write ``array`` as an IDX file, gzip-compressed when ``path`` ends in ``.gz``.
+
+    Parameters
+    ----------
+    path
+        Destination file; overwritten if it exists.
+    array
+        Array of shape ``(d0, ...)`` with at least one dimension and dtype uint8, int8, int16,
+        int32, float32 or float64 (any byte order).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    DataError
+        The dtype has no IDX code, the array is 0-d, or a dimension does not fit in uint32.
+    """
+    path = Path(path)
+    arr = np.asarray(array)
+    native = arr.dtype.newbyteorder("=")
+    if native not in _CODES:
+        known = ", ".join(np.dtype(d).name for d in _CODES)
+        raise DataError(f"{path}: cannot write dtype {arr.dtype} as IDX (supported: {known})")
+    if arr.ndim < 1 or arr.ndim > 255:
+        raise DataError(f"{path}: IDX needs 1 to 255 dimensions, got {arr.ndim}")
+    if any(d >= 2**32 for d in arr.shape):
+        raise DataError(f"{path}: dimension {arr.shape} does not fit in uint32")
+    code = _CODES[native]
+    header = bytes([0, 0, code, arr.ndim]) + np.asarray(arr.shape, dtype=">u4").tobytes()
+    body = np.ascontiguousarray(arr, dtype=IDX_DTYPES[code])
+    if path.name.endswith(".gz"):
+        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+            f.write(header)
+            f.write(memoryview(body.reshape(-1).view(np.uint8)))
+    else:
+        with open(path, "wb") as f:
+            f.write(header)
+            f.write(memoryview(body.reshape(-1).view(np.uint8)))
+    return path
