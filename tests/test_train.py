@@ -184,7 +184,7 @@ def test_divergence_stops_with_a_clear_error_and_keeps_last_good_checkpoint(tmp_
     X, y = _data()
     ck = Checkpoint(tmp_path / "ck.npz", every=1)
     X *= 10
-    trainer = Trainer(SoftmaxModel(8, 3), schedule=1e36, batch_size=10, callbacks=[ck])
+    trainer = Trainer(SoftmaxModel(8, 3), schedule=1e36, batch_size=10, callbacks=[ck], rng=0)
     with pytest.raises(DivergenceError, match="loss became"):
         trainer.fit((X, y), epochs=5)
     assert trainer.diverged and trainer.step >= 2
