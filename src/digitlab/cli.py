@@ -386,6 +386,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiments(args: argparse.Namespace) -> int:
+    from digitlab.experiments import builtin_experiments
+
+    rows = [
+        [e.name, e.seed, str(len(e.members)), e.section] for e in builtin_experiments().values()
+    ]
+    out(table(rows, ["experiment", "seed", "runs", "section"]))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    import time
+
+    from digitlab.experiments import run_experiment, select_experiments
+
+    experiments = select_experiments(args.names)
+    overrides = {"data_root": args.data_root} if args.data_root else {}
+    rows = []
+    t_all = time.perf_counter()
+    for exp in experiments:
+        out(f"== {exp.name} (seed {exp.seed}, {exp.section}): {len(exp.members)} run(s)")
+
+        def done(member: Any, metrics: dict[str, Any], name: str = exp.name) -> None:
+            accs = "  ".join(
+                f"{s} {metrics[f'{s}_acc']:.4f}"
+                for s in ("train", "val", "test")
+                if f"{s}_acc" in metrics
+            )
+            out(f"   {name} / {member.label}: {accs}  ({metrics['epochs']:g} epochs, "
+                f"{metrics['seconds']:.1f} s)")  # fmt: skip
+
+        record = run_experiment(
+            exp, args.out, n_jobs=args.jobs, scheduler=args.scheduler, overrides=overrides,
+            on_done=done,
+        )  # fmt: skip
+        for note in record["data"]["notes"]:
+            out(f"   {note}")
+        rows.append([exp.name, exp.seed, record["chosen"], f"{record['seconds']:.1f}"])
+    out("\n" + table(rows, ["experiment", "seed", "chosen run", "seconds"]))
+    out(f"total {time.perf_counter() - t_all:.1f} s; results in {args.out}/")
+    if not args.no_report:
+        return cmd_report(argparse.Namespace(runs=args.out))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from digitlab.report import write_report
+
+    html, md = write_report(Path(args.runs))
+    out(f"report: {html} and {md}")
+    return 0
+
+
 # ------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from digitlab import __version__
@@ -445,6 +498,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name", nargs="?")
     d.add_argument("--root", default=None, help="folder for the files (default: sources in order)")
     d.set_defaults(func=cmd_data)
+
+    x = sub.add_parser("experiments", help="list the experiments of the source documents")
+    x.set_defaults(func=cmd_experiments)
+
+    rp = sub.add_parser("reproduce", help="run experiments of the source documents and the report")
+    rp.add_argument("names", nargs="*", help="experiment names or TOML files (default: all)")
+    rp.add_argument("--out", default="runs", help="runs root folder (default: runs)")
+    rp.add_argument("--jobs", type=int, default=-1, help="parallel processes (default: all cores)")
+    rp.add_argument("--scheduler", default=None, help="address of a Dask distributed scheduler")
+    rp.add_argument("--data-root", default=None)
+    rp.add_argument("--no-report", action="store_true", help="skip writing runs/report.html")
+    rp.set_defaults(func=cmd_reproduce)
+
+    rr = sub.add_parser("report", help="redraw figures and runs/report.html from saved runs")
+    rr.add_argument("--runs", default="runs")
+    rr.set_defaults(func=cmd_report)
 
     m = sub.add_parser("demo", help="short softmax and MLP runs on the best MNIST data found")
     m.add_argument("--data-root", default=None)

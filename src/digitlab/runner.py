@@ -427,6 +427,11 @@ def final_metrics(trainer: Trainer, data: PreparedData) -> dict[str, Any]:
         "n_val": 0 if data.val is None else len(data.val[1]),
         "n_test": len(data.test[1]),
     }
+    pred = trainer.model.predict(data.test[0])
+    k = len(data.classes)
+    out["confusion_test"] = (
+        np.bincount(data.test[1] * k + pred, minlength=k * k).reshape(k, k).tolist()
+    )
     es = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
     if es is not None:
         out |= {"best_epoch": es.best_epoch, "best_step": es.best_step, "early_stopped": es.stopped}

@@ -1,0 +1,143 @@
+"""Experiments as data: the shipped files validate; the engine runs members in parallel
+(joblib and a Dask LocalCluster on 127.0.0.1) and writes what the report reads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from digitlab.checkpoint import load_checkpoint
+from digitlab.errors import ConfigError
+from digitlab.experiments import FIGURES, builtin_experiments, parse_experiment, run_experiment
+
+TINY = {
+    "name": "tiny",
+    "seed": "000",
+    "section": "test",
+    "title": "tiny sweep",
+    "protocol": "softmax on the embedded sample",
+    "figures": ["curves", "sweep", "table", "lbfgs"],
+    "extras": ["lbfgs", "gallery"],
+    "settings": {"model": "softmax", "dataset": "mnist-5k", "batch": 256, "lr": 0.3, "epochs": 3},
+    "grid": {"l2": [0.0, 0.01, 1.0]},
+    "published": [{"what": "test accuracy", "metric": "test_acc", "value": 0.5}],
+}
+
+
+def test_shipped_experiments_validate_and_cover_every_seed():
+    exps = builtin_experiments()
+    assert {e.seed for e in exps.values()} == {"000", "001", "002", "003", "004"}
+    for e in exps.values():
+        assert e.title and e.protocol and e.section
+        assert set(e.figures) <= set(FIGURES)
+        for m in e.members:  # every member's settings are valid Settings
+            settings = e.member_settings(m)
+            assert settings["model"] in ("logistic", "softmax", "mlp")
+    # the headline numbers of the issue are declared as published values
+    published = {(e.name, p["metric"], p["value"]) for e in exps.values() for p in e.published}
+    assert ("ucsd-softmax", "test_acc", 0.9355) in published
+    assert ("tdt4265-task2", "val_acc", 0.9575) in published
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"colour": "red"}, "unknown key"),
+        ({"figures": ["pie"]}, "unknown figure"),
+        (
+            {"published": [{"what": "x", "member": "nobody", "metric": "test_acc", "value": 1}]},
+            "unknown member",
+        ),
+        ({"settings": {"model": "svm"}}, "model='svm'"),
+        ({"grid": {"l2": []}}, "non-empty list"),
+        ({"stages": [{"lr": 0.1}]}, "steps"),
+    ],
+)
+def test_bad_experiment_files_are_refused(change, words):
+    with pytest.raises(ConfigError, match=words):
+        parse_experiment(TINY | change, "tiny.toml")
+
+
+def test_run_experiment_writes_the_report_contract(tmp_path):
+    exp = parse_experiment(TINY, "tiny.toml")
+    seen = []
+    record = run_experiment(exp, tmp_path, n_jobs=2, on_done=lambda m, r: seen.append(m.label))
+    assert sorted(seen) == ["l2=0.0", "l2=0.01", "l2=1.0"]
+    on_disk = json.loads((tmp_path / "tiny" / "experiment.json").read_text())
+    assert on_disk["chosen"] == record["chosen"]
+    vals = {m["label"]: m["metrics"]["val_acc"] for m in on_disk["members"]}
+    assert on_disk["chosen"] == max(vals, key=vals.get)
+    assert on_disk["data"]["is_sample"] is True
+    norms = {m["label"]: m["metrics"]["weight_norm"] for m in on_disk["members"]}
+    assert norms["l2=0.0"] > norms["l2=0.01"] > norms["l2=1.0"]  # more L2, smaller weights
+    for m in on_disk["members"]:
+        folder = tmp_path / "tiny" / m["folder"]
+        assert (folder / "history.csv").exists() and (folder / "checkpoint.npz").exists()
+        assert np.array(m["metrics"]["confusion_test"]).sum() == m["metrics"]["n_test"]
+    means = np.load(tmp_path / "tiny" / "class_means.npz")
+    assert means["means"].shape == (10, 28, 28) and list(means["classes"]) == [
+        str(i) for i in range(10)
+    ]
+    chosen = next(m["folder"] for m in on_disk["members"] if m["label"] == on_disk["chosen"])
+    lb = json.loads((tmp_path / "tiny" / chosen / "lbfgs.json").read_text())
+    assert lb["objective"] <= lb["gd_objective"] + 1e-9 and lb["grad_norm"] < 1e-3
+    gallery = np.load(tmp_path / "tiny" / "gallery.npz")
+    assert gallery["images"].shape[1:] == (28, 28) and len(gallery["labels"]) == len(
+        gallery["preds"]
+    )
+
+
+def test_rerun_replaces_the_experiment_folder_but_not_foreign_folders(tmp_path):
+    exp = parse_experiment(TINY | {"grid": {"l2": [0.0]}}, "tiny.toml")
+    run_experiment(exp, tmp_path, n_jobs=1)
+    run_experiment(exp, tmp_path, n_jobs=1)
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir())[0] == "class_means.npz"
+    foreign = tmp_path / "other" / "tiny"
+    foreign.mkdir(parents=True)
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not an experiment folder"):
+        run_experiment(exp, tmp_path / "other", n_jobs=1)
+    assert (foreign / "keep.txt").read_text() == "mine"
+
+
+def test_staged_training_resumes_between_stages(tmp_path):
+    staged = TINY | {
+        "settings": {"model": "mlp", "hidden": [16], "dataset": "mnist-5k", "batch": "sgd",
+                     "lr": 0.05, "l2": 1e-4, "steps": 300, "eval_every": 100},
+        "grid": {"activation": ["tanh"]},
+        "stages": [{"steps": 200, "lr": 0.05}, {"steps": 100, "lr": 0.01, "l2": 1e-5}],
+        "figures": ["curves"], "extras": [],
+    }  # fmt: skip
+    record = run_experiment(parse_experiment(staged, "staged.toml"), tmp_path, n_jobs=1)
+    folder = tmp_path / "tiny" / record["members"][0]["folder"]
+    _, first = load_checkpoint(folder / "stage-1" / "checkpoint.npz")
+    _, second = load_checkpoint(folder / "stage-2" / "checkpoint.npz")
+    assert first["progress"]["step"] == 200 and second["progress"]["step"] == 300
+    assert first["schedule"]["eta0"] == 0.05 and second["schedule"]["eta0"] == 0.01
+    assert second["model"]["l2"] == 1e-5
+    assert record["members"][0]["metrics"]["steps"] == 300
+
+
+def test_dask_cluster_gives_the_local_results(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    exp = parse_experiment(TINY | {"grid": {"l2": [0.0, 0.01]}, "extras": []}, "tiny.toml")
+    local = run_experiment(exp, tmp_path / "local", n_jobs=1)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:  # fmt: skip
+        remote = run_experiment(exp, tmp_path / "dask", scheduler=cluster.scheduler_address)
+    for a, b in zip(local["members"], remote["members"], strict=True):
+        assert a["label"] == b["label"]
+        for key in ("train_acc", "val_acc", "test_acc"):
+            assert a["metrics"][key] == b["metrics"][key]
+        assert a["metrics"]["test_loss"] == pytest.approx(b["metrics"]["test_loss"], rel=1e-5)
+
+
+def test_unreachable_scheduler_is_a_config_error(tmp_path):
+    pytest.importorskip("distributed")
+    exp = parse_experiment(TINY | {"grid": {"l2": [0.0]}}, "tiny.toml")
+    with pytest.raises(ConfigError, match="Dask scheduler"):
+        run_experiment(exp, tmp_path, scheduler="tcp://127.0.0.1:9")
