@@ -1,0 +1,658 @@
+"""scikit-learn estimators over digitlab's models, update rules and trainer.
+
+:class:`LogisticRegression` (two classes), :class:`SoftmaxRegression` (any number of classes)
+and :class:`MLPClassifier` follow scikit-learn's estimator contract, so they work in
+pipelines, grid searches and cross-validation. They only validate and delegate: the models
+(:mod:`digitlab.models`) hold the math, :class:`~digitlab.train.Trainer` the gradient loop and
+:func:`~digitlab.optim.lbfgs` the exact optimum.
+
+The objective of all three is the mean cross-entropy plus ``alpha * sum(W**2)`` (``penalty="l2"``)
+or ``alpha * sum(|W|)`` (``penalty="l1"``) over the weight matrices, biases excluded. For
+scikit-learn's ``LogisticRegression(C=C)`` on ``n`` samples the matching strength is
+``alpha = 1 / (2 * C * n)``.
+
+Precision: the gradient solvers compute in float32 when ``X`` is a float32 array (digitlab's
+fast path) and in float64 otherwise; ``solver="lbfgs"`` always computes in float64.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from numbers import Integral, Real
+from string import Template
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from scipy.special import expit, log_expit, log_softmax, softmax
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from digitlab.models import LogisticModel, MLPModel, Model, SoftmaxModel
+from digitlab.optim import SGD, Constant, InverseTime, lbfgs
+from digitlab.train import Callback, EarlyStopping, History, Trainer, evaluate, resolve_batch_size
+
+AUTO_BATCH = 200  # rows per mini-batch for batch_size="auto" (at most n)
+_DTYPES = [np.float64, np.float32]  # float32 input stays float32, anything else -> float64
+
+
+class _Verbose(Callback):
+    """Print one line per evaluation (only used when the estimator's ``verbose`` asks)."""
+
+    def on_evaluate(self, trainer: Trainer, record: dict[str, float]) -> None:
+        keys = ("train_objective", "train_acc", "val_loss", "val_acc")
+        parts = [f"{k}={record[k]:.6g}" for k in keys if k in record]
+        print(f"epoch {trainer.epoch}: " + ", ".join(parts))
+
+
+def _iterative_solver(estimator: _DigitlabClassifier) -> bool:
+    """``partial_fit`` exists only for the gradient solvers."""
+    if estimator.solver == "lbfgs":
+        raise AttributeError("partial_fit is only available for the gradient solvers, not lbfgs")
+    return True
+
+
+class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
+    """Shared logic: validation, label encoding, solvers, prediction.
+
+    Subclasses implement :meth:`_build_model` and expose the parameters in scikit-learn's
+    shapes; ``_binary_only`` marks LogisticRegression.
+    """
+
+    _binary_only: ClassVar[bool] = False
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "penalty": [StrOptions({"l2", "l1"}), None],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "solver": [StrOptions({"gd", "minibatch", "sgd", "lbfgs"})],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "anneal_T": [Interval(Real, 0, None, closed="neither"), None],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "tol": [Interval(Real, 0, None, closed="left"), None],
+        "random_state": ["random_state"],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        penalty: str | None = "l2",
+        alpha: float = 1e-4,
+        solver: str = "lbfgs",
+        batch_size: int | str = "auto",
+        learning_rate_init: float = 0.1,
+        anneal_T: float | None = None,
+        momentum: float = 0.0,
+        max_iter: int = 200,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 10,
+        shuffle: bool = True,
+        tol: float | None = 1e-4,
+        random_state: int | np.random.RandomState | None = None,
+        warm_start: bool = False,
+        verbose: int = 0,
+    ) -> None:
+        self.penalty = penalty
+        self.alpha = alpha
+        self.solver = solver
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.anneal_T = anneal_T
+        self.momentum = momentum
+        self.max_iter = max_iter
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.shuffle = shuffle
+        self.tol = tol
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _build_model(
+        self, n_features: int, n_classes: int, dtype: np.dtype, rng: np.random.Generator
+    ) -> Model:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_architecture(self, model: Model) -> None:
+        """Raise ValueError when ``model`` cannot be warm-started with these parameters."""
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = not self._binary_only
+        return tags
+
+    # ------------------------------------------------------------------ helpers
+    def _penalties(self) -> tuple[float, float]:
+        """``(l1, l2)`` strengths for the model."""
+        alpha = float(self.alpha)
+        return (alpha if self.penalty == "l1" else 0.0, alpha if self.penalty == "l2" else 0.0)
+
+    def _generator(self) -> np.random.Generator:
+        """One Generator for every random draw of a fit, derived from ``random_state``."""
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        return np.random.default_rng(seed)
+
+    def _validate_xy(self, X: Any, y: Any, *, reset: bool) -> tuple[np.ndarray, np.ndarray]:
+        X, y = validate_data(self, X, y, reset=reset, dtype=_DTYPES)
+        check_classification_targets(y)
+        return X, y
+
+    def _check_classes(self, labels: np.ndarray) -> np.ndarray:
+        """The sorted distinct labels, shape (n_classes,); at least two (exactly two if binary)."""
+        if self._binary_only:
+            kind = type_of_target(labels, input_name="y")
+            if kind != "binary":
+                raise ValueError(
+                    "Only binary classification is supported. The type of the target is "
+                    f"{kind}; use SoftmaxRegression for more than two classes."
+                )
+        classes = np.unique(labels)
+        if classes.size < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes, "
+                f"got 1 class ({classes[0]!r})"
+            )
+        return classes
+
+    def _encode(self, y: np.ndarray) -> np.ndarray:
+        """Labels -> indices into ``classes_``, shape (n,) int64."""
+        idx = np.clip(np.searchsorted(self.classes_, y), 0, self.classes_.size - 1)
+        unknown = self.classes_[idx] != y
+        if np.any(unknown):
+            raise ValueError(
+                f"y holds labels {np.unique(y[unknown])[:5].tolist()} that are not among "
+                f"classes_ {self.classes_.tolist()}"
+            )
+        return idx.astype(np.int64)
+
+    def _new_model(self, X: np.ndarray, rng: np.random.Generator) -> Model:
+        """A freshly initialised model for ``X (n, d)``, computing in ``X``'s dtype."""
+        model = self._build_model(X.shape[1], self.classes_.size, X.dtype, rng)
+        model.l1, model.l2 = self._penalties()
+        return model
+
+    def _reuse_model(self) -> Model:
+        """The fitted model, with the current penalty, for warm starts and partial_fit."""
+        model = self.model_
+        self._check_architecture(model)
+        model.l1, model.l2 = self._penalties()
+        return model
+
+    def _start_run(self, rng: np.random.Generator) -> None:
+        """Fresh optimiser state, step count and history for a gradient run."""
+        self._optimizer = SGD(self.momentum)
+        self._progress = (0, 0)  # (step, epoch), carried from call to call by partial_fit
+        self._rng = rng
+        self.history_ = History()
+
+    def _batch_spec(self) -> int | str:
+        if self.solver == "gd":
+            return "full"
+        if self.solver == "sgd":
+            return 1
+        return AUTO_BATCH if self.batch_size == "auto" else int(self.batch_size)
+
+    # ------------------------------------------------------------------ fitting
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any) -> Self:
+        """Fit the model to ``(X, y)``.
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+        y : array-like (n_samples,)
+            Class labels (any sortable type, strings included).
+
+        Returns
+        -------
+        self
+        """
+        if self.solver == "lbfgs" and self.penalty == "l1":
+            raise ValueError(
+                "solver='lbfgs' needs a smooth objective: use penalty='l2' or None, or a "
+                "gradient solver ('gd', 'minibatch', 'sgd') for penalty='l1'"
+            )
+        warm = self.warm_start and hasattr(self, "model_")
+        X, y = self._validate_xy(X, y, reset=not warm)
+        classes = self._check_classes(y)
+        if warm and not np.array_equal(classes, self.classes_):
+            raise ValueError(
+                "warm_start can only be used where y has the same classes as in the previous "
+                f"call to fit: had {self.classes_.tolist()}, got {classes.tolist()}"
+            )
+        self.classes_ = classes
+        y_enc = self._encode(y)
+        rng = self._generator()
+        if warm:
+            model = self._reuse_model()
+        else:
+            model = self._new_model(X, rng)
+        if self.solver == "lbfgs":
+            self._fit_lbfgs(model, X, y_enc)
+        else:
+            self._start_run(rng)
+            self._train(model, X, y_enc, epochs=self.max_iter, full_fit=True)
+        return self
+
+    @available_if(_iterative_solver)
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> Self:
+        """Train one epoch on ``(X, y)``, continuing the current run.
+
+        Continues the step count (for ``anneal_T``), momentum and history of the previous
+        ``fit`` or ``partial_fit``; early stopping and ``tol`` do not apply.
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+        y : array-like (n_samples,)
+        classes : array-like (n_classes,), optional
+            Every label ``y`` may hold; required on the first call.
+
+        Returns
+        -------
+        self
+        """
+        first = not hasattr(self, "model_")
+        if first and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        X, y = self._validate_xy(X, y, reset=first)
+        if first:
+            self.classes_ = self._check_classes(np.asarray(classes))
+        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(
+                f"classes={np.unique(classes).tolist()} differs from the classes of the first "
+                f"call, {self.classes_.tolist()}"
+            )
+        y_enc = self._encode(y)
+        rng = self._generator()
+        model = self._new_model(X, rng) if first else self._reuse_model()
+        if first or not hasattr(self, "_optimizer"):  # a new run (also after an lbfgs fit)
+            self._start_run(rng)
+        self._train(model, X, y_enc, epochs=1, full_fit=False)
+        return self
+
+    def _train(
+        self, model: Model, X: np.ndarray, y: np.ndarray, *, epochs: int, full_fit: bool
+    ) -> None:
+        """Run ``epochs`` epochs of the gradient solver, continuing ``self._progress``."""
+        val, stopper = None, None
+        if full_fit and self.early_stopping:
+            seed = int(self._rng.integers(np.iinfo(np.int32).max))
+            X, X_val, y, y_val = train_test_split(
+                X, y, test_size=self.validation_fraction, stratify=y, random_state=seed
+            )
+            val = (X_val, y_val)
+            stopper = EarlyStopping(
+                "val_loss", self.n_iter_no_change, min_delta=self.tol or 0.0, restore_best=True
+            )
+        elif full_fit and self.tol is not None:
+            stopper = EarlyStopping(
+                "train_objective", self.n_iter_no_change, min_delta=self.tol, restore_best=False
+            )
+        callbacks: list[Callback] = [self.history_]
+        if stopper is not None:
+            callbacks.append(stopper)
+        if self.verbose:
+            callbacks.append(_Verbose())
+        lr = float(self.learning_rate_init)
+        schedule = Constant(lr) if self.anneal_T is None else InverseTime(lr, float(self.anneal_T))
+        spec = self._batch_spec()
+        trainer = Trainer(
+            model,
+            optimizer=self._optimizer,
+            schedule=schedule,
+            batch_size=spec,
+            shuffle=self.shuffle,
+            replacement=self.solver == "sgd",
+            callbacks=callbacks,
+            rng=self._rng,
+        )
+        trainer.step, trainer.epoch = self._progress
+        steps_per_epoch = math.ceil(X.shape[0] / resolve_batch_size(spec, X.shape[0]))
+        trainer.fit((X, y), val, steps=trainer.step + epochs * steps_per_epoch)
+        self._progress = (trainer.step, trainer.epoch)
+        self.model_ = model
+        self.n_iter_ = trainer.epoch
+        if stopper is not None and not stopper.stopped:
+            monitored = "validation loss" if self.early_stopping else "training objective"
+            warnings.warn(
+                f"{type(self).__name__}: max_iter={self.max_iter} epochs reached while the "
+                f"{monitored} was still improving by more than tol={self.tol}; "
+                "increase max_iter",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+
+    def _fit_lbfgs(self, model: Model, X: np.ndarray, y: np.ndarray) -> None:
+        """Exact optimum in float64; ``tol`` bounds the largest gradient component."""
+        gtol = 0.0 if self.tol is None else float(self.tol)
+        res = lbfgs(model, X, y, max_iter=self.max_iter, gtol=gtol)
+        self.model_ = res.model
+        self.n_iter_ = res.n_iter
+        record = {"step": res.n_iter, "epoch": res.n_iter, "weight_norm": res.model.weight_norm()}
+        record |= {f"train_{k}": v for k, v in evaluate(res.model, X, y).items()}
+        self.history_ = History([record])
+        for name in ("_optimizer", "_progress", "_rng"):  # a later partial_fit starts afresh
+            self.__dict__.pop(name, None)
+        if self.verbose:
+            print(f"lbfgs: {res.n_iter} iterations, objective {res.objective:.8g}, {res.message}")
+        if not res.converged:
+            warnings.warn(
+                f"{type(self).__name__}: lbfgs did not converge in max_iter={self.max_iter} "
+                f"iterations ({res.message}); increase max_iter or scale the data",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+
+    # ------------------------------------------------------------------ prediction
+    def _logits(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=_DTYPES)
+        return self.model_.logits(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Confidence scores.
+
+        Parameters
+        ----------
+        X : array-like (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray (n_samples,) or (n_samples, n_classes)
+            For two classes the log-odds of ``classes_[1]`` (positive means ``classes_[1]``),
+            otherwise the logits of every class.
+        """
+        z = self._logits(X)
+        if z.ndim == 2 and z.shape[1] == 2:
+            return z[:, 1] - z[:, 0]
+        return z
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable class of each row, shape (n_samples,), labels from ``classes_``."""
+        z = self._logits(X)
+        idx = (z > 0).astype(np.intp) if z.ndim == 1 else z.argmax(axis=1)
+        return self.classes_[idx]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
+        z = self._logits(X)
+        if z.ndim == 1:
+            return np.column_stack([expit(-z), expit(z)])
+        return softmax(z, axis=1)
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Log of :meth:`predict_proba`, computed stably, shape (n_samples, n_classes)."""
+        z = self._logits(X)
+        if z.ndim == 1:
+            return np.column_stack([log_expit(-z), log_expit(z)])
+        return log_softmax(z, axis=1)
+
+
+_DOC_TEMPLATE = Template(
+    """$summary
+    Parameters
+    ----------
+$extra_params    penalty : {"l2", "l1"} or None
+        Weight penalty; biases are never penalised.
+    alpha : float
+        Penalty strength: the objective is mean cross-entropy + ``alpha * sum(W**2)`` (L2) or
+        ``alpha * sum(|W|)`` (L1). ``LogisticRegression(C=C)`` of scikit-learn on ``n``
+        samples matches ``alpha = 1 / (2 * C * n)``.
+    solver : $solvers
+        Full-batch gradient descent; mini-batches of ``batch_size``; single-sample SGD
+        drawing rows with replacement$lbfgs_doc.
+    batch_size : int or "auto"
+        Rows per step for ``solver="minibatch"``; "auto" is ``min(200, n_samples)``.
+    learning_rate_init : float
+        ``eta0`` of the gradient solvers.
+    anneal_T : float or None
+        Anneal the rate as ``eta0 / (1 + t / anneal_T)``, ``t`` in completed epochs;
+        None keeps it constant.
+    momentum : float
+        Heavy-ball momentum in [0, 1).
+    max_iter : int
+        Epochs for the gradient solvers; iterations for lbfgs.
+    early_stopping : bool
+        Hold out ``validation_fraction`` of the training rows (stratified), stop when the
+        validation loss has not improved by ``tol`` for ``n_iter_no_change`` epochs, and
+        restore the weights of the best epoch. Gradient solvers only.
+    validation_fraction : float
+    n_iter_no_change : int
+        Patience, in epochs, of the stopping rule. Without ``early_stopping`` the rule
+        watches the training objective (and keeps the last weights).
+    shuffle : bool
+        Reshuffle the rows every epoch (``solver="minibatch"``).
+    tol : float or None
+        Minimum improvement for the stopping rule; for lbfgs, the gradient tolerance.
+        None disables the stopping rule of the gradient solvers.
+    random_state : int, RandomState or None
+        Seeds the initial weights, batch order and validation split.
+    warm_start : bool
+        Start ``fit`` from the previous solution (the schedule and momentum restart).
+    verbose : int
+        Print one line per epoch.
+
+    Attributes
+    ----------
+    classes_ : ndarray (n_classes,)
+    n_features_in_ : int
+    n_iter_ : int
+        Epochs run in the current run (``fit`` plus later ``partial_fit`` calls), or lbfgs
+        iterations.
+    model_ : digitlab.models.Model
+        The fitted digitlab model (float32 or float64, as the training data).
+    history_ : digitlab.train.History
+        One record per epoch: ``step``, ``epoch``, ``lr``, ``weight_norm``, ``train_loss``,
+        ``train_objective``, ``train_acc`` and, with early stopping, ``val_loss``,
+        ``val_objective``, ``val_acc`` (lbfgs: one record at the optimum).
+$extra_attrs"""
+)
+
+
+def _docstring(summary: str, *, lbfgs: bool, extra_params: str = "", extra_attrs: str) -> str:
+    """Class docstring: summary, the shared parameters and attributes, and the class's own."""
+    return _DOC_TEMPLATE.substitute(
+        summary=summary,
+        extra_params=extra_params,
+        solvers='{"gd", "minibatch", "sgd", "lbfgs"}' if lbfgs else '{"gd", "minibatch", "sgd"}',
+        lbfgs_doc='; exact L-BFGS in float64 (not with ``penalty="l1"``)' if lbfgs else "",
+        extra_attrs=extra_attrs,
+    )
+
+
+class LogisticRegression(_DigitlabClassifier):
+    _binary_only = True
+
+    def _build_model(
+        self, n_features: int, n_classes: int, dtype: np.dtype, rng: np.random.Generator
+    ) -> Model:
+        return LogisticModel(n_features, init="zeros", dtype=dtype)
+
+    @property
+    def coef_(self) -> np.ndarray:
+        """Weights, shape (1, n_features) (a view of the model's ``W``)."""
+        return self.model_.params["W"].T
+
+    @property
+    def intercept_(self) -> np.ndarray:
+        """Bias, shape (1,)."""
+        return self.model_.params["b"]
+
+
+LogisticRegression.__doc__ = _docstring(
+    """Binary logistic regression, ``P(classes_[1] | x) = sigmoid(x w + b)``.
+
+    ``y`` must hold exactly two classes (any labels).
+""",
+    lbfgs=True,
+    extra_attrs="""    coef_ : ndarray (1, n_features)
+    intercept_ : ndarray (1,)
+""",
+)
+
+
+class SoftmaxRegression(_DigitlabClassifier):
+    def _build_model(
+        self, n_features: int, n_classes: int, dtype: np.dtype, rng: np.random.Generator
+    ) -> Model:
+        return SoftmaxModel(n_features, n_classes, init="zeros", dtype=dtype)
+
+    @property
+    def coef_(self) -> np.ndarray:
+        """Weights, shape (n_classes, n_features); (1, n_features) log-odds weights for two."""
+        W = self.model_.params["W"]  # (d, k)
+        if W.shape[1] == 2:
+            return (W[:, 1] - W[:, 0])[None, :]
+        return W.T
+
+    @property
+    def intercept_(self) -> np.ndarray:
+        """Biases, shape (n_classes,); (1,) for two classes."""
+        b = self.model_.params["b"]
+        if b.shape[0] == 2:
+            return b[1:] - b[:1]
+        return b
+
+
+SoftmaxRegression.__doc__ = _docstring(
+    """Softmax (multinomial logistic) regression for any number of classes, two included.
+
+    With two classes, ``coef_`` and ``intercept_`` are the differences of the two classes'
+    weights and biases (the log-odds of ``classes_[1]``), as in scikit-learn.
+""",
+    lbfgs=True,
+    extra_attrs="""    coef_ : ndarray (n_classes, n_features), or (1, n_features) for two classes
+    intercept_ : ndarray (n_classes,), or (1,) for two classes
+""",
+)
+
+_ACTIVATIONS = {"tanh": "tanh", "relu": "relu", "sigmoid": "sigmoid", "logistic": "sigmoid"}
+
+
+class MLPClassifier(_DigitlabClassifier):
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        **_DigitlabClassifier._parameter_constraints,
+        "solver": [StrOptions({"gd", "minibatch", "sgd"})],
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(set(_ACTIVATIONS))],
+    }
+
+    def __init__(
+        self,
+        hidden_layer_sizes: int | tuple[int, ...] = (100,),
+        activation: str = "tanh",
+        *,
+        penalty: str | None = "l2",
+        alpha: float = 1e-4,
+        solver: str = "minibatch",
+        batch_size: int | str = "auto",
+        learning_rate_init: float = 0.1,
+        anneal_T: float | None = None,
+        momentum: float = 0.0,
+        max_iter: int = 200,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 10,
+        shuffle: bool = True,
+        tol: float | None = 1e-4,
+        random_state: int | np.random.RandomState | None = None,
+        warm_start: bool = False,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(
+            penalty=penalty,
+            alpha=alpha,
+            solver=solver,
+            batch_size=batch_size,
+            learning_rate_init=learning_rate_init,
+            anneal_T=anneal_T,
+            momentum=momentum,
+            max_iter=max_iter,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            n_iter_no_change=n_iter_no_change,
+            shuffle=shuffle,
+            tol=tol,
+            random_state=random_state,
+            warm_start=warm_start,
+            verbose=verbose,
+        )
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+
+    def _hidden(self) -> tuple[int, ...]:
+        sizes = self.hidden_layer_sizes
+        hidden = (int(sizes),) if isinstance(sizes, Integral) else tuple(int(h) for h in sizes)
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"hidden_layer_sizes must be positive, got {hidden}")
+        return hidden
+
+    def _build_model(
+        self, n_features: int, n_classes: int, dtype: np.dtype, rng: np.random.Generator
+    ) -> Model:
+        return MLPModel(
+            n_features,
+            n_classes,
+            hidden=self._hidden(),
+            activation=_ACTIVATIONS[self.activation],
+            init="fan_in",
+            rng=rng,
+            dtype=dtype,
+        )
+
+    def _check_architecture(self, model: Model) -> None:
+        if model.hidden != self._hidden() or model.activation != _ACTIVATIONS[self.activation]:
+            raise ValueError(
+                f"cannot warm-start a {model.hidden} {model.activation} network with "
+                f"hidden_layer_sizes={self.hidden_layer_sizes}, activation={self.activation!r}"
+            )
+
+    @property
+    def coefs_(self) -> list[np.ndarray]:
+        """Weight matrices; entry ``i`` has shape (n_units[i], n_units[i + 1])."""
+        return [self.model_.params[f"W{i}"] for i in range(1, self.model_.n_layers + 1)]
+
+    @property
+    def intercepts_(self) -> list[np.ndarray]:
+        """Bias vectors; entry ``i`` has shape (n_units[i + 1],)."""
+        return [self.model_.params[f"b{i}"] for i in range(1, self.model_.n_layers + 1)]
+
+
+MLPClassifier.__doc__ = _docstring(
+    """Multi-layer perceptron with a softmax output, trained by gradient descent.
+
+    Unlike scikit-learn's MLPClassifier it offers L1 penalties, ``eta0 / (1 + t / T)``
+    annealing, a validation-loss history and restore-best early stopping.
+""",
+    lbfgs=False,
+    extra_params="""    hidden_layer_sizes : int or tuple of int
+        Units of each hidden layer.
+    activation : {"tanh", "relu", "sigmoid", "logistic"}
+        Hidden activation ("logistic" is scikit-learn's name for "sigmoid").
+""",
+    extra_attrs="""    coefs_ : list of ndarray
+        Entry ``i`` has shape (n_units[i], n_units[i + 1]).
+    intercepts_ : list of ndarray
+        Entry ``i`` has shape (n_units[i + 1],).
+""",
+)
+
+__all__ = ["LogisticRegression", "MLPClassifier", "SoftmaxRegression"]
