@@ -156,6 +156,20 @@ def test_early_stopping_on_a_synthetic_curve():
     assert "early stopping" in trainer.stop_reason
 
 
+def test_early_stopping_start_epoch_ignores_an_early_rise():
+    X, y = _data()
+    curve = [5.0, 6.0, 7.0, 8.0, 4.0, 4.5, 4.6, 4.7, 1.0]
+    es = EarlyStopping("val_loss", patience=3, start_epoch=4)
+    trainer = Trainer(SoftmaxModel(8, 3), callbacks=[Scripted(curve), es])
+    trainer.fit((X, y), epochs=50)
+    # epochs 2-3 rise but count for nothing; epochs 6, 7, 8 do: stop after the 8th evaluation
+    assert trainer.step == 8 and es.best == 4.0
+    plain = EarlyStopping("val_loss", patience=3)
+    trainer = Trainer(SoftmaxModel(8, 3), callbacks=[Scripted(curve), plain])
+    trainer.fit((X, y), epochs=50)
+    assert trainer.step == 4
+
+
 def test_early_stopping_min_delta_and_accuracy_mode():
     X, y = _data()
     es = EarlyStopping("val_acc", patience=2, min_delta=0.05)

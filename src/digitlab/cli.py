@@ -157,6 +157,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         metavar="PATIENCE",
         help="stop after PATIENCE evaluations without improvement (0: off)",
     )
+    o.add_argument("--early-stopping-start", type=float, default=S, metavar="EPOCH",
+                   help="count patience only from this epoch on")  # fmt: skip
     o.add_argument("--monitor", default=S, help="val_loss (default) or val_acc")
     o.add_argument("--min-delta", type=float, default=S)
     o.add_argument("--seed", type=int, default=S)

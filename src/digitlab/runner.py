@@ -43,8 +43,8 @@ class Settings:
     ``"epoch"``, a float fraction of an epoch or an int number of steps. ``split="seed"``
     is the reports' split (:data:`SEED_SPLIT`); ``"all"`` uses ``n_train``/``n_test``
     (None: everything) and ``holdout``. ``early_stopping`` is the patience in evaluations
-    (0: off). ``init=None`` picks the model's default (zeros for the linear models,
-    N(0, 1/fan_in) for the network).
+    (0: off), counted from epoch ``early_stopping_start``. ``init=None`` picks the model's
+    default (zeros for the linear models, N(0, 1/fan_in) for the network).
     """
 
     model: str = "softmax"
@@ -76,6 +76,7 @@ class Settings:
     steps: int | None = None
     eval_every: Any = "epoch"
     early_stopping: int = 0
+    early_stopping_start: float = 0.0
     monitor: str = "val_loss"
     min_delta: float = 0.0
     augment: bool = False
@@ -135,7 +136,7 @@ class Settings:
         one_of("dtype", ("float32", "float64"))
         if self.init is not None:
             one_of("init", INITS)
-        for name in ("l1", "l2", "min_delta", "max_rotation"):
+        for name in ("l1", "l2", "min_delta", "max_rotation", "early_stopping_start"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
@@ -349,7 +350,15 @@ def build_trainer(
         )
     cbs = list(callbacks)
     if s.early_stopping:
-        cbs.insert(0, EarlyStopping(s.monitor, patience=s.early_stopping, min_delta=s.min_delta))
+        cbs.insert(
+            0,
+            EarlyStopping(
+                s.monitor,
+                patience=s.early_stopping,
+                min_delta=s.min_delta,
+                start_epoch=s.early_stopping_start,
+            ),
+        )
     return Trainer(
         model,
         optimizer=SGD(momentum=s.momentum),

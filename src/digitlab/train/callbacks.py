@@ -113,6 +113,9 @@ class EarlyStopping(Callback):
     mode : {"auto", "min", "max"}
         ``auto``: max for keys containing "acc", else min.
     restore_best : bool
+    start_epoch : float
+        Evaluations before this epoch update the best value but never count towards the
+        patience (a curve that first rises, as seed 000's does, is not stopped at its start).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class EarlyStopping(Callback):
         min_delta: float = 0.0,
         mode: str = "auto",
         restore_best: bool = True,
+        start_epoch: float = 0.0,
     ) -> None:
         if patience < 1:
             raise ConfigError(f"early-stopping patience must be >= 1, got {patience}")
@@ -132,6 +136,7 @@ class EarlyStopping(Callback):
         self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
         self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
         self.restore_best = restore_best
+        self.start_epoch = float(start_epoch)
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_step = -1
         self.best_epoch = math.nan
@@ -156,6 +161,8 @@ class EarlyStopping(Callback):
             self.best_step, self.best_epoch = int(record["step"]), float(record["epoch"])
             if self.restore_best:
                 self.best_params = {k: v.copy() for k, v in trainer.model.params.items()}
+            return
+        if record["epoch"] < self.start_epoch:
             return
         self.wait += 1
         if self.wait >= self.patience:
