@@ -1,0 +1,34 @@
+"""Figures and the HTML/Markdown report, drawn from saved run data only (never retraining).
+
+- :func:`draw_experiment` draws the figures an ``experiment.json`` lists into ``figures/``.
+- :func:`write_report` writes ``report.html`` (self-contained) and ``report.md`` for a runs root.
+"""
+
+from __future__ import annotations
+
+from digitlab.report.document import compare, write_report
+from digitlab.report.figures import DRAWERS, draw_experiment, draw_figure, figure_paths, is_stale
+from digitlab.report.rundata import (
+    FIGURE_KINDS,
+    Experiment,
+    Member,
+    ReportError,
+    find_experiments,
+    load_experiment,
+)
+
+__all__ = [
+    "DRAWERS",
+    "FIGURE_KINDS",
+    "Experiment",
+    "Member",
+    "ReportError",
+    "compare",
+    "draw_experiment",
+    "draw_figure",
+    "figure_paths",
+    "find_experiments",
+    "is_stale",
+    "load_experiment",
+    "write_report",
+]

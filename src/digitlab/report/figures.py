@@ -1,0 +1,745 @@
+"""Figures of an experiment, drawn from its saved run data into ``<experiment>/figures/``.
+
+Every drawer takes an :class:`~digitlab.report.rundata.Experiment` and returns a
+:class:`matplotlib.figure.Figure`; nothing touches pyplot, so no global figure state is kept.
+Each kind is saved as ``<kind>.png`` (150 dpi) and ``<kind>.svg``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import PercentFormatter
+
+from digitlab.report.rundata import (
+    Experiment,
+    Member,
+    ReportError,
+    load_experiment,
+)
+
+DPI = 150
+#: Split keys in history/metrics, their names in figures, and their colours.
+SPLITS = (("train", "train", "C0"), ("val", "validation", "C1"), ("test", "test", "C2"))
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "svg.hashsalt": "digitlab",
+    "image.interpolation": "nearest",
+}
+GOOD, BAD = "#1a7f37", "#cf222e"
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _finite(values: np.ndarray | None) -> bool:
+    return values is not None and bool(np.isfinite(values).any())
+
+
+def _line_style(n: int) -> dict[str, object]:
+    """Markers when there are few points, so single evaluations stay visible."""
+    return {"marker": "o", "markersize": 3} if n <= 30 else {}
+
+
+def _zoom(ax: Axes, series: Iterable[np.ndarray], higher_better: bool) -> None:
+    """Keep a few off-scale early values (huge first losses) from flattening the curves."""
+    values = np.concatenate([s[np.isfinite(s)] for s in series] or [np.zeros(0)])
+    if values.size < 5:
+        return
+    lo, hi = float(values.min()), float(values.max())
+    if higher_better:
+        robust = float(np.percentile(values, 5))
+        if robust - lo > 0.25 * (hi - lo) > 0:
+            ax.set_ylim(bottom=robust - 0.1 * (hi - robust))
+    else:
+        robust = float(np.percentile(values, 95))
+        if hi - robust > 0.75 * (hi - lo) > 0:
+            ax.set_ylim(top=robust + 0.15 * (robust - lo), bottom=max(0.0, lo - 0.05 * robust))
+
+
+def _percent(ax: Axes) -> None:
+    """Accuracy axis in percent, never above 100%."""
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
+    bottom, top = ax.get_ylim()
+    if top > 1.0 >= bottom:
+        ax.set_ylim(top=1.0 + 0.01 * (1.0 - bottom))
+
+
+def _image(ax: Axes, img: np.ndarray, signed: bool) -> None:
+    """Show one image: signed weights in grey around 0 (bright = positive), or pixels 0..255."""
+    if signed:
+        m = float(np.abs(img).max()) or 1.0
+        ax.imshow(img, cmap="gray", vmin=-m, vmax=m)
+    else:
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+    _bare(ax)
+
+
+def _bare(ax: Axes) -> None:
+    """No axis at all (ticks and frames cost time to lay out)."""
+    ax.set_axis_off()
+
+
+def _frame(ax: Axes, color: str, width: float) -> None:
+    """A coloured frame around an axis-less image."""
+    ax.add_patch(
+        Rectangle(
+            (0, 0), 1, 1, transform=ax.transAxes, fill=False, ec=color, lw=width, clip_on=False
+        )
+    )
+
+
+def _note(ax: Axes, text: str) -> None:
+    """A small note under an axis-less image."""
+    ax.text(0.5, -0.03, text, transform=ax.transAxes, ha="center", va="top", fontsize=8)
+
+
+Tile = tuple[np.ndarray, bool, str]  # image (h, w), signed?, title
+TILE_PAD, TILE_TOP, TILE_PX_PER_INCH = 3, 11, 27.0
+
+
+def _tiles_layout(rows: list[list[Tile | None]]) -> tuple[int, int, int, int, list[int]]:
+    """``(H, W, h, w, tops)``: pixels of the grid picture, of one tile, and each row's top.
+
+    Rows with titles leave room for them above the tiles; others only a small gap.
+    """
+    first = next(t for row in rows for t in row if t is not None)
+    h, w = first[0].shape
+    ncols = max(len(r) for r in rows)
+    tops, y = [], 0
+    for row in rows:
+        y += TILE_TOP if any(t is not None and t[2] for t in row) else TILE_PAD
+        tops.append(y)
+        y += h
+    return y + TILE_PAD, ncols * (w + TILE_PAD) + TILE_PAD, h, w, tops
+
+
+def _draw_tiles(ax: Axes, rows: list[list[Tile | None]], labels: list[str] | None = None) -> None:
+    """Draw a grid of images into ``ax`` as a single picture.
+
+    Each tile is scaled on its own (signed weights: grey around 0, bright = positive; pixels:
+    0..255) and titled above; ``labels`` name the rows. One image instead of one axes per
+    tile keeps large grids fast to lay out and small as SVG.
+    """
+    H, W, h, w, tops = _tiles_layout(rows)
+    canvas = np.ones((H, W))
+    for r, row in enumerate(rows):
+        y = tops[r]
+        for c, tile in enumerate(row):
+            if tile is None:
+                continue
+            img, signed, title = tile
+            x = TILE_PAD + c * (w + TILE_PAD)
+            if signed:
+                m = float(np.abs(img).max()) or 1.0
+                canvas[y : y + h, x : x + w] = 0.5 + 0.5 * img / m
+            else:
+                canvas[y : y + h, x : x + w] = np.clip(img / 255.0, 0, 1)
+            if title:
+                ax.text(x + w / 2, y - 1.5, title, ha="center", va="bottom", fontsize=7.5)
+        if labels and labels[r]:
+            ax.text(-1, y + h / 2, labels[r], ha="right", va="center", rotation=90, fontsize=7.5)
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+
+
+def _tiles(rows: list[list[Tile | None]], labels: list[str] | None = None) -> tuple[Figure, Axes]:
+    """A figure holding one grid picture (see :func:`_draw_tiles`), about 1 inch per tile."""
+    H, W = _tiles_layout(rows)[:2]
+    fig = _figure(W / TILE_PX_PER_INCH + 0.5, H / TILE_PX_PER_INCH + 0.5)
+    ax = fig.subplots()
+    _draw_tiles(ax, rows, labels)
+    return fig, ax
+
+
+def _fmt(value: float) -> str:
+    """A number for labels: 0.0001, 10, 11.72 (at most 2 decimals unless tiny)."""
+    return f"{value:g}" if abs(value) < 0.01 else f"{round(value, 2):g}"
+
+
+def _stop_text(m: Member) -> str:
+    """Early-stopping summary of a member for legends ("" when it did not early-stop)."""
+    best = m.metrics.get("best_epoch")
+    if m.metrics.get("early_stopped"):
+        stop = m.metrics.get("epochs")
+        where = f"stopped at epoch {_fmt(stop)}" if stop is not None else "stopped early"
+        return f"{where}, best {_fmt(best)}" if best is not None else where
+    if best is not None:
+        return f"best epoch {_fmt(best)}"
+    return ""
+
+
+def _mark_epochs(ax: Axes, m: Member, label: bool) -> None:
+    """Dashed line at the restored best epoch, dotted lines where later stages start."""
+    best = m.metrics.get("best_epoch")
+    if best is not None and m.x_axis()[1] == "epoch":
+        ax.axvline(
+            best, color="0.35", ls="--", lw=1, label=f"best epoch ({_fmt(best)})" if label else None
+        )
+    for i, start in enumerate(m.stage_starts):
+        ax.axvline(
+            start, color="0.6", ls=":", lw=1.2, label="stage start" if label and i == 0 else None
+        )
+
+
+def _series(m: Member, *keys: str) -> tuple[np.ndarray, str] | None:
+    """The first of ``keys`` present with finite values in the member's history."""
+    for key in keys:
+        values = m.history.get(key)
+        if _finite(values):
+            return values, key
+    return None
+
+
+# ---------------------------------------------------------------------------------- drawers
+def draw_curves(exp: Experiment) -> Figure:
+    """Loss and accuracy over training of the chosen member, train/validation/test."""
+    m = exp.member("chosen")
+    x, xlabel = m.x_axis()
+    fig = _figure(10, 3.8)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    drawn = 0
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
+        lines = []
+        for key, name, color in SPLITS:
+            y = m.history.get(f"{key}_{metric}")
+            if _finite(y):
+                ax.plot(x, y, color=color, label=name, **_line_style(len(x)))
+                lines.append(y)
+                drawn += 1
+        _zoom(ax, lines, higher_better=metric == "acc")
+        _mark_epochs(ax, m, label=metric == "acc")
+        ax.set_xlabel(xlabel)
+        ax.legend(loc="best")
+    if not drawn:
+        raise ReportError(f"{m.folder}: history.csv has no loss or accuracy columns")
+    ax_loss.set(ylabel="loss (mean cross-entropy)", title="Loss over training")
+    ax_acc.set(ylabel="accuracy (percent correct)", title="Accuracy over training")
+    _percent(ax_acc)
+    fig.suptitle(f"{exp.title}: {m.label}")
+    return fig
+
+
+def _means_for(exp: Experiment, names: list[str]) -> list[np.ndarray | None]:
+    """Class-mean image for each class name (by name, else by position), None where absent."""
+    found = exp.class_means()
+    if found is None:
+        return [None] * len(names)
+    means, mnames = found
+    by_name = dict(zip(mnames, means, strict=False))
+    if all(n in by_name for n in names):
+        return [by_name[n] for n in names]
+    if len(means) == len(names):
+        return list(means)
+    return [None] * len(names)
+
+
+def draw_weights(exp: Experiment) -> Figure:
+    """Weight images of the chosen member, with the class means where they were saved."""
+    m = exp.member("chosen")
+    wi = m.weight_images()
+    if wi.kind == "mlp":
+        ncols = min(5, len(wi.images))
+        tiles = [(img, True, t) for img, t in zip(wi.images, wi.titles, strict=True)]
+        fig, _ = _tiles([tiles[i : i + ncols] for i in range(0, len(tiles), ncols)])
+        fig.suptitle(f"Input weights of the first {len(wi.images)} hidden units\n({m.label})")
+        return fig
+    if wi.kind == "logistic":
+        neg, pos = (m.classes + ["0", "1"])[:2]
+        means = _means_for(exp, [pos, neg])
+        panels = [(wi.images[0], f"weights: {wi.titles[0]}", True)]
+        panels += [
+            (mu, f"mean {c}", False)
+            for mu, c in zip(means, (pos, neg), strict=True)
+            if mu is not None
+        ]
+        fig = _figure(2.3 * len(panels) + 0.4, 2.7)
+        axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
+        for ax, (img, title, signed) in zip(axes, panels, strict=True):
+            _image(ax, img, signed)
+            ax.set_title(title)
+        _note(axes[0], f"bright: {pos}, dark: {neg}")
+        fig.suptitle(f"Logistic regression weights ({m.label})")
+        return fig
+    means = _means_for(exp, wi.titles)
+    have_means = any(mu is not None for mu in means)
+    k = len(wi.images)
+    ncols = min(k, 13)
+    rows: list[list[Tile | None]] = []
+    labels = []
+    for start in range(0, k, ncols):
+        idx = range(start, min(start + ncols, k))
+        rows.append([(wi.images[i], True, wi.titles[i]) for i in idx])
+        labels.append("weights")
+        if have_means:
+            rows.append([None if means[i] is None else (means[i], False, "") for i in idx])
+            labels.append("class mean")
+    fig, _ = _tiles(rows, labels)
+    what = "weights and average training image" if have_means else "weights"
+    fig.suptitle(f"Softmax regression: {what} per class ({m.label})")
+    return fig
+
+
+def _diff_title(a: Member, b: Member) -> tuple[str, str]:
+    """Title and bright/dark note of the image ``W_a - W_b`` of two logistic members."""
+    (neg_a, pos_a), (neg_b, pos_b) = (a.classes + ["0", "1"])[:2], (b.classes + ["0", "1"])[:2]
+    if pos_a == pos_b:  # (p - n_a) - (p - n_b) = n_b - n_a
+        return f"difference ({neg_a} vs {neg_b})", f"bright: {neg_b}, dark: {neg_a}"
+    if neg_a == neg_b:  # (p_a - n) - (p_b - n) = p_a - p_b
+        return f"difference ({pos_a} vs {pos_b})", f"bright: {pos_a}, dark: {pos_b}"
+    return f"difference ({a.label}) − ({b.label})", ""
+
+
+def draw_weight_diff(exp: Experiment) -> Figure:
+    """Each logistic member's weight image and the difference member[0] - member[1]."""
+    if len(exp.members) < 2:
+        raise ReportError(f"{exp.folder}: weight_diff needs two members")
+    wis = [m.weight_images() for m in exp.members]
+    if any(w.kind != "logistic" for w in wis):
+        raise ReportError(f"{exp.folder}: weight_diff needs logistic members")
+    a, b = exp.members[:2]
+    title, note = _diff_title(a, b)
+    panels = [(w.images[0], w.titles[0], m) for w, m in zip(wis, exp.members, strict=True)]
+    fig = _figure(2.4 * (len(panels) + 1) + 0.3, 2.9)
+    axes = fig.subplots(1, len(panels) + 1, squeeze=False)[0]
+    for ax, (img, t, m) in zip(axes, panels, strict=False):
+        _image(ax, img, signed=True)
+        ax.set_title(t)
+        neg, pos = (m.classes + ["0", "1"])[:2]
+        name = f"{m.label}\n" if m.label != t else ""
+        _note(ax, f"{name}bright: {pos}, dark: {neg}")
+    _image(axes[-1], wis[0].images[0] - wis[1].images[0], signed=True)
+    axes[-1].set_title(title)
+    _note(axes[-1], f"({a.label}) − ({b.label})\n{note}".rstrip())
+    fig.suptitle("Logistic regression weights and their difference")
+    return fig
+
+
+def _sweep_groups(exp: Experiment) -> tuple[dict[str, list[Member]], list[Member]]:
+    """Members by penalty type (sorted by lambda), and the unpenalised members."""
+    groups: dict[str, list[Member]] = {}
+    zero: list[Member] = []
+    for m in exp.members:
+        kind, _ = m.penalty
+        (zero if kind == "none" else groups.setdefault(kind, [])).append(m)
+    for ms in groups.values():
+        ms.sort(key=lambda m: m.penalty[1])
+    return groups, zero
+
+
+def draw_sweep(exp: Experiment) -> Figure:
+    """A penalty sweep: validation accuracy and weight norm over training per penalty type,
+    final test accuracy and weight norm against lambda, and every member's weight images."""
+    groups, zero = _sweep_groups(exp)
+    columns = dict(groups) if groups else {"no penalty": zero}
+    refs = zero if groups else []
+    ncols = len(columns) + 1
+    ordered = [*refs, *(m for ms in columns.values() for m in ms)]
+    weights = [(m, m.weight_images(max_units=10)) for m in ordered]
+    tiles: list[list[Tile | None]] = []
+    labels = []
+    if all(len(w.images) == 1 for _, w in weights):  # one image per member: a row per penalty
+        lookup = {id(m): w for m, w in weights}
+        for row in ([refs] if refs else []) + list(columns.values()):
+            tiles.append([])
+            for m in row:
+                kind, lam = m.penalty
+                title = f"λ = {_fmt(lam)}" if kind != "none" else m.label
+                tiles[-1].append((lookup[id(m)].images[0], True, title))
+            kind = row[0].penalty[0]
+            labels.append(kind if kind != "none" else "no penalty")
+    else:  # a row of images per member
+        for r, (m, w) in enumerate(weights):
+            titles = w.titles if r == 0 else [""] * len(w.titles)
+            tiles.append([(img, True, t) for img, t in zip(w.images, titles, strict=True)])
+            labels.append(m.label)
+    H, W = _tiles_layout(tiles)[:2]
+    top_h, bottom_h = 5.8, H / TILE_PX_PER_INCH + 0.5
+    width = max(3.6 * ncols, W / TILE_PX_PER_INCH + 1.2)
+    fig = _figure(width, top_h + bottom_h)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[top_h, bottom_h])
+    axes = top.subplots(2, ncols, squeeze=False)
+    xlabel = "epoch"
+    for j, (name, ms) in enumerate(columns.items()):
+        ax_acc, ax_norm = axes[0, j], axes[1, j]
+        colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, max(len(ms), 1)))
+        styled = [(m, {"color": c}) for m, c in zip(ms, colors, strict=True)]
+        styled += [(m, {"color": "0.2", "ls": "--"}) for m in refs]
+        accs, split = [], "validation"
+        for m, style in styled:
+            x, xlabel = m.x_axis()
+            kind, lam = m.penalty
+            label = f"λ = {_fmt(lam)}" if kind != "none" and groups else m.label
+            acc = _series(m, "val_acc", "test_acc")
+            if acc is not None:
+                ax_acc.plot(x, acc[0], label=label, **style)
+                accs.append(acc[0])
+                split = "validation" if acc[1] == "val_acc" else "test"
+            norm = _series(m, "weight_norm")
+            if norm is not None:
+                ax_norm.plot(x, norm[0], label=label, **style)
+        _zoom(ax_acc, accs, higher_better=True)
+        ax_acc.set(title=f"{name}: {split} accuracy", xlabel=xlabel, ylabel=f"{split} accuracy")
+        _percent(ax_acc)
+        ax_norm.set(
+            title=f"{name}: length of the weight vector", xlabel=xlabel, ylabel="weight norm ‖w‖₂"
+        )
+        for ax in (ax_acc, ax_norm):
+            ax.legend(fontsize=7)
+    ax_lam, ax_lnorm = axes[0, -1], axes[1, -1]
+    finals = (("test_acc", ax_lam, "final test accuracy"),
+              ("weight_norm", ax_lnorm, "final weight norm ‖w‖₂"))  # fmt: skip
+    for key, ax, what in finals:
+        if groups:  # one line per penalty type over lambda; unpenalised runs as references
+            for name, ms in groups.items():
+                values = [m.metrics.get(key, np.nan) for m in ms]
+                ax.plot([m.penalty[1] for m in ms], values, marker="o", label=name)
+            for m in zero:
+                if key in m.metrics:
+                    ax.axhline(m.metrics[key], color="0.2", ls="--", lw=1,
+                               label=f"{m.label} (λ = 0)")  # fmt: skip
+            ax.set_xscale("log")
+            ax.set(xlabel="λ (log scale)", title=f"{what[0].upper()}{what[1:]} vs λ")
+            ax.legend(fontsize=7)
+        else:  # nothing penalised: one bar per setting
+            ax.bar([m.label for m in zero], [m.metrics.get(key, np.nan) for m in zero])
+            ax.set(title=f"{what[0].upper()}{what[1:]} per setting")
+            ax.tick_params(axis="x", labelrotation=20 if len(zero) > 3 else 0)
+        ax.set_ylabel(what)
+    _percent(ax_lam)
+
+    _draw_tiles(bottom.subplots(), tiles, labels)
+    bottom.suptitle("Weights of each setting (bright = positive)", fontsize=10)
+    fig.suptitle(f"{exp.title}: regularisation sweep")
+    return fig
+
+
+def draw_shuffle(exp: Experiment) -> Figure:
+    """Validation accuracy and loss over training of every member on shared axes."""
+    fig = _figure(10, 3.9)
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    xlabel = "epoch"
+    drawn: dict[str, list[np.ndarray]] = {"acc": [], "loss": []}
+    for i, m in enumerate(exp.members):
+        x, xlabel = m.x_axis()
+        stop = _stop_text(m)
+        label = f"{m.label} ({stop})" if stop else m.label
+        color = f"C{i % 10}"
+        for ax, what in ((ax_acc, "acc"), (ax_loss, "loss")):
+            s = _series(m, f"val_{what}", f"test_{what}")
+            if s is not None:
+                ax.plot(x, s[0], color=color, label=label, lw=1.2)
+                drawn[what].append(s[0])
+        best = m.metrics.get("best_epoch")
+        if best is not None and xlabel == "epoch":
+            for ax in (ax_acc, ax_loss):
+                ax.axvline(best, color=color, ls=":", lw=1)
+    if not drawn["acc"]:
+        raise ReportError(f"{exp.folder}: no member has validation curves")
+    _zoom(ax_acc, drawn["acc"], higher_better=True)
+    _zoom(ax_loss, drawn["loss"], higher_better=False)
+    ax_acc.set(title="Validation accuracy", xlabel=xlabel, ylabel="validation accuracy")
+    ax_loss.set(
+        title="Validation loss (dotted: best epoch)",
+        xlabel=xlabel,
+        ylabel="validation loss (mean cross-entropy)",
+    )
+    _percent(ax_acc)
+    ax_acc.legend(loc="best")
+    ax_loss.legend(loc="best")
+    fig.suptitle(exp.title)
+    return fig
+
+
+def _class_names(exp: Experiment, m: Member, k: int) -> list[str]:
+    try:
+        names = m.classes
+    except ReportError:
+        names = []
+    if len(names) == k:
+        return names
+    found = exp.class_means()
+    if found is not None and len(found[1]) == k:
+        return found[1]
+    return [str(i) for i in range(k)]
+
+
+def draw_confusion(exp: Experiment) -> Figure:
+    """The chosen member's confusion matrix on the test set (rows true, columns predicted)."""
+    m = exp.member("chosen")
+    if "confusion_test" not in m.metrics:
+        raise ReportError(f"{m.folder}: metrics.json has no confusion_test")
+    cm = np.asarray(m.metrics["confusion_test"], dtype=np.int64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ReportError(f"{m.folder}: confusion_test is not a square matrix")
+    k = cm.shape[0]
+    names = _class_names(exp, m, k)
+    rows = np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    frac = cm / rows
+    size = max(4.2, 0.42 * k + 2.0)
+    fig = _figure(size + 1.0, size)
+    ax = fig.subplots()
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    ax.grid(False)
+    fontsize = 9 if k <= 10 else 7 if k <= 16 else 5.5
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j] == 0 and k > 12:
+                continue
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color="white" if frac[i, j] > 0.55 else "black",
+            )
+    ax.set_xticks(range(k), names)
+    ax.set_yticks(range(k), names)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    acc = np.trace(cm) / max(cm.sum(), 1)
+    ax.set_title(
+        f"Confusion matrix on the test set ({m.label})\n{cm.sum()} test images, accuracy {acc:.2%}"
+    )
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
+    return fig
+
+
+def draw_lbfgs(exp: Experiment) -> Figure:
+    """GD against the exact L-BFGS optimum: objective and accuracies per member."""
+    ms = [m for m in exp.members if m.lbfgs]
+    if not ms:
+        raise ReportError(f"{exp.folder}: no member has lbfgs.json")
+    n = len(ms)
+    x = np.arange(n)
+    fig = _figure(max(9.0, 2.2 * n + 4), 3.9)
+    ax_obj, ax_acc = fig.subplots(1, 2)
+    gd = [float(m.lbfgs.get("gd_objective", m.metrics.get("train_objective", np.nan))) for m in ms]
+    lb = [float(m.lbfgs.get("objective", np.nan)) for m in ms]
+    width = 0.38
+    for offset, values, label, color in (
+        (-width / 2, gd, "gradient descent", "C0"),
+        (width / 2, lb, "L-BFGS optimum", "C3"),
+    ):
+        bars = ax_obj.bar(x + offset, values, width, label=label, color=color)
+        ax_obj.bar_label(bars, fmt="%.4g", fontsize=7, padding=2)
+    ax_obj.set_xticks(x, [m.label for m in ms], rotation=20 if n > 3 else 0)
+    ax_obj.set(ylabel="training objective (lower is better)", title="Objective reached")
+    positive = [v for v in gd + lb if v > 0]
+    if positive and max(positive) > 100 * min(positive):
+        ax_obj.set_yscale("log")
+        ax_obj.set_ylabel("training objective (log scale, lower is better)")
+    ax_obj.margins(y=0.25)
+    ax_obj.legend(loc="upper left", ncols=2)
+    for s, (key, _name, color) in enumerate(SPLITS):
+        dx = (s - 1) * 0.22
+        gd_acc = [m.metrics.get(f"{key}_acc", np.nan) for m in ms]
+        lb_acc = [m.lbfgs.get(f"{key}_acc", np.nan) for m in ms]
+        ax_acc.plot(x + dx - 0.04, gd_acc, "o", color=color, ls="none")
+        ax_acc.plot(x + dx + 0.04, lb_acc, "x", color=color, ls="none", ms=7, mew=2)
+    ax_acc.set_xticks(x, [m.label for m in ms], rotation=20 if n > 3 else 0)
+    ax_acc.set_xlim(-0.6, n - 0.4)
+    ax_acc.set(ylabel="accuracy", title="Accuracy: gradient descent (o) vs L-BFGS (x)")
+    _percent(ax_acc)
+    handles = [Line2D([], [], color=c, marker="s", ls="none", label=name) for _, name, c in SPLITS]
+    handles += [
+        Line2D([], [], color="0.3", marker="o", ls="none", label="gradient descent"),
+        Line2D([], [], color="0.3", marker="x", ls="none", mew=2, label="L-BFGS"),
+    ]
+    ax_acc.legend(handles=handles, fontsize=7, loc="best")
+    fig.suptitle(f"{exp.title}: gradient descent against the exact optimum")
+    return fig
+
+
+def draw_gallery(exp: Experiment, max_each: int = 24) -> Figure:
+    """Grid of right and wrong predictions ("true x / predicted y"), wrong ones in red."""
+    g = exp.gallery()
+    images, labels, preds = g["images"], np.asarray(g["labels"]), np.asarray(g["preds"])
+    classes = [str(c) for c in g.get("classes", [])]
+    if len(images) == 0:
+        raise ReportError(f"{exp.folder}: gallery.npz holds no images")
+
+    def name(i: int) -> str:
+        return classes[i] if 0 <= i < len(classes) else str(i)
+
+    known = labels >= 0
+    right = np.flatnonzero(known & (labels == preds))[:max_each]
+    wrong = np.flatnonzero(known & (labels != preds))[:max_each]
+    unknown = np.flatnonzero(~known)[:max_each]
+    order = np.concatenate([right, wrong, unknown]).astype(int)
+    ncols = min(8, len(order))
+    nrows = math.ceil(len(order) / ncols)
+    fig = _figure(1.3 * ncols + 0.2, 1.45 * nrows + 0.5)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, i in zip(axes, order, strict=False):
+        ax.imshow(images[i], cmap="gray")
+        _bare(ax)
+        if labels[i] < 0:
+            ax.set_title(f"predicted {name(preds[i])}", fontsize=7)
+            continue
+        ok = labels[i] == preds[i]
+        color = GOOD if ok else BAD
+        ax.set_title(
+            f"true {name(labels[i])} / predicted {name(preds[i])}",
+            fontsize=7,
+            color=color,
+            fontweight="normal" if ok else "bold",
+        )
+        _frame(ax, color, 1.0 if ok else 2.5)
+    for ax in axes[len(order) :]:
+        ax.set_visible(False)
+    parts = [f"{len(right)} right (green)", f"{len(wrong)} wrong (red, bold)"]
+    if len(unknown):
+        parts.append(f"{len(unknown)} unlabelled")
+    fig.suptitle(f"Predictions: {', '.join(parts)}")
+    return fig
+
+
+DRAWERS: dict[str, Callable[[Experiment], Figure]] = {
+    "curves": draw_curves,
+    "weights": draw_weights,
+    "weight_diff": draw_weight_diff,
+    "sweep": draw_sweep,
+    "shuffle": draw_shuffle,
+    "confusion": draw_confusion,
+    "lbfgs": draw_lbfgs,
+    "gallery": draw_gallery,
+}
+
+
+# ---------------------------------------------------------------------------------- saving
+def figure_paths(exp_folder: str | os.PathLike, kind: str) -> tuple[Path, Path]:
+    """``(png, svg)`` paths of one figure kind of an experiment."""
+    folder = Path(exp_folder) / "figures"
+    return folder / f"{kind}.png", folder / f"{kind}.svg"
+
+
+def _save(fig: Figure, path: Path, fmt: str) -> None:
+    """Save atomically (a temporary name, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+    try:
+        fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig: Figure, png: Path, svg: Path) -> None:
+    """Save ``fig`` as PNG, then as SVG with the layout the PNG computed (laid out once)."""
+    _save(fig, png, "png")
+    fig.set_layout_engine("none")
+    _save(fig, svg, "svg")
+
+
+def draw_figure(exp: Experiment, kind: str) -> list[Path]:
+    """Draw one figure kind of ``exp`` and save it as PNG and SVG.
+
+    Returns
+    -------
+    list of Path
+        ``[png, svg]``.
+
+    Raises
+    ------
+    ReportError
+        When the saved data the figure needs are missing or malformed.
+    """
+    if kind not in DRAWERS:
+        raise ReportError(f"unknown figure kind {kind!r}; known: {', '.join(DRAWERS)}")
+    png, svg = figure_paths(exp.folder, kind)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context(STYLE):
+        try:
+            fig = DRAWERS[kind](exp)
+        except ReportError:
+            raise
+        except (KeyError, ValueError, IndexError, OSError) as exc:
+            raise ReportError(
+                f"{exp.folder}: figure {kind!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            save_figure(fig, png, svg)
+        finally:
+            fig.clear()
+    return [png, svg]
+
+
+def code_files() -> list[Path]:
+    """This package's source files (a figure older than them is redrawn)."""
+    return sorted(Path(__file__).parent.glob("*.py"))
+
+
+def _inputs_missing(exp: Experiment, kind: str) -> bool:
+    """Whether a file the figure kind is drawn from has gone (the figure must not stay)."""
+    if kind == "gallery":
+        return not (exp.folder / "gallery.npz").is_file()
+    if kind == "lbfgs":
+        return not any((m.folder / "lbfgs.json").is_file() for m in exp.members)
+    if kind in ("weights", "weight_diff", "sweep"):
+        return not all((m.folder / "checkpoint.npz").is_file() for m in exp.members)
+    return False
+
+
+def is_stale(exp: Experiment, kind: str) -> bool:
+    """Whether a figure is missing or older than the data (or code) it is drawn from."""
+    outputs = figure_paths(exp.folder, kind)
+    if not all(p.is_file() for p in outputs) or _inputs_missing(exp, kind):
+        return True
+    newest_input = max(p.stat().st_mtime for p in [*exp.inputs(), *code_files()])
+    return min(p.stat().st_mtime for p in outputs) < newest_input
+
+
+def draw_experiment(exp_folder: str | os.PathLike, *, only_stale: bool = False) -> list[Path]:
+    """Draw every figure kind listed in ``exp_folder/experiment.json`` into ``figures/``.
+
+    Parameters
+    ----------
+    exp_folder : path-like
+        ``runs/<experiment>``.
+    only_stale : bool
+        Skip figures that exist and are newer than their data.
+
+    Returns
+    -------
+    list of Path
+        The PNG and SVG of each kind drawn (or kept), in the listed order.
+
+    Raises
+    ------
+    ReportError
+        After drawing every other figure, when one or more could not be drawn.
+    """
+    exp = load_experiment(exp_folder)
+    paths: list[Path] = []
+    problems: list[str] = []
+    for kind in exp.figure_kinds:
+        if only_stale and not is_stale(exp, kind):
+            paths += figure_paths(exp.folder, kind)
+            continue
+        try:
+            paths += draw_figure(exp, kind)
+        except ReportError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ReportError("; ".join(problems))
+    return paths

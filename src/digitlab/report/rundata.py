@@ -1,0 +1,356 @@
+"""Read what the experiment engine saved: ``experiment.json``, run folders and extra files.
+
+Nothing here trains or evaluates a model; a member's weights are read from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitlab.errors import DigitlabError
+
+#: Figure kinds an experiment may list, in the order the report explains them.
+FIGURE_KINDS = (
+    "curves",
+    "weights",
+    "weight_diff",
+    "sweep",
+    "shuffle",
+    "confusion",
+    "lbfgs",
+    "gallery",
+)
+#: Kinds that are tables in the report, not figures.
+TABLE_KINDS = ("table",)
+
+
+class ReportError(DigitlabError):
+    """Saved run data needed for a figure or the report is missing or malformed."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_history(path: Path) -> dict[str, np.ndarray]:
+    """Columns of a ``history.csv``, each float64 (n_evals,), NaN where a cell is empty."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such file") from None
+    cols: dict[str, None] = {}
+    for row in rows:
+        cols.update(dict.fromkeys(row))
+    out = {}
+    for c in cols:
+        values = [row.get(c) or "nan" for row in rows]
+        try:
+            out[c] = np.array(values, dtype=np.float64)
+        except ValueError:
+            raise ReportError(f"{path}: column {c!r} is not numeric") from None
+    return out
+
+
+def _stage_number(path: Path) -> int:
+    match = re.fullmatch(r"stage-(\d+)", path.name)
+    return int(match.group(1)) if match else -1
+
+
+@dataclass
+class WeightImages:
+    """A model's weights as images.
+
+    ``images`` is float (m, h, w); ``titles`` names each image; ``kind`` is the model kind.
+    """
+
+    kind: str
+    images: np.ndarray
+    titles: list[str]
+
+
+@dataclass
+class Member:
+    """One run of an experiment: its label, folder, settings and final metrics."""
+
+    label: str
+    folder: Path
+    overrides: dict[str, Any]
+    settings: dict[str, Any]
+    metrics: dict[str, Any]
+
+    # ------------------------------------------------------------------ training record
+    @cached_property
+    def stages(self) -> list[Path]:
+        """Stage folders ``stage-1``, ``stage-2``, ... in order (empty for one-stage runs)."""
+        found = [p for p in self.folder.glob("stage-*") if p.is_dir() and _stage_number(p) > 0]
+        return sorted(found, key=_stage_number)
+
+    @cached_property
+    def _stage_histories(self) -> list[dict[str, np.ndarray]]:
+        return [read_history(f / "history.csv") for f in self.stages or [self.folder]]
+
+    @cached_property
+    def history(self) -> dict[str, np.ndarray]:
+        """Evaluation history, each column (n_evals,), stages concatenated by global step.
+
+        A resumed stage's ``history.csv`` may repeat the records it restored; each step is
+        kept once (from the latest stage).
+        """
+        parts = self._stage_histories
+        keys: dict[str, None] = {}
+        for p in parts:
+            keys.update(dict.fromkeys(p))
+        sizes = [len(next(iter(p.values()), ())) for p in parts]
+        cols = {
+            k: np.concatenate(
+                [p.get(k, np.full(n, np.nan)) for p, n in zip(parts, sizes, strict=True)]
+            )
+            for k in keys
+        }
+        if len(parts) > 1 and "step" in cols:
+            steps = cols["step"]
+            _, last = np.unique(steps[::-1], return_index=True)  # last occurrence of each step
+            keep = np.sort(len(steps) - 1 - last)
+            keep = keep[np.argsort(steps[keep], kind="stable")]
+            cols = {k: v[keep] for k, v in cols.items()}
+        return cols
+
+    @cached_property
+    def stage_starts(self) -> list[float]:
+        """x value (epoch, else step) at which each stage after the first begins."""
+        key = self.x_axis()[1]
+        ends = []
+        for p in self._stage_histories[:-1]:
+            if len(p.get(key, ())) and "step" in p:
+                ends.append(float(p[key][int(np.nanargmax(p["step"]))]))
+        return ends
+
+    def x_axis(self) -> tuple[np.ndarray, str]:
+        """``(values, label)`` of the x axis of curves: the epoch (or the step if absent)."""
+        h = self.history
+        if "epoch" in h and np.isfinite(h["epoch"]).all():
+            return h["epoch"], "epoch"
+        return h["step"], "step"
+
+    # ------------------------------------------------------------------ penalty
+    @property
+    def penalty(self) -> tuple[str, float]:
+        """``(type, lambda)``: type is ``"L1"``, ``"L2"``, ``"L1+L2"`` or ``"none"``."""
+        l1 = float(self.settings.get("l1") or 0.0)
+        l2 = float(self.settings.get("l2") or 0.0)
+        if l1 > 0 and l2 > 0:
+            return "L1+L2", l1
+        if l1 > 0:
+            return "L1", l1
+        if l2 > 0:
+            return "L2", l2
+        return "none", 0.0
+
+    # ------------------------------------------------------------------ files
+    @cached_property
+    def lbfgs(self) -> dict[str, Any] | None:
+        """The member's ``lbfgs.json`` or None."""
+        path = self.folder / "lbfgs.json"
+        return _read_json(path) if path.is_file() else None
+
+    @cached_property
+    def checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(params, meta)`` of the member's final checkpoint (read, never trained)."""
+        from digitlab.runner import load_run_checkpoint
+
+        path = self.folder / "checkpoint.npz"
+        if not path.is_file():
+            raise ReportError(f"{path}: no such file")
+        try:
+            model, _prep, meta = load_run_checkpoint(path)
+        except DigitlabError as exc:
+            raise ReportError(str(exc)) from None
+        meta = dict(meta)
+        meta["kind"] = model.kind
+        return dict(model.params), meta
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names (label order) from the checkpoint."""
+        _, meta = self.checkpoint
+        return [str(c) for c in meta.get("extra", {}).get("classes", [])]
+
+    def weight_images(self, max_units: int = 25) -> WeightImages:
+        """The model's first-layer weights as images.
+
+        Logistic: one image titled ``"positive vs negative"``; softmax: one per class;
+        MLP: the first ``max_units`` hidden units of ``W1``. A bias row (d = h*w + 1) is dropped.
+        """
+        params, meta = self.checkpoint
+        kind = meta["kind"]
+        shape = tuple(meta.get("extra", {}).get("image_shape") or (28, 28))
+        W = params["W1"] if kind == "mlp" else params["W"]
+        d = shape[0] * shape[1]
+        if W.shape[0] == d + 1:
+            W = W[:d]
+        if W.shape[0] != d:
+            raise ReportError(
+                f"{self.folder}: weights have {W.shape[0]} rows, images have {d} pixels"
+            )
+        W = np.asarray(W, dtype=np.float64)
+        classes = self.classes
+        if kind == "logistic":
+            neg, pos = (classes + ["0", "1"][len(classes) :])[:2]
+            return WeightImages(kind, W[:, :1].T.reshape(1, *shape), [f"{pos} vs {neg}"])
+        if kind == "mlp":
+            m = min(max_units, W.shape[1])
+            return WeightImages(
+                kind, W[:, :m].T.reshape(m, *shape), [f"unit {i + 1}" for i in range(m)]
+            )
+        names = classes if len(classes) == W.shape[1] else [str(i) for i in range(W.shape[1])]
+        return WeightImages(kind, W.T.reshape(W.shape[1], *shape), names)
+
+
+@dataclass
+class Experiment:
+    """An experiment folder as the engine wrote it (``experiment.json`` and its members)."""
+
+    folder: Path
+    name: str
+    seed: str
+    section: str
+    title: str
+    protocol: str
+    choices: str
+    figures: list[str]
+    data: dict[str, Any]
+    members: list[Member]
+    chosen: str | None
+    published: list[dict[str, Any]]
+    seconds: float
+    raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def is_sample(self) -> bool:
+        return bool(self.data.get("is_sample"))
+
+    def member(self, label: str | None) -> Member:
+        """The member called ``label`` (``"chosen"`` or None: the chosen one)."""
+        if label in (None, "chosen"):
+            label = self.chosen
+            if label is None:
+                if len(self.members) == 1:
+                    return self.members[0]
+                raise ReportError(f"{self.folder}: no chosen member in experiment.json")
+        for m in self.members:
+            if m.label == label:
+                return m
+        raise ReportError(f"{self.folder}: no member labelled {label!r}")
+
+    @property
+    def figure_kinds(self) -> list[str]:
+        """Listed kinds that are figures, in display order."""
+        return [k for k in self.figures if k in FIGURE_KINDS]
+
+    def inputs(self) -> list[Path]:
+        """Every saved file a figure may be drawn from (for staleness checks)."""
+        paths = [self.folder / "experiment.json"]
+        for name in ("class_means.npz", "gallery.npz"):
+            paths.append(self.folder / name)
+        for m in self.members:
+            for folder in [m.folder, *m.stages]:
+                for name in ("history.csv", "metrics.json", "checkpoint.npz", "lbfgs.json"):
+                    paths.append(folder / name)
+        return [p for p in paths if p.is_file()]
+
+    def class_means(self) -> tuple[np.ndarray, list[str]] | None:
+        """``(means (k, h, w) 0..255, class names)`` from ``class_means.npz`` or None."""
+        path = self.folder / "class_means.npz"
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            return np.asarray(z["means"], np.float64), [str(c) for c in z["classes"]]
+
+    def gallery(self) -> dict[str, np.ndarray]:
+        """Arrays of ``gallery.npz``: images (m, h, w), labels (m,), preds (m,), classes (k,)."""
+        path = self.folder / "gallery.npz"
+        if not path.is_file():
+            raise ReportError(f"{path}: no such file")
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+
+def load_experiment(folder: str | Path) -> Experiment:
+    """Read ``folder/experiment.json`` and every member's ``metrics.json``.
+
+    Parameters
+    ----------
+    folder : path-like
+        ``runs/<experiment>``.
+
+    Returns
+    -------
+    Experiment
+    """
+    folder = Path(folder)
+    raw = _read_json(folder / "experiment.json")
+    if not isinstance(raw, dict):
+        raise ReportError(f"{folder / 'experiment.json'}: expected a JSON object")
+    members = []
+    for i, entry in enumerate(raw.get("members") or []):
+        try:
+            label, sub = str(entry["label"]), str(entry["folder"])
+        except (KeyError, TypeError):
+            raise ReportError(f"{folder}: member {i} needs a label and a folder") from None
+        mfolder = folder / sub
+        metrics = entry.get("metrics")
+        if metrics is None and (mfolder / "metrics.json").is_file():
+            metrics = _read_json(mfolder / "metrics.json")
+        members.append(
+            Member(
+                label,
+                mfolder,
+                dict(entry.get("overrides") or {}),
+                dict(entry.get("settings") or {}),
+                dict(metrics or {}),
+            )
+        )
+    unknown = [k for k in raw.get("figures") or [] if k not in FIGURE_KINDS + TABLE_KINDS]
+    if unknown:
+        raise ReportError(f"{folder}: unknown figure kind(s) {', '.join(map(str, unknown))}")
+    seconds = raw.get("seconds")
+    return Experiment(
+        folder=folder,
+        name=str(raw.get("name") or folder.name),
+        seed=str(raw.get("seed") or ""),
+        section=str(raw.get("section") or ""),
+        title=str(raw.get("title") or raw.get("name") or folder.name),
+        protocol=str(raw.get("protocol") or ""),
+        choices=str(raw.get("choices") or ""),
+        figures=[str(k) for k in raw.get("figures") or []],
+        data=dict(raw.get("data") or {}),
+        members=members,
+        chosen=None if raw.get("chosen") is None else str(raw["chosen"]),
+        published=list(raw.get("published") or []),
+        seconds=float(seconds)
+        if isinstance(seconds, int | float) and math.isfinite(seconds)
+        else 0.0,
+        raw=raw,
+    )
+
+
+def find_experiments(runs_root: str | Path) -> list[Experiment]:
+    """Every ``runs_root/*/experiment.json``, sorted by seed, then name."""
+    root = Path(runs_root)
+    exps = [load_experiment(p.parent) for p in root.glob("*/experiment.json")]
+    return sorted(exps, key=lambda e: (e.seed, e.name))
