@@ -25,7 +25,7 @@ demo: $(VENV)/.stamp-base
 	$(VENV)/bin/digitlab demo
 
 test: $(VENV)/.stamp-test
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.stamp-bench

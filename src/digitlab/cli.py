@@ -436,7 +436,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from digitlab.report import write_report
 
-    html, md = write_report(Path(args.runs))
+    html, md = write_report(Path(args.runs), redraw=getattr(args, "redraw", False))
     out(f"report: {html} and {md}")
     return 0
 
@@ -514,7 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_reproduce)
 
     rr = sub.add_parser("report", help="redraw figures and runs/report.html from saved runs")
-    rr.add_argument("--runs", default="runs")
+    rr.add_argument("--runs", default="runs", help="runs root folder (default: runs)")
+    rr.add_argument(
+        "--redraw", action="store_true", help="redraw every figure, not only stale ones"
+    )
     rr.set_defaults(func=cmd_report)
 
     m = sub.add_parser("demo", help="short softmax and MLP runs on the best MNIST data found")
