@@ -392,12 +392,13 @@ def write_extras(
     model, _, _ = load_run_checkpoint(folder / chosen.folder / "checkpoint.npz")
     if "lbfgs" in exp.extras and model.kind in ("logistic", "softmax") and not model.l1:
         t0 = time.perf_counter()
-        res = lbfgs(model, *data.train)
+        res = lbfgs(model, *data.train, max_iter=500)
         record = {
             "objective": res.objective,
             "gd_objective": float(model.astype(np.float64).loss(*data.train)),
             "grad_norm": res.grad_norm,
             "n_iter": res.n_iter,
+            "converged": res.converged,
             "seconds": time.perf_counter() - t0,
         }
         for name, pair in (("train", data.train), ("val", data.val), ("test", data.test)):
