@@ -43,18 +43,9 @@ from typing import Any
 import numpy as np
 
 from digitlab.errors import ConfigError
+from digitlab.report.rundata import FIGURE_KINDS, TABLE_KINDS
 
-FIGURES = (
-    "curves",
-    "weights",
-    "weight_diff",
-    "sweep",
-    "shuffle",
-    "confusion",
-    "lbfgs",
-    "gallery",
-    "table",
-)
+FIGURES = (*FIGURE_KINDS, *TABLE_KINDS)
 EXTRAS = ("lbfgs", "gallery", "kaggle")
 METRICS = (
     "train_acc",
