@@ -25,7 +25,7 @@ demo: $(VENV)/.stamp-base
 	$(VENV)/bin/digitlab demo
 
 test: $(VENV)/.stamp-test
-	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.stamp-bench
