@@ -299,3 +299,73 @@ def test_build_model_rejects_mismatched_params():
         build_model(model.config(), {"W": np.zeros((5, 4)), "b": np.zeros(4)})
     with pytest.raises(CheckpointError, match="names"):
         build_model(model.config(), {"W": np.zeros((6, 4))})
+
+
+# ---------------------------------------------------------------- fast kernels (issue 5)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_single_row_outer_product_equals_the_batched_gemm(dtype):
+    from digitlab.models.functional import outer_sum
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1, 50)).astype(dtype)
+    delta = rng.standard_normal((1, 7)).astype(dtype)
+    np.testing.assert_array_equal(outer_sum(a, delta), a.T @ delta)  # bit for bit
+    A = rng.standard_normal((9, 50)).astype(dtype)
+    D = rng.standard_normal((9, 7)).astype(dtype)
+    np.testing.assert_array_equal(outer_sum(A, D), A.T @ D)
+
+
+@pytest.mark.parametrize(("kind", "activation"), CASES)
+@pytest.mark.parametrize("penalty", list(PENALTIES))
+@pytest.mark.parametrize("n", [1, 5])
+def test_factored_gradient_is_loss_and_grad_bit_for_bit(kind, activation, penalty, n):
+    from digitlab.models.functional import LinearGrad
+
+    model = _make(kind, activation, dtype=np.float32, regularize_bias=True, **PENALTIES[penalty])
+    X, y = _problem(kind, n=n)
+    X = X.astype(np.float32)
+    loss, grads = model.loss_and_grad(X, y)
+    loss_f, factored = model.loss_and_grad_factored(X, y)
+    assert loss_f == loss
+    assert list(factored) == list(grads)
+    for k, g in factored.items():
+        if penalty != "l1" and k.startswith("W"):
+            assert isinstance(g, LinearGrad)
+            g = g.dense(model.params[k])
+        np.testing.assert_array_equal(g, grads[k])
+
+
+def test_single_sample_gradient_equals_the_batch_of_one_reference():
+    """The n = 1 path (outer product, no k=1 GEMM) gives the textbook backprop numbers."""
+    model = _make("mlp", "tanh", l2=0.1)
+    X, y = _problem("mlp", n=1)
+    _, grads = model.loss_and_grad(X, y)
+    W1, b1, W2, b2, W3, b3 = (model.params[k] for k in ("W1", "b1", "W2", "b2", "W3", "b3"))
+    a1 = np.tanh(X @ W1 + b1)
+    a2 = np.tanh(a1 @ W2 + b2)
+    p = np.exp(log_softmax(a2 @ W3 + b3, axis=1))
+    d3 = p - np.eye(4)[y]
+    d2 = (d3 @ W3.T) * (1 - a2**2)
+    d1 = (d2 @ W2.T) * (1 - a1**2)
+    np.testing.assert_allclose(grads["W3"], a2.T @ d3 + 0.2 * W3, rtol=1e-12)
+    np.testing.assert_allclose(grads["W1"], X.T @ d1 + 0.2 * W1, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(grads["b1"], d1[0], rtol=1e-12)
+
+
+def test_rank1_update_matches_numpy_and_falls_back_for_strided_arrays():
+    from digitlab.models.functional import rank1_update_
+
+    rng = np.random.default_rng(1)
+    for dtype, rtol in ((np.float32, 1e-6), (np.float64, 1e-14)):
+        w = rng.standard_normal((30, 8)).astype(dtype)
+        x = rng.standard_normal(30).astype(dtype)
+        d = rng.standard_normal(8).astype(dtype)
+        expected = w - 0.05 * np.outer(x, d)
+        out = rank1_update_(w, x, d, -0.05)
+        assert out is w
+        np.testing.assert_allclose(w, expected, rtol=rtol, atol=rtol)
+    big = rng.standard_normal((8, 60))
+    view = big[:, ::2]  # not contiguous: the NumPy fallback, still in place
+    expected = view + 2.0 * np.outer(np.ones(8), np.arange(30.0))
+    rank1_update_(view, np.ones(8), np.arange(30.0), 2.0)
+    np.testing.assert_allclose(big[:, ::2], expected)

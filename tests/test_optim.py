@@ -119,3 +119,27 @@ def test_lbfgs_refuses_nonconvex_or_l1():
         lbfgs(MLPModel(10, 3, hidden=(4,)), X, y)
     with pytest.raises(ConfigError, match="l1"):
         lbfgs(SoftmaxModel(10, 3, l1=0.1), X, y)
+
+
+# ---------------------------------------------------------------- factored steps (issue 5)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("l2", [0.0, 0.01])
+@pytest.mark.parametrize("n", [1, 6])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_factored_sgd_step_equals_the_array_step(momentum, l2, n, dtype):
+    """The rank-1 (n = 1) and batched factored steps give the array step's numbers."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 10)).astype(dtype)
+    y = rng.integers(0, 3, n)
+    a = MLPModel(10, 3, hidden=(7,), rng=0, l2=l2, dtype=dtype)
+    b = MLPModel(10, 3, hidden=(7,), rng=0, l2=l2, dtype=dtype)
+    opt_a, opt_b = SGD(momentum), SGD(momentum)
+    for _ in range(4):  # several steps so the velocity matters
+        opt_a.step(a.params, a.loss_and_grad(X, y)[1], 0.1)
+        opt_b.step(b.params, b.loss_and_grad_factored(X, y)[1], 0.1)
+    rtol = 1e-5 if dtype == np.float32 else 1e-13
+    for k in a.params:
+        if n > 1:  # formed densely: the same arithmetic
+            np.testing.assert_array_equal(b.params[k], a.params[k])
+        np.testing.assert_allclose(b.params[k], a.params[k], rtol=rtol, atol=rtol)
+    assert set(opt_b.velocity) == set(opt_a.velocity)

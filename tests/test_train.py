@@ -352,3 +352,50 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(tmp_path, sig):
     arrays, meta = load_checkpoint(ck)
     assert meta["progress"]["step"] == int(step) > 0
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- hot path (issue 5)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_single_sample_fast_path_equals_the_plain_path(momentum):
+    """Single-sample SGD through factored rank-1 updates follows the loss_and_grad path."""
+    X, y = _data(n=60)
+
+    def run(patch):
+        model = MLPModel(8, 3, hidden=(6,), rng=0, l2=1e-3)
+        trainer = Trainer(
+            model, optimizer=SGD(momentum), schedule=0.05, batch_size=1, replacement=True, rng=1
+        )
+        if patch:  # an instance override: the trainer must call it, so no factored path
+            model.loss_and_grad = model.loss_and_grad
+        hist = trainer.fit((X, y), epochs=2)
+        return model, hist
+
+    fast, hist_fast = run(False)
+    plain, hist_plain = run(True)
+    for k in fast.params:
+        np.testing.assert_allclose(fast.params[k], plain.params[k], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        hist_fast.series("train_loss"), hist_plain.series("train_loss"), rtol=1e-5
+    )
+
+
+def test_fast_path_is_chosen_only_for_unmodified_single_sample_sgd():
+    model = SoftmaxModel(8, 3)
+    assert Trainer(model, batch_size=1)._gradient_function_for(1) == model.loss_and_grad_factored
+    assert Trainer(model, batch_size=4)._gradient_function_for(4) == model.loss_and_grad
+
+    class Custom(SoftmaxModel):
+        def loss_and_grad(self, X, y):
+            return super().loss_and_grad(X, y)
+
+    custom = Custom(8, 3)
+    assert Trainer(custom, batch_size=1)._gradient_function_for(1) == custom.loss_and_grad
+
+
+def test_finite_check_has_no_false_alarm_on_huge_finite_values():
+    X, y = _data(n=20)
+    X[3] = np.float32(3e38)  # the row sum overflows; the exact check must still pass it
+    Trainer(SoftmaxModel(8, 3), schedule=1e-30).fit((X, y), steps=1)
+    X[5, 2] = np.nan
+    with pytest.raises(Exception, match="NaN or inf"):
+        Trainer(SoftmaxModel(8, 3)).fit((X, y), steps=1)

@@ -18,6 +18,7 @@ import numpy as np
 
 from digitlab.errors import ConfigError, ShapeError
 from digitlab.models.functional import (
+    LinearGrad,
     binary_cross_entropy,
     penalty_grad_,
     penalty_value,
@@ -119,9 +120,12 @@ class Model:
         raise NotImplementedError
 
     def _data_loss_and_grad(
-        self, X: np.ndarray, y: np.ndarray, scale: float
-    ) -> tuple[float, dict[str, np.ndarray]]:  # pragma: no cover - abstract
-        """Summed cross-entropy over the batch and ``scale`` times its gradient."""
+        self, X: np.ndarray, y: np.ndarray, scale: float, factored: bool = False
+    ) -> tuple[float, dict[str, Any]]:  # pragma: no cover - abstract
+        """Summed cross-entropy over the batch and ``scale`` times its gradient.
+
+        With ``factored`` the weight matrices' entries are :class:`LinearGrad` (no penalty).
+        """
         raise NotImplementedError
 
     def _data_loss_sum(self, X: np.ndarray, y: np.ndarray) -> float:  # pragma: no cover
@@ -178,14 +182,36 @@ class Model:
         grads : dict of ndarray
             Same keys and shapes as ``params``.
         """
+        return self._loss_and_grad(X, y, factored=False)
+
+    def loss_and_grad_factored(
+        self, X: np.ndarray, y: np.ndarray
+    ) -> tuple[float, dict[str, np.ndarray | LinearGrad]]:
+        """:meth:`loss_and_grad` with the weight matrices' gradients left in factored form.
+
+        Each ``W`` entry is a :class:`~digitlab.models.functional.LinearGrad`
+        ``(a, delta, decay)`` meaning ``a.T @ delta + decay * W`` (``LinearGrad.dense`` gives
+        the array :meth:`loss_and_grad` returns, bit for bit); biases stay arrays. With an L1
+        penalty every entry is an array. The factors reference ``X``: use them before ``X``
+        is overwritten (the trainer applies them at once, see :class:`~digitlab.optim.SGD`).
+        """
+        return self._loss_and_grad(X, y, factored=not self.l1)
+
+    def _loss_and_grad(
+        self, X: np.ndarray, y: np.ndarray, factored: bool
+    ) -> tuple[float, dict[str, Any]]:
         X = self.check_X(X)
         y = self.check_y(y, X.shape[0])
         scale = 1.0 / X.shape[0] if self.reduction == "mean" else 1.0
-        loss_sum, grads = self._data_loss_and_grad(X, y, scale)
+        loss_sum, grads = self._data_loss_and_grad(X, y, scale, factored)
         loss = loss_sum * scale
         if self.l1 or self.l2:
             for k in self.penalized:
-                penalty_grad_(grads[k], self.params[k], self.l1, self.l2)
+                g = grads[k]
+                if isinstance(g, LinearGrad):  # only without L1: the penalty is l2 * W**2
+                    grads[k] = g._replace(decay=2.0 * self.l2)
+                else:
+                    penalty_grad_(g, self.params[k], self.l1, self.l2)
             loss += self.penalty()
         return loss, grads
 

@@ -9,7 +9,9 @@ from scipy.special import expit
 
 from digitlab.models.base import Model, as_generator, init_weight
 from digitlab.models.functional import (
+    LinearGrad,
     binary_cross_entropy,
+    outer_sum,
     softmax_,
     softmax_cross_entropy,
     softmax_cross_entropy_,
@@ -44,9 +46,9 @@ class _Linear(Model):
             z += self.params["b"]
         return z
 
-    def _grads(self, X: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+    def _grads(self, X: np.ndarray, g: np.ndarray, factored: bool) -> dict[str, Any]:
         """Parameter gradients from the logit gradient ``g (n, k)``: dW = X^T g, db = sum g."""
-        grads = {"W": X.T @ g}
+        grads: dict[str, Any] = {"W": LinearGrad(X, g) if factored else outer_sum(X, g)}
         if self.bias:
             grads["b"] = g.sum(axis=0)
         return grads
@@ -90,8 +92,8 @@ class LogisticModel(_Linear):
         return binary_cross_entropy(self._affine(X)[:, 0], y)
 
     def _data_loss_and_grad(
-        self, X: np.ndarray, y: np.ndarray, scale: float
-    ) -> tuple[float, dict[str, np.ndarray]]:
+        self, X: np.ndarray, y: np.ndarray, scale: float, factored: bool = False
+    ) -> tuple[float, dict[str, Any]]:
         z = self._affine(X)  # (n, 1)
         loss_sum = binary_cross_entropy(z[:, 0], y)
         # dE/dz = sigmoid(z) - t, the report's (y^n - t^n)
@@ -99,7 +101,7 @@ class LogisticModel(_Linear):
         g[:, 0] -= y
         if scale != 1.0:
             g *= scale
-        return loss_sum, self._grads(X, g)
+        return loss_sum, self._grads(X, g, factored)
 
 
 class SoftmaxModel(_Linear):
@@ -134,7 +136,7 @@ class SoftmaxModel(_Linear):
         return softmax_cross_entropy(self._affine(X), y)
 
     def _data_loss_and_grad(
-        self, X: np.ndarray, y: np.ndarray, scale: float
-    ) -> tuple[float, dict[str, np.ndarray]]:
+        self, X: np.ndarray, y: np.ndarray, scale: float, factored: bool = False
+    ) -> tuple[float, dict[str, Any]]:
         loss_sum, g = softmax_cross_entropy_(self._affine(X), y, scale)  # g = p - onehot
-        return loss_sum, self._grads(X, g)
+        return loss_sum, self._grads(X, g, factored)

@@ -11,8 +11,10 @@ from digitlab.errors import ConfigError
 from digitlab.models.base import Model, as_generator, init_weight
 from digitlab.models.functional import (
     ACTIVATIONS,
+    LinearGrad,
     activate_,
     activation_backward_,
+    outer_sum,
     softmax_,
     softmax_cross_entropy,
     softmax_cross_entropy_,
@@ -106,15 +108,17 @@ class MLPModel(Model):
         return softmax_cross_entropy(self._output_logits(self._forward_hidden(X)[-1]), y)
 
     def _data_loss_and_grad(
-        self, X: np.ndarray, y: np.ndarray, scale: float
-    ) -> tuple[float, dict[str, np.ndarray]]:
+        self, X: np.ndarray, y: np.ndarray, scale: float, factored: bool = False
+    ) -> tuple[float, dict[str, Any]]:
         acts = self._forward_hidden(X)
         loss_sum, delta = softmax_cross_entropy_(self._output_logits(acts[-1]), y, scale)
-        grads: dict[str, np.ndarray] = {}
+        grads: dict[str, Any] = {}
         # Backpropagation, layer L down to 1: delta holds dE/dz_i, shape (n, n_i).
+        # (delta is a new array each layer, so a LinearGrad's factors stay valid.)
         for i in range(self.n_layers, 0, -1):
             a_prev = acts[i - 1]
-            grads[f"W{i}"] = a_prev.T @ delta  # (n_{i-1}, n_i)
+            # dE/dW{i} = a_prev^T delta, (n_{i-1}, n_i)
+            grads[f"W{i}"] = LinearGrad(a_prev, delta) if factored else outer_sum(a_prev, delta)
             grads[f"b{i}"] = delta.sum(axis=0)  # (n_i,)
             if i > 1:
                 delta = delta @ self.params[f"W{i}"].T  # dE/da_{i-1}

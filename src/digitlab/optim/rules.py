@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from digitlab.errors import CheckpointError, ConfigError
+from digitlab.models.functional import LinearGrad, rank1_update_
 
 
 class SGD:
@@ -27,19 +28,57 @@ class SGD:
         self.momentum = float(momentum)
         self.velocity: dict[str, np.ndarray] = {}
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
-        """Update ``params`` in place from ``grads`` (same keys and shapes)."""
-        if not self.momentum:
-            for k, p in params.items():
-                p -= lr * grads[k]  # scalar*array then in-place subtract: one temporary
-            return
+    def step(
+        self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray | LinearGrad], lr: float
+    ) -> None:
+        """Update ``params`` in place from ``grads`` (same keys and shapes).
+
+        A gradient may also be a :class:`~digitlab.models.functional.LinearGrad`
+        ``(a, delta, decay)`` from ``Model.loss_and_grad_factored``, meaning
+        ``g = a.T @ delta + decay * p``. From one sample (``a`` has one row) it is applied
+        without forming ``g``, as a rank-1 update of ``p`` (plain) or ``v`` (momentum):
+
+        - plain: ``p <- p - lr g = (1 - lr decay) p - lr x d^T``, one BLAS ``ger`` pass;
+        - momentum: ``v <- mu v + x d^T`` (``ger``), ``v += decay p``, ``p -= lr v``.
+
+        These equal the array formulas to float rounding (tests/test_optim.py). From a batch,
+        ``g`` is formed (``LinearGrad.dense``, the numbers ``loss_and_grad`` gives) and
+        applied as an array.
+        """
         for k, p in params.items():
-            v = self.velocity.get(k)
-            if v is None:
-                v = self.velocity[k] = np.zeros_like(p)
+            g = grads[k]
+            if isinstance(g, LinearGrad):
+                if g.a.shape[0] == 1:
+                    self._rank1_step(k, p, g, lr)
+                    continue
+                g = g.dense(p)
+            if not self.momentum:
+                p -= lr * g  # scalar*array then in-place subtract: one temporary
+                continue
+            v = self._velocity(k, p)
             v *= self.momentum
-            v += grads[k]
+            v += g
             p -= lr * v
+
+    def _velocity(self, k: str, p: np.ndarray) -> np.ndarray:
+        v = self.velocity.get(k)
+        if v is None:
+            v = self.velocity[k] = np.zeros_like(p)
+        return v
+
+    def _rank1_step(self, k: str, p: np.ndarray, g: LinearGrad, lr: float) -> None:
+        x, d = g.a[0], g.delta[0]  # the gradient is outer(x, d) + decay p
+        if not self.momentum:
+            if g.decay:
+                p *= 1.0 - lr * g.decay
+            rank1_update_(p, x, d, -lr)
+            return
+        v = self._velocity(k, p)
+        v *= self.momentum
+        rank1_update_(v, x, d, 1.0)
+        if g.decay:
+            v += g.decay * p
+        p -= lr * v
 
     def config(self) -> dict[str, Any]:
         return {"name": "sgd", "momentum": self.momentum}

@@ -197,10 +197,10 @@ class Trainer:
         start = self.pos * bs
         if self.order is None:  # stored order: a view, no copy
             Xb, yb = X[start : start + bs], y[start : start + bs]
-        else:  # gather the batch's rows with one take into a preallocated buffer
+        else:  # gather the batch's rows with one take into preallocated buffers
             idx = self.order[start : start + bs]
             Xb = np.take(X, idx, axis=0, out=self._buf[: idx.size])
-            yb = y[idx]
+            yb = np.take(y, idx, out=self._ybuf[: idx.size])
         if self.batch_transform is not None:
             Xb = self.batch_transform(Xb, self.rng)
         return Xb, yb
@@ -251,6 +251,8 @@ class Trainer:
         targets = [t for t in (epochs and epochs * self.steps_per_epoch, steps) if t is not None]
         self.total_steps = min(targets)
         self._buf = np.empty((self.batch_size, X.shape[1]), dtype=X.dtype)
+        self._ybuf = np.empty(self.batch_size, dtype=y.dtype)
+        loss_and_grad = self._gradient_function_for(self.batch_size)
         self._stop, self.stop_reason, self.diverged = False, None, False
         lr = self.schedule(self.step, self.epoch)
 
@@ -264,7 +266,7 @@ class Trainer:
             while self.step < self.total_steps and not self._stop:
                 Xb, yb = self._next_batch(X, y)
                 lr = self.schedule(self.step, self.epoch)
-                loss, grads = self.model.loss_and_grad(Xb, yb)
+                loss, grads = loss_and_grad(Xb, yb)
                 if not math.isfinite(loss):
                     self.diverged = True
                     raise DivergenceError(
@@ -292,10 +294,32 @@ class Trainer:
                 cb.on_train_end(self)
         return self.history
 
+    def _gradient_function_for(
+        self, batch_size: int
+    ) -> Callable[[np.ndarray, np.ndarray], tuple[float, Any]]:
+        """The model's gradient method this fit calls each step.
+
+        Single-sample SGD asks for factored gradients (``loss_and_grad_factored``), which
+        :class:`SGD` applies as one BLAS rank-1 update per weight matrix instead of writing
+        out a ``(d, h)`` gradient and reading it back. That is the arithmetic of
+        ``loss_and_grad`` + ``SGD.step`` to float rounding, so it is used only while neither
+        has been replaced: a subclass or an instance that overrides ``loss_and_grad`` (to
+        inspect batches, say) is called as is.
+        """
+        model, opt = self.model, self.optimizer
+        if (
+            batch_size == 1
+            and "loss_and_grad" not in vars(model)
+            and type(model).loss_and_grad is Model.loss_and_grad
+            and type(opt).step is SGD.step
+        ):
+            return model.loss_and_grad_factored
+        return model.loss_and_grad
+
     def _check_pair(self, name: str, pair: ArrayPair) -> ArrayPair:
         X, y = pair
         X = self.model.check_X(X)  # converted to the model's dtype once, here
-        if not np.all(np.isfinite(X)):
+        if not _all_finite(X):
             raise ShapeError(f"{name} features contain NaN or inf")
         return X, self.model.check_y(y, X.shape[0])
 
@@ -379,6 +403,20 @@ class Trainer:
                 cb.load_state_dict(split_prefixed(arrays, f"cb{j}"), saved[j]["state"])
         self.extra_meta = dict(meta.get("extra", {}))
         self.extra_arrays = split_prefixed(arrays, "extra")
+
+
+def _all_finite(X: np.ndarray) -> bool:
+    """Whether ``X (n, d)`` holds no NaN or inf, without an ``(n, d)`` boolean temporary.
+
+    NaN and inf survive a row sum, so ``X @ 1`` (one BLAS pass) settles the common case; a
+    non-finite sum is confirmed block by block, as finite values can overflow when summed.
+    """
+    if X.size == 0 or np.isfinite(X @ np.ones(X.shape[1], dtype=X.dtype)).all():
+        return True
+    return all(
+        np.isfinite(X[start : start + EVAL_CHUNK]).all()
+        for start in range(0, X.shape[0], EVAL_CHUNK)
+    )
 
 
 def evaluate(model: Model, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
