@@ -143,3 +143,72 @@ def test_factored_sgd_step_equals_the_array_step(momentum, l2, n, dtype):
             np.testing.assert_array_equal(b.params[k], a.params[k])
         np.testing.assert_allclose(b.params[k], a.params[k], rtol=rtol, atol=rtol)
     assert set(opt_b.velocity) == set(opt_a.velocity)
+
+
+# ---------------------------------------------------------------- fast L-BFGS (issue 5)
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_chunked_loss_and_grad_equals_one_pass(kind):
+    X, y = _problem(n=203, k=2 if kind == "logistic" else 3)
+    model = (
+        LogisticModel(10, l2=0.01, init="normal", rng=0, dtype=np.float64)
+        if kind == "logistic"
+        else SoftmaxModel(10, 3, l2=0.01, init="normal", rng=0, dtype=np.float64)
+    )
+    loss, grads = model.loss_and_grad(X, y)
+    loss_c, grads_c = model.loss_and_grad(X.astype(np.float32), y, chunk_rows=50)
+    ref_loss, ref_grads = model.loss_and_grad(X.astype(np.float32).astype(np.float64), y)
+    assert loss_c == pytest.approx(ref_loss, rel=1e-13)
+    for k in grads:
+        np.testing.assert_allclose(grads_c[k], ref_grads[k], rtol=1e-12, atol=1e-15)
+    loss_c64, grads_c64 = model.loss_and_grad(X, y, chunk_rows=64)
+    assert loss_c64 == pytest.approx(loss, rel=1e-13)
+    for k in grads:
+        np.testing.assert_allclose(grads_c64[k], grads[k], rtol=1e-12, atol=1e-15)
+
+
+def test_lbfgs_coordinates_are_an_exact_reparametrisation():
+    from digitlab.optim.lbfgs import _Coordinates
+
+    X, y = _problem(n=150)
+    X = X + 3.0  # features with nonzero means, so the centring matters
+    model = SoftmaxModel(10, 3, l2=0.01, init="normal", rng=1, dtype=np.float64)
+    model.params["b"][...] = [0.3, -0.2, 0.1]
+    coords = _Coordinates(model, X, chunk_rows=64)
+    theta = coords.to_theta(model.params)
+    back = coords.params(theta)
+    for k in model.params:
+        np.testing.assert_allclose(back[k], model.params[k], rtol=1e-13, atol=1e-13)
+
+    def f(t):  # the objective as a function of theta
+        m = model.copy()
+        for k, v in coords.params(t).items():
+            m.params[k][...] = v
+        return m.loss(X, y)
+
+    g = coords.grad_to_theta(model.loss_and_grad(X, y)[1])  # chain rule
+    rng = np.random.default_rng(0)
+    for i in rng.choice(theta.size, 8, replace=False):
+        e = np.zeros_like(theta)
+        e[i] = 1e-6
+        assert (f(theta + e) - f(theta - e)) / 2e-6 == pytest.approx(g[i], rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_lbfgs_float32_start_reaches_the_float64_optimum(bias):
+    X, y = _problem(n=400)
+    X = (X + 1.0).astype(np.float32)
+    one = lbfgs(SoftmaxModel(10, 3, l2=1e-3, bias=bias), X, y, start_dtype=None)
+    two = lbfgs(SoftmaxModel(10, 3, l2=1e-3, bias=bias), X, y)
+    assert one.model.dtype == two.model.dtype == np.float64
+    assert two.objective == pytest.approx(one.objective, rel=1e-10)
+    assert two.grad_norm < 1e-5 and one.grad_norm < 1e-5
+    np.testing.assert_allclose(two.model.params["W"], one.model.params["W"], atol=1e-4)
+
+
+def test_scipy_blas_is_restored_after_lbfgs():
+    from threadpoolctl import threadpool_info
+
+    before = [(i["filepath"], i["num_threads"]) for i in threadpool_info()]
+    X, y = _problem()
+    lbfgs(SoftmaxModel(10, 3, l2=1e-3), X, y)
+    assert [(i["filepath"], i["num_threads"]) for i in threadpool_info()] == before

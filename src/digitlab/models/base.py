@@ -167,13 +167,21 @@ class Model:
             np.sqrt(sum(float(np.vdot(self.params[k], self.params[k])) for k in self.weights))
         )
 
-    def loss_and_grad(self, X: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    def loss_and_grad(
+        self, X: np.ndarray, y: np.ndarray, *, chunk_rows: int | None = None
+    ) -> tuple[float, dict[str, np.ndarray]]:
         """The regularised objective and its gradient.
 
         Parameters
         ----------
         X : ndarray (n, d)
         y : ndarray of int (n,)
+        chunk_rows : int, optional
+            Work through the rows in blocks of this many, summing the blocks' losses and
+            gradients: a block is still in cache when the gradient's product reads it again
+            (one pass over ``X`` from memory instead of two), and ``X`` is converted to the
+            model's dtype a block at a time (no full copy). Equal to the one-block result
+            up to the order of float summation.
 
         Returns
         -------
@@ -182,6 +190,8 @@ class Model:
         grads : dict of ndarray
             Same keys and shapes as ``params``.
         """
+        if chunk_rows is not None and np.shape(X)[0] > chunk_rows:
+            return self._chunked_loss_and_grad(X, y, int(chunk_rows))
         return self._loss_and_grad(X, y, factored=False)
 
     def loss_and_grad_factored(
@@ -212,6 +222,28 @@ class Model:
                     grads[k] = g._replace(decay=2.0 * self.l2)
                 else:
                     penalty_grad_(g, self.params[k], self.l1, self.l2)
+            loss += self.penalty()
+        return loss, grads
+
+    def _chunked_loss_and_grad(
+        self, X: np.ndarray, y: np.ndarray, chunk: int
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        X = np.asarray(X)
+        self.check_X(X[:1])  # shape checks without converting all of X
+        n = X.shape[0]
+        y = self.check_y(y, n)
+        scale = 1.0 / n if self.reduction == "mean" else 1.0
+        loss_sum, grads = 0.0, {k: np.zeros_like(v) for k, v in self.params.items()}
+        for start in range(0, n, chunk):
+            Xb = self.check_X(X[start : start + chunk])
+            part, g = self._data_loss_and_grad(Xb, y[start : start + chunk], scale)
+            loss_sum += part
+            for k, v in g.items():
+                grads[k] += v
+        loss = loss_sum * scale
+        if self.l1 or self.l2:
+            for k in self.penalized:
+                penalty_grad_(grads[k], self.params[k], self.l1, self.l2)
             loss += self.penalty()
         return loss, grads
 

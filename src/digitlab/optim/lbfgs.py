@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize
@@ -45,6 +48,8 @@ def lbfgs(
     gtol: float = 1e-6,
     ftol: float = 1e-15,
     dtype: type = np.float64,
+    start_dtype: type | None = np.float32,
+    chunk_rows: int = 2048,
 ) -> LBFGSResult:
     """Minimise the model's objective over the whole of ``(X, y)``.
 
@@ -56,44 +61,170 @@ def lbfgs(
     X : ndarray (n, d)
     y : ndarray of int (n,)
     max_iter : int
+        Iterations of each stage.
     gtol : float
-        Stop when the largest gradient component is below this.
+        Stop when the largest gradient component (in the solver's coordinates, below) is below
+        this.
     ftol : float
         Stop when the relative decrease of the objective is below this.
     dtype : numpy dtype
-        Arithmetic precision of the objective (float64 for an exact optimum).
+        Precision of the last stage, of the returned model and of the reported objective
+        (float64 for an exact optimum).
+    start_dtype : numpy dtype or None
+        Precision of a first stage that gets near the optimum at half the memory traffic
+        (float32), stopping at ``max(gtol, 1e-5)``; the last stage continues from there.
+        None: one stage in ``dtype``.
+    chunk_rows : int
+        Rows per block of the loss-and-gradient pass (see ``Model.loss_and_grad``).
 
     Returns
     -------
     LBFGSResult
+
+    Notes
+    -----
+    How it is fast (issue 5; the objective and its optimum are unchanged):
+
+    - Coordinates: the solver sees ``theta = (s * W, b + mu^T W)`` with ``mu`` the feature
+      means and ``s = sqrt(var + 2 l2 k / n_eff)`` (per feature): an exact linear
+      reparametrisation that centres and scales the features, so L-BFGS's scalar initial
+      Hessian fits better (about 20% fewer iterations on MNIST). Gradients map back by the
+      chain rule: ``dtheta_W = (dW - mu db^T) / s``, ``dtheta_b = db``.
+    - Precision and memory: ``X`` is never copied; blocks are converted as they are used.
+    - Threads: SciPy's L-BFGS-B does its small vector algebra in SciPy's own OpenBLAS (wheels
+      ship one beside NumPy's). Two-thread calls there leave idle threads spinning that halve
+      the speed of NumPy's next matrix product (33 ms -> 70-120 ms per evaluation on two
+      cores), so that library runs single-threaded during the solve and is restored after.
     """
     if model.kind not in ("logistic", "softmax"):
         raise ConfigError(f"L-BFGS is for the convex models (logistic, softmax), not {model.kind}")
     if model.l1:
         raise ConfigError("L-BFGS needs a smooth objective: set l1 to 0 (L2 is fine)")
-    m = model.astype(dtype)
-    X = m.check_X(X)
-    y = m.check_y(y, X.shape[0])
-
-    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        m.set_flat(theta)
-        loss, grads = m.loss_and_grad(X, y)
-        return loss, np.concatenate([g.ravel() for g in grads.values()]).astype(np.float64)
-
-    res = minimize(
-        fun,
-        m.get_flat(),
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": max_iter, "gtol": gtol, "ftol": ftol, "maxcor": 20},
+    X = np.asarray(X)
+    model.check_X(X[:1])
+    y = model.check_y(y, X.shape[0])
+    coords = _Coordinates(model, X, chunk_rows)
+    stages = (
+        [dtype]
+        if start_dtype is None or np.dtype(start_dtype) == np.dtype(dtype)
+        else [
+            start_dtype,
+            dtype,
+        ]
     )
-    m.set_flat(res.x)
-    loss, grad = fun(res.x)
+    theta = coords.to_theta(model.params)
+    l2, penalized = model.l2, model.penalized
+    n_iter = 0
+    with _scipy_blas_single_threaded():
+        for i, stage_dtype in enumerate(stages):
+            # the data term in stage_dtype; the penalty, cheap, in float64 from theta (a float32
+            # penalty adds rounding noise to f that stalls the line search near the optimum)
+            m = model.astype(stage_dtype)
+            m.l2 = 0.0
+            last = i == len(stages) - 1
+
+            def fun(t: np.ndarray, m: Model = m) -> tuple[float, np.ndarray]:
+                params = coords.params(t)
+                for k, v in params.items():
+                    m.params[k][...] = v
+                loss, grads = m.loss_and_grad(X, y, chunk_rows=chunk_rows)
+                grads = {k: g.astype(np.float64) for k, g in grads.items()}
+                for k in penalized:
+                    loss += l2 * float(np.vdot(params[k], params[k]))
+                    grads[k] += (2.0 * l2) * params[k]
+                return loss, coords.grad_to_theta(grads)
+
+            res = minimize(
+                fun,
+                theta,
+                jac=True,
+                method="L-BFGS-B",
+                options={
+                    "maxiter": max_iter,
+                    "gtol": gtol if last else max(gtol, 1e-5),
+                    "ftol": ftol,
+                    "maxcor": 20,
+                },
+            )
+            theta, n_iter = res.x, n_iter + int(res.nit)
+        result_model = model.astype(np.float64)
+        for k, v in coords.params(theta).items():
+            result_model.params[k][...] = v
+        loss, grads = result_model.loss_and_grad(X, y, chunk_rows=chunk_rows)
+    flat = np.concatenate([g.ravel() for g in grads.values()])
     return LBFGSResult(
-        model=m,
+        model=result_model,
         objective=float(loss),
-        grad_norm=float(np.linalg.norm(grad)),
-        n_iter=int(res.nit),
+        grad_norm=float(np.linalg.norm(flat)),
+        n_iter=n_iter,
         converged=bool(res.success),
         message=str(res.message),
     )
+
+
+class _Coordinates:
+    """The solver's coordinates ``theta = (s * W, b + mu^T W)`` (see :func:`lbfgs`)."""
+
+    def __init__(self, model: Model, X: np.ndarray, chunk_rows: int) -> None:
+        n, d = X.shape
+        self.has_b = "b" in model.params
+        self.shapes = {k: v.shape for k, v in model.params.items()}
+        # feature moments from every 4th row, in float64 blocks: only the speed depends on them
+        s1, s2, m = np.zeros(d), np.zeros(d), 0
+        for start in range(0, n, 4 * chunk_rows):
+            block = X[start : start + 4 * chunk_rows : 4].astype(np.float64)
+            s1 += block.sum(axis=0)
+            s2 += np.einsum("ij,ij->j", block, block)
+            m += block.shape[0]
+        mean = s1 / m
+        var = s2 / m - mean**2 if self.has_b else s2 / m  # no bias to absorb a shift
+        k = max(model.n_classes, 2)
+        n_eff = n if model.reduction == "sum" else 1
+        s2_floor = var.clip(min=0.0) + 2.0 * model.l2 * k / n_eff
+        self.s = np.where(s2_floor > 0, np.sqrt(s2_floor), 1.0)[:, None]  # (d, 1)
+        self.mu = mean[:, None] if self.has_b else np.zeros((d, 1))  # (d, 1)
+
+    def to_theta(self, params: dict[str, np.ndarray]) -> np.ndarray:
+        W = params["W"].astype(np.float64)
+        parts = [(self.s * W).ravel()]
+        if self.has_b:
+            parts.append(params["b"] + (self.mu * W).sum(axis=0))  # c = b + W^T mu
+        return np.concatenate(parts)
+
+    def params(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        """The float64 parameters ``W = theta_W / s``, ``b = theta_b - W^T mu``."""
+        size = int(np.prod(self.shapes["W"]))
+        W = theta[:size].reshape(self.shapes["W"]) / self.s
+        if not self.has_b:
+            return {"W": W}
+        return {"W": W, "b": theta[size:] - (self.mu * W).sum(axis=0)}
+
+    def grad_to_theta(self, grads: dict[str, np.ndarray]) -> np.ndarray:
+        gW = grads["W"].astype(np.float64)
+        if not self.has_b:
+            return (gW / self.s).ravel()
+        gb = grads["b"].astype(np.float64)
+        return np.concatenate([((gW - self.mu * gb) / self.s).ravel(), gb])
+
+
+@contextlib.contextmanager
+def _scipy_blas_single_threaded() -> Iterator[None]:
+    """Run SciPy's own BLAS library (when it is not NumPy's) on one thread inside the block."""
+    try:
+        import scipy
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        yield
+        return
+    scipy_dir = str(Path(scipy.__file__).resolve().parent.parent / "scipy.libs")
+    controller = ThreadpoolController()
+    paths = [
+        c.filepath
+        for c in controller.lib_controllers
+        if c.user_api == "blas" and str(c.filepath).startswith(scipy_dir)
+    ]
+    if not paths:
+        yield
+        return
+    with controller.select(filepath=paths).limit(limits=1):
+        yield

@@ -411,7 +411,9 @@ def _all_finite(X: np.ndarray) -> bool:
     NaN and inf survive a row sum, so ``X @ 1`` (one BLAS pass) settles the common case; a
     non-finite sum is confirmed block by block, as finite values can overflow when summed.
     """
-    if X.size == 0 or np.isfinite(X @ np.ones(X.shape[1], dtype=X.dtype)).all():
+    with np.errstate(over="ignore", invalid="ignore"):
+        row_sums = X @ np.ones(X.shape[1], dtype=X.dtype)
+    if X.size == 0 or np.isfinite(row_sums).all():
         return True
     return all(
         np.isfinite(X[start : start + EVAL_CHUNK]).all()
