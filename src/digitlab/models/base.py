@@ -342,12 +342,12 @@ class Model:
         y = np.asarray(y)
         if y.shape != (n,):
             raise ShapeError(f"y must have shape ({n},) to match X, got {y.shape}")
-        if not np.issubdtype(y.dtype, np.integer):
-            if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+        if y.dtype.kind not in "iu":  # not an integer dtype
+            if y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0):
                 y = y.astype(np.int64)
             else:
                 raise ShapeError(f"y must hold integer class labels, got dtype {y.dtype}")
-        lo, hi = int(y.min()), int(y.max())
+        lo, hi = int(np.minimum.reduce(y)), int(np.maximum.reduce(y))
         if lo < 0 or hi >= self.n_classes:
             raise ShapeError(
                 f"labels must lie in [0, {self.n_classes - 1}] for this {self.kind} model, "
