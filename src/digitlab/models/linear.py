@@ -50,7 +50,7 @@ class _Linear(Model):
         """Parameter gradients from the logit gradient ``g (n, k)``: dW = X^T g, db = sum g."""
         grads: dict[str, Any] = {"W": LinearGrad(X, g) if factored else outer_sum(X, g)}
         if self.bias:
-            grads["b"] = g.sum(axis=0)
+            grads["b"] = np.add.reduce(g, axis=0)  # sum over rows
         return grads
 
     def config(self) -> dict[str, Any]:

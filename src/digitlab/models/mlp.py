@@ -119,7 +119,7 @@ class MLPModel(Model):
             a_prev = acts[i - 1]
             # dE/dW{i} = a_prev^T delta, (n_{i-1}, n_i)
             grads[f"W{i}"] = LinearGrad(a_prev, delta) if factored else outer_sum(a_prev, delta)
-            grads[f"b{i}"] = delta.sum(axis=0)  # (n_i,)
+            grads[f"b{i}"] = np.add.reduce(delta, axis=0)  # sum over rows, (n_i,)
             if i > 1:
                 delta = delta @ self.params[f"W{i}"].T  # dE/da_{i-1}
                 activation_backward_(delta, a_prev, self.activation)  # dE/dz_{i-1}

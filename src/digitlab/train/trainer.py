@@ -199,8 +199,8 @@ class Trainer:
             Xb, yb = X[start : start + bs], y[start : start + bs]
         else:  # gather the batch's rows with one take into preallocated buffers
             idx = self.order[start : start + bs]
-            Xb = np.take(X, idx, axis=0, out=self._buf[: idx.size])
-            yb = np.take(y, idx, out=self._ybuf[: idx.size])
+            Xb = X.take(idx, axis=0, out=self._buf[: idx.size])
+            yb = y.take(idx, out=self._ybuf[: idx.size])
         if self.batch_transform is not None:
             Xb = self.batch_transform(Xb, self.rng)
         return Xb, yb
