@@ -369,3 +369,19 @@ def test_rank1_update_matches_numpy_and_falls_back_for_strided_arrays():
     expected = view + 2.0 * np.outer(np.ones(8), np.arange(30.0))
     rank1_update_(view, np.ones(8), np.arange(30.0), 2.0)
     np.testing.assert_allclose(big[:, ::2], expected)
+
+
+def test_single_row_softmax_cross_entropy_equals_the_batched_rows():
+    from digitlab.models.functional import softmax_cross_entropy_
+
+    rng = np.random.default_rng(2)
+    for dtype in (np.float32, np.float64):
+        Z = (rng.standard_normal((6, 10)) * 30).astype(dtype)
+        y = rng.integers(0, 10, 6)
+        total, G = softmax_cross_entropy_(Z.copy(), y, 0.5)
+        rows = [softmax_cross_entropy_(Z[i : i + 1].copy(), y[i : i + 1], 0.5) for i in range(6)]
+        np.testing.assert_array_equal(np.concatenate([g for _, g in rows]), G)  # bit for bit
+        for i, (loss, _) in enumerate(rows):  # each row's loss as the batched formula gives it
+            single = softmax_cross_entropy_(np.vstack([Z[i], Z[i]]), y[[i, i]], 1.0)[0] / 2
+            assert loss == single
+        assert sum(loss for loss, _ in rows) == pytest.approx(total, rel=1e-12)
