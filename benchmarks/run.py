@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": threads,
         "gemm_GFLOPs": gemm,
         "bandwidth": bw,
-        "rounds": 2 if quick else 5,
+        "rounds": 2 if quick else 7,
         "steps_micro": 200 if quick else 1000,
         "full_steps": 3 if quick else 10,
         "sgd_steps": 3000 if quick else 20000,
