@@ -166,9 +166,12 @@ def test_chunked_loss_and_grad_equals_one_pass(kind):
         np.testing.assert_allclose(grads_c64[k], grads[k], rtol=1e-12, atol=1e-15)
 
 
-def test_lbfgs_coordinates_are_an_exact_reparametrisation():
+@pytest.mark.parametrize("whiten", ["full", "diagonal"])
+def test_lbfgs_coordinates_are_an_exact_reparametrisation(whiten, monkeypatch):
     from digitlab.optim.lbfgs import _Coordinates
 
+    if whiten == "diagonal":  # what features beyond MAX_WHITEN get
+        monkeypatch.setattr(_Coordinates, "MAX_WHITEN", 5)
     X, y = _problem(n=150)
     X = X + 3.0  # features with nonzero means, so the centring matters
     model = SoftmaxModel(10, 3, l2=0.01, init="normal", rng=1, dtype=np.float64)

@@ -85,11 +85,13 @@ def lbfgs(
     -----
     How it is fast (issue 5; the objective and its optimum are unchanged):
 
-    - Coordinates: the solver sees ``theta = (s * W, b + mu^T W)`` with ``mu`` the feature
-      means and ``s = sqrt(var + 2 l2 k / n_eff)`` (per feature): an exact linear
-      reparametrisation that centres and scales the features, so L-BFGS's scalar initial
-      Hessian fits better (about 20% fewer iterations on MNIST). Gradients map back by the
-      chain rule: ``dtheta_W = (dW - mu db^T) / s``, ``dtheta_b = db``.
+    - Coordinates: the solver sees ``theta = (P^-1 W, b + W^T mu)`` with ``mu`` the feature
+      means and ``P = (C + 2 l2 k / n_eff I)^(-1/2)``, ``C`` the features' covariance (from
+      every 4th row): an exact linear reparametrisation that centres and whitens the
+      features, so the Hessian is close to a multiple of the identity and L-BFGS's scalar
+      initial Hessian fits (on MNIST 56 iterations instead of 114; setting up ``P`` costs
+      one ``d x d`` eigendecomposition). Gradients map back by the chain rule:
+      ``dtheta_W = P (dW - mu db^T)``, ``dtheta_b = db``.
     - Precision and memory: ``X`` is never copied; blocks are converted as they are used.
     - Threads: SciPy's L-BFGS-B does its small vector algebra in SciPy's own OpenBLAS (wheels
       ship one beside NumPy's). Two-thread calls there leave idle threads spinning that halve
@@ -163,48 +165,68 @@ def lbfgs(
 
 
 class _Coordinates:
-    """The solver's coordinates ``theta = (s * W, b + mu^T W)`` (see :func:`lbfgs`)."""
+    """The solver's coordinates ``theta = (P^-1 W, b + W^T mu)`` (see :func:`lbfgs`).
+
+    ``P = (C + r I)^(-1/2)`` with ``C`` the features' covariance (second moment without a
+    bias) and ``r = 2 l2 k / n_eff`` the penalty's share of the Hessian, so the objective's
+    Hessian in ``theta`` is close to a multiple of the identity. For ``d > MAX_WHITEN``
+    features only the diagonal of ``C`` is used.
+    """
+
+    MAX_WHITEN = 2048
 
     def __init__(self, model: Model, X: np.ndarray, chunk_rows: int) -> None:
         n, d = X.shape
         self.has_b = "b" in model.params
         self.shapes = {k: v.shape for k, v in model.params.items()}
-        # feature moments from every 4th row, in float64 blocks: only the speed depends on them
-        s1, s2, m = np.zeros(d), np.zeros(d), 0
+        full = d <= self.MAX_WHITEN
+        # moments from every 4th row: only the solver's speed depends on them
+        s1, m = np.zeros(d), 0
+        s2 = np.zeros((d, d)) if full else np.zeros(d)
         for start in range(0, n, 4 * chunk_rows):
-            block = X[start : start + 4 * chunk_rows : 4].astype(np.float64)
-            s1 += block.sum(axis=0)
-            s2 += np.einsum("ij,ij->j", block, block)
+            block = X[start : start + 4 * chunk_rows : 4].astype(np.float32)  # float32 GEMM,
+            s1 += block.sum(axis=0, dtype=np.float64)  # blocks summed in float64
+            s2 += block.T @ block if full else np.einsum("ij,ij->j", block, block)
             m += block.shape[0]
         mean = s1 / m
-        var = s2 / m - mean**2 if self.has_b else s2 / m  # no bias to absorb a shift
+        cov = s2 / m
+        if self.has_b:  # centred: the bias absorbs the mean
+            cov = cov - (np.outer(mean, mean) if full else mean**2)
         k = max(model.n_classes, 2)
         n_eff = n if model.reduction == "sum" else 1
-        s2_floor = var.clip(min=0.0) + 2.0 * model.l2 * k / n_eff
-        self.s = np.where(s2_floor > 0, np.sqrt(s2_floor), 1.0)[:, None]  # (d, 1)
+        ridge = 2.0 * model.l2 * k / n_eff
+        if full:
+            lam, U = np.linalg.eigh(cov)
+            lam = lam.clip(min=0.0) + max(ridge, 1e-9 * max(lam.max(), 1e-300))
+            self.P = (U / np.sqrt(lam)) @ U.T  # (C + r I)^(-1/2), symmetric
+            self.P_inv = (U * np.sqrt(lam)) @ U.T
+        else:
+            lam = cov.clip(min=0.0) + max(ridge, 1e-9 * max(cov.max(), 1e-300))
+            self.P, self.P_inv = np.diag(1.0 / np.sqrt(lam)), np.diag(np.sqrt(lam))
         self.mu = mean[:, None] if self.has_b else np.zeros((d, 1))  # (d, 1)
 
     def to_theta(self, params: dict[str, np.ndarray]) -> np.ndarray:
         W = params["W"].astype(np.float64)
-        parts = [(self.s * W).ravel()]
+        parts = [(self.P_inv @ W).ravel()]
         if self.has_b:
             parts.append(params["b"] + (self.mu * W).sum(axis=0))  # c = b + W^T mu
         return np.concatenate(parts)
 
     def params(self, theta: np.ndarray) -> dict[str, np.ndarray]:
-        """The float64 parameters ``W = theta_W / s``, ``b = theta_b - W^T mu``."""
+        """The float64 parameters ``W = P theta_W``, ``b = theta_b - W^T mu``."""
         size = int(np.prod(self.shapes["W"]))
-        W = theta[:size].reshape(self.shapes["W"]) / self.s
+        W = self.P @ theta[:size].reshape(self.shapes["W"])
         if not self.has_b:
             return {"W": W}
         return {"W": W, "b": theta[size:] - (self.mu * W).sum(axis=0)}
 
     def grad_to_theta(self, grads: dict[str, np.ndarray]) -> np.ndarray:
+        """Chain rule: ``dtheta_W = P^T (dW - mu db^T)``, ``dtheta_b = db``."""
         gW = grads["W"].astype(np.float64)
         if not self.has_b:
-            return (gW / self.s).ravel()
+            return (self.P.T @ gW).ravel()
         gb = grads["b"].astype(np.float64)
-        return np.concatenate([((gW - self.mu * gb) / self.s).ravel(), gb])
+        return np.concatenate([(self.P.T @ (gW - self.mu * gb)).ravel(), gb])
 
 
 @contextlib.contextmanager
