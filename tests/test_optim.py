@@ -215,3 +215,14 @@ def test_scipy_blas_is_restored_after_lbfgs():
     X, y = _problem()
     lbfgs(SoftmaxModel(10, 3, l2=1e-3), X, y)
     assert [(i["filepath"], i["num_threads"]) for i in threadpool_info()] == before
+
+
+def test_lbfgs_without_penalty_converges_on_digits():
+    """Whitening must not stretch rarely-inked pixels without bound when l2 = 0 (a run on the
+    embedded digits stalled at 500 iterations with gradient norm ~1 before the floor)."""
+    from digitlab.data import Preprocessor, load
+
+    data = load("mnist-5k")
+    X = Preprocessor("scale01").fit_transform(data.x_train)
+    res = lbfgs(SoftmaxModel(784, 10), X, data.y_train, max_iter=500)
+    assert res.grad_norm < 1e-3, res.message

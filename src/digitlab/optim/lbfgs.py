@@ -164,13 +164,18 @@ def lbfgs(
     )
 
 
+_FLOOR = 0.1  # eigenvalue floor relative to the mean eigenvalue (matters for tiny l2)
+
+
 class _Coordinates:
     """The solver's coordinates ``theta = (P^-1 W, b + W^T mu)`` (see :func:`lbfgs`).
 
     ``P = (C + r I)^(-1/2)`` with ``C`` the features' covariance (second moment without a
     bias) and ``r = 2 l2 k / n_eff`` the penalty's share of the Hessian, so the objective's
-    Hessian in ``theta`` is close to a multiple of the identity. For ``d > MAX_WHITEN``
-    features only the diagonal of ``C`` is used.
+    Hessian in ``theta`` is close to a multiple of the identity. ``r`` is at least ``_FLOOR``
+    times the mean eigenvalue of ``C``: with little or no penalty, directions the data hardly
+    vary in would otherwise be stretched without bound (an unpenalised 4,000-image fit then
+    stalled). For ``d > MAX_WHITEN`` features only the diagonal of ``C`` is used.
     """
 
     MAX_WHITEN = 2048
@@ -197,11 +202,11 @@ class _Coordinates:
         ridge = 2.0 * model.l2 * k / n_eff
         if full:
             lam, U = np.linalg.eigh(cov)
-            lam = lam.clip(min=0.0) + max(ridge, 1e-9 * max(lam.max(), 1e-300))
+            lam = lam.clip(min=0.0) + max(ridge, _FLOOR * max(lam.mean(), 1e-300))
             self.P = (U / np.sqrt(lam)) @ U.T  # (C + r I)^(-1/2), symmetric
             self.P_inv = (U * np.sqrt(lam)) @ U.T
         else:
-            lam = cov.clip(min=0.0) + max(ridge, 1e-9 * max(cov.max(), 1e-300))
+            lam = cov.clip(min=0.0) + max(ridge, _FLOOR * max(cov.mean(), 1e-300))
             self.P, self.P_inv = np.diag(1.0 / np.sqrt(lam)), np.diag(np.sqrt(lam))
         self.mu = mean[:, None] if self.has_b else np.zeros((d, 1))  # (d, 1)
 
