@@ -121,14 +121,9 @@ def per_step_us(fn: Callable[[], Any], steps: int, repeat: int = 3) -> float:
 
 # ----------------------------------------------------------------------------- machine
 def machine(threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from digitlab.report.document import cpu_model
+
+    cpu = cpu_model() or "?"
     import scipy
     import sklearn
     import torch

@@ -94,6 +94,20 @@ window.addEventListener("load", function () {
 
 
 # ---------------------------------------------------------------------------------- numbers
+#: Columns of the summary table at the top of the report (HTML and Markdown alike).
+SUMMARY_COLUMNS = (
+    "seed",
+    "section",
+    "experiment",
+    "settings",
+    "chosen",
+    "headline (published → reproduced)",
+    "✓ or ≈",
+    "data",
+    "time",
+)
+
+
 def is_accuracy(metric: str) -> bool:
     return metric.endswith("_acc") or metric == "acc"
 
@@ -216,16 +230,20 @@ def fmt_seconds(seconds: float) -> str:
     return f"{s} s"
 
 
-def machine() -> str:
-    """Platform, CPU model and count, Python version."""
-    cpu = platform.processor()
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor()
+
+
+def machine() -> str:
+    """Platform, CPU model and count, Python version."""
+    cpu = cpu_model()
     parts = [platform.platform(), f"{os.cpu_count()} CPUs" + (f" ({cpu})" if cpu else "")]
     parts.append(f"Python {sys.version.split()[0]}")
     return ", ".join(parts)
@@ -506,17 +524,7 @@ def _headline(comps: list[Comparison]) -> tuple[str, str]:
 
 
 def _summary_html(exps: list[Experiment], comps: dict[str, list[Comparison]]) -> str:
-    header = [
-        "seed",
-        "section",
-        "experiment",
-        "settings",
-        "chosen",
-        "headline (published → reproduced)",
-        "✓ or ≈",
-        "data",
-        "time",
-    ]
+    header = list(SUMMARY_COLUMNS)
     rows = []
     for exp in exps:
         first, count = _headline(comps[exp.folder.name])
@@ -624,17 +632,7 @@ def render_markdown(
             ]
         )
     lines += _md_table(
-        [
-            "seed",
-            "section",
-            "experiment",
-            "settings",
-            "chosen",
-            "headline (published → reproduced)",
-            "✓ or ≈",
-            "data",
-            "time",
-        ],
+        list(SUMMARY_COLUMNS),
         rows,
     )
     for exp in exps:
