@@ -236,19 +236,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from digitlab.runner import Settings, load_run_checkpoint, prepare_data
-    from digitlab.train import evaluate
+    from digitlab.runner import Settings, load_run_checkpoint, prepare_data, split_metrics
 
     model, _, meta = load_run_checkpoint(args.checkpoint)
     settings = Settings.from_dict(meta["extra"]["settings"])
     if args.data_root:
         settings = settings.replace(data_root=args.data_root)
     data = prepare_data(settings)
-    metrics: dict[str, Any] = {}
-    for name, pair in (("train", data.train), ("val", data.val), ("test", data.test)):
-        if pair is not None:
-            metrics |= {f"{name}_{k}": v for k, v in evaluate(model, *pair).items()}
-            metrics[f"n_{name}"] = len(pair[1])
+    metrics = split_metrics(model, data)
     for note in data.notes:
         out(note)
     out(f"{model.kind} model at step {meta['progress']['step']}")

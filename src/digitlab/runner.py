@@ -419,22 +419,26 @@ def write_json(path: Path, values: dict[str, Any]) -> None:
     atomic_write_bytes(path, lambda f: f.write(json.dumps(values, indent=2).encode()))
 
 
-def final_metrics(trainer: Trainer, data: PreparedData) -> dict[str, Any]:
-    """Loss and accuracy of the final (or restored best) model on every split."""
+def split_metrics(model: Model, data: PreparedData) -> dict[str, Any]:
+    """``<split>_loss``, ``<split>_objective``, ``<split>_acc`` and ``n_<split>`` of ``model``
+    on train, validation (``n_val`` = 0 when there is none) and test."""
     out: dict[str, Any] = {}
     for name, pair in (("train", data.train), ("val", data.val), ("test", data.test)):
+        out[f"n_{name}"] = 0 if pair is None else len(pair[1])
         if pair is not None:
-            for key, value in evaluate(trainer.model, *pair).items():
-                out[f"{name}_{key}"] = value
+            out |= {f"{name}_{key}": value for key, value in evaluate(model, *pair).items()}
+    return out
+
+
+def final_metrics(trainer: Trainer, data: PreparedData) -> dict[str, Any]:
+    """Loss and accuracy of the final (or restored best) model on every split."""
+    out = split_metrics(trainer.model, data)
     out |= {
         "steps": trainer.step,
         "epochs": trainer.step / max(trainer.steps_per_epoch, 1),
         "seconds": trainer.elapsed,
         "stop_reason": trainer.stop_reason,
         "weight_norm": trainer.model.weight_norm(),
-        "n_train": len(data.train[1]),
-        "n_val": 0 if data.val is None else len(data.val[1]),
-        "n_test": len(data.test[1]),
     }
     pred = trainer.model.predict(data.test[0])
     k = len(data.classes)

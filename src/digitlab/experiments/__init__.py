@@ -364,8 +364,13 @@ def write_extras(
 ) -> dict[str, Any]:
     """Class means, L-BFGS optimum, gallery and Kaggle CSV, as the experiment asks."""
     from digitlab.optim import lbfgs
-    from digitlab.runner import Settings, load_run_checkpoint, prepare_data, write_json
-    from digitlab.train import evaluate
+    from digitlab.runner import (
+        Settings,
+        load_run_checkpoint,
+        prepare_data,
+        split_metrics,
+        write_json,
+    )
 
     info: dict[str, Any] = {}
     data = prepare_data(Settings.from_dict(settings))
@@ -392,9 +397,8 @@ def write_extras(
             "converged": res.converged,
             "seconds": time.perf_counter() - t0,
         }
-        for name, pair in (("train", data.train), ("val", data.val), ("test", data.test)):
-            if pair is not None:
-                record[f"{name}_acc"] = evaluate(res.model, *pair)["acc"]
+        accs = split_metrics(res.model, data)
+        record |= {k: v for k, v in accs.items() if k.endswith("_acc")}
         write_json(folder / chosen.folder / "lbfgs.json", record)
         info["lbfgs"] = record
     if "gallery" in exp.extras:
