@@ -30,8 +30,9 @@ import numpy as np
 from digitlab.checkpoint import prefixed, save_checkpoint, split_prefixed
 from digitlab.errors import CheckpointError, ConfigError, DivergenceError, ShapeError
 from digitlab.models.base import Model, as_generator
-from digitlab.optim.rules import SGD
+from digitlab.optim.base import Optimizer
 from digitlab.optim.schedules import Constant, Schedule
+from digitlab.optim.sgd import SGD
 from digitlab.train.callbacks import Callback, History
 
 BatchSpec = int | float | str
@@ -77,8 +78,8 @@ class Trainer:
     ----------
     model : Model
         Trained in place.
-    optimizer : SGD, optional
-        Update rule (plain gradient descent when None).
+    optimizer : Optimizer, optional
+        Update rule (plain gradient descent, :class:`~digitlab.optim.SGD`, when None).
     schedule : Schedule or float
         Learning-rate schedule, or a constant rate.
     batch_size : "full", int or float
@@ -101,7 +102,7 @@ class Trainer:
         self,
         model: Model,
         *,
-        optimizer: SGD | None = None,
+        optimizer: Optimizer | None = None,
         schedule: Schedule | float = 0.01,
         batch_size: BatchSpec = "full",
         shuffle: bool = True,
@@ -113,7 +114,7 @@ class Trainer:
         rng: np.random.Generator | int | None = None,
     ) -> None:
         self.model = model
-        self.optimizer = optimizer if optimizer is not None else SGD()
+        self.optimizer: Optimizer = optimizer if optimizer is not None else SGD()
         self.schedule = Constant(float(schedule)) if isinstance(schedule, int | float) else schedule
         resolve_batch_size(batch_size, 1)  # validate early
         self.batch_spec = batch_size
@@ -299,19 +300,19 @@ class Trainer:
     ) -> Callable[[np.ndarray, np.ndarray], tuple[float, Any]]:
         """The model's gradient method this fit calls each step.
 
-        Single-sample SGD asks for factored gradients (``loss_and_grad_factored``), which
-        :class:`SGD` applies as one BLAS rank-1 update per weight matrix instead of writing
-        out a ``(d, h)`` gradient and reading it back. That is the arithmetic of
-        ``loss_and_grad`` + ``SGD.step`` to float rounding, so it is used only while neither
-        has been replaced: a subclass or an instance that overrides ``loss_and_grad`` (to
-        inspect batches, say) is called as is.
+        Single-sample SGD asks for factored gradients (``loss_and_grad_factored``) when the
+        optimiser declares ``supports_rank1`` (it applies them as one BLAS rank-1 update per
+        weight matrix instead of writing out a ``(d, h)`` gradient and reading it back, the
+        arithmetic of ``loss_and_grad`` + its array step to float rounding). A model whose
+        ``loss_and_grad`` is replaced (a subclass or an instance attribute that inspects
+        batches, say) is called as is.
         """
-        model, opt = self.model, self.optimizer
+        model = self.model
         if (
             batch_size == 1
             and "loss_and_grad" not in vars(model)
             and type(model).loss_and_grad is Model.loss_and_grad
-            and type(opt).step is SGD.step
+            and getattr(self.optimizer, "supports_rank1", False)
         ):
             return model.loss_and_grad_factored
         return model.loss_and_grad
