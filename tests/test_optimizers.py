@@ -186,3 +186,12 @@ def test_malformed_state_is_refused():
     opt.step(p, {"w": np.ones(3)}, 0.1)
     fresh.step(q, {"w": np.ones(3)}, 0.1)
     np.testing.assert_array_equal(p["w"], q["w"])
+
+
+def test_a_checkpoint_of_another_optimizer_is_refused(tmp_path):
+    X, y = _data(40)
+    first = _trainer("adam", callbacks=[Checkpoint(tmp_path / "ck.npz")])
+    first.fit((X, y), steps=3)
+    arrays, meta = load_checkpoint(tmp_path / "ck.npz")
+    with pytest.raises(CheckpointError, match="trained with optimizer 'adam', this run uses 'sgd'"):
+        _trainer("sgd").load_state_dict(arrays, meta)

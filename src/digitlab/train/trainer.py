@@ -496,6 +496,12 @@ class Trainer:
                     f"model expects {self.model.params[k].shape}"
                 )
             self.model.params[k][...] = v
+        saved_name = meta.get("optimizer", {}).get("name", "sgd")
+        if saved_name != self.optimizer.config()["name"]:
+            raise CheckpointError(
+                f"checkpoint was trained with optimizer {saved_name!r}, this run uses "
+                f"{self.optimizer.config()['name']!r}"
+            )
         state = split_prefixed(arrays, "optim")
         for key, value in state.items():  # a wrong shape would only fail mid-training
             param = self.model.params.get(key.rsplit("/", 1)[-1])
