@@ -14,7 +14,7 @@ from digitlab.experiments import FIGURES, builtin_experiments, parse_experiment,
 
 TINY = {
     "name": "tiny",
-    "seed": "000",
+    "source": "000",
     "section": "test",
     "title": "tiny sweep",
     "protocol": "softmax on the embedded sample",
@@ -28,7 +28,7 @@ TINY = {
 
 def test_shipped_experiments_validate_and_cover_every_seed():
     exps = builtin_experiments()
-    assert {e.seed for e in exps.values()} == {"000", "001", "002", "003", "004"}
+    assert {e.source for e in exps.values()} == {"000", "001", "002", "003", "004"}
     for e in exps.values():
         assert e.title and e.protocol and e.section
         assert set(e.figures) <= set(FIGURES)

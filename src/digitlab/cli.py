@@ -387,9 +387,9 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     from digitlab.experiments import builtin_experiments
 
     rows = [
-        [e.name, e.seed, str(len(e.members)), e.section] for e in builtin_experiments().values()
+        [e.name, e.source, str(len(e.members)), e.section] for e in builtin_experiments().values()
     ]
-    out(table(rows, ["experiment", "seed", "runs", "section"]))
+    out(table(rows, ["experiment", "source", "runs", "section"]))
     return 0
 
 
@@ -403,7 +403,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     rows = []
     t_all = time.perf_counter()
     for exp in experiments:
-        out(f"== {exp.name} (seed {exp.seed}, {exp.section}): {len(exp.members)} run(s)")
+        out(f"== {exp.name} (source {exp.source}, {exp.section}): {len(exp.members)} run(s)")
 
         def done(member: Any, metrics: dict[str, Any], name: str = exp.name) -> None:
             accs = "  ".join(
@@ -420,8 +420,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         )  # fmt: skip
         for note in record["data"]["notes"]:
             out(f"   {note}")
-        rows.append([exp.name, exp.seed, record["chosen"], f"{record['seconds']:.1f}"])
-    out("\n" + table(rows, ["experiment", "seed", "chosen run", "seconds"]))
+        rows.append([exp.name, exp.source, record["chosen"], f"{record['seconds']:.1f}"])
+    out("\n" + table(rows, ["experiment", "source", "chosen run", "seconds"]))
     out(f"total {time.perf_counter() - t_all:.1f} s; results in {args.out}/")
     if not args.no_report:
         return cmd_report(argparse.Namespace(runs=args.out))

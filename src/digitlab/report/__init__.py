@@ -10,8 +10,8 @@ from digitlab.report.document import compare, write_report
 from digitlab.report.figures import DRAWERS, draw_experiment, draw_figure, figure_paths, is_stale
 from digitlab.report.rundata import (
     FIGURE_KINDS,
-    Experiment,
-    Member,
+    ExperimentRecord,
+    MemberRecord,
     ReportError,
     find_experiments,
     load_experiment,
@@ -20,8 +20,8 @@ from digitlab.report.rundata import (
 __all__ = [
     "DRAWERS",
     "FIGURE_KINDS",
-    "Experiment",
-    "Member",
+    "ExperimentRecord",
+    "MemberRecord",
     "ReportError",
     "compare",
     "draw_experiment",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from digitlab.report.figures import DPI, draw_figure, figure_paths, is_stale
-from digitlab.report.rundata import Experiment, ReportError, find_experiments
+from digitlab.report.rundata import ExperimentRecord, ReportError, find_experiments
 
 #: Default tolerance of an accuracy, in percentage points below the published value.
 ACC_TOLERANCE_PP = 1.0
@@ -96,7 +96,7 @@ window.addEventListener("load", function () {
 # ---------------------------------------------------------------------------------- numbers
 #: Columns of the summary table at the top of the report (HTML and Markdown alike).
 SUMMARY_COLUMNS = (
-    "seed",
+    "source",
     "section",
     "experiment",
     "settings",
@@ -166,7 +166,7 @@ MARKS = {
 }
 
 
-def compare(exp: Experiment, entry: dict[str, Any]) -> Comparison:
+def compare(exp: ExperimentRecord, entry: dict[str, Any]) -> Comparison:
     """Compare one ``published`` entry with the reproduced metric.
 
     An entry may carry ``tolerance`` (percentage points for accuracies, else absolute);
@@ -259,7 +259,7 @@ class FigureEntry:
     error: str | None
 
 
-def _caption(exp: Experiment, kind: str) -> str:
+def _caption(exp: ExperimentRecord, kind: str) -> str:
     chosen = exp.chosen or (exp.members[0].label if exp.members else "")
     text = CAPTIONS[kind].format(chosen=f"the chosen setting ({chosen})" if chosen else "the run")
     if kind == "weight_diff" and len(exp.members) >= 2:
@@ -267,7 +267,7 @@ def _caption(exp: Experiment, kind: str) -> str:
     return text
 
 
-def prepare_figures(exp: Experiment, index: int, redraw: bool) -> list[FigureEntry]:
+def prepare_figures(exp: ExperimentRecord, index: int, redraw: bool) -> list[FigureEntry]:
     """Draw missing or stale figures of ``exp``; one entry per listed figure kind."""
     entries = []
     for j, kind in enumerate(exp.figure_kinds, start=1):
@@ -284,7 +284,7 @@ def prepare_figures(exp: Experiment, index: int, redraw: bool) -> list[FigureEnt
     return entries
 
 
-def member_rows(exp: Experiment) -> tuple[list[str], list[list[str]]]:
+def member_rows(exp: ExperimentRecord) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the members table (accuracies, best epoch, epochs, stop reason)."""
     has_val = any("val_acc" in m.metrics for m in exp.members)
     has_best = any("best_epoch" in m.metrics for m in exp.members)
@@ -309,7 +309,7 @@ def member_rows(exp: Experiment) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def lbfgs_rows(exp: Experiment) -> tuple[list[str], list[list[str]]]:
+def lbfgs_rows(exp: ExperimentRecord) -> tuple[list[str], list[list[str]]]:
     header = [
         "setting",
         "GD objective",
@@ -373,7 +373,7 @@ def _paragraphs_html(text: str) -> str:
     )
 
 
-def _anchor(exp: Experiment) -> str:
+def _anchor(exp: ExperimentRecord) -> str:
     return "exp-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in exp.folder.name)
 
 
@@ -423,7 +423,7 @@ def _mark_html(c: Comparison) -> str:
     return Raw(f'<span class="{cls}" title="{_e(titles[c.status])}">{mark} {_e(c.status)}</span>')
 
 
-def _published_html(exp: Experiment, comps: list[Comparison]) -> str:
+def _published_html(exp: ExperimentRecord, comps: list[Comparison]) -> str:
     rows = [
         [
             c.what,
@@ -444,10 +444,12 @@ def _published_html(exp: Experiment, comps: list[Comparison]) -> str:
     return _html_table(header, rows) + note
 
 
-def _experiment_html(exp: Experiment, figs: list[FigureEntry], comps: list[Comparison]) -> str:
+def _experiment_html(
+    exp: ExperimentRecord, figs: list[FigureEntry], comps: list[Comparison]
+) -> str:
     parts = [f'<section class="experiment" id="{_anchor(exp)}">', f"<h2>{_e(exp.title)}</h2>"]
     where = [
-        _e(f"seed {exp.seed}") if exp.seed else "",
+        _e(f"source {exp.source}") if exp.source else "",
         _e(f"section {exp.section}") if exp.section else "",
         f"experiment <code>{_e(exp.name)}</code>",
         _e(f"run time {fmt_seconds(exp.seconds)}") if exp.seconds else "",
@@ -507,7 +509,7 @@ def _experiment_html(exp: Experiment, figs: list[FigureEntry], comps: list[Compa
     return "\n".join(parts)
 
 
-def _members_html(exp: Experiment) -> str:
+def _members_html(exp: ExperimentRecord) -> str:
     header, rows = member_rows(exp)
     classes = ["chosen" if m.label == exp.chosen else "" for m in exp.members]
     return "<h3>Settings</h3>" + _html_table(header, rows, classes=classes)
@@ -523,7 +525,7 @@ def _headline(comps: list[Comparison]) -> tuple[str, str]:
     return first, f"{good}/{len(comps)}"
 
 
-def _summary_html(exps: list[Experiment], comps: dict[str, list[Comparison]]) -> str:
+def _summary_html(exps: list[ExperimentRecord], comps: dict[str, list[Comparison]]) -> str:
     header = list(SUMMARY_COLUMNS)
     rows = []
     for exp in exps:
@@ -532,7 +534,7 @@ def _summary_html(exps: list[Experiment], comps: dict[str, list[Comparison]]) ->
         data = "sample ⚠" if exp.is_sample else str(exp.data.get("dataset", "—"))
         rows.append(
             [
-                exp.seed,
+                exp.source,
                 exp.section,
                 link,
                 str(len(exp.members)),
@@ -547,7 +549,7 @@ def _summary_html(exps: list[Experiment], comps: dict[str, list[Comparison]]) ->
 
 
 def render_html(
-    exps: list[Experiment],
+    exps: list[ExperimentRecord],
     figs: dict[str, list[FigureEntry]],
     comps: dict[str, list[Comparison]],
     header: dict[str, str],
@@ -603,7 +605,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render_markdown(
-    exps: list[Experiment],
+    exps: list[ExperimentRecord],
     figs: dict[str, list[FigureEntry]],
     comps: dict[str, list[Comparison]],
     header: dict[str, str],
@@ -620,7 +622,7 @@ def render_markdown(
         first, count = _headline(comps[exp.folder.name])
         rows.append(
             [
-                exp.seed,
+                exp.source,
                 exp.section,
                 exp.title,
                 str(len(exp.members)),
@@ -638,7 +640,7 @@ def render_markdown(
     for exp in exps:
         lines += [f"## {_md_text(exp.title)}", ""]
         where = [
-            _md_text(f"seed {exp.seed}") if exp.seed else "",
+            _md_text(f"source {exp.source}") if exp.source else "",
             _md_text(f"section {exp.section}") if exp.section else "",
             f"experiment `{exp.name}`",
             f"run time {fmt_seconds(exp.seconds)}" if exp.seconds else "",

@@ -1,6 +1,6 @@
 """Figures of an experiment, drawn from its saved run data into ``<experiment>/figures/``.
 
-Every drawer takes an :class:`~digitlab.report.rundata.Experiment` and returns a
+Every drawer takes an :class:`~digitlab.report.rundata.ExperimentRecord` and returns a
 :class:`matplotlib.figure.Figure`; nothing touches pyplot, so no global figure state is kept.
 Each kind is saved as ``<kind>.png`` (150 dpi) and ``<kind>.svg``.
 """
@@ -21,8 +21,8 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import PercentFormatter
 
 from digitlab.report.rundata import (
-    Experiment,
-    Member,
+    ExperimentRecord,
+    MemberRecord,
     ReportError,
     load_experiment,
 )
@@ -175,7 +175,7 @@ def _fmt(value: float) -> str:
     return f"{value:g}" if abs(value) < 0.01 else f"{round(value, 2):g}"
 
 
-def _stop_text(m: Member) -> str:
+def _stop_text(m: MemberRecord) -> str:
     """Early-stopping summary of a member for legends ("" when it did not early-stop)."""
     best = m.metrics.get("best_epoch")
     if m.metrics.get("early_stopped"):
@@ -187,7 +187,7 @@ def _stop_text(m: Member) -> str:
     return ""
 
 
-def _mark_epochs(ax: Axes, m: Member, label: bool) -> None:
+def _mark_epochs(ax: Axes, m: MemberRecord, label: bool) -> None:
     """Dashed line at the restored best epoch, dotted lines where later stages start."""
     best = m.metrics.get("best_epoch")
     if best is not None and m.x_axis()[1] == "epoch":
@@ -200,7 +200,7 @@ def _mark_epochs(ax: Axes, m: Member, label: bool) -> None:
         )
 
 
-def _series(m: Member, *keys: str) -> tuple[np.ndarray, str] | None:
+def _series(m: MemberRecord, *keys: str) -> tuple[np.ndarray, str] | None:
     """The first of ``keys`` present with finite values in the member's history."""
     for key in keys:
         values = m.history.get(key)
@@ -210,7 +210,7 @@ def _series(m: Member, *keys: str) -> tuple[np.ndarray, str] | None:
 
 
 # ---------------------------------------------------------------------------------- drawers
-def draw_curves(exp: Experiment) -> Figure:
+def draw_curves(exp: ExperimentRecord) -> Figure:
     """Loss and accuracy over training of the chosen member, train/validation/test."""
     m = exp.member("chosen")
     x, xlabel = m.x_axis()
@@ -238,7 +238,7 @@ def draw_curves(exp: Experiment) -> Figure:
     return fig
 
 
-def _means_for(exp: Experiment, names: list[str]) -> list[np.ndarray | None]:
+def _means_for(exp: ExperimentRecord, names: list[str]) -> list[np.ndarray | None]:
     """Class-mean image for each class name (by name, else by position), None where absent."""
     found = exp.class_means()
     if found is None:
@@ -252,7 +252,7 @@ def _means_for(exp: Experiment, names: list[str]) -> list[np.ndarray | None]:
     return [None] * len(names)
 
 
-def draw_weights(exp: Experiment) -> Figure:
+def draw_weights(exp: ExperimentRecord) -> Figure:
     """Weight images of the chosen member, with the class means where they were saved."""
     m = exp.member("chosen")
     wi = m.weight_images()
@@ -298,7 +298,7 @@ def draw_weights(exp: Experiment) -> Figure:
     return fig
 
 
-def _diff_title(a: Member, b: Member) -> tuple[str, str]:
+def _diff_title(a: MemberRecord, b: MemberRecord) -> tuple[str, str]:
     """Title and bright/dark note of the image ``W_a - W_b`` of two logistic members."""
     (neg_a, pos_a), (neg_b, pos_b) = (a.classes + ["0", "1"])[:2], (b.classes + ["0", "1"])[:2]
     if pos_a == pos_b:  # (p - n_a) - (p - n_b) = n_b - n_a
@@ -308,7 +308,7 @@ def _diff_title(a: Member, b: Member) -> tuple[str, str]:
     return f"difference ({a.label}) − ({b.label})", ""
 
 
-def draw_weight_diff(exp: Experiment) -> Figure:
+def draw_weight_diff(exp: ExperimentRecord) -> Figure:
     """Each logistic member's weight image and the difference member[0] - member[1]."""
     if len(exp.members) < 2:
         raise ReportError(f"{exp.folder}: weight_diff needs two members")
@@ -333,10 +333,12 @@ def draw_weight_diff(exp: Experiment) -> Figure:
     return fig
 
 
-def _sweep_groups(exp: Experiment) -> tuple[dict[str, list[Member]], list[Member]]:
+def _sweep_groups(
+    exp: ExperimentRecord,
+) -> tuple[dict[str, list[MemberRecord]], list[MemberRecord]]:
     """Members by penalty type (sorted by lambda), and the unpenalised members."""
-    groups: dict[str, list[Member]] = {}
-    zero: list[Member] = []
+    groups: dict[str, list[MemberRecord]] = {}
+    zero: list[MemberRecord] = []
     for m in exp.members:
         kind, _ = m.penalty
         (zero if kind == "none" else groups.setdefault(kind, [])).append(m)
@@ -345,7 +347,7 @@ def _sweep_groups(exp: Experiment) -> tuple[dict[str, list[Member]], list[Member
     return groups, zero
 
 
-def draw_sweep(exp: Experiment) -> Figure:
+def draw_sweep(exp: ExperimentRecord) -> Figure:
     """A penalty sweep: validation accuracy and weight norm over training per penalty type,
     final test accuracy and weight norm against lambda, and every member's weight images."""
     groups, zero = _sweep_groups(exp)
@@ -432,7 +434,7 @@ def draw_sweep(exp: Experiment) -> Figure:
     return fig
 
 
-def draw_shuffle(exp: Experiment) -> Figure:
+def draw_shuffle(exp: ExperimentRecord) -> Figure:
     """Validation accuracy and loss over training of every member on shared axes."""
     fig = _figure(10, 3.9)
     ax_acc, ax_loss = fig.subplots(1, 2)
@@ -469,7 +471,7 @@ def draw_shuffle(exp: Experiment) -> Figure:
     return fig
 
 
-def _class_names(exp: Experiment, m: Member, k: int) -> list[str]:
+def _class_names(exp: ExperimentRecord, m: MemberRecord, k: int) -> list[str]:
     try:
         names = m.classes
     except ReportError:
@@ -482,7 +484,7 @@ def _class_names(exp: Experiment, m: Member, k: int) -> list[str]:
     return [str(i) for i in range(k)]
 
 
-def draw_confusion(exp: Experiment) -> Figure:
+def draw_confusion(exp: ExperimentRecord) -> Figure:
     """The chosen member's confusion matrix on the test set (rows true, columns predicted)."""
     m = exp.member("chosen")
     if "confusion_test" not in m.metrics:
@@ -524,7 +526,7 @@ def draw_confusion(exp: Experiment) -> Figure:
     return fig
 
 
-def draw_lbfgs(exp: Experiment) -> Figure:
+def draw_lbfgs(exp: ExperimentRecord) -> Figure:
     """GD against the exact L-BFGS optimum: objective and accuracies per member."""
     ms = [m for m in exp.members if m.lbfgs]
     if not ms:
@@ -570,7 +572,7 @@ def draw_lbfgs(exp: Experiment) -> Figure:
     return fig
 
 
-def draw_gallery(exp: Experiment, max_each: int = 24) -> Figure:
+def draw_gallery(exp: ExperimentRecord, max_each: int = 24) -> Figure:
     """Grid of right and wrong predictions ("true x / predicted y"), wrong ones in red."""
     g = exp.gallery()
     images, labels, preds = g["images"], np.asarray(g["labels"]), np.asarray(g["preds"])
@@ -614,7 +616,7 @@ def draw_gallery(exp: Experiment, max_each: int = 24) -> Figure:
     return fig
 
 
-DRAWERS: dict[str, Callable[[Experiment], Figure]] = {
+DRAWERS: dict[str, Callable[[ExperimentRecord], Figure]] = {
     "curves": draw_curves,
     "weights": draw_weights,
     "weight_diff": draw_weight_diff,
@@ -651,7 +653,7 @@ def save_figure(fig: Figure, png: Path, svg: Path) -> None:
     _save(fig, svg, "svg")
 
 
-def draw_figure(exp: Experiment, kind: str) -> list[Path]:
+def draw_figure(exp: ExperimentRecord, kind: str) -> list[Path]:
     """Draw one figure kind of ``exp`` and save it as PNG and SVG.
 
     Returns
@@ -689,7 +691,7 @@ def code_files() -> list[Path]:
     return sorted(Path(__file__).parent.glob("*.py"))
 
 
-def _inputs_missing(exp: Experiment, kind: str) -> bool:
+def _inputs_missing(exp: ExperimentRecord, kind: str) -> bool:
     """Whether a file the figure kind is drawn from has gone (the figure must not stay)."""
     if kind == "gallery":
         return not (exp.folder / "gallery.npz").is_file()
@@ -700,7 +702,7 @@ def _inputs_missing(exp: Experiment, kind: str) -> bool:
     return False
 
 
-def is_stale(exp: Experiment, kind: str) -> bool:
+def is_stale(exp: ExperimentRecord, kind: str) -> bool:
     """Whether a figure is missing or older than the data (or code) it is drawn from."""
     outputs = figure_paths(exp.folder, kind)
     if not all(p.is_file() for p in outputs) or _inputs_missing(exp, kind):

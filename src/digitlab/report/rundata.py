@@ -84,7 +84,7 @@ class WeightImages:
 
 
 @dataclass
-class Member:
+class MemberRecord:
     """One run of an experiment: its label, folder, settings and final metrics."""
 
     label: str
@@ -222,19 +222,19 @@ class Member:
 
 
 @dataclass
-class Experiment:
+class ExperimentRecord:
     """An experiment folder as the engine wrote it (``experiment.json`` and its members)."""
 
     folder: Path
     name: str
-    seed: str
+    source: str
     section: str
     title: str
     protocol: str
     choices: str
     figures: list[str]
     data: dict[str, Any]
-    members: list[Member]
+    members: list[MemberRecord]
     chosen: str | None
     published: list[dict[str, Any]]
     seconds: float
@@ -244,7 +244,7 @@ class Experiment:
     def is_sample(self) -> bool:
         return bool(self.data.get("is_sample"))
 
-    def member(self, label: str | None) -> Member:
+    def member(self, label: str | None) -> MemberRecord:
         """The member called ``label`` (``"chosen"`` or None: the chosen one)."""
         if label in (None, "chosen"):
             label = self.chosen
@@ -290,7 +290,7 @@ class Experiment:
             return {k: z[k] for k in z.files}
 
 
-def load_experiment(folder: str | Path) -> Experiment:
+def load_experiment(folder: str | Path) -> ExperimentRecord:
     """Read ``folder/experiment.json`` and every member's ``metrics.json``.
 
     Parameters
@@ -300,7 +300,7 @@ def load_experiment(folder: str | Path) -> Experiment:
 
     Returns
     -------
-    Experiment
+    ExperimentRecord
     """
     folder = Path(folder)
     raw = _read_json(folder / "experiment.json")
@@ -317,7 +317,7 @@ def load_experiment(folder: str | Path) -> Experiment:
         if metrics is None and (mfolder / "metrics.json").is_file():
             metrics = _read_json(mfolder / "metrics.json")
         members.append(
-            Member(
+            MemberRecord(
                 label,
                 mfolder,
                 dict(entry.get("overrides") or {}),
@@ -329,10 +329,10 @@ def load_experiment(folder: str | Path) -> Experiment:
     if unknown:
         raise ReportError(f"{folder}: unknown figure kind(s) {', '.join(map(str, unknown))}")
     seconds = raw.get("seconds")
-    return Experiment(
+    return ExperimentRecord(
         folder=folder,
         name=str(raw.get("name") or folder.name),
-        seed=str(raw.get("seed") or ""),
+        source=str(raw.get("source") or raw.get("seed") or ""),  # "seed": the old name
         section=str(raw.get("section") or ""),
         title=str(raw.get("title") or raw.get("name") or folder.name),
         protocol=str(raw.get("protocol") or ""),
@@ -349,8 +349,8 @@ def load_experiment(folder: str | Path) -> Experiment:
     )
 
 
-def find_experiments(runs_root: str | Path) -> list[Experiment]:
-    """Every ``runs_root/*/experiment.json``, sorted by seed, then name."""
+def find_experiments(runs_root: str | Path) -> list[ExperimentRecord]:
+    """Every ``runs_root/*/experiment.json``, sorted by source document, then name."""
     root = Path(runs_root)
     exps = [load_experiment(p.parent) for p in root.glob("*/experiment.json")]
-    return sorted(exps, key=lambda e: (e.seed, e.name))
+    return sorted(exps, key=lambda e: (e.source, e.name))
