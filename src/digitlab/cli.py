@@ -418,9 +418,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             exp, args.out, n_jobs=args.jobs, scheduler=args.scheduler, overrides=overrides,
             on_done=done,
         )  # fmt: skip
-        for note in record["data"]["notes"]:
+        for note in record.data["notes"]:
             out(f"   {note}")
-        rows.append([exp.name, exp.source, record["chosen"], f"{record['seconds']:.1f}"])
+        rows.append([exp.name, exp.source, str(record.chosen), f"{record.seconds:.1f}"])
     out("\n" + table(rows, ["experiment", "source", "chosen run", "seconds"]))
     out(f"total {time.perf_counter() - t_all:.1f} s; results in {args.out}/")
     if not args.no_report:

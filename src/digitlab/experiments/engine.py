@@ -9,7 +9,6 @@ the figures need.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ import numpy as np
 
 from digitlab.errors import ConfigError
 from digitlab.experiments.spec import ExperimentSpec, MemberSpec
+from digitlab.report.rundata import ExperimentRecord, MemberRecord
 
 
 def run_member(
@@ -199,7 +199,7 @@ def run_experiment(
     scheduler: str | None = None,
     overrides: dict[str, Any] | None = None,
     on_done: Callable[[MemberSpec, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+) -> ExperimentRecord:
     """Run every member of ``exp`` and write ``out/<name>/experiment.json``.
 
     Parameters
@@ -218,8 +218,8 @@ def run_experiment(
 
     Returns
     -------
-    dict
-        The experiment record written to ``experiment.json``.
+    ExperimentRecord
+        The record written to ``experiment.json``.
     """
     from digitlab.data import locate
     from digitlab.errors import DatasetNotFoundError
@@ -249,33 +249,29 @@ def run_experiment(
     best = choose(exp, results)
     info = write_extras(exp, folder, exp.members[best], settings[best])
     first = results[0]
-    record = {
-        "name": exp.name,
-        "source": exp.source,
-        "section": exp.section,
-        "title": exp.title,
-        "protocol": exp.protocol,
-        "choices": exp.choices,
-        "figures": list(exp.figures),
-        "data": {
+    record = ExperimentRecord(
+        folder=folder,
+        name=exp.name,
+        source=exp.source,
+        section=exp.section,
+        title=exp.title,
+        protocol=exp.protocol,
+        choices=exp.choices,
+        figures=list(exp.figures),
+        data={
             "dataset": first.get("dataset"),
             "source": first.get("source"),
             "is_sample": first.get("is_sample"),
             "notes": notes + first.get("notes", []),
         },
-        "members": [
-            {
-                "label": m.label,
-                "folder": m.folder,
-                "overrides": m.overrides,
-                "settings": s,
-                "metrics": r,
-            }
+        members=[
+            MemberRecord(m.label, folder / m.folder, m.overrides, s, r)
             for m, s, r in zip(exp.members, settings, results, strict=True)
         ],
-        "chosen": exp.members[best].label,
-        "published": [{"member": "chosen"} | p for p in exp.published],
-        "seconds": time.perf_counter() - t0,
-    } | info
-    write_json(folder / "experiment.json", json.loads(json.dumps(record, default=float)))
+        chosen=exp.members[best].label,
+        published=[{"member": "chosen"} | p for p in exp.published],
+        seconds=time.perf_counter() - t0,
+        lbfgs=info.get("lbfgs"),
+    )
+    write_json(folder / "experiment.json", record.to_json())
     return record

@@ -9,7 +9,7 @@ import csv
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,36 @@ def read_history(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+_TEXT_FIELDS = ("name", "source", "section", "title", "protocol", "choices")
+
+
+def _string(raw: dict[str, Any], key: str, where: str) -> str:
+    value = raw.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ReportError(f"{where}: {key!r} must be a string")
+    return value
+
+
+def _list(raw: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = raw.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ReportError(f"{where}: {key!r} must be a list")
+    return value
+
+
+def _object(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ReportError(f"{where}: {key!r} must be an object")
+    return value
+
+
 def _stage_number(path: Path) -> int:
     match = re.fullmatch(r"stage-(\d+)", path.name)
     return int(match.group(1)) if match else -1
@@ -92,6 +122,30 @@ class MemberRecord:
     overrides: dict[str, Any]
     settings: dict[str, Any]
     metrics: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The member's entry in ``experiment.json`` (its folder relative to the experiment)."""
+        return {
+            "label": self.label,
+            "folder": self.folder.name,
+            "overrides": self.overrides,
+            "settings": self.settings,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_json(cls, entry: Any, experiment_folder: Path, where: str = "") -> MemberRecord:
+        """A member entry of ``experiment.json``; :class:`ReportError` if it is malformed."""
+        where = where or f"{experiment_folder / 'experiment.json'}: member"
+        if not isinstance(entry, dict):
+            raise ReportError(f"{where} must be an object")
+        label, sub = entry.get("label"), entry.get("folder")
+        if not isinstance(label, str) or not isinstance(sub, str):
+            raise ReportError(f"{where} needs a label and a folder (strings)")
+        if sub in ("", ".", "..") or Path(sub).name != sub or "\\" in sub:
+            raise ReportError(f"{where}: folder {sub!r} must be a plain folder name")
+        parts = {k: _object(entry, k, where) for k in ("overrides", "settings", "metrics")}
+        return cls(label, experiment_folder / sub, **parts)
 
     # ------------------------------------------------------------------ training record
     @cached_property
@@ -238,7 +292,78 @@ class ExperimentRecord:
     chosen: str | None
     published: list[dict[str, Any]]
     seconds: float
-    raw: dict[str, Any] = field(repr=False)
+    lbfgs: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """``experiment.json`` as a JSON-safe dict (NumPy scalars become floats)."""
+        record = {
+            "name": self.name,
+            "source": self.source,
+            "section": self.section,
+            "title": self.title,
+            "protocol": self.protocol,
+            "choices": self.choices,
+            "figures": list(self.figures),
+            "data": self.data,
+            "members": [m.to_json() for m in self.members],
+            "chosen": self.chosen,
+            "published": self.published,
+            "seconds": self.seconds,
+        }
+        if self.lbfgs is not None:
+            record["lbfgs"] = self.lbfgs
+        return json.loads(json.dumps(record, default=float))
+
+    @classmethod
+    def from_json(cls, raw: Any, folder: str | Path) -> ExperimentRecord:
+        """Validate a parsed ``experiment.json`` of the experiment in ``folder``.
+
+        Raises
+        ------
+        ReportError
+            One line naming the file and the field at fault.
+        """
+        folder = Path(folder)
+        where = str(folder / "experiment.json")
+        if not isinstance(raw, dict):
+            raise ReportError(f"{where}: expected a JSON object")
+        text = {k: _string(raw, k, where) for k in _TEXT_FIELDS}
+        if not text["source"]:  # "seed": the old name of "source"
+            text["source"] = _string(raw, "seed", where)
+        figures = _list(raw, "figures", where)
+        unknown = [k for k in figures if k not in FIGURE_KINDS + TABLE_KINDS]
+        if unknown:
+            raise ReportError(f"{folder}: unknown figure kind(s) {', '.join(map(str, unknown))}")
+        members = [
+            MemberRecord.from_json(entry, folder, f"{where}: member {i}")
+            for i, entry in enumerate(_list(raw, "members", where))
+        ]
+        published = _list(raw, "published", where)
+        if not all(isinstance(p, dict) for p in published):
+            raise ReportError(f"{where}: 'published' must be a list of objects")
+        chosen = raw.get("chosen")
+        if chosen is not None and not isinstance(chosen, str):
+            raise ReportError(f"{where}: 'chosen' must be a member label")
+        seconds = raw.get("seconds", 0.0)
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+            raise ReportError(f"{where}: 'seconds' must be a number")
+        lbfgs = raw.get("lbfgs")
+        return cls(
+            folder=folder,
+            name=text["name"] or folder.name,
+            source=text["source"],
+            section=text["section"],
+            title=text["title"] or text["name"] or folder.name,
+            protocol=text["protocol"],
+            choices=text["choices"],
+            figures=figures,
+            data=_object(raw, "data", where),
+            members=members,
+            chosen=chosen,
+            published=published,
+            seconds=float(seconds) if math.isfinite(seconds) else 0.0,
+            lbfgs=_object(raw, "lbfgs", where) if lbfgs is not None else None,
+        )
 
     @property
     def is_sample(self) -> bool:
@@ -291,7 +416,7 @@ class ExperimentRecord:
 
 
 def load_experiment(folder: str | Path) -> ExperimentRecord:
-    """Read ``folder/experiment.json`` and every member's ``metrics.json``.
+    """Read ``folder/experiment.json`` (and a member's ``metrics.json`` where it lacks metrics).
 
     Parameters
     ----------
@@ -301,52 +426,19 @@ def load_experiment(folder: str | Path) -> ExperimentRecord:
     Returns
     -------
     ExperimentRecord
+
+    Raises
+    ------
+    ReportError
+        The file is missing, not JSON, or not an experiment record.
     """
     folder = Path(folder)
-    raw = _read_json(folder / "experiment.json")
-    if not isinstance(raw, dict):
-        raise ReportError(f"{folder / 'experiment.json'}: expected a JSON object")
-    members = []
-    for i, entry in enumerate(raw.get("members") or []):
-        try:
-            label, sub = str(entry["label"]), str(entry["folder"])
-        except (KeyError, TypeError):
-            raise ReportError(f"{folder}: member {i} needs a label and a folder") from None
-        mfolder = folder / sub
-        metrics = entry.get("metrics")
-        if metrics is None and (mfolder / "metrics.json").is_file():
-            metrics = _read_json(mfolder / "metrics.json")
-        members.append(
-            MemberRecord(
-                label,
-                mfolder,
-                dict(entry.get("overrides") or {}),
-                dict(entry.get("settings") or {}),
-                dict(metrics or {}),
-            )
-        )
-    unknown = [k for k in raw.get("figures") or [] if k not in FIGURE_KINDS + TABLE_KINDS]
-    if unknown:
-        raise ReportError(f"{folder}: unknown figure kind(s) {', '.join(map(str, unknown))}")
-    seconds = raw.get("seconds")
-    return ExperimentRecord(
-        folder=folder,
-        name=str(raw.get("name") or folder.name),
-        source=str(raw.get("source") or raw.get("seed") or ""),  # "seed": the old name
-        section=str(raw.get("section") or ""),
-        title=str(raw.get("title") or raw.get("name") or folder.name),
-        protocol=str(raw.get("protocol") or ""),
-        choices=str(raw.get("choices") or ""),
-        figures=[str(k) for k in raw.get("figures") or []],
-        data=dict(raw.get("data") or {}),
-        members=members,
-        chosen=None if raw.get("chosen") is None else str(raw["chosen"]),
-        published=list(raw.get("published") or []),
-        seconds=float(seconds)
-        if isinstance(seconds, int | float) and math.isfinite(seconds)
-        else 0.0,
-        raw=raw,
-    )
+    record = ExperimentRecord.from_json(_read_json(folder / "experiment.json"), folder)
+    for m in record.members:
+        if not m.metrics and (m.folder / "metrics.json").is_file():
+            metrics = _read_json(m.folder / "metrics.json")
+            m.metrics = dict(metrics) if isinstance(metrics, dict) else {}
+    return record
 
 
 def find_experiments(runs_root: str | Path) -> list[ExperimentRecord]:
