@@ -6,13 +6,13 @@
 
 from __future__ import annotations
 
+from digitlab.errors import ReportError
 from digitlab.report.document import compare, write_report
 from digitlab.report.figures import DRAWERS, draw_experiment, draw_figure, figure_paths, is_stale
 from digitlab.report.rundata import (
     FIGURE_KINDS,
     ExperimentRecord,
     MemberRecord,
-    ReportError,
     find_experiments,
     load_experiment,
 )

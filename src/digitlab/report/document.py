@@ -20,8 +20,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from digitlab.errors import ReportError
 from digitlab.report.figures import DPI, draw_figure, figure_paths, is_stale
-from digitlab.report.rundata import ExperimentRecord, ReportError, find_experiments
+from digitlab.report.rundata import ExperimentRecord, find_experiments
 
 #: Default tolerance of an accuracy, in percentage points below the published value.
 ACC_TOLERANCE_PP = 1.0

@@ -20,10 +20,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import PercentFormatter
 
+from digitlab.errors import ReportError
 from digitlab.report.rundata import (
     ExperimentRecord,
     MemberRecord,
-    ReportError,
     load_experiment,
 )
 

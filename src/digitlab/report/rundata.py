@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from digitlab.errors import DigitlabError
+from digitlab.errors import DigitlabError, ReportError
 
 #: Figure kinds an experiment may list, in the order the report explains them.
 FIGURE_KINDS = (
@@ -31,10 +31,6 @@ FIGURE_KINDS = (
 )
 #: Kinds that are tables in the report, not figures.
 TABLE_KINDS = ("table",)
-
-
-class ReportError(DigitlabError):
-    """Saved run data needed for a figure or the report is missing or malformed."""
 
 
 def _read_json(path: Path) -> Any:
