@@ -31,6 +31,7 @@ from digitlab.report import (
     figure_paths,
     load_experiment,
     write_report,
+    write_run_report,
 )
 from digitlab.runner import RunResult, Settings, load_run_checkpoint, prepare_data, run
 
@@ -421,10 +422,11 @@ def test_a_figure_that_cannot_be_drawn_is_reported_in_its_place(drawn: Path) -> 
     assert "could not be drawn" in md.read_text()
 
 
-def test_empty_runs_root(tmp_path: Path) -> None:
-    html, md = write_report(tmp_path)
-    assert "No experiments found" in html.read_text()
-    with pytest.raises(ReportError):
+def test_empty_runs_root_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match="no experiment folders"):
+        write_report(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ReportError, match="no such folder"):
         write_report(tmp_path / "nope")
 
 
@@ -451,3 +453,81 @@ def test_chromium_renders_every_figure(reported: Path, tmp_path: Path) -> None:
     done = _check(broken)
     assert done.returncode == 1
     assert "toy-logistic/curves" in done.stdout
+
+
+# ---------------------------------------------------------------------------------- run reports
+def _figure_ids(html: str) -> list[str]:
+    return re.findall(r'<img src="data:image/png;base64,[^"]+"[^>]*data-figure="([^"]+)"', html)
+
+
+def test_report_of_one_run_draws_curves_weights_confusion_settings(runs: Path) -> None:
+    run_dir = runs / "toy-softmax" / "l2-0.0001"
+    html, md = write_run_report([run_dir])
+    assert (html, md) == (run_dir / "report.html", run_dir / "report.md")
+    text = html.read_text()
+    assert _figure_ids(text) == ["l2-0.0001/curves", "l2-0.0001/weights", "l2-0.0001/confusion"]
+    assert 'data-figures="3"' in text
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert f'<td class="num">{100 * metrics["test_acc"]:.2f}%</td>' in text
+    assert '<tr><td>l2</td><td class="num">0.0001</td></tr>' in text  # every setting
+    assert "<td>model</td><td>softmax</td>" in text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md.read_text())
+    assert links == ["figures/curves.png", "figures/weights.png", "figures/confusion.png"]
+    assert all((run_dir / link).is_file() for link in links)
+
+
+def test_report_of_several_runs_overlays_curves_and_lists_what_differs(runs: Path) -> None:
+    dirs = [runs / "toy-softmax" / "l2-0.0001", runs / "toy-softmax" / "l2-0.01"]
+    html, _ = write_run_report(dirs, out=runs / "compare")
+    text = html.read_text()
+    assert html == runs / "compare" / "report.html"
+    assert _figure_ids(text) == ["compare/overlay"]
+    table = text[text.index("Settings that differ") :]
+    header = re.findall(r"<th>([^<]+)</th>", table.split("</thead>")[0])
+    assert header == ["run", "l2"]  # the lambda is the only setting that differs
+    assert "<td>l2-0.0001</td>" in table and "<td>l2-0.01</td>" in table
+    # the default folder for several runs: report/ in their common parent
+    html, _ = write_run_report([*dirs, runs / "toy-mlp" / "net"])
+    assert html == runs / "report" / "report.html"
+    assert "toy-mlp/net" in html.read_text()
+
+
+def test_run_report_of_a_run_in_progress_without_metrics(runs: Path) -> None:
+    run_dir = runs / "toy-softmax" / "l2-0.01"
+    for name in ("metrics.json", "checkpoint.npz"):
+        (run_dir / name).unlink()
+    html, _ = write_run_report([run_dir])
+    assert _figure_ids(html.read_text()) == ["l2-0.01/curves"]
+
+
+def test_bad_run_folders_are_one_line_errors_and_write_nothing(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from digitlab.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    good = runs / "toy-softmax" / "l2-0.01"
+    before = sorted(p.name for p in good.iterdir())
+    for args, words in (
+        ([str(good), str(empty)], "not a run folder"),
+        ([str(tmp_path / "nope")], "no such folder"),
+        (["--runs", str(good)], "no experiment folders"),
+    ):
+        assert main(["report", *args]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
+    assert sorted(p.name for p in good.iterdir()) == before and not list(empty.iterdir())
+    (good / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(ReportError, match="expected a JSON object"):
+        write_run_report([good])
+
+
+def test_cli_report_of_a_run_folder(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from digitlab.cli import main
+
+    run_dir = runs / "toy-logistic" / "2v3"
+    assert main(["report", str(run_dir)]) == 0
+    assert str(run_dir / "report.html") in capsys.readouterr().out
+    assert _figure_ids((run_dir / "report.html").read_text()) == ["2v3/curves", "2v3/weights",
+                                                                   "2v3/confusion"]  # fmt: skip

@@ -2,6 +2,7 @@
 
 - :func:`draw_experiment` draws the figures an ``experiment.json`` lists into ``figures/``.
 - :func:`write_report` writes ``report.html`` (self-contained) and ``report.md`` for a runs root.
+- :func:`write_run_report` writes the same pair for one or several run folders.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from digitlab.report.rundata import (
     MemberRecord,
     find_experiments,
     load_experiment,
+    load_run,
 )
+from digitlab.report.runs import write_run_report
 
 __all__ = [
     "DRAWERS",
@@ -30,5 +33,7 @@ __all__ = [
     "find_experiments",
     "is_stale",
     "load_experiment",
+    "load_run",
     "write_report",
+    "write_run_report",
 ]

@@ -59,6 +59,8 @@ CAPTIONS = {
     "the weights of every setting.",
     "shuffle": "Validation accuracy and loss over training of each setting; the legend gives "
     "where early stopping ended training and the best (restored) epoch.",
+    "overlay": "Loss and accuracy over training of each run, one colour per run: validation "
+    "(test where there is no validation set) solid, training dashed.",
     "confusion": "Confusion matrix of {chosen} on the test set: rows are true classes, columns "
     "predicted classes, counts in the cells, shading the fraction of the true class.",
     "lbfgs": "Gradient descent against the exact optimum of the same convex objective found by "
@@ -224,8 +226,11 @@ def machine() -> str:
 
 # ---------------------------------------------------------------------------------- content
 def _caption(exp: ExperimentRecord, kind: str) -> str:
-    chosen = exp.chosen or (exp.members[0].label if exp.members else "")
-    text = CAPTIONS[kind].format(chosen=f"the chosen setting ({chosen})" if chosen else "the run")
+    if exp.chosen:
+        chosen = f"the chosen setting ({exp.chosen})"
+    else:
+        chosen = f"the run ({exp.members[0].label})" if exp.members else "the run"
+    text = CAPTIONS[kind].format(chosen=chosen)
     if kind == "weight_diff" and len(exp.members) >= 2:
         text = text.replace("the first two", f"({exp.members[0].label}) − ({exp.members[1].label})")
     return text
@@ -256,11 +261,12 @@ def prepare_figures(exp: ExperimentRecord, index: int, redraw: bool) -> list[Fig
     return entries
 
 
-def member_rows(exp: ExperimentRecord) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the members table (accuracies, best epoch, epochs, stop reason)."""
+def member_rows(exp: ExperimentRecord, first: str = "setting") -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the members table (accuracies, best epoch, epochs, stop reason);
+    ``first`` heads the column of member labels."""
     has_val = any("val_acc" in m.metrics for m in exp.members)
     has_best = any("best_epoch" in m.metrics for m in exp.members)
-    header = ["setting", "train acc"] + (["val acc"] if has_val else []) + ["test acc"]
+    header = [first, "train acc"] + (["val acc"] if has_val else []) + ["test acc"]
     header += (["best epoch"] if has_best else []) + ["epochs", "weight norm", "stopped because"]
     rows = []
     for m in exp.members:
@@ -438,10 +444,6 @@ def _headline(comps: list[Comparison]) -> tuple[str, str]:
 
 def summary_section(exps: list[ExperimentRecord], comps: dict[str, list[Comparison]]) -> Section:
     """The summary table: one row per experiment, linking to its section."""
-    if not exps:
-        return Section(
-            [Heading(2, "Summary"), Paragraph.of("No experiments found.")], anchor="summary"
-        )
     rows: list[list[Span]] = []
     for exp in exps:
         first, count = _headline(comps[exp.folder.name])
@@ -505,13 +507,19 @@ def write_report(
     Raises
     ------
     ReportError
-        When ``runs_root`` does not exist or an ``experiment.json`` is malformed. A figure that
+        When ``runs_root`` does not exist, holds no experiment or an ``experiment.json`` is
+        malformed (nothing is written then). A figure that
         cannot be drawn does not raise: the report says so in its place.
     """
     root = Path(runs_root)
     if not root.is_dir():
         raise ReportError(f"{root}: no such folder")
     exps = find_experiments(root)
+    if not exps:
+        raise ReportError(
+            f"{root}: no experiment folders (*/experiment.json) in it; "
+            "for run folders: digitlab report RUN_DIR..."
+        )
     figs = {e.folder.name: prepare_figures(e, i, redraw) for i, e in enumerate(exps, start=1)}
     comps = {e.folder.name: [compare(e, p) for p in e.published] for e in exps}
     total = (

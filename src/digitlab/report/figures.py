@@ -487,6 +487,40 @@ def draw_shuffle(exp: ExperimentRecord) -> Figure:
     return fig
 
 
+def draw_overlay(exp: ExperimentRecord) -> Figure:
+    """Loss and accuracy over training of every member on shared axes: validation (test
+    where there is none) solid, training dashed, one colour per member."""
+    fig = _figure(10, 3.9)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    xlabel = "epoch"
+    drawn: dict[str, list[np.ndarray]] = {"loss": [], "acc": []}
+    handles = []
+    for i, m in enumerate(exp.members):
+        x, xlabel = m.x_axis()
+        color = f"C{i % 10}"
+        handles.append(Line2D([], [], color=color, label=m.label))
+        for ax, what in ((ax_loss, "loss"), (ax_acc, "acc")):
+            for keys, style in (((f"val_{what}", f"test_{what}"), "-"), ((f"train_{what}",), "--")):
+                s = _series(m, *keys)
+                if s is not None:
+                    ax.plot(x, s[0], color=color, ls=style, lw=1.2, **_line_style(len(x)))
+                    drawn[what].append(s[0])
+    if not drawn["loss"] and not drawn["acc"]:
+        raise ReportError(f"{exp.folder}: no run has loss or accuracy curves")
+    handles += [
+        Line2D([], [], color="0.3", label="validation (or test)"),
+        Line2D([], [], color="0.3", ls="--", label="training"),
+    ]
+    _zoom(ax_loss, drawn["loss"], higher_better=False)
+    _zoom(ax_acc, drawn["acc"], higher_better=True)
+    ax_loss.set(title="Loss over training", xlabel=xlabel, ylabel="loss (mean cross-entropy)")
+    ax_acc.set(title="Accuracy over training", xlabel=xlabel, ylabel="accuracy (percent correct)")
+    _percent(ax_acc)
+    ax_acc.legend(handles=handles, loc="best")
+    fig.suptitle(exp.title)
+    return fig
+
+
 def _class_names(exp: ExperimentRecord, m: MemberRecord, k: int) -> list[str]:
     try:
         names = m.classes
@@ -638,6 +672,7 @@ DRAWERS: dict[str, Callable[[ExperimentRecord], Figure]] = {
     "weight_diff": draw_weight_diff,
     "sweep": draw_sweep,
     "shuffle": draw_shuffle,
+    "overlay": draw_overlay,
     "confusion": draw_confusion,
     "lbfgs": draw_lbfgs,
     "gallery": draw_gallery,

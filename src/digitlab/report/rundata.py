@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import re
+import tomllib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +26,7 @@ FIGURE_KINDS = (
     "weight_diff",
     "sweep",
     "shuffle",
+    "overlay",
     "confusion",
     "lbfgs",
     "gallery",
@@ -442,3 +444,35 @@ def find_experiments(runs_root: str | Path) -> list[ExperimentRecord]:
     root = Path(runs_root)
     exps = [load_experiment(p.parent) for p in root.glob("*/experiment.json")]
     return sorted(exps, key=lambda e: (e.source, e.name))
+
+
+def load_run(folder: str | Path, label: str | None = None) -> MemberRecord:
+    """A run folder (from ``digitlab train`` or an experiment member) as a :class:`MemberRecord`.
+
+    The run may still be training: ``history.csv`` is required, ``config.toml`` (settings),
+    ``metrics.json`` and ``checkpoint.npz`` are read where present.
+
+    Raises
+    ------
+    ReportError
+        ``folder`` is not a folder, has no ``history.csv`` (nor stages with one), or a file
+        in it is malformed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"{folder}: no such folder")
+    member = MemberRecord(label or folder.name, folder, {}, {}, {})
+    if not any((f / "history.csv").is_file() for f in [folder, *member.stages]):
+        raise ReportError(f"{folder}: not a run folder (no history.csv)")
+    config = folder / "config.toml"
+    if config.is_file():
+        try:
+            member.settings = tomllib.loads(config.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ReportError(f"{config}: not valid TOML ({exc})") from None
+    if (folder / "metrics.json").is_file():
+        metrics = _read_json(folder / "metrics.json")
+        if not isinstance(metrics, dict):
+            raise ReportError(f"{folder / 'metrics.json'}: expected a JSON object")
+        member.metrics = metrics
+    return member
