@@ -3,7 +3,8 @@
 ``write_report(runs_root)`` reads every ``runs_root/*/experiment.json``, (re)draws figures
 that are missing or older than their data, and writes ``runs_root/report.html`` (figures
 embedded as base64 PNG, CSS inline, no network) and ``runs_root/report.md`` (figures linked
-by relative path).
+by relative path). The report is built once as a :class:`~digitlab.report.render.Document`
+(the sections, tables and figures below) and rendered twice by :mod:`digitlab.report.render`.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ def _labels(folders: list[Path]) -> tuple[list[str], Path]:
     if len(folders) == 1:
         return [folders[0].name], folders[0].parent
     parent = Path(os.path.commonpath([str(f) for f in folders]))
-    return [f.relative_to(parent).as_posix() for f in folders], parent
+    # a run folder that holds the others is called by its name
+    return [f.relative_to(parent).as_posix() if f != parent else f.name for f in folders], parent
 
 
 def runs_record(
