@@ -336,8 +336,20 @@ def to_model_input(
     lo = min(t, mu_b + 3.0 * sd_b)
     levels = np.clip((resid - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
 
-    # keep ink blobs, drop specks, and everything far from kept ink
-    keep = (sizes >= max(2, 0.08 * sizes.max()))[labels]
+    # keep the largest ink blob and the blobs of some size near it (a 5's detached bar), or
+    # big anywhere; drop specks and paper texture, and everything far from kept ink
+    main = int(np.argmax(sizes))
+    ys, xs = np.nonzero(labels == main)
+    reach = max(ys.max() - ys.min(), xs.max() - xs.min()) // 2 + 1
+    window = labels[
+        max(0, ys.min() - reach) : ys.max() + reach + 1,
+        max(0, xs.min() - reach) : xs.max() + reach + 1,
+    ]
+    nearby = np.zeros(n + 1, dtype=bool)
+    nearby[np.unique(window)] = True
+    wanted = (sizes >= max(2.0, 0.08 * sizes[main])) & nearby | (sizes >= 0.4 * sizes[main])
+    wanted[0] = False
+    keep = wanted[labels]
     near = ndimage.binary_dilation(keep, structure=np.ones((3, 3), dtype=bool), iterations=2)
     levels = np.where(near, levels, 0.0).astype(np.float32)
 
