@@ -269,6 +269,18 @@ def test_corrupt_truncated_and_foreign_files_are_one_line_data_errors(tmp_path):
         assert name in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(DatasetNotFoundError):
         read_image(tmp_path / "missing.png")
+    with pytest.raises(DataError, match="^upload.png: cannot read"):
+        read_image(cases["truncated.png"], name="upload.png")
+
+
+def test_bytes_and_file_objects_decode_like_files(tmp_path):
+    a = np.arange(40 * 30, dtype=np.uint8).reshape(40, 30)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    assert np.array_equal(read_image(data), a)
+    assert np.array_equal(read_image(io.BytesIO(data)), a)
+    with pytest.raises(DataError, match="^image: image is 30x40 = 1,200 pixels"):
+        read_image(data, max_pixels=1000)
 
 
 def test_modes_become_uint8_grey_colour_or_alpha(tmp_path):
