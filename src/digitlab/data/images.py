@@ -197,7 +197,9 @@ def _ink_grey(x: np.ndarray) -> np.ndarray:
     (median absolute deviation). Returns float32 (h, w).
     """
     cands = [x @ _LUMA, x[:, :, 0], x[:, :, 1], x[:, :, 2]]
-    if float(np.ptp(x, axis=2).max()) < 0.08:  # grey in all but name
+    r, g, b = cands[1:]
+    spread = max(np.abs(r - g).max(), np.abs(g - b).max(), np.abs(r - b).max())
+    if float(spread) < 0.08:  # grey in all but name
         return cands[0].astype(np.float32)
     H, W = x.shape[:2]
     f = min(1.0, 128 / max(H, W))
@@ -236,7 +238,10 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         return hi
-    hist, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    step = (hi - lo) / bins
+    idx = np.minimum(((values - lo) / step).astype(np.intp), bins - 1)
+    hist = np.bincount(idx, minlength=bins)
+    edges = lo + step * np.arange(bins + 1)
     p = hist.astype(np.float64) / hist.sum()
     mids = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(p)
@@ -370,7 +375,7 @@ def to_model_input(
     wanted = (sizes >= max(2.0, 0.08 * sizes[main])) & nearby | (sizes >= 0.4 * sizes[main])
     wanted[0] = False
     keep = wanted[labels]
-    near = ndimage.binary_dilation(keep, structure=np.ones((3, 3), dtype=bool), iterations=2)
+    near = ndimage.maximum_filter(keep, size=5)  # within 2 pixels of kept ink
     levels = np.where(near, levels, 0.0).astype(np.float32)
 
     rows = np.flatnonzero(levels.any(axis=1))
