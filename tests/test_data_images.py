@@ -183,6 +183,26 @@ def test_wide_ink_keeps_its_aspect_ratio():
     assert abs(out.sum(0).argmax() - 14) <= 10 and abs(rows.mean() - 14) <= 1
 
 
+def _stroke_width(x: np.ndarray) -> float:
+    """Twice the area over the outline length of the ink (x > 0.5): the stroke width."""
+    m = x > 0.5
+    outline = np.count_nonzero(m[:, 1:] != m[:, :-1]) + np.count_nonzero(m[1:] != m[:-1])
+    return 2 * np.count_nonzero(m) / max(outline, 1)
+
+
+def test_thin_strokes_are_thickened_to_mnist_proportions(digits):
+    yy, xx = np.mgrid[:300, :300]
+    r = np.hypot(yy - 150, (xx - 150) * 1.4)
+    page = np.where(np.abs(r - 110) < 1.5, 20, 235).astype(np.uint8)  # a ballpoint "0"
+    out = to_model_input(page)
+    assert 1.4 <= _stroke_width(out) <= 3.0  # MNIST: 2.0 (median), 1.5-2.8 (10-90%)
+    assert out[14, 14] == 0 and out[14, 2:8].max() > 0.9  # still a ring
+    # MNIST's own strokes are left as they are
+    x, _ = digits
+    for d in x[:10]:
+        assert abs(_stroke_width(to_model_input(d)) - _stroke_width(d / 255)) < 0.35
+
+
 def test_no_ink_is_an_error_or_a_blank_on_request():
     rng = np.random.default_rng(3)
     for img in [np.full((50, 60), 200, np.uint8), _u8(0.8 + rng.normal(0, 0.02, (80, 80)))]:
