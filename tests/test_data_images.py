@@ -8,6 +8,8 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from digitlab.data import load
@@ -356,3 +358,25 @@ def test_load_images_names_the_bad_file(tmp_path):
         list_image_files([tmp_path / "sub"])
     with pytest.raises(DatasetNotFoundError):
         list_image_files([tmp_path / "nope"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.sampled_from([(), (3,), (4,)]),
+    st.tuples(st.integers(1, 30), st.integers(1, 30)),
+    st.integers(0, 2**32 - 1),
+)
+def test_any_small_image_gives_a_valid_input_or_no_ink(h, w, channels, shape, seed):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h, w, *channels), dtype=np.uint8)
+    if seed % 2:  # mostly paper, some ink
+        img = np.where(rng.random((h, w, *channels)) < 0.8, 230, img).astype(np.uint8)
+    try:
+        out = to_model_input(img, shape)
+    except DataError as e:
+        assert "no ink" in str(e)
+        return
+    assert out.shape == shape and out.dtype == np.float32
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1 and out.max() > 0
