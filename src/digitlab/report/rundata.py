@@ -171,7 +171,7 @@ class Member:
     @cached_property
     def checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``(params, meta)`` of the member's final checkpoint (read, never trained)."""
-        from digitlab.runner import load_run_checkpoint
+        from digitlab.runfiles import load_run_checkpoint
 
         path = self.folder / "checkpoint.npz"
         if not path.is_file():
