@@ -36,6 +36,7 @@ CHECKED = [
     SoftmaxRegression(solver="minibatch", batch_size=16, momentum=0.9, max_iter=50),
     SoftmaxRegression(solver="gd", penalty="l1", alpha=1e-3, anneal_T=10.0, max_iter=100),
     MLPClassifier(hidden_layer_sizes=(8,), max_iter=100),
+    MLPClassifier(hidden_layer_sizes=(8,), solver="adam", learning_rate_init=0.01, max_iter=50),
 ]
 
 
@@ -356,6 +357,10 @@ def test_bad_settings_raise_clear_errors():
     with pytest.raises(ValueError, match="Only binary classification"):
         LogisticRegression().fit(X, y)
     assert not hasattr(SoftmaxRegression(solver="lbfgs"), "partial_fit")
+    with pytest.raises(AttributeError, match="solver='lbfgs'; use one of.*'minibatch'.*'adam'"):
+        SoftmaxRegression(solver="lbfgs").partial_fit(X, y)
+    with pytest.raises(ValueError, match="nesterov needs momentum"):
+        SoftmaxRegression(solver="nesterov").fit(X, y)
     warm = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, warm_start=True).fit(X, y)
     with pytest.raises(ValueError, match="warm-start"):
         warm.set_params(hidden_layer_sizes=(5,)).fit(X, y)
@@ -370,3 +375,62 @@ def test_clone_keeps_parameters_and_drops_the_fit():
     assert fitted.model_.activation == "sigmoid" and fitted.model_.hidden == (3, 2)
     assert clone(fitted).get_params() == est.get_params()
     assert not hasattr(clone(fitted), "model_")
+
+
+# ---------------------------------------------------------------------------- update rules
+@pytest.mark.parametrize(
+    ("solver", "params", "config"),
+    [
+        (
+            "adam",
+            {"beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-6},
+            {"beta1": 0.8, "beta2": 0.99, "eps": 1e-6, "weight_decay": 0.0},
+        ),
+        ("adamw", {}, {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01}),
+        (
+            "adamw",
+            {"weight_decay": 0.1},
+            {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.1},
+        ),
+        (
+            "rmsprop",
+            {"momentum": 0.5},
+            {"alpha": 0.99, "eps": 1e-8, "momentum": 0.5, "weight_decay": 0.0},
+        ),
+        ("nesterov", {"momentum": 0.9}, {"momentum": 0.9, "weight_decay": 0.0}),
+        ("minibatch", {"momentum": 0.9, "beta_1": 0.1}, {"momentum": 0.9}),
+    ],
+)
+def test_solvers_use_the_registered_update_rules(solver, params, config):
+    X, y = _blobs()
+    est = SoftmaxRegression(
+        solver=solver, learning_rate_init=0.01, max_iter=30, random_state=0, **params
+    ).fit(X, y)
+    expected = {"name": "sgd" if solver == "minibatch" else solver, **config}
+    assert est._trainer.optimizer.config() == expected
+    assert est._trainer.batch_size == min(200, len(y))
+    assert est.score(X, y) > 0.8  # chance is 1/3
+
+
+@pytest.mark.parametrize("solver", ["adam", "rmsprop", "nesterov"])
+def test_partial_fit_continues_an_adaptive_run_exactly(solver):
+    X, y = _blobs()
+    kw = dict(
+        solver=solver,
+        momentum=0.5,
+        batch_size=16,
+        tol=None,
+        random_state=0,
+        learning_rate_init=0.05,
+    )
+    three = MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, **kw).fit(X, y)
+    parts = MLPClassifier(hidden_layer_sizes=(5,), **kw)
+    for _ in range(3):
+        parts.partial_fit(X, y, classes=[0, 1, 2])
+    for a, b in zip(
+        parts.coefs_ + parts.intercepts_, three.coefs_ + three.intercepts_, strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert parts.n_iter_ == three.n_iter_ == 3
+    if solver != "nesterov":
+        assert int(parts._trainer.optimizer.state_dict()["step"]) == 3 * 8  # 120 rows / 16

@@ -399,3 +399,45 @@ def test_finite_check_has_no_false_alarm_on_huge_finite_values():
     X[5, 2] = np.nan
     with pytest.raises(Exception, match="NaN or inf"):
         Trainer(SoftmaxModel(8, 3)).fit((X, y), steps=1)
+
+
+# ---------------------------------------------------------------- continue training
+def test_continue_fit_equals_one_longer_fit():
+    X, y = _data(n=120)
+    val = _data(n=30, seed=1)
+
+    def make():  # momentum, an annealed rate, augmentation: all state must carry on
+        trainer = _make_trainer()
+        trainer.callbacks[1].restore_best = False  # else each call ends at its best weights
+        return trainer
+
+    one = make()
+    one.fit((X, y), val, steps=20)
+    parts = make()
+    parts.continue_fit((X, y), val, steps=7)  # mid-epoch (8 steps per epoch)
+    parts.continue_fit((X, y), val, epochs=1)
+    parts.continue_fit((X, y), val, steps=5)
+    assert parts.step == one.step == 20 and parts.epoch == one.epoch == 2
+    for k in one.model.params:
+        np.testing.assert_array_equal(parts.model.params[k], one.model.params[k])
+    strip = [{**r, "time": 0} for r in one.history.records]
+    assert [{**r, "time": 0} for r in parts.history.records] == strip
+
+
+def test_continue_fit_callbacks_apply_to_that_call_only():
+    X, y = _data(n=40)
+    seen = []
+
+    class Count(Callback):
+        def on_step_end(self, trainer, loss):
+            seen.append(trainer.step)
+
+    trainer = Trainer(SoftmaxModel(8, 3), schedule=0.1, batch_size=10, rng=0)
+    cb = Count()
+    trainer.continue_fit((X, y), epochs=1, callbacks=[cb])
+    assert cb not in trainer.callbacks
+    trainer.continue_fit((X[:20], y[:20]), epochs=2)  # new data: 2 steps per epoch
+    assert seen == [1, 2, 3, 4] and trainer.step == 8 and trainer.epoch == 3
+    for bad in ({}, {"epochs": 1, "steps": 2}, {"steps": -1}, {"epochs": 1.5}):
+        with pytest.raises(ConfigError):
+            trainer.continue_fit((X, y), **bad)

@@ -17,7 +17,8 @@ fast path) and in float64 otherwise; ``solver="lbfgs"`` always computes in float
 
 from __future__ import annotations
 
-import math
+import functools
+import types
 import warnings
 from numbers import Integral, Real
 from string import Template
@@ -30,16 +31,28 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from digitlab.models import LogisticModel, MLPModel, Model, SoftmaxModel
-from digitlab.optim import SGD, Constant, InverseTime, lbfgs
-from digitlab.train import Callback, EarlyStopping, History, Trainer, evaluate, resolve_batch_size
+from digitlab.optim import OPTIMIZERS, Constant, InverseTime, Optimizer, lbfgs, make_optimizer
+from digitlab.train import Callback, EarlyStopping, History, Trainer, evaluate
 
 AUTO_BATCH = 200  # rows per mini-batch for batch_size="auto" (at most n)
 _DTYPES = [np.float64, np.float32]  # float32 input stays float32, anything else -> float64
+# solver -> batching: the plain update rule (registry "sgd") full-batch, in mini-batches or on
+# single samples drawn with replacement; every other registered update rule in mini-batches
+_BATCHING = {"gd": "full", "minibatch": "minibatch", "sgd": "single"}
+_RULES = tuple(name for name in OPTIMIZERS if name != "sgd")
+_GRADIENT_SOLVERS = (*_BATCHING, *_RULES)
+# estimator parameter (scikit-learn's name) -> optimiser hyperparameter (the registry's name)
+_HYPERPARAMETERS = {
+    "momentum": "momentum",
+    "beta_1": "beta1",
+    "beta_2": "beta2",
+    "epsilon": "eps",
+    "weight_decay": "weight_decay",
+}
 
 
 class _Verbose(Callback):
@@ -51,11 +64,27 @@ class _Verbose(Callback):
         print(f"epoch {trainer.epoch}: " + ", ".join(parts))
 
 
-def _iterative_solver(estimator: _DigitlabClassifier) -> bool:
-    """``partial_fit`` exists only for the gradient solvers."""
-    if estimator.solver == "lbfgs":
-        raise AttributeError("partial_fit is only available for the gradient solvers, not lbfgs")
-    return True
+class _GradientSolversOnly:
+    """Decorator: the method exists only for the gradient solvers (``partial_fit``).
+
+    With ``solver="lbfgs"`` reading the attribute raises an AttributeError that names the
+    solvers having it, so ``hasattr`` is False (as scikit-learn's meta-estimators expect,
+    like its ``available_if``) and a direct call explains itself.
+    """
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self.fn
+        if obj.solver == "lbfgs":
+            raise AttributeError(
+                f"{type(obj).__name__}.partial_fit is not available with solver='lbfgs'; "
+                f"use one of the solvers {', '.join(map(repr, _GRADIENT_SOLVERS))}"
+            )
+        return types.MethodType(self.fn, obj)
 
 
 class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
@@ -70,11 +99,15 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "penalty": [StrOptions({"l2", "l1"}), None],
         "alpha": [Interval(Real, 0, None, closed="left")],
-        "solver": [StrOptions({"gd", "minibatch", "sgd", "lbfgs"})],
+        "solver": [StrOptions({*_GRADIENT_SOLVERS, "lbfgs"})],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "anneal_T": [Interval(Real, 0, None, closed="neither"), None],
         "momentum": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left"), None],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
@@ -96,6 +129,10 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         learning_rate_init: float = 0.1,
         anneal_T: float | None = None,
         momentum: float = 0.0,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        weight_decay: float | None = None,
         max_iter: int = 200,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
@@ -113,6 +150,10 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         self.learning_rate_init = learning_rate_init
         self.anneal_T = anneal_T
         self.momentum = momentum
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.weight_decay = weight_decay
         self.max_iter = max_iter
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -194,19 +235,38 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         model.l1, model.l2 = self._penalties()
         return model
 
-    def _start_run(self, rng: np.random.Generator) -> None:
-        """Fresh optimiser state, step count and history for a gradient run."""
-        self._optimizer = SGD(self.momentum)
-        self._progress = (0, 0)  # (step, epoch), carried from call to call by partial_fit
-        self._rng = rng
-        self.history_ = History()
+    def _optimizer(self) -> Optimizer:
+        """The solver's update rule from the registry, with this estimator's hyperparameters."""
+        rule = "sgd" if self.solver in _BATCHING else self.solver
+        declared = OPTIMIZERS[rule].hyperparameters
+        config = {
+            key: float(getattr(self, param))
+            for param, key in _HYPERPARAMETERS.items()
+            if key in declared and getattr(self, param) is not None
+        }
+        return make_optimizer({"name": rule, **config})
 
-    def _batch_spec(self) -> int | str:
-        if self.solver == "gd":
-            return "full"
-        if self.solver == "sgd":
-            return 1
-        return AUTO_BATCH if self.batch_size == "auto" else int(self.batch_size)
+    def _schedule(self) -> Constant | InverseTime:
+        lr = float(self.learning_rate_init)
+        return Constant(lr) if self.anneal_T is None else InverseTime(lr, float(self.anneal_T))
+
+    def _start_run(self, model: Model, rng: np.random.Generator) -> None:
+        """A trainer with fresh optimiser state, step count and history for a gradient run."""
+        self.history_ = History()
+        batching = _BATCHING.get(self.solver, "minibatch")
+        spec: int | str = "full" if batching == "full" else 1
+        if batching == "minibatch":
+            spec = AUTO_BATCH if self.batch_size == "auto" else int(self.batch_size)
+        self._trainer = Trainer(
+            model,
+            optimizer=self._optimizer(),
+            schedule=self._schedule(),
+            batch_size=spec,
+            shuffle=self.shuffle,
+            replacement=batching == "single",
+            callbacks=[self.history_],
+            rng=rng,
+        )
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
@@ -246,11 +306,11 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         if self.solver == "lbfgs":
             self._fit_lbfgs(model, X, y_enc)
         else:
-            self._start_run(rng)
-            self._train(model, X, y_enc, epochs=self.max_iter, full_fit=True)
+            self._start_run(model, rng)
+            self._train(X, y_enc, epochs=self.max_iter, full_fit=True)
         return self
 
-    @available_if(_iterative_solver)
+    @_GradientSolversOnly
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> Self:
         """Train one epoch on ``(X, y)``, continuing the current run.
@@ -283,18 +343,17 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         y_enc = self._encode(y)
         rng = self._generator()
         model = self._new_model(X, rng) if first else self._reuse_model()
-        if first or not hasattr(self, "_optimizer"):  # a new run (also after an lbfgs fit)
-            self._start_run(rng)
-        self._train(model, X, y_enc, epochs=1, full_fit=False)
+        if first or not hasattr(self, "_trainer"):  # a new run (also after an lbfgs fit)
+            self._start_run(model, rng)
+        self._train(X, y_enc, epochs=1, full_fit=False)
         return self
 
-    def _train(
-        self, model: Model, X: np.ndarray, y: np.ndarray, *, epochs: int, full_fit: bool
-    ) -> None:
-        """Run ``epochs`` epochs of the gradient solver, continuing ``self._progress``."""
+    def _train(self, X: np.ndarray, y: np.ndarray, *, epochs: int, full_fit: bool) -> None:
+        """Run ``epochs`` more epochs of the gradient solver, continuing the run's trainer."""
+        trainer = self._trainer
         val, stopper = None, None
         if full_fit and self.early_stopping:
-            seed = int(self._rng.integers(np.iinfo(np.int32).max))
+            seed = int(trainer.rng.integers(np.iinfo(np.int32).max))
             X, X_val, y, y_val = train_test_split(
                 X, y, test_size=self.validation_fraction, stratify=y, random_state=seed
             )
@@ -306,29 +365,12 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
             stopper = EarlyStopping(
                 "train_objective", self.n_iter_no_change, min_delta=self.tol, restore_best=False
             )
-        callbacks: list[Callback] = [self.history_]
-        if stopper is not None:
-            callbacks.append(stopper)
+        callbacks: list[Callback] = [] if stopper is None else [stopper]
         if self.verbose:
             callbacks.append(_Verbose())
-        lr = float(self.learning_rate_init)
-        schedule = Constant(lr) if self.anneal_T is None else InverseTime(lr, float(self.anneal_T))
-        spec = self._batch_spec()
-        trainer = Trainer(
-            model,
-            optimizer=self._optimizer,
-            schedule=schedule,
-            batch_size=spec,
-            shuffle=self.shuffle,
-            replacement=self.solver == "sgd",
-            callbacks=callbacks,
-            rng=self._rng,
-        )
-        trainer.step, trainer.epoch = self._progress
-        steps_per_epoch = math.ceil(X.shape[0] / resolve_batch_size(spec, X.shape[0]))
-        trainer.fit((X, y), val, steps=trainer.step + epochs * steps_per_epoch)
-        self._progress = (trainer.step, trainer.epoch)
-        self.model_ = model
+        trainer.schedule = self._schedule()  # the current learning_rate_init and anneal_T
+        trainer.continue_fit((X, y), val, epochs=epochs, callbacks=callbacks)
+        self.model_ = trainer.model
         self.n_iter_ = trainer.epoch
         if stopper is not None and not stopper.stopped:
             monitored = "validation loss" if self.early_stopping else "training objective"
@@ -349,8 +391,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         record = {"step": res.n_iter, "epoch": res.n_iter, "weight_norm": res.model.weight_norm()}
         record |= {f"train_{k}": v for k, v in evaluate(res.model, X, y).items()}
         self.history_ = History([record])
-        for name in ("_optimizer", "_progress", "_rng"):  # a later partial_fit starts afresh
-            self.__dict__.pop(name, None)
+        self.__dict__.pop("_trainer", None)  # a later partial_fit starts a new run
         if self.verbose:
             print(f"lbfgs: {res.n_iter} iterations, objective {res.objective:.8g}, {res.message}")
         if not res.converged:
@@ -417,8 +458,10 @@ $extra_params    penalty : {"l2", "l1"} or None
         ``alpha * sum(|W|)`` (L1). ``LogisticRegression(C=C)`` of scikit-learn on ``n``
         samples matches ``alpha = 1 / (2 * C * n)``.
     solver : $solvers
-        Full-batch gradient descent; mini-batches of ``batch_size``; single-sample SGD
-        drawing rows with replacement$lbfgs_doc.
+        Plain gradient descent full-batch ("gd"), in mini-batches of ``batch_size``
+        ("minibatch") or on single samples drawn with replacement ("sgd"); the update rules
+        "adam", "adamw", "rmsprop" and "nesterov" (:data:`digitlab.optim.OPTIMIZERS`, PyTorch's
+        conventions) in mini-batches$lbfgs_doc.
     batch_size : int or "auto"
         Rows per step for ``solver="minibatch"``; "auto" is ``min(200, n_samples)``.
     learning_rate_init : float
@@ -427,7 +470,16 @@ $extra_params    penalty : {"l2", "l1"} or None
         Anneal the rate as ``eta0 / (1 + t / anneal_T)``, ``t`` in completed epochs;
         None keeps it constant.
     momentum : float
-        Heavy-ball momentum in [0, 1).
+        Heavy-ball momentum in [0, 1) ("gd", "minibatch", "sgd"); Nesterov's momentum for
+        "nesterov" (must be > 0); RMSprop's momentum for "rmsprop".
+    beta_1, beta_2 : float
+        Decay rates of Adam's first and second moment estimates, in [0, 1) ("adam", "adamw").
+    epsilon : float
+        Added to the denominator of "adam", "adamw" and "rmsprop".
+    weight_decay : float or None
+        Decoupled weight decay of "adamw"; an L2 term added to the gradient for "adam",
+        "rmsprop" and "nesterov" (on top of ``alpha``'s penalty). None: the update rule's
+        default (0.01 for "adamw", else 0). Ignored by the plain solvers.
     max_iter : int
         Epochs for the gradient solvers; iterations for lbfgs.
     early_stopping : bool
@@ -467,12 +519,16 @@ $extra_attrs"""
 )
 
 
+def _choices(names: tuple[str, ...]) -> str:
+    return "{" + ", ".join(f'"{name}"' for name in names) + "}"
+
+
 def _docstring(summary: str, *, lbfgs: bool, extra_params: str = "", extra_attrs: str) -> str:
     """Class docstring: summary, the shared parameters and attributes, and the class's own."""
     return _DOC_TEMPLATE.substitute(
         summary=summary,
         extra_params=extra_params,
-        solvers='{"gd", "minibatch", "sgd", "lbfgs"}' if lbfgs else '{"gd", "minibatch", "sgd"}',
+        solvers=_choices((*_GRADIENT_SOLVERS, "lbfgs") if lbfgs else _GRADIENT_SOLVERS),
         lbfgs_doc='; exact L-BFGS in float64 (not with ``penalty="l1"``)' if lbfgs else "",
         extra_attrs=extra_attrs,
     )
@@ -550,7 +606,7 @@ _ACTIVATIONS = {"tanh": "tanh", "relu": "relu", "sigmoid": "sigmoid", "logistic"
 class MLPClassifier(_DigitlabClassifier):
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         **_DigitlabClassifier._parameter_constraints,
-        "solver": [StrOptions({"gd", "minibatch", "sgd"})],
+        "solver": [StrOptions(set(_GRADIENT_SOLVERS))],
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions(set(_ACTIVATIONS))],
     }
@@ -567,6 +623,10 @@ class MLPClassifier(_DigitlabClassifier):
         learning_rate_init: float = 0.1,
         anneal_T: float | None = None,
         momentum: float = 0.0,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        weight_decay: float | None = None,
         max_iter: int = 200,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
@@ -585,6 +645,10 @@ class MLPClassifier(_DigitlabClassifier):
             learning_rate_init=learning_rate_init,
             anneal_T=anneal_T,
             momentum=momentum,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            weight_decay=weight_decay,
             max_iter=max_iter,
             early_stopping=early_stopping,
             validation_fraction=validation_fraction,

@@ -6,12 +6,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from digitlab.errors import ConfigError
+from digitlab.optim.adam import Adam
+from digitlab.optim.adamw import AdamW
 from digitlab.optim.base import Optimizer
+from digitlab.optim.nesterov import Nesterov
+from digitlab.optim.rmsprop import RMSprop
 from digitlab.optim.sgd import SGD
 
 #: name -> optimiser class (each follows :class:`~digitlab.optim.base.Optimizer`).
 OPTIMIZERS: dict[str, type[Any]] = {
     "sgd": SGD,
+    "nesterov": Nesterov,
+    "adam": Adam,
+    "adamw": AdamW,
+    "rmsprop": RMSprop,
 }
 
 

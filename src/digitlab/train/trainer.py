@@ -235,6 +235,61 @@ class Trainer:
         """
         if epochs is None and steps is None:
             raise ConfigError("give epochs or steps to train for")
+        splits = self._prepare(train, val, test)
+        spe = self.steps_per_epoch
+        targets = [t for t in (epochs and epochs * spe, steps) if t is not None]
+        return self._loop(splits, min(targets))
+
+    def continue_fit(
+        self,
+        train: ArrayPair,
+        val: ArrayPair | None = None,
+        test: ArrayPair | None = None,
+        *,
+        epochs: int | None = None,
+        steps: int | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> History:
+        """Train ``epochs`` more epochs (or ``steps`` more steps) from where this trainer is.
+
+        The step and epoch counts, the schedule's position, the optimiser state, the RNG and
+        the history carry on; ``train`` may be new data (``partial_fit``), an epoch then
+        being ``ceil(n / batch)`` steps of it.
+
+        Parameters
+        ----------
+        train : (X (n, d), y (n,))
+        val, test : (X, y), optional
+        epochs : int, optional
+            More epochs to train; give this or ``steps``.
+        steps : int, optional
+            More steps to train.
+        callbacks : sequence of Callback
+            Used for this call only (a stopping rule for one stage, say), after the
+            trainer's own.
+
+        Returns
+        -------
+        History
+        """
+        if (epochs is None) == (steps is None):
+            raise ConfigError("give either epochs or steps to continue training for")
+        more = epochs if epochs is not None else steps
+        if isinstance(more, bool) or not isinstance(more, int | np.integer) or more < 0:
+            raise ConfigError(f"epochs/steps to continue for must be an int >= 0, got {more!r}")
+        splits = self._prepare(train, val, test)
+        total = self.step + (int(more) * self.steps_per_epoch if epochs is not None else int(more))
+        own = self.callbacks
+        self.callbacks = [*own, *(c for c in callbacks if c not in own)]
+        try:
+            return self._loop(splits, total)
+        finally:
+            self.callbacks = own
+
+    def _prepare(
+        self, train: ArrayPair, val: ArrayPair | None, test: ArrayPair | None
+    ) -> dict[str, ArrayPair]:
+        """Checked splits; sets the batch size, steps per epoch and batch buffers for them."""
         X, y = self._check_pair("train", train)
         splits = {"train": (X, y)}
         for name, pair in (("val", val), ("test", test)):
@@ -242,17 +297,19 @@ class Trainer:
                 splits[name] = self._check_pair(name, pair)
         n = X.shape[0]
         self.batch_size = resolve_batch_size(self.batch_spec, n)
-        if self.replacement:
-            self.steps_per_epoch = math.ceil(n / self.batch_size)
-        elif self.drop_last:
+        if self.drop_last and not self.replacement:
             self.steps_per_epoch = max(1, n // self.batch_size)
         else:
             self.steps_per_epoch = math.ceil(n / self.batch_size)
-        eval_steps = resolve_eval_every(self.eval_spec, self.steps_per_epoch)
-        targets = [t for t in (epochs and epochs * self.steps_per_epoch, steps) if t is not None]
-        self.total_steps = min(targets)
         self._buf = np.empty((self.batch_size, X.shape[1]), dtype=X.dtype)
         self._ybuf = np.empty(self.batch_size, dtype=y.dtype)
+        return splits
+
+    def _loop(self, splits: dict[str, ArrayPair], total_steps: int) -> History:
+        """Train until ``total_steps`` steps in all (or a stop request)."""
+        X, y = splits["train"]
+        eval_steps = resolve_eval_every(self.eval_spec, self.steps_per_epoch)
+        self.total_steps = total_steps
         loss_and_grad = self._gradient_function_for(self.batch_size)
         self._stop, self.stop_reason, self.diverged = False, None, False
         lr = self.schedule(self.step, self.epoch)
