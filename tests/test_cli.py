@@ -360,4 +360,4 @@ def test_resume_help_states_the_lr_semantics(capsys):
         main(["resume", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--lr sets the schedule's starting rate eta0 again" in text
-    assert "(default: logistic: 0.1, softmax: 0.5, mlp: 0.1)" in text
+    assert "(default: logistic 0.1, softmax 0.5, mlp 0.1)" in text

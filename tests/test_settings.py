@@ -139,7 +139,7 @@ def test_options_are_generated_with_defaults_in_help():
         assert spec.flag in text
     flat = " ".join(text.split())
     assert f"(default: {SPECS['lr'].default_text()})" in flat
-    assert "(default: logistic: 0.1, softmax: 0.5, mlp: 0.1)" in flat
+    assert "(default: logistic 0.1, softmax 0.5, mlp 0.1)" in flat
     ns = parser.parse_args(["--no-shuffle", "--hidden", "32", "--seed-split"])
     assert options_given(ns) == {"shuffle": False, "hidden": "32", "split": "seed"}
 
@@ -176,3 +176,31 @@ def test_optimizer_config_follows_the_registry():
         "name": "sgd",
         **{k: getattr(s, k) for k in cls.hyperparameters},
     }
+
+
+def test_unset_hyperparameters_take_the_optimizers_defaults():
+    for name, cls in OPTIMIZERS.items():
+        s = Settings(model="softmax", optimizer=name)
+        expected = dict(cls.hyperparameters)
+        if name == "sgd":
+            expected["momentum"] = 0.0  # sgd: the per-model default
+        assert s.optimizer_config() == {"name": name, **expected}
+    assert Settings(model="mlp").momentum == 0.9
+    assert Settings(model="mlp", optimizer="rmsprop").momentum == OPTIMIZERS[
+        "rmsprop"
+    ].hyperparameters.get("momentum", 0.0)
+    assert Settings(optimizer="adamw", weight_decay=0.0).weight_decay == 0.0  # given: kept
+
+
+def test_every_optimizer_trains_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from digitlab.cli import main
+
+    for name in OPTIMIZERS:
+        lr = "0.5" if name in ("sgd", "nesterov") else "0.001"
+        args = ["train", "--dataset", "mnist-5k", "--optimizer", name, "--lr", lr, "--epochs", "1",
+                "--quiet", "--out", str(tmp_path / name)]  # fmt: skip
+        assert main(args) == 0, capsys.readouterr().err
+        (metrics,) = (tmp_path / name).glob("*/*/metrics.json")
+        assert json.loads(metrics.read_text())["test_acc"] > 0.8, name

@@ -133,23 +133,47 @@ class Spec:
     metavar: str | None = None
     max_len: int | None = None
     fixed: bool = False
+    per_optimizer: bool = False
 
     def choice_names(self) -> list[str]:
         return list(self.choices()) if self.choices is not None else []
 
-    def default_for(self, model: str) -> Any:
-        if self.by_model is not None and model in self.by_model:
-            return self.by_model[model]
+    def default_for(self, model: str, optimizer: str = "sgd") -> Any:
+        """The value when the setting is not given.
+
+        An optimiser hyperparameter takes the optimiser's own default (``by_model`` then
+        applies to ``"sgd"`` only); other settings take ``by_model[model]`` or ``default``.
+        """
+        if self.by_model is not None and (not self.per_optimizer or optimizer == "sgd"):
+            return self.by_model.get(model, self.default)
+        if self.per_optimizer:
+            return _optimizers()[optimizer].hyperparameters.get(self.name, self.default)
         return self.default
 
     def default_text(self) -> str:
         """The default as the README and ``--help`` show it."""
+        if self.per_optimizer:
+            parts = []
+            for name, cls in _optimizers().items():
+                if self.name in cls.hyperparameters:
+                    sgd_by_model = name == "sgd" and self.by_model is not None
+                    value = (
+                        self._by_model_text()
+                        if sgd_by_model
+                        else _text(cls.hyperparameters[self.name])
+                    )
+                    parts.append(f"{name}: {value}")
+            return "; ".join(parts) or _text(self.default)
         if self.by_model is None:
             return _text(self.default)
-        text = ", ".join(f"{m}: {_text(v)}" for m, v in self.by_model.items())
+        return self._by_model_text()
+
+    def _by_model_text(self) -> str:
+        assert self.by_model is not None
+        text = ", ".join(f"{m} {_text(v)}" for m, v in self.by_model.items())
         if set(self.by_model) >= set(_models()):
             return text
-        return f"{text}; otherwise {_text(self.default)}"
+        return f"{text}, else {_text(self.default)}"
 
     def range_text(self) -> str:
         if self.choices is not None:
@@ -185,7 +209,7 @@ def setting(
     meta = {"help": help, "group": group, "default": default, "flag": flag, **spec}
     if kind is not None:
         meta["kind"] = kind
-    if spec.get("by_model") is not None:
+    if spec.get("by_model") is not None or spec.get("per_optimizer"):
         return field(default=_MODEL_DEFAULT, metadata=meta)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
@@ -272,9 +296,9 @@ class Settings:
     # -- optimisation
     optimizer: str = setting("sgd", "update rule", "optimisation", choices=_optimizers)
     lr: float = setting(
-        0.1, "learning rate eta0 (resume: the schedule's start, annealing continues from the "
-        "run's step)", "optimisation", low=0, open_low=True, high=1e6,
-        by_model={"logistic": 0.1, "softmax": 0.5, "mlp": 0.1},
+        0.1, "learning rate eta0; the defaults suit sgd (resume: the schedule's start, annealing "
+        "continues from the run's step)", "optimisation", low=0, open_low=True, high=1e6,
+        by_model={"logistic": 0.1, "softmax": 0.5, "mlp": 0.1},  # tuned for sgd
     )  # fmt: skip
     anneal_T: float | None = setting(
         None, "anneal lr as eta0 / (1 + t/T) (none: constant)", "optimisation", low=0,
@@ -282,26 +306,32 @@ class Settings:
         by_model={"logistic": None, "softmax": None, "mlp": 2.0},
     )  # fmt: skip
     anneal_unit: str = setting("epoch", "what t counts", "optimisation", choices=_units)
+    # optimiser hyperparameters: unset, each takes the chosen optimiser's own default
     momentum: float = setting(
-        0.0, "sgd/nesterov momentum mu (v <- mu v + g)", "optimisation", low=0, high=1,
+        0.0, "momentum mu (sgd: v <- mu v + g)", "optimisation", low=0, high=1,
         open_high=True, by_model={"logistic": 0.0, "softmax": 0.0, "mlp": 0.9},
+        per_optimizer=True,
     )  # fmt: skip
     beta1: float = setting(
-        0.9, "adam/adamw first-moment decay", "optimisation", low=0, high=1, open_high=True
-    )
+        0.9, "first-moment decay", "optimisation", low=0, high=1, open_high=True,
+        per_optimizer=True,
+    )  # fmt: skip
     beta2: float = setting(
-        0.999, "adam/adamw second-moment decay", "optimisation", low=0, high=1, open_high=True
-    )
+        0.999, "second-moment decay", "optimisation", low=0, high=1, open_high=True,
+        per_optimizer=True,
+    )  # fmt: skip
     eps: float = setting(
-        1e-8, "adam/adamw/rmsprop denominator epsilon", "optimisation", low=0, open_low=True,
-        high=1,
+        1e-8, "denominator epsilon", "optimisation", low=0, open_low=True, high=1,
+        per_optimizer=True,
     )  # fmt: skip
     weight_decay: float = setting(
-        0.0, "decoupled weight decay (adamw)", "optimisation", low=0, high=1
-    )
+        0.0, "weight decay (adamw: decoupled)", "optimisation", low=0, high=1,
+        per_optimizer=True,
+    )  # fmt: skip
     alpha: float = setting(
-        0.99, "rmsprop squared-gradient decay", "optimisation", low=0, high=1, open_high=True
-    )
+        0.99, "squared-gradient decay", "optimisation", low=0, high=1, open_high=True,
+        per_optimizer=True,
+    )  # fmt: skip
     batch: Any = setting(
         64,
         "full, sgd, a size (128) or a fraction (0.1)",
@@ -584,10 +614,11 @@ def parse_eval_every(value: Any) -> Any:
 def _check_fields(s: Settings, where: str) -> None:
     """Resolve per-model defaults, check every field, then the rules between fields."""
     s.model = check_value(SPECS["model"], s.model, where)
+    s.optimizer = check_value(SPECS["optimizer"], s.optimizer, where)
     for name, spec in SPECS.items():
         value = getattr(s, name)
         if value is _MODEL_DEFAULT:
-            value = spec.default_for(s.model)
+            value = spec.default_for(s.model, s.optimizer)
         setattr(s, name, check_value(spec, value, where))
     _check_rules(s)
 
