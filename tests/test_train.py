@@ -22,6 +22,7 @@ from digitlab.train import (
     EarlyStopping,
     History,
     Trainer,
+    evaluate,
     resolve_batch_size,
     resolve_eval_every,
 )
@@ -441,3 +442,29 @@ def test_continue_fit_callbacks_apply_to_that_call_only():
     for bad in ({}, {"epochs": 1, "steps": 2}, {"steps": -1}, {"epochs": 1.5}):
         with pytest.raises(ConfigError):
             trainer.continue_fit((X, y), **bad)
+
+
+def test_sample_weights_are_gathered_with_each_batch():
+    X, y = _data(n=120)
+
+    def run(w):
+        trainer = Trainer(
+            MLPModel(8, 3, hidden=(6,), rng=0), schedule=0.1, batch_size=16, eval_every=4, rng=0
+        )
+        trainer.fit((X, y), epochs=2, sample_weight=w)
+        return trainer
+
+    plain, const = run(None), run(np.full(120, 3.0))
+    for k in plain.model.params:  # w / mean(w) = 1: the unweighted run, to float rounding
+        np.testing.assert_allclose(
+            const.model.params[k], plain.model.params[k], rtol=2e-5, atol=1e-6
+        )
+    w = np.where(y == 0, 5.0, 0.5)
+    weighted = run(w)
+    assert not np.allclose(weighted.model.params["W1"], plain.model.params["W1"], atol=1e-3)
+    rec = weighted.history.records[-1]
+    expected = evaluate(weighted.model, X, y, w.astype(np.float32))
+    assert rec["train_loss"] == expected["loss"] and rec["train_acc"] == expected["acc"]
+    assert expected["loss"] != evaluate(weighted.model, X, y)["loss"]
+    with pytest.raises(Exception, match="sums to 0"):
+        run(np.zeros(120))

@@ -31,8 +31,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from digitlab.models import LogisticModel, MLPModel, Model, SoftmaxModel
 from digitlab.optim import OPTIMIZERS, Constant, InverseTime, Optimizer, lbfgs, make_optimizer
@@ -53,6 +54,25 @@ _HYPERPARAMETERS = {
     "epsilon": "eps",
     "weight_decay": "weight_decay",
 }
+
+
+class _LossCurve(Callback):
+    """Each epoch's mean training objective over its batches (scikit-learn's ``loss_curve_``).
+
+    A step's objective (weighted mean loss of its batch plus the penalty, before the step)
+    counts by the batch's rows, as scikit-learn's ``MLPClassifier`` averages its batches.
+    """
+
+    def __init__(self) -> None:
+        self.curve: list[float] = []
+        self._sum, self._rows = 0.0, 0
+
+    def on_step_end(self, trainer: Trainer, loss: float) -> None:
+        self._sum += loss * trainer.batch_rows
+        self._rows += trainer.batch_rows
+        if trainer.pos == 0:  # the step ended an epoch
+            self.curve.append(self._sum / self._rows)
+            self._sum, self._rows = 0.0, 0
 
 
 class _Verbose(Callback):
@@ -117,6 +137,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         "random_state": ["random_state"],
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
     }
 
     def __init__(
@@ -142,6 +163,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         random_state: int | np.random.RandomState | None = None,
         warm_start: bool = False,
         verbose: int = 0,
+        class_weight: dict[Any, float] | str | None = None,
     ) -> None:
         self.penalty = penalty
         self.alpha = alpha
@@ -163,6 +185,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.warm_start = warm_start
         self.verbose = verbose
+        self.class_weight = class_weight
 
     # ------------------------------------------------------------------ subclass hooks
     def _build_model(
@@ -253,6 +276,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
     def _start_run(self, model: Model, rng: np.random.Generator) -> None:
         """A trainer with fresh optimiser state, step count and history for a gradient run."""
         self.history_ = History()
+        self._loss_curve = _LossCurve()
         batching = _BATCHING.get(self.solver, "minibatch")
         spec: int | str = "full" if batching == "full" else 1
         if batching == "minibatch":
@@ -264,13 +288,13 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
             batch_size=spec,
             shuffle=self.shuffle,
             replacement=batching == "single",
-            callbacks=[self.history_],
+            callbacks=[self.history_, self._loss_curve],
             rng=rng,
         )
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X: Any, y: Any) -> Self:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> Self:
         """Fit the model to ``(X, y)``.
 
         Parameters
@@ -278,6 +302,10 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         X : array-like (n_samples, n_features)
         y : array-like (n_samples,)
             Class labels (any sortable type, strings included).
+        sample_weight : array-like (n_samples,), optional
+            Non-negative row weights: the cross-entropy is their weighted mean (each batch's,
+            for the mini-batch solvers), so integer weights equal repeated rows. Multiplied
+            by the ``class_weight`` of each row's class.
 
         Returns
         -------
@@ -298,21 +326,22 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
             )
         self.classes_ = classes
         y_enc = self._encode(y)
+        weight = self._weights(X, y_enc, sample_weight)
         rng = self._generator()
         if warm:
             model = self._reuse_model()
         else:
             model = self._new_model(X, rng)
         if self.solver == "lbfgs":
-            self._fit_lbfgs(model, X, y_enc)
+            self._fit_lbfgs(model, X, y_enc, weight)
         else:
             self._start_run(model, rng)
-            self._train(X, y_enc, epochs=self.max_iter, full_fit=True)
+            self._train(X, y_enc, weight, epochs=self.max_iter, full_fit=True)
         return self
 
     @_GradientSolversOnly
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> Self:
+    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> Self:
         """Train one epoch on ``(X, y)``, continuing the current run.
 
         Continues the step count (for ``anneal_T``), momentum and history of the previous
@@ -324,6 +353,8 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         y : array-like (n_samples,)
         classes : array-like (n_classes,), optional
             Every label ``y`` may hold; required on the first call.
+        sample_weight : array-like (n_samples,), optional
+            Row weights, as for :meth:`fit`.
 
         Returns
         -------
@@ -332,6 +363,12 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         first = not hasattr(self, "model_")
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
+        if isinstance(self.class_weight, str):
+            raise ValueError(
+                "class_weight='balanced' needs the class counts of all the data, which "
+                "partial_fit does not see; pass a dict (e.g. from "
+                "sklearn.utils.class_weight.compute_class_weight) or use fit"
+            )
         X, y = self._validate_xy(X, y, reset=first)
         if first:
             self.classes_ = self._check_classes(np.asarray(classes))
@@ -341,22 +378,60 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
                 f"call, {self.classes_.tolist()}"
             )
         y_enc = self._encode(y)
+        weight = self._weights(X, y_enc, sample_weight)
         rng = self._generator()
         model = self._new_model(X, rng) if first else self._reuse_model()
         if first or not hasattr(self, "_trainer"):  # a new run (also after an lbfgs fit)
             self._start_run(model, rng)
-        self._train(X, y_enc, epochs=1, full_fit=False)
+        self._train(X, y_enc, weight, epochs=1, full_fit=False)
         return self
 
-    def _train(self, X: np.ndarray, y: np.ndarray, *, epochs: int, full_fit: bool) -> None:
+    def _weights(self, X: np.ndarray, y: np.ndarray, sample_weight: Any) -> np.ndarray | None:
+        """Row weights ``(n,)``: ``sample_weight`` times the class weights, or None."""
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, ensure_non_negative=True)
+        if self.class_weight is None:
+            return sample_weight
+        if isinstance(self.class_weight, dict):
+            per_class = self._class_weight_dict()
+        else:  # "balanced": n / (n_classes * count), counts weighted by sample_weight
+            classes = np.arange(self.classes_.size)
+            per_class = compute_class_weight(
+                self.class_weight, classes=classes, y=y, sample_weight=sample_weight
+            )
+        weight = per_class[y]
+        return weight if sample_weight is None else weight * sample_weight
+
+    def _class_weight_dict(self) -> np.ndarray:
+        """``class_weight`` as a dict, one weight per entry of ``classes_`` (default 1)."""
+        unknown = [c for c in self.class_weight if not np.isin(c, self.classes_)]
+        if unknown:
+            raise ValueError(
+                f"class_weight has labels {unknown} that are not among classes_ "
+                f"{self.classes_.tolist()}"
+            )
+        return np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_.tolist()])
+
+    def _train(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        weight: np.ndarray | None,
+        *,
+        epochs: int,
+        full_fit: bool,
+    ) -> None:
         """Run ``epochs`` more epochs of the gradient solver, continuing the run's trainer."""
         trainer = self._trainer
         val, stopper = None, None
         if full_fit and self.early_stopping:
             seed = int(trainer.rng.integers(np.iinfo(np.int32).max))
-            X, X_val, y, y_val = train_test_split(
-                X, y, test_size=self.validation_fraction, stratify=y, random_state=seed
+            arrays = (X, y) if weight is None else (X, y, weight)
+            parts = train_test_split(
+                *arrays, test_size=self.validation_fraction, stratify=y, random_state=seed
             )
+            X, X_val, y, y_val = parts[:4]
+            weight = None if weight is None else parts[4]
             val = (X_val, y_val)
             stopper = EarlyStopping(
                 "val_loss", self.n_iter_no_change, min_delta=self.tol or 0.0, restore_best=True
@@ -369,9 +444,16 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         if self.verbose:
             callbacks.append(_Verbose())
         trainer.schedule = self._schedule()  # the current learning_rate_init and anneal_T
-        trainer.continue_fit((X, y), val, epochs=epochs, callbacks=callbacks)
+        trainer.continue_fit((X, y), val, epochs=epochs, callbacks=callbacks, sample_weight=weight)
         self.model_ = trainer.model
         self.n_iter_ = trainer.epoch
+        self.loss_curve_ = list(self._loss_curve.curve)
+        self.best_loss_ = None if self.early_stopping else min(self.loss_curve_, default=None)
+        self.validation_scores_ = (
+            [r["val_acc"] for r in self.history_.records if "val_acc" in r]
+            if self.early_stopping
+            else None
+        )
         if stopper is not None and not stopper.stopped:
             monitored = "validation loss" if self.early_stopping else "training objective"
             warnings.warn(
@@ -382,16 +464,21 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
                 stacklevel=4,
             )
 
-    def _fit_lbfgs(self, model: Model, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit_lbfgs(
+        self, model: Model, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None
+    ) -> None:
         """Exact optimum in float64; ``tol`` bounds the largest gradient component."""
         gtol = 0.0 if self.tol is None else float(self.tol)
-        res = lbfgs(model, X, y, max_iter=self.max_iter, gtol=gtol)
+        res = lbfgs(model, X, y, max_iter=self.max_iter, gtol=gtol, sample_weight=weight)
         self.model_ = res.model
         self.n_iter_ = res.n_iter
         record = {"step": res.n_iter, "epoch": res.n_iter, "weight_norm": res.model.weight_norm()}
-        record |= {f"train_{k}": v for k, v in evaluate(res.model, X, y).items()}
+        w = None if weight is None else weight.astype(np.float64)
+        record |= {f"train_{k}": v for k, v in evaluate(res.model, X, y, w).items()}
         self.history_ = History([record])
-        self.__dict__.pop("_trainer", None)  # a later partial_fit starts a new run
+        # a later partial_fit starts a new run; the curves belong to the gradient solvers
+        for name in ("_trainer", "_loss_curve", "loss_curve_", "best_loss_", "validation_scores_"):
+            self.__dict__.pop(name, None)
         if self.verbose:
             print(f"lbfgs: {res.n_iter} iterations, objective {res.objective:.8g}, {res.message}")
         if not res.converged:
@@ -501,6 +588,10 @@ $extra_params    penalty : {"l2", "l1"} or None
         Start ``fit`` from the previous solution (the schedule and momentum restart).
     verbose : int
         Print one line per epoch.
+    class_weight : dict, "balanced" or None
+        Weight of each class's rows (``{label: weight}``, 1 for labels not given), multiplied
+        into ``sample_weight``; "balanced" is ``n_samples / (n_classes * count)`` as in
+        scikit-learn (not with ``partial_fit``).
 
     Attributes
     ----------
@@ -514,7 +605,15 @@ $extra_params    penalty : {"l2", "l1"} or None
     history_ : digitlab.train.History
         One record per epoch: ``step``, ``epoch``, ``lr``, ``weight_norm``, ``train_loss``,
         ``train_objective``, ``train_acc`` and, with early stopping, ``val_loss``,
-        ``val_objective``, ``val_acc`` (lbfgs: one record at the optimum).
+        ``val_objective``, ``val_acc`` (lbfgs: one record at the optimum). With
+        ``sample_weight``/``class_weight`` the ``train_`` values are weighted.
+    loss_curve_ : list of float
+        Gradient solvers: each epoch's mean training objective over its batches (taken
+        before each step), as scikit-learn's ``MLPClassifier``; continued by ``partial_fit``.
+    best_loss_ : float or None
+        The minimum of ``loss_curve_``; None with ``early_stopping``.
+    validation_scores_ : list of float or None
+        With ``early_stopping``, the validation accuracy of every epoch, else None.
 $extra_attrs"""
 )
 
@@ -636,6 +735,7 @@ class MLPClassifier(_DigitlabClassifier):
         random_state: int | np.random.RandomState | None = None,
         warm_start: bool = False,
         verbose: int = 0,
+        class_weight: dict[Any, float] | str | None = None,
     ) -> None:
         super().__init__(
             penalty=penalty,
@@ -658,6 +758,7 @@ class MLPClassifier(_DigitlabClassifier):
             random_state=random_state,
             warm_start=warm_start,
             verbose=verbose,
+            class_weight=class_weight,
         )
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation

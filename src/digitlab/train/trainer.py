@@ -139,6 +139,8 @@ class Trainer:
         self.total_steps = 0
         self.steps_per_epoch = 0
         self.batch_size = 0
+        self.batch_rows = 0  # rows in the latest step's batch
+        self._weight: np.ndarray | None = None  # this fit's training-row weights
         self.diverged = False
         self.interrupted = False
         self.stop_reason: str | None = None
@@ -178,7 +180,8 @@ class Trainer:
             "time": self.elapsed,
         }
         for name, (X, y) in splits.items():
-            for key, value in evaluate(self.model, X, y).items():
+            w = self._weight if name == "train" else None
+            for key, value in evaluate(self.model, X, y, w).items():
                 record[f"{name}_{key}"] = value
         self.last_eval_step = self.step
         for cb in self.callbacks:
@@ -186,7 +189,10 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------ batches
-    def _next_batch(self, X: np.ndarray, y: np.ndarray) -> ArrayPair:
+    def _next_batch(
+        self, X: np.ndarray, y: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The next batch's rows ``(X (b, d), y (b,), weights (b,) or None)``."""
         n, bs = X.shape[0], self.batch_size
         if self.pos == 0:
             if self.replacement:
@@ -196,15 +202,18 @@ class Trainer:
             else:
                 self.order = None
         start = self.pos * bs
+        w = self._weight
         if self.order is None:  # stored order: a view, no copy
             Xb, yb = X[start : start + bs], y[start : start + bs]
+            wb = None if w is None else w[start : start + bs]
         else:  # gather the batch's rows with one take into preallocated buffers
             idx = self.order[start : start + bs]
             Xb = X.take(idx, axis=0, out=self._buf[: idx.size])
             yb = y.take(idx, out=self._ybuf[: idx.size])
+            wb = None if w is None else w.take(idx, out=self._wbuf[: idx.size])
         if self.batch_transform is not None:
             Xb = self.batch_transform(Xb, self.rng)
-        return Xb, yb
+        return Xb, yb, wb
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -215,6 +224,7 @@ class Trainer:
         *,
         epochs: int | None = None,
         steps: int | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> History:
         """Train until ``epochs`` epochs or ``steps`` steps have been done in total.
 
@@ -228,6 +238,12 @@ class Trainer:
             Evaluated at every evaluation, like ``train``.
         epochs : int, optional
         steps : int, optional
+        sample_weight : ndarray (n,), optional
+            Weights of the training rows, gathered with each batch. A step of ``b`` rows
+            follows ``sum_batch w_i l_i / (b * mean(w))`` (its penalty aside), an unbiased
+            estimate of the weighted mean loss over all rows (equal to it full-batch): a
+            batch of light rows takes a small step. The ``train`` evaluations are weighted
+            means and accuracies; ``val``/``test`` stay unweighted.
 
         Returns
         -------
@@ -235,7 +251,7 @@ class Trainer:
         """
         if epochs is None and steps is None:
             raise ConfigError("give epochs or steps to train for")
-        splits = self._prepare(train, val, test)
+        splits = self._prepare(train, val, test, sample_weight)
         spe = self.steps_per_epoch
         targets = [t for t in (epochs and epochs * spe, steps) if t is not None]
         return self._loop(splits, min(targets))
@@ -249,6 +265,7 @@ class Trainer:
         epochs: int | None = None,
         steps: int | None = None,
         callbacks: Sequence[Callback] = (),
+        sample_weight: np.ndarray | None = None,
     ) -> History:
         """Train ``epochs`` more epochs (or ``steps`` more steps) from where this trainer is.
 
@@ -267,6 +284,8 @@ class Trainer:
         callbacks : sequence of Callback
             Used for this call only (a stopping rule for one stage, say), after the
             trainer's own.
+        sample_weight : ndarray (n,), optional
+            Weights of the training rows, as for :meth:`fit`.
 
         Returns
         -------
@@ -277,7 +296,7 @@ class Trainer:
         more = epochs if epochs is not None else steps
         if isinstance(more, bool) or not isinstance(more, int | np.integer) or more < 0:
             raise ConfigError(f"epochs/steps to continue for must be an int >= 0, got {more!r}")
-        splits = self._prepare(train, val, test)
+        splits = self._prepare(train, val, test, sample_weight)
         total = self.step + (int(more) * self.steps_per_epoch if epochs is not None else int(more))
         own = self.callbacks
         self.callbacks = [*own, *(c for c in callbacks if c not in own)]
@@ -287,10 +306,19 @@ class Trainer:
             self.callbacks = own
 
     def _prepare(
-        self, train: ArrayPair, val: ArrayPair | None, test: ArrayPair | None
+        self,
+        train: ArrayPair,
+        val: ArrayPair | None,
+        test: ArrayPair | None,
+        sample_weight: np.ndarray | None = None,
     ) -> dict[str, ArrayPair]:
-        """Checked splits; sets the batch size, steps per epoch and batch buffers for them."""
+        """Checked splits; sets the batch size, steps per epoch, batch buffers and weights."""
         X, y = self._check_pair("train", train)
+        self._weight = self.model.check_weight(sample_weight, X.shape[0])
+        if self._weight is not None:
+            self._mean_weight = float(np.add.reduce(self._weight, dtype=np.float64)) / X.shape[0]
+            if not self._mean_weight > 0:
+                raise ShapeError("sample_weight sums to 0: no row would count")
         splits = {"train": (X, y)}
         for name, pair in (("val", val), ("test", test)):
             if pair is not None:
@@ -303,6 +331,8 @@ class Trainer:
             self.steps_per_epoch = math.ceil(n / self.batch_size)
         self._buf = np.empty((self.batch_size, X.shape[1]), dtype=X.dtype)
         self._ybuf = np.empty(self.batch_size, dtype=y.dtype)
+        if self._weight is not None:
+            self._wbuf = np.empty(self.batch_size, dtype=self._weight.dtype)
         return splits
 
     def _loop(self, splits: dict[str, ArrayPair], total_steps: int) -> History:
@@ -322,9 +352,14 @@ class Trainer:
         errstate.__enter__()
         try:
             while self.step < self.total_steps and not self._stop:
-                Xb, yb = self._next_batch(X, y)
+                Xb, yb, wb = self._next_batch(X, y)
+                self.batch_rows = Xb.shape[0]
                 lr = self.schedule(self.step, self.epoch)
-                loss, grads = loss_and_grad(Xb, yb)
+                if wb is None:
+                    loss, grads = loss_and_grad(Xb, yb)
+                else:  # an unbiased estimate of the weighted mean over all rows
+                    total = wb.shape[0] * self._mean_weight
+                    loss, grads = loss_and_grad(Xb, yb, sample_weight=wb, weight_total=total)
                 if not math.isfinite(loss):
                     self.diverged = True
                     raise DivergenceError(
@@ -479,19 +514,26 @@ def _all_finite(X: np.ndarray) -> bool:
     )
 
 
-def evaluate(model: Model, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def evaluate(
+    model: Model, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
+) -> dict[str, float]:
     """Mean cross-entropy, objective and accuracy of ``model`` on ``(X (n, d), y (n,))``.
 
     Runs in chunks of rows so memory stays bounded on large splits. ``objective`` is what the
     model optimises: the cross-entropy with the model's reduction (mean or sum) plus penalty.
+    With ``sample_weight (n,)`` (total > 0) the means and the accuracy are weighted.
     """
     n = X.shape[0]
     loss_sum, correct = 0.0, 0
     for start in range(0, n, EVAL_CHUNK):
-        s, c = model.loss_sum_and_correct(
-            X[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
-        )
+        chunk = slice(start, start + EVAL_CHUNK)
+        if sample_weight is None:
+            s, c = model.loss_sum_and_correct(X[chunk], y[chunk])
+        else:
+            s, c = model.loss_sum_and_correct(X[chunk], y[chunk], sample_weight[chunk])
         loss_sum, correct = loss_sum + s, correct + c
+    if sample_weight is not None:
+        n = float(np.add.reduce(sample_weight, dtype=np.float64))
     data = loss_sum if model.reduction == "sum" else loss_sum / n
     return {"loss": loss_sum / n, "objective": data + model.penalty(), "acc": correct / n}
 
