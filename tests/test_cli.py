@@ -361,3 +361,35 @@ def test_resume_help_states_the_lr_semantics(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--lr sets the schedule's starting rate eta0 again" in text
     assert "(default: logistic 0.1, softmax 0.5, mlp 0.1)" in text
+
+
+def test_crafted_checkpoint_metadata_is_one_line(tmp_path, capsys):
+    from digitlab.checkpoint import save_checkpoint
+
+    main(["train", *FAST, "--out", str(tmp_path / "a"), "--quiet"])
+    ck = _run_folder(tmp_path / "a") / "checkpoint.npz"
+    arrays, meta = load_checkpoint(ck)
+    meta.pop("format")
+    for change in ({"progress": []}, {"progress": {"step": -3, "epoch": 0}},
+                   {"extra": meta["extra"] | {"settings": {"momentum": "x"}}}):  # fmt: skip
+        save_checkpoint(tmp_path / "bad.npz", arrays, meta | change)
+        capsys.readouterr()
+        for cmd in (["evaluate"], ["resume"]):
+            assert main([*cmd, str(tmp_path / "bad.npz"), "--out", str(tmp_path / "r")][
+                : 2 if cmd == ["evaluate"] else None]) == 2  # fmt: skip
+            err = capsys.readouterr().err
+            assert err.startswith("digitlab: error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_tty_progress_bar_counts_epochs(tmp_path, capsys):
+    from digitlab.cli import ProgressDisplay
+    from digitlab.runner import prepare_data, run
+    from digitlab.settings import Settings
+
+    s = Settings(model="softmax", dataset="mnist-5k", epochs=2, lr=0.5)
+    display = ProgressDisplay("softmax", tty=True)
+    run(s, out=tmp_path, data=prepare_data(s), callbacks=[display])
+    captured = capsys.readouterr()
+    assert "/2 epochs" in captured.err  # the bar, in epochs, on stderr
+    assert [ln.split()[1] for ln in captured.out.splitlines()] == ["1.00/2", "2.00/2"]

@@ -201,10 +201,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from digitlab.runfiles import load_run_checkpoint, run_settings
+    from digitlab.runfiles import checkpoint_progress, load_run_checkpoint, run_settings
     from digitlab.runner import data_for_checkpoint, split_metrics
 
     model, _, meta = load_run_checkpoint(args.checkpoint)
+    step = checkpoint_progress(meta, args.checkpoint)["step"]
     settings = run_settings(meta, args.checkpoint)
     changes = {k: getattr(args, k) for k in ("data_root", "dataset") if getattr(args, k)}
     data = data_for_checkpoint(
@@ -213,7 +214,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = split_metrics(model, data)
     for note in data.notes:
         out(note)
-    out(f"{model.kind} model at step {meta['progress']['step']}")
+    out(f"{model.kind} model at step {step}")
     out(metrics_table(metrics))
     return 0
 
@@ -483,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", help="run experiments of the source documents and the report")
     rp.add_argument("names", nargs="*", help="experiment names or TOML files (default: all)")
     rp.add_argument("--out", default="runs", help="runs root folder (default: runs)")
-    rp.add_argument("--jobs", type=int, default=-1, help="parallel processes (default: all cores)")
+    rp.add_argument("--jobs", type=_jobs, default=-1,
+                    help="parallel processes, -1 for all cores (default: -1)")  # fmt: skip
     rp.add_argument("--scheduler", default=None, help="address of a Dask distributed scheduler")
     rp.add_argument("--data-root", default=None)
     rp.add_argument("--no-report", action="store_true", help="skip writing runs/report.html")
@@ -501,6 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     runs_options(m)
     m.set_defaults(func=cmd_demo)
     return p
+
+
+def _jobs(text: str) -> int:
+    if text.strip() == "-1":
+        return -1
+    return _positive_int(text)
 
 
 def _checks(text: str) -> str:

@@ -23,6 +23,7 @@ from digitlab.checkpoint import atomic_write_bytes, load_checkpoint
 from digitlab.errors import CheckpointError, ConfigError
 
 __all__ = [
+    "checkpoint_progress",
     "existing_ancestor",
     "json_safe",
     "load_run_checkpoint",
@@ -144,6 +145,17 @@ def load_run_checkpoint(path: str | os.PathLike) -> tuple[Any, Any, dict[str, An
     state = dict(extra["preprocessor"])
     state |= {k[len("extra/prep_") :]: v for k, v in arrays.items() if k.startswith("extra/prep_")}
     return model, Preprocessor.from_state_dict(state), meta
+
+
+def checkpoint_progress(meta: dict[str, Any], path: str | os.PathLike) -> dict[str, int]:
+    """``{"step": ..., "epoch": ...}`` of a checkpoint, checked (whole numbers >= 0)."""
+    progress = meta.get("progress") if isinstance(meta, dict) else None
+    values = {k: progress.get(k) for k in ("step", "epoch")} if isinstance(progress, dict) else {}
+    if not values or any(
+        isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values.values()
+    ):
+        raise CheckpointError(f"{path}: malformed checkpoint metadata (progress)")
+    return values
 
 
 def run_settings(meta: dict[str, Any], path: str | os.PathLike) -> Any:

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from digitlab.data import SEED_SPLIT, Augmenter, Dataset, Preprocessor, Splits, load, make_splits
-from digitlab.errors import CheckpointError, ConfigError, DataError
+from digitlab.errors import ConfigError, DataError
 from digitlab.models import MODELS, Model
 from digitlab.optim import make_optimizer
 from digitlab.runfiles import (  # noqa: F401  (re-exported: the runner's historical names)
+    checkpoint_progress,
     existing_ancestor,
     load_run_checkpoint,
     new_run_folder,
@@ -428,9 +429,7 @@ def plan_resume(
 
     arrays, meta = load_checkpoint(path)
     saved = run_settings(meta, path)
-    progress = meta.get("progress")
-    if not isinstance(progress, dict) or not isinstance(progress.get("step"), int):
-        raise CheckpointError(f"{path}: malformed checkpoint metadata (no progress)")
+    progress = checkpoint_progress(meta, path)
     settings = Settings.merge([(f"checkpoint {path}", saved.to_dict()), (COMMAND_LINE, options)])
     changed = sorted(
         k for k in options if SPECS[k].fixed and getattr(settings, k) != getattr(saved, k)
@@ -446,7 +445,7 @@ def plan_resume(
     if more_steps is not None:
         settings = settings.replace(steps=step + more_steps, epochs=None)
     elif more_epochs is not None:
-        settings = settings.replace(epochs=int(progress.get("epoch", 0)) + more_epochs)
+        settings = settings.replace(epochs=progress["epoch"] + more_epochs)
     return ResumePlan(settings, (arrays, meta), step)
 
 
