@@ -393,3 +393,10 @@ def test_tty_progress_bar_counts_epochs(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "/2 epochs" in captured.err  # the bar, in epochs, on stderr
     assert [ln.split()[1] for ln in captured.out.splitlines()] == ["1.00/2", "2.00/2"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/path", "a/b"])
+def test_run_names_cannot_leave_the_runs_root(tmp_path, capsys, name):
+    assert main(["train", *FAST, "--out", str(tmp_path / "runs"), "--name", name]) == 2
+    assert "plain folder name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -33,7 +33,7 @@ from digitlab.runfiles import (  # noqa: F401  (re-exported: the runner's histor
     write_json,
     write_toml,
 )
-from digitlab.settings import COMMAND_LINE, SPECS, Settings, parse_batch, parse_eval_every  # noqa: F401
+from digitlab.settings import COMMAND_LINE, SPECS, Settings
 from digitlab.train import Callback, Checkpoint, EarlyStopping, Progress, Trainer, evaluate
 
 #: Datasets whose files number their classes from 1 (the Kaggle CSV keeps that numbering).

@@ -422,6 +422,7 @@ class Settings:
         return cls.merge([(str(path), read_toml(path))])
 
     def replace(self, **changes: Any) -> Settings:
+        """A validated copy with ``changes`` (per-model defaults stay as already resolved)."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -599,16 +600,6 @@ def _eval_every(value: Any) -> Any:
     ):
         raise _Bad("epoch, a fraction in (0, 1] or steps >= 1")
     return value
-
-
-def parse_batch(value: Any) -> Any:
-    """``batch`` checked: ``"full"``, ``"sgd"``, an int >= 1 or a fraction in (0, 1)."""
-    return check_value(SPECS["batch"], value, "settings")
-
-
-def parse_eval_every(value: Any) -> Any:
-    """``eval_every`` checked: ``"epoch"``, a fraction in (0, 1] or a step count >= 1."""
-    return check_value(SPECS["eval_every"], value, "settings")
 
 
 def _check_fields(s: Settings, where: str) -> None:
