@@ -400,3 +400,16 @@ def test_run_names_cannot_leave_the_runs_root(tmp_path, capsys, name):
     assert main(["train", *FAST, "--out", str(tmp_path / "runs"), "--name", name]) == 2
     assert "plain folder name" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_prints_the_data_source_once_before_training(tmp_path, capsys, monkeypatch):
+    import digitlab.cli as cli
+
+    tiny = [("softmax", {"model": "softmax", "epochs": 1}), ("mlp", {"model": "mlp", "hidden": [8],
+            "epochs": 1})]  # fmt: skip
+    monkeypatch.setattr(cli, "demo_settings", lambda full: tiny)
+    monkeypatch.delenv("DIGITLAB_DATA", raising=False)
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("embedded sample") == 1
+    assert printed.index("embedded sample") < printed.index("epoch 1.00/1")

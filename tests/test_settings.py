@@ -204,3 +204,16 @@ def test_every_optimizer_trains_from_the_command_line(tmp_path, capsys):
         assert main(args) == 0, capsys.readouterr().err
         (metrics,) = (tmp_path / name).glob("*/*/metrics.json")
         assert json.loads(metrics.read_text())["test_acc"] > 0.8, name
+
+
+def test_oversized_or_non_file_configs_are_refused(tmp_path):
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * 2**21 + "\n")
+    with pytest.raises(ConfigError, match="larger than 1 MiB"):
+        Settings.from_toml(big)
+    with pytest.raises(ConfigError, match="no such config file"):
+        Settings.from_toml(tmp_path)
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        Settings.from_toml(binary)

@@ -35,6 +35,8 @@ from digitlab.errors import ConfigError
 #: instead of a MemoryError).
 MAX_HIDDEN_UNITS = 16384
 MAX_HIDDEN_LAYERS = 16
+#: Largest settings file read.
+MAX_TOML_BYTES = 2**20
 #: ``split`` values: name -> meaning.
 SPLITS: dict[str, str] = {
     "all": "every image, or the first n_train / last n_test",
@@ -643,6 +645,8 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
+    if path.stat().st_size > MAX_TOML_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_TOML_BYTES // 2**20} MiB; not a config file")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
