@@ -71,7 +71,7 @@ class ProgressDisplay:
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.bar: Any = None
         self.every = 1
-        self.loss = float("nan")
+        self.last = ""  # the latest evaluation's accuracies, shown beside the running loss
 
     def on_train_begin(self, trainer: Any) -> None:
         spe = max(trainer.steps_per_epoch, 1)
@@ -88,13 +88,14 @@ class ProgressDisplay:
 
     def on_step_end(self, trainer: Any, loss: float) -> None:
         if self.bar is not None and trainer.step % self.every == 0:
-            self.loss = loss
             self.bar.n = round(trainer.step / max(trainer.steps_per_epoch, 1), 2)
-            self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+            self.bar.set_postfix_str(f"loss {loss:.4f}{self.last}", refresh=False)
             self.bar.update(0)
 
     def on_evaluate(self, trainer: Any, record: dict[str, float]) -> None:
         line = evaluation_line(record, trainer.total_steps, trainer.steps_per_epoch)
+        accs = [f"{k} {record[k]:.4f}" for k in ("train_acc", "val_acc") if k in record]
+        self.last = "".join(f", {a}" for a in accs)
         if self.bar is not None:
             self.bar.write(line, file=sys.stdout)
         else:
