@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -468,3 +469,74 @@ def test_sample_weights_are_gathered_with_each_batch():
     assert expected["loss"] != evaluate(weighted.model, X, y)["loss"]
     with pytest.raises(Exception, match="sums to 0"):
         run(np.zeros(120))
+
+
+# ---------------------------------------------------------------- issue 10: numerics, resume
+def test_divergence_on_the_last_step_is_caught(tmp_path):
+    X, y = _data(n=40)
+    ck = Checkpoint(tmp_path / "ck.npz")
+    trainer = Trainer(SoftmaxModel(8, 3, init="normal", rng=0), schedule=math.inf, callbacks=[ck])
+    with pytest.raises(DivergenceError, match="step 1"):
+        trainer.fit((X, y), epochs=1)  # one full-batch step: its loss was finite
+    assert trainer.diverged and not (tmp_path / "ck.npz").exists()
+
+
+def test_a_checkpoint_is_never_skipped_silently(tmp_path):
+    X, y = _data(n=40)
+    ck = Checkpoint(tmp_path / "ck.npz", every=1)
+    trainer = Trainer(SoftmaxModel(8, 3), schedule=0.1, batch_size=10, callbacks=[ck], rng=0)
+    trainer.fit((X, y), steps=2)
+    good = load_checkpoint(tmp_path / "ck.npz")[0]["model/W"].copy()
+    trainer.model.params["W"][0, 0] = np.nan
+    with pytest.raises(DivergenceError, match="not overwriting the last good checkpoint"):
+        ck.save(trainer)
+    assert trainer.diverged
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "ck.npz")[0]["model/W"], good)
+
+
+def _crash_trainer(callbacks=(), seed=0):
+    return Trainer(
+        MLPModel(8, 3, hidden=(6,), rng=seed),
+        optimizer=SGD(momentum=0.9),
+        schedule=0.3,
+        batch_size=8,
+        eval_every=10,
+        callbacks=[EarlyStopping("val_loss", patience=3), *callbacks],
+        rng=seed,
+    )
+
+
+def test_resume_after_a_crash_from_any_periodic_checkpoint_is_identical(tmp_path):
+    """kill -9 after a periodic checkpoint at an evaluation step (issue 10, item 1)."""
+    X, y = _data(n=120)
+    val = _data(n=40, seed=1)
+    val = (val[0], np.random.default_rng(3).permutation(val[1]))  # noisy: stops early
+    full = _crash_trainer([Checkpoint(tmp_path / "ck.npz", every=10, keep_steps=True)])
+    full.fit((X, y), val, epochs=30)
+    stopped_at = full.step
+    assert full.callbacks[1].stopped and stopped_at < 30 * 15  # early stopping fired
+    crash_points = sorted(int(p.stem.split("step")[1]) for p in tmp_path.glob("ck-step*.npz"))
+    assert crash_points[-1] == stopped_at and len(crash_points) >= 4
+    for at in crash_points:
+        arrays, meta = load_checkpoint(tmp_path / f"ck-step{at}.npz")
+        assert meta["progress"]["last_eval_step"] == at  # the evaluation is inside
+        resumed = _crash_trainer(seed=5)
+        resumed.load_state_dict(arrays, meta)
+        resumed.fit((X, y), val, epochs=30)
+        assert resumed.step == stopped_at, at
+        for k in full.model.params:
+            np.testing.assert_array_equal(resumed.model.params[k], full.model.params[k])
+        strip = [{**r, "time": 0} for r in full.history.records]
+        assert [{**r, "time": 0} for r in resumed.history.records] == strip, at
+        es, es_full = resumed.callbacks[1], full.callbacks[1]
+        assert (es.best, es.best_step, es.wait) == (es_full.best, es_full.best_step, es_full.wait)
+
+
+def test_wrong_shape_optimizer_state_is_refused_at_load(tmp_path):
+    X, y = _data(n=40)
+    trainer = _crash_trainer([Checkpoint(tmp_path / "ck.npz")])
+    trainer.fit((X, y), steps=3)
+    arrays, meta = load_checkpoint(tmp_path / "ck.npz")
+    arrays["optim/W1"] = np.zeros((2, 2), dtype=np.float32)
+    with pytest.raises(CheckpointError, match="optimizer state W1 has shape"):
+        _crash_trainer().load_state_dict(arrays, meta)

@@ -314,7 +314,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         if self.solver == "lbfgs" and self.penalty == "l1":
             raise ValueError(
                 "solver='lbfgs' needs a smooth objective: use penalty='l2' or None, or a "
-                "gradient solver ('gd', 'minibatch', 'sgd') for penalty='l1'"
+                f"gradient solver ({', '.join(map(repr, _GRADIENT_SOLVERS))}) for penalty='l1'"
             )
         warm = self.warm_start and hasattr(self, "model_")
         X, y = self._validate_xy(X, y, reset=not warm)

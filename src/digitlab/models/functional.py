@@ -139,7 +139,9 @@ def softmax_cross_entropy_(
         ``scale * w_i * (softmax(z_i) - onehot(y_i))``, stored in ``z``.
     """
     if z.shape[0] == 1:
-        w0 = 1.0 if weight is None else float(weight[0])
+        if weight is None:
+            return _softmax_cross_entropy_row_(z, int(y[0]), scale)
+        w0 = float(weight[0])
         loss_sum, z = _softmax_cross_entropy_row_(z, int(y[0]), scale * w0)
         return loss_sum * w0, z
     # ufunc.reduce is what z.max / z.sum / np.sum call, without their Python wrappers (a few

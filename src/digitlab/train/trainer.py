@@ -372,10 +372,13 @@ class Trainer:
                 if self.pos >= self.steps_per_epoch:
                     self.pos, self.epoch = 0, self.epoch + 1
                 self.elapsed = time.perf_counter() - t0
-                for cb in self.callbacks:
-                    cb.on_step_end(self, loss)
+                # evaluate first, so that a checkpoint written at this step (on_step_end)
+                # holds this step's evaluation and the stopping rule's state after it
                 if self.step % eval_steps == 0:
                     self._evaluate_splits(splits, lr)
+                for cb in self.callbacks:
+                    cb.on_step_end(self, loss)
+            self._check_finite_params(lr)  # the loss of the last step's result is never seen
             if self.stop_reason is None:
                 self.stop_reason = (
                     f"finished {self.step} steps ({self.step / self.steps_per_epoch:g} epochs)"
@@ -386,6 +389,18 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_train_end(self)
         return self.history
+
+    def _check_finite_params(self, lr: float) -> None:
+        """Raise DivergenceError (and mark the run diverged) if a parameter is not finite."""
+        bad = [
+            k for k, v in self.model.params.items() if not _all_finite(v.reshape(v.shape[0], -1))
+        ]
+        if bad:
+            self.diverged = True
+            raise DivergenceError(
+                f"parameters {', '.join(bad)} became NaN or infinite at step {self.step} "
+                f"(epoch {self.epoch}, lr {lr:g}); lower the learning rate or the penalty"
+            )
 
     def _gradient_function_for(
         self, batch_size: int
@@ -481,7 +496,16 @@ class Trainer:
                     f"model expects {self.model.params[k].shape}"
                 )
             self.model.params[k][...] = v
-        self.optimizer.load_state_dict(split_prefixed(arrays, "optim"))
+        state = split_prefixed(arrays, "optim")
+        for key, value in state.items():  # a wrong shape would only fail mid-training
+            param = self.model.params.get(key.rsplit("/", 1)[-1])
+            expected = () if param is None else param.shape
+            if np.shape(value) != expected:
+                raise CheckpointError(
+                    f"checkpoint optimizer state {key} has shape {np.shape(value)}, "
+                    f"expected {expected}"
+                )
+        self.optimizer.load_state_dict(state)
         prog = meta["progress"]
         self.step, self.epoch, self.pos = int(prog["step"]), int(prog["epoch"]), int(prog["pos"])
         self.last_eval_step = int(prog["last_eval_step"])
