@@ -194,8 +194,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     plan = plan_resume(
         args.checkpoint, options, more_steps=args.more_steps, more_epochs=args.more_epochs
     )
+    chosen = bool({"dataset", "data_root"} & set(options))  # data chosen explicitly
     data = data_for_checkpoint(
-        plan.settings, plan.checkpoint[1], args.checkpoint, dataset_given="dataset" in options
+        plan.settings, plan.checkpoint[1], args.checkpoint, dataset_given=chosen
     )
     out(f"resuming {args.checkpoint} at step {plan.step}")
     return _exit_code(_train(plan.settings, args, data=data, resume_from=plan.checkpoint))
@@ -210,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = run_settings(meta, args.checkpoint)
     changes = {k: getattr(args, k) for k in ("data_root", "dataset") if getattr(args, k)}
     data = data_for_checkpoint(
-        settings.replace(**changes), meta, args.checkpoint, dataset_given="dataset" in changes
+        settings.replace(**changes), meta, args.checkpoint, dataset_given=bool(changes)
     )
     metrics = split_metrics(model, data)
     for note in data.notes:

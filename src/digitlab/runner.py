@@ -289,8 +289,8 @@ def check_same_data(meta: Mapping[str, Any], ds: Dataset, path: str | os.PathLik
         was = f"{saved.get('name')} ({n_tr} train / {n_te} test)"
         raise DataError(
             f"{path} was trained on {was}, but the data found now is {ds.name} "
-            f"({now['n_train']} train / {now['n_test']} test, {ds.source}); point DIGITLAB_DATA "
-            "or --data-root at the original data, or give --dataset to use other data on purpose"
+            f"({now['n_train']} train / {now['n_test']} test, {ds.source}); set DIGITLAB_DATA "
+            "to the original data's folder, or give --data-root or --dataset to choose the data"
         )
 
 
@@ -452,7 +452,8 @@ def plan_resume(
 def data_for_checkpoint(
     settings: Settings, meta: Mapping[str, Any], path: str | os.PathLike, *, dataset_given: bool
 ) -> PreparedData:
-    """The prepared data of a checkpoint's run, refusing different data unless asked for."""
+    """The prepared data of a checkpoint's run, refusing different data unless the dataset or
+    its folder was given explicitly (``dataset_given``)."""
     data = prepare_data(settings)
     if not dataset_given:
         check_same_data(meta, data.dataset, path)
