@@ -151,6 +151,7 @@ def test_feature_augmenter_is_identity_without_motion():
 def test_augmented_single_sample_sgd_run(tmp_path):
     args = ["train", "--model", "mlp", "--hidden", "32", "--dataset", "mnist-5k", "--batch", "sgd",
             "--preprocess", "standardize", "--augment", "--lr", "0.01", "--steps", "300",
+            "--activation", "tanh", "--momentum", "0", "--anneal-T", "none",
             "--out", str(tmp_path)]  # fmt: skip
     assert main(args) == 0
     metrics = json.loads((_run_folder(tmp_path) / "metrics.json").read_text())
@@ -160,10 +161,10 @@ def test_augmented_single_sample_sgd_run(tmp_path):
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["train", "--lr", "-1", "--dataset", "mnist-5k"], "lr must be > 0"),
+        (["train", "--lr", "-1", "--dataset", "mnist-5k"], "option --lr '-1'"),
         (["train", "--dataset", "nope"], "nope"),
         (["train", "--model", "logistic", "--dataset", "mnist-5k"], "two different classes"),
-        (["train", "--batch", "lots", "--dataset", "mnist-5k"], "batch='lots'"),
+        (["train", "--batch", "lots", "--dataset", "mnist-5k"], "option --batch 'lots'"),
         (["train", "--config", "missing.toml"], "no such config file"),
         (["train", "--dataset", "mnist-5k", "--n-train", "999999"], "n_train=999999"),
         (["evaluate", "nothing.npz"], "no such checkpoint"),
@@ -205,3 +206,210 @@ def test_predict_rejects_wrong_image_size(tmp_path, capsys):
     )
     assert "8x8" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()
+
+
+# ----------------------------------------------------------------- issue 9/10/12 behaviour
+def test_argparse_errors_are_one_line_without_usage(capsys):
+    assert main(["train", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("digitlab: error: unrecognized arguments: --bogus")
+    assert err.count("\n") == 1 and "usage" not in err
+    assert main(["gradcheck", "--checks", "-2"]) == 2
+    assert "--checks" in capsys.readouterr().err
+    assert main([]) == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_wrong_types_name_the_option(tmp_path, capsys):
+    assert main(["train", "--momentum", "x", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        "digitlab: error: option --momentum 'x': expected a finite number (>= 0, < 1)\n"
+    )
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("seed = 1.5\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    assert f"seed = 1.5 ({cfg})" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_failed_runs_leave_nothing_on_disk(tmp_path, capsys):
+    out = tmp_path / "runs" / "deep"
+    diverge = ["train", "--dataset", "mnist-5k", "--l2", "1e6", "--lr", "1e5", "--quiet"]
+    assert main([*diverge, "--out", str(out)]) == 2
+    assert "loss became inf" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # not even the runs root it would have made
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["train", *FAST, "--out", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_resume_with_incompatible_optimizer_state_writes_nothing(tmp_path, capsys):
+    main(["train", *FAST, "--momentum", "0.9", "--out", str(tmp_path / "a"), "--quiet"])
+    ck = _run_folder(tmp_path / "a") / "checkpoint.npz"
+    assert main(["resume", str(ck), "--momentum", "0", "--out", str(tmp_path / "b")]) == 2
+    assert "momentum" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_metrics_json_is_strict_json(tmp_path):
+    from digitlab.runfiles import write_json
+
+    write_json(tmp_path / "m.json", {"a": float("nan"), "b": [float("inf"), 1.5], "c": "x"})
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": "x"}
+
+
+def test_run_files_get_the_users_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        assert main(["train", *FAST, "--out", str(tmp_path), "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    folder = _run_folder(tmp_path)
+    for name in ("checkpoint.npz", "config.toml", "history.csv", "metrics.json"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_evaluate_and_resume_refuse_other_data(tmp_path, capsys):
+    from digitlab.checkpoint import save_checkpoint
+
+    main(["train", *FAST, "--out", str(tmp_path / "a"), "--quiet"])
+    ck = _run_folder(tmp_path / "a") / "checkpoint.npz"
+    arrays, meta = load_checkpoint(ck)
+    assert meta["extra"]["data"]["name"] == "mnist-5k" and meta["extra"]["data"]["n_train"] == 4000
+    meta["extra"]["data"] |= {"name": "mnist", "n_train": 60000, "n_test": 10000}  # as if full
+    save_checkpoint(ck, arrays, {k: v for k, v in meta.items() if k != "format"})
+    capsys.readouterr()
+    assert main(["evaluate", str(ck)]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on mnist (60000 train / 10000 test)" in err and "mnist-5k" in err
+    assert main(["resume", str(ck), "--more-steps", "2", "--out", str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "b").exists()
+    assert main(["evaluate", str(ck), "--dataset", "mnist-5k"]) == 0  # explicit: allowed
+
+
+def test_progress_lines_when_not_a_terminal_and_quiet(tmp_path, capsys):
+    assert main(["train", *FAST, "--out", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    lines = [ln for ln in printed.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split()[1] for ln in lines] == ["1.00/3", "2.00/3", "3.00/3"]
+    assert "val loss" in lines[0] and "test loss" in lines[0]
+    assert printed.index("data: mnist-5k") < printed.index("epoch 1.00/3")  # source first, once
+    assert printed.count("data: ") == 1
+    assert main(["train", *FAST, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert "epoch 1.00" not in capsys.readouterr().out
+
+
+def test_history_csv_grows_while_training(tmp_path):
+    from digitlab.runner import prepare_data, run
+    from digitlab.settings import Settings
+    from digitlab.train import Callback
+
+    seen: list[int] = []
+
+    class Probe(Callback):
+        def on_evaluate(self, trainer, record):
+            path = next(tmp_path.glob("*/*/history.csv"), None)
+            seen.append(0 if path is None else len(path.read_text().splitlines()) - 1)
+
+    s = Settings(model="softmax", dataset="mnist-5k", epochs=3, lr=0.5)
+    run(s, out=tmp_path, data=prepare_data(s), callbacks=[Probe()])
+    assert seen == [0, 1, 2]  # rows written by the earlier evaluations, before the run ends
+
+
+def test_ctrl_c_saves_and_exits_130(tmp_path):
+    import os
+    import signal
+    import time
+
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "digitlab.cli", "train", "--dataset", "mnist-5k", "--model", "mlp",
+         "--hidden", "16", "--epochs", "100000", "--eval-every", "5", "--out", "runs"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("runs/*/*/history.csv")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "interrupted: checkpoint saved" in stdout
+    assert list(tmp_path.glob("runs/*/*/checkpoint.npz"))
+
+
+def test_experiments_column_is_named_source(capsys):
+    assert main(["experiments"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header[:2] == ["experiment", "source"]
+
+
+def test_gradcheck_samples_entries_by_default(capsys):
+    assert main(["gradcheck", "--dataset", "mnist-5k", "--hidden", "8"]) == 0
+    assert "30 random entries of each parameter array" in capsys.readouterr().out
+    assert main(["gradcheck", "--dataset", "mnist-5k", "--model", "softmax", "--checks", "all",
+                 "--n", "3"]) == 0  # fmt: skip
+    assert "every entry" in capsys.readouterr().out
+
+
+def test_resume_help_states_the_lr_semantics(capsys):
+    with pytest.raises(SystemExit):
+        main(["resume", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--lr sets the schedule's starting rate eta0 again" in text
+    assert "(default: logistic 0.1, softmax 0.5, mlp 0.1)" in text
+
+
+def test_crafted_checkpoint_metadata_is_one_line(tmp_path, capsys):
+    from digitlab.checkpoint import save_checkpoint
+
+    main(["train", *FAST, "--out", str(tmp_path / "a"), "--quiet"])
+    ck = _run_folder(tmp_path / "a") / "checkpoint.npz"
+    arrays, meta = load_checkpoint(ck)
+    meta.pop("format")
+    for change in ({"progress": []}, {"progress": {"step": -3, "epoch": 0}},
+                   {"extra": meta["extra"] | {"settings": {"momentum": "x"}}}):  # fmt: skip
+        save_checkpoint(tmp_path / "bad.npz", arrays, meta | change)
+        capsys.readouterr()
+        for cmd in (["evaluate"], ["resume"]):
+            assert main([*cmd, str(tmp_path / "bad.npz"), "--out", str(tmp_path / "r")][
+                : 2 if cmd == ["evaluate"] else None]) == 2  # fmt: skip
+            err = capsys.readouterr().err
+            assert err.startswith("digitlab: error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_tty_progress_bar_counts_epochs(tmp_path, capsys):
+    from digitlab.cli import ProgressDisplay
+    from digitlab.runner import prepare_data, run
+    from digitlab.settings import Settings
+
+    s = Settings(model="softmax", dataset="mnist-5k", epochs=2, lr=0.5)
+    display = ProgressDisplay("softmax", tty=True)
+    run(s, out=tmp_path, data=prepare_data(s), callbacks=[display])
+    captured = capsys.readouterr()
+    assert "/2 epochs" in captured.err  # the bar, in epochs, on stderr
+    assert [ln.split()[1] for ln in captured.out.splitlines()] == ["1.00/2", "2.00/2"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/path", "a/b"])
+def test_run_names_cannot_leave_the_runs_root(tmp_path, capsys, name):
+    assert main(["train", *FAST, "--out", str(tmp_path / "runs"), "--name", name]) == 2
+    assert "plain folder name" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_prints_the_data_source_once_before_training(tmp_path, capsys, monkeypatch):
+    import digitlab.cli as cli
+
+    tiny = [("softmax", {"model": "softmax", "epochs": 1}), ("mlp", {"model": "mlp", "hidden": [8],
+            "epochs": 1})]  # fmt: skip
+    monkeypatch.setattr(cli, "demo_settings", lambda full: tiny)
+    monkeypatch.delenv("DIGITLAB_DATA", raising=False)
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("embedded sample") == 1
+    assert printed.index("embedded sample") < printed.index("epoch 1.00/1")

@@ -51,7 +51,7 @@ def test_shipped_experiments_validate_and_cover_every_seed():
             {"published": [{"what": "x", "member": "nobody", "metric": "test_acc", "value": 1}]},
             "unknown member",
         ),
-        ({"settings": {"model": "svm"}}, "model='svm'"),
+        ({"settings": {"model": "svm"}}, "model = 'svm'"),
         ({"grid": {"l2": []}}, "non-empty list"),
         ({"stages": [{"lr": 0.1}]}, "steps"),
     ],

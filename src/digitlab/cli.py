@@ -10,13 +10,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from digitlab.errors import DigitlabError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 # ------------------------------------------------------------------------------- output
@@ -44,38 +45,84 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     return table(rows, ["split", "n", "loss", "accuracy"])
 
 
-class Bar:
-    """A tqdm progress bar on stderr fed by the trainer's Progress callback."""
+def evaluation_line(record: dict[str, float], total_steps: int, spe: int) -> str:
+    """One line per evaluation: epoch, step, learning rate, losses and accuracies, time."""
+    parts = [f"epoch {record['epoch']:.2f}/{total_steps / max(spe, 1):g}",
+             f"step {int(record['step'])}/{total_steps}", f"lr {record['lr']:.3g}"]  # fmt: skip
+    for split in ("train", "val", "test"):
+        if f"{split}_acc" in record:
+            parts.append(
+                f"{split} loss {record[f'{split}_loss']:.4f} acc {record[f'{split}_acc']:.4f}"
+            )
+    parts.append(f"{record['time']:.1f} s")
+    return "  ".join(parts)
 
-    def __init__(self, desc: str) -> None:
-        from tqdm import tqdm
 
-        self._tqdm = tqdm
+class ProgressDisplay:
+    """Training progress, a trainer callback (the CLI is the only place that prints).
+
+    On a terminal: a tqdm bar on stderr counting epochs, with ETA and the running loss and
+    accuracies, and one summary line per evaluation left above it. Elsewhere (a file, a pipe,
+    CI): only the line per evaluation, flushed (like Keras ``verbose=2``).
+    """
+
+    def __init__(self, desc: str, tty: bool | None = None) -> None:
         self.desc = desc
+        self.tty = sys.stderr.isatty() if tty is None else tty
         self.bar: Any = None
+        self.every = 1
+        self.last = ""  # the latest evaluation's accuracies, shown beside the running loss
 
-    def __call__(self, done: int, total: int, info: dict[str, float]) -> None:
-        if self.bar is None:
-            self.bar = self._tqdm(
-                total=total, desc=self.desc, unit="step", leave=False, disable=None,
-                dynamic_ncols=True, mininterval=0.25,
+    def on_train_begin(self, trainer: Any) -> None:
+        spe = max(trainer.steps_per_epoch, 1)
+        self.every = max(1, spe // 200)
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=round(trainer.total_steps / spe, 2), initial=round(trainer.step / spe, 2),
+                desc=self.desc, unit="epoch", leave=False, dynamic_ncols=True, mininterval=0.25,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:g} epochs "
+                "[{elapsed}<{remaining}{postfix}]",
             )  # fmt: skip
-            self.bar.update(done)
-        self.bar.update(done - self.bar.n)
-        if done % 50 == 0 or "val_acc" in info:
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in info.items()}, refresh=False)
 
-    def close(self) -> None:
+    def on_step_end(self, trainer: Any, loss: float) -> None:
+        if self.bar is not None and trainer.step % self.every == 0:
+            self.bar.n = round(trainer.step / max(trainer.steps_per_epoch, 1), 2)
+            self.bar.set_postfix_str(f"loss {loss:.4f}{self.last}", refresh=False)
+            self.bar.update(0)
+
+    def on_evaluate(self, trainer: Any, record: dict[str, float]) -> None:
+        line = evaluation_line(record, trainer.total_steps, trainer.steps_per_epoch)
+        accs = [f"{k} {record[k]:.4f}" for k in ("train_acc", "val_acc") if k in record]
+        self.last = "".join(f", {a}" for a in accs)
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stdout)
+        else:
+            out(line)
+
+    def on_train_end(self, trainer: Any) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {}, {}
+
+    def load_state_dict(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+        pass
 
 
 # ------------------------------------------------------------------------------- options
-def _flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
-    parser.add_argument(f"--{name}", dest=name.replace("-", "_"), action="store_true",
-                        default=argparse.SUPPRESS, help=help)  # fmt: skip
-    parser.add_argument(f"--no-{name}", dest=name.replace("-", "_"), action="store_false",
-                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # fmt: skip
+class Parser(argparse.ArgumentParser):
+    """argparse with errors as one line ``digitlab: error: ...`` (exit 2), no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+class UsageError(DigitlabError):
+    """Bad command-line syntax (unknown option, missing argument)."""
 
 
 def _ints(text: str) -> list[int]:
@@ -87,166 +134,89 @@ def _ints(text: str) -> list[int]:
         ) from None
 
 
-def add_training_options(p: argparse.ArgumentParser) -> None:
-    """Options that override :class:`digitlab.runner.Settings` (only those given)."""
-    S = argparse.SUPPRESS
-    g = p.add_argument_group("model")
-    g.add_argument("--model", choices=["logistic", "softmax", "mlp"], default=S)
-    g.add_argument(
-        "--hidden", type=_ints, default=S, help="hidden layer sizes, e.g. 400 or 256,128"
-    )
-    g.add_argument("--activation", choices=["tanh", "sigmoid", "relu"], default=S)
-    g.add_argument(
-        "--init",
-        choices=["zeros", "normal", "fan_in", "uniform"],
-        default=S,
-        help="weight init (normal = N(0,1), fan_in = N(0, 1/fan_in))",
-    )
-    g.add_argument("--l1", type=float, default=S, help="L1 strength lambda")
-    g.add_argument("--l2", type=float, default=S, help="L2 strength lambda")
-    g.add_argument(
-        "--reduction",
-        choices=["mean", "sum"],
-        default=S,
-        help="cross-entropy averaged or summed over the batch",
-    )
-    _flag(g, "regularize-bias", "penalise the biases too")
-    g.add_argument("--dtype", choices=["float32", "float64"], default=S)
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", default=S, help="dataset name (digitlab data list)")
-    d.add_argument("--data-root", default=S, help="folder holding the dataset files")
-    d.add_argument(
-        "--seed-split",
-        dest="split",
-        action="store_const",
-        const="seed",
-        default=S,
-        help="the reports' split: first 20,000 train, last 2,000 test, first 10%% hold-out",
-    )
-    d.add_argument("--n-train", type=int, default=S, help="use the first N training images")
-    d.add_argument("--n-test", type=int, default=S, help="use the last N test images")
-    d.add_argument(
-        "--holdout", type=float, default=S, help="validation fraction of the training part"
-    )
-    d.add_argument("--holdout-mode", choices=["front", "random"], default=S)
-    d.add_argument("--classes", type=_ints, default=S, help="logistic: POSITIVE,NEGATIVE, e.g. 2,3")
-    d.add_argument(
-        "--preprocess", choices=["scale01", "symmetric", "standardize", "none"], default=S
-    )
-    _flag(d, "bias-column", "append a column of ones (the bias trick) instead of a bias vector")
-    _flag(d, "augment", "random shifts and rotations of training batches")
-    d.add_argument("--max-shift", type=int, default=S)
-    d.add_argument("--max-rotation", type=float, default=S)
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--lr", type=float, default=S, help="learning rate eta0")
-    o.add_argument(
-        "--anneal-T", dest="anneal_T", type=float, default=S, help="anneal lr as eta0/(1+t/T)"
-    )
-    o.add_argument("--anneal-unit", choices=["epoch", "step"], default=S)
-    o.add_argument("--momentum", type=float, default=S)
-    o.add_argument("--batch", default=S, help="full, sgd, a size (128) or a fraction (0.1)")
-    _flag(o, "shuffle", "shuffle the training set every epoch (--no-shuffle: keep order)")
-    _flag(o, "drop-last", "skip the last, smaller mini-batch of an epoch")
-    o.add_argument("--epochs", type=int, default=S)
-    o.add_argument("--steps", type=int, default=S)
-    o.add_argument("--eval-every", default=S, help="epoch, a fraction of an epoch (0.2) or steps")
-    o.add_argument(
-        "--early-stopping",
-        type=int,
-        default=S,
-        metavar="PATIENCE",
-        help="stop after PATIENCE evaluations without improvement (0: off)",
-    )
-    o.add_argument("--early-stopping-start", type=float, default=S, metavar="EPOCH",
-                   help="count patience only from this epoch on")  # fmt: skip
-    o.add_argument("--monitor", default=S, help="val_loss (default) or val_acc")
-    o.add_argument("--min-delta", type=float, default=S)
-    o.add_argument("--seed", type=int, default=S)
-    o.add_argument("--checkpoint-every", type=int, default=S, metavar="STEPS")
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from digitlab.runner import Settings
-
-    return {k: v for k, v in vars(args).items() if k in Settings.names()}
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 # ------------------------------------------------------------------------------- commands
 def _report_run(result: Any) -> None:
-    for note in result.metrics.get("notes", []):
-        out(note)
     out(result.metrics["stop_reason"])
     out(metrics_table(result.metrics))
     out(f"run folder: {result.folder}")
 
 
-def _train_with_bar(settings: Any, args: argparse.Namespace, **kw: Any) -> Any:
-    from digitlab.runner import run
+def _train(settings: Any, args: argparse.Namespace, data: Any = None, **kw: Any) -> Any:
+    """Prepare the data (its source printed once, before training), train, print the result.
 
-    bar = Bar(kw.pop("desc", settings.model))
-    try:
-        result = run(
-            settings, out=args.out, name=args.name, progress=bar, handle_signals=True, **kw
-        )
-    finally:
-        bar.close()
+    Returns the run's :class:`~digitlab.runner.RunResult`.
+    """
+    from digitlab.runner import prepare_data, run
+
+    data = data if data is not None else prepare_data(settings)
+    shown = kw.pop("shown_notes", ())
+    for note in data.notes:
+        if not note.startswith(tuple(shown)):
+            out(note)
+    desc = kw.pop("desc", settings.model)
+    callbacks = [] if args.quiet else [ProgressDisplay(desc)]
+    result = run(settings, out=args.out, name=args.name, data=data, callbacks=callbacks,
+                 handle_signals=True, **kw)  # fmt: skip
+    _report_run(result)
     if result.trainer.interrupted:
         out(f"interrupted: checkpoint saved to {result.folder / 'checkpoint.npz'}")
     return result
 
 
+def _exit_code(result: Any) -> int:
+    """0, or 130 when Ctrl-C/SIGTERM stopped the run (after saving its checkpoint)."""
+    return EXIT_INTERRUPTED if result.trainer.interrupted else 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from digitlab.runner import Settings
+    from digitlab.settings import COMMAND_LINE, Settings, options_given, read_toml
 
-    base = Settings.from_toml(args.config).to_dict() if args.config else {}
-    settings = Settings.from_dict(base | _overrides(args))
-    _report_run(_train_with_bar(settings, args))
-    return 0
-
-
-RESUME_FIXED = (
-    "model", "dataset", "data_root", "split", "n_train", "n_test", "holdout", "holdout_mode",
-    "classes", "preprocess", "bias_column", "hidden", "activation", "init", "reduction",
-    "regularize_bias", "batch", "shuffle", "drop_last", "seed", "dtype",
-)  # fmt: skip
+    layers = [(str(args.config), read_toml(args.config))] if args.config else []
+    settings = Settings.merge([*layers, (COMMAND_LINE, options_given(args))])
+    return _exit_code(_train(settings, args))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from digitlab.checkpoint import load_checkpoint
-    from digitlab.errors import ConfigError
-    from digitlab.runner import Settings
+    from digitlab.runner import data_for_checkpoint, plan_resume
+    from digitlab.settings import options_given
 
-    arrays, meta = load_checkpoint(args.checkpoint)
-    saved = meta.get("extra", {}).get("settings")
-    if saved is None:
-        raise DigitlabError(f"{args.checkpoint}: not a checkpoint of a digitlab run")
-    over = _overrides(args)
-    changed = sorted(k for k in over if k in RESUME_FIXED and over[k] != saved.get(k))
-    if changed:
-        raise ConfigError(f"cannot change {', '.join(changed)} when resuming; start a new run")
-    settings = Settings.from_dict(saved).replace(**over)
-    step = int(meta["progress"]["step"])
-    if args.more_steps is not None:
-        settings = settings.replace(steps=step + args.more_steps, epochs=None)
-    elif args.more_epochs is not None:
-        settings = settings.replace(epochs=int(meta["progress"]["epoch"]) + args.more_epochs)
-    out(f"resuming {args.checkpoint} at step {step}")
-    _report_run(_train_with_bar(settings, args, resume_from=(arrays, meta)))
-    return 0
+    options = options_given(args)
+    plan = plan_resume(
+        args.checkpoint, options, more_steps=args.more_steps, more_epochs=args.more_epochs
+    )
+    chosen = bool({"dataset", "data_root"} & set(options))  # data chosen explicitly
+    data = data_for_checkpoint(
+        plan.settings, plan.checkpoint[1], args.checkpoint, dataset_given=chosen
+    )
+    out(f"resuming {args.checkpoint} at step {plan.step}")
+    return _exit_code(_train(plan.settings, args, data=data, resume_from=plan.checkpoint))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from digitlab.runner import Settings, load_run_checkpoint, prepare_data, split_metrics
+    from digitlab.runfiles import checkpoint_progress, load_run_checkpoint, run_settings
+    from digitlab.runner import data_for_checkpoint, split_metrics
 
     model, _, meta = load_run_checkpoint(args.checkpoint)
-    settings = Settings.from_dict(meta["extra"]["settings"])
-    if args.data_root:
-        settings = settings.replace(data_root=args.data_root)
-    data = prepare_data(settings)
+    step = checkpoint_progress(meta, args.checkpoint)["step"]
+    settings = run_settings(meta, args.checkpoint)
+    changes = {k: getattr(args, k) for k in ("data_root", "dataset") if getattr(args, k)}
+    data = data_for_checkpoint(
+        settings.replace(**changes), meta, args.checkpoint, dataset_given=bool(changes)
+    )
     metrics = split_metrics(model, data)
     for note in data.notes:
         out(note)
-    out(f"{model.kind} model at step {meta['progress']['step']}")
+    out(f"{model.kind} model at step {step}")
     out(metrics_table(metrics))
     return 0
 
@@ -280,24 +250,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_gradcheck(args: argparse.Namespace) -> int:
     from digitlab import gradcheck
-    from digitlab.data import Preprocessor, load
-    from digitlab.runner import Settings, build_run_model
+    from digitlab.runner import gradcheck_problem
 
-    settings = Settings.from_dict(
-        {"model": args.model, "hidden": args.hidden, "activation": args.activation,
-         "l1": args.l1, "l2": args.l2, "init": "normal" if args.l1 else None,
-         "dtype": "float64", "classes": [2, 3] if args.model == "logistic" else None}
+    model, X, y, name = gradcheck_problem(
+        args.model, args.hidden, args.activation, args.l1, args.l2, n=args.n,
+        dataset=args.dataset, data_root=args.data_root,
     )  # fmt: skip
-    ds = load(args.dataset, root=args.data_root)
-    x, y = ds.x_train[: args.n], ds.y_train[: args.n]
-    if args.model == "logistic":
-        keep = np.isin(ds.y_train, (2, 3))
-        x, y = ds.x_train[keep][: args.n], (ds.y_train[keep][: args.n] == 2).astype(np.int64)
-    X = Preprocessor("scale01").fit_transform(x)
-    model = build_run_model(settings, X.shape[1], 2 if args.model == "logistic" else ds.n_classes)
-    worst = gradcheck(model, X, y, eps=args.eps, n_checks=args.checks, rng=0)
+    n_checks = None if args.checks == "all" else int(args.checks)
+    worst = gradcheck(model, X, y, eps=args.eps, n_checks=n_checks, rng=0)
     bound = 10 * args.eps**2
-    out(f"{model.kind} on {len(y)} {ds.name} images, {args.checks} entries per parameter array")
+    what = "every entry" if n_checks is None else f"{n_checks} random entries"
+    out(f"{model.kind} on {len(y)} {name} images, {what} of each parameter array")
     out(f"max |numerical - analytic| = {worst:.3e}   (eps = {args.eps:g}, 10*eps^2 = {bound:.1e})")
     out("PASS" if worst < bound else "FAIL")
     return 0 if worst < bound else 1
@@ -337,14 +300,15 @@ def demo_settings(full: bool) -> list[tuple[str, dict[str, Any]]]:
     common = {"holdout": 0.1, "early_stopping": 3, "batch": 128, "eval_every": "epoch"}
     return [
         ("softmax", common | {"model": "softmax", "lr": 0.5, "epochs": 15 if full else 30}),
-        ("mlp", common | {"model": "mlp", "hidden": [400], "lr": 0.1, "momentum": 0.9,
-                          "anneal_T": 5.0, "epochs": 15 if full else 30}),
+        ("mlp", common | {"model": "mlp", "hidden": [400], "activation": "tanh", "lr": 0.1,
+                          "momentum": 0.9, "anneal_T": 5.0, "epochs": 15 if full else 30}),
     ]  # fmt: skip
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from digitlab.data import load
-    from digitlab.runner import Settings, prepare_data
+    from digitlab.runner import prepare_data
+    from digitlab.settings import Settings
 
     ds = load("mnist", root=args.data_root)
     if ds.is_sample:
@@ -358,8 +322,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         data = prepare_data(settings, dataset=ds)
         out(f"\n== {name}: {len(data.train[1])} train / {len(data.val[1])} validation / "
             f"{len(data.test[1])} test images")  # fmt: skip
-        result = _train_with_bar(settings, args, data=data, desc=name)
-        _report_run(result)
+        result = _train(settings, args, data=data, desc=name, shown_notes=["data:"])
+        if result.trainer.interrupted:
+            return EXIT_INTERRUPTED
         m = result.metrics
         rows.append([name, f"{m['epochs']:g}", f"{m['seconds']:.1f}", f"{m['test_acc']:.4f}",
                      str(result.folder)])  # fmt: skip
@@ -424,10 +389,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------- parser
+RESUME_NOTE = (
+    "Options change the checkpoint's settings for the rest of the run; the model, data, "
+    "batching and seed cannot change. --lr sets the schedule's starting rate eta0 again: "
+    "with --anneal-T the rate taken is still eta0 / (1 + t/T) at the run's current t, so "
+    "it is smaller than --lr. --epochs/--steps are totals; --more-epochs/--more-steps extend."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from digitlab import __version__
+    from digitlab.models import ACTIVATIONS, MODELS
+    from digitlab.settings import add_options
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="digitlab",
         description="Train and study gradient-descent classifiers for handwritten characters.",
     )
@@ -437,24 +412,29 @@ def build_parser() -> argparse.ArgumentParser:
     def runs_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--out", default="runs", help="runs root folder (default: runs)")
         sp.add_argument("--name", default=None, help="run name (default: the model kind)")
+        sp.add_argument("--quiet", action="store_true", help="no progress output while training")
+
+    def data_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dataset", default=None, help="use this dataset, not the run's")
+        sp.add_argument("--data-root", default=None, help="folder holding the dataset files")
 
     t = sub.add_parser("train", help="train a model; writes a run folder")
     t.add_argument("--config", help="TOML file of settings (command-line options override it)")
     runs_options(t)
-    add_training_options(t)
+    add_options(t)
     t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("resume", help="continue a run from its checkpoint")
+    r = sub.add_parser("resume", help="continue a run from its checkpoint", description=RESUME_NOTE)
     r.add_argument("checkpoint")
-    r.add_argument("--more-steps", type=int, default=None)
-    r.add_argument("--more-epochs", type=int, default=None)
+    r.add_argument("--more-steps", type=_positive_int, default=None)
+    r.add_argument("--more-epochs", type=_positive_int, default=None)
     runs_options(r)
-    add_training_options(r)
+    add_options(r)
     r.set_defaults(func=cmd_resume)
 
     e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on its splits")
     e.add_argument("checkpoint")
-    e.add_argument("--data-root", default=None)
+    data_options(e)
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict the classes of images (files, folders, IDX, CSV)")
@@ -494,15 +474,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
 
     g = sub.add_parser("gradcheck", help="central-difference gradient check on real images")
-    g.add_argument("--model", choices=["logistic", "softmax", "mlp"], default="mlp")
-    g.add_argument("--hidden", type=_ints, default=[32])
-    g.add_argument("--activation", choices=["tanh", "sigmoid", "relu"], default="tanh")
-    g.add_argument("--l1", type=float, default=0.0)
-    g.add_argument("--l2", type=float, default=0.0)
-    g.add_argument("--eps", type=float, default=1e-2)
-    g.add_argument("--n", type=int, default=20, help="images in the batch")
-    g.add_argument("--checks", type=int, default=30, help="entries checked per parameter array")
-    g.add_argument("--dataset", default="mnist")
+    g.add_argument("--model", choices=list(MODELS), default="mlp", help="(default: mlp)")
+    g.add_argument("--hidden", type=_ints, default=[32], help="(default: 32)")
+    g.add_argument("--activation", choices=list(ACTIVATIONS), default="tanh",
+                   help="(default: tanh)")  # fmt: skip
+    g.add_argument("--l1", type=float, default=0.0, help="(default: 0)")
+    g.add_argument("--l2", type=float, default=0.0, help="(default: 0)")
+    g.add_argument("--eps", type=float, default=1e-2, help="(default: 0.01)")
+    g.add_argument("--n", type=_positive_int, default=20, help="images in the batch (default: 20)")
+    g.add_argument(
+        "--checks", type=_checks, default="30",
+        help="random entries checked per parameter array, or all (default: 30)",
+    )  # fmt: skip
+    g.add_argument("--dataset", default="mnist", help="(default: mnist)")
     g.add_argument("--data-root", default=None)
     g.set_defaults(func=cmd_gradcheck)
 
@@ -518,7 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", help="run experiments of the source documents and the report")
     rp.add_argument("names", nargs="*", help="experiment names or TOML files (default: all)")
     rp.add_argument("--out", default="runs", help="runs root folder (default: runs)")
-    rp.add_argument("--jobs", type=int, default=-1, help="parallel processes (default: all cores)")
+    rp.add_argument("--jobs", type=_jobs, default=-1,
+                    help="parallel processes, -1 for all cores (default: -1)")  # fmt: skip
     rp.add_argument("--scheduler", default=None, help="address of a Dask distributed scheduler")
     rp.add_argument("--data-root", default=None)
     rp.add_argument("--no-report", action="store_true", help="skip writing runs/report.html")
@@ -546,18 +531,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _jobs(text: str) -> int:
+    if text.strip() == "-1":
+        return -1
+    return _positive_int(text)
+
+
+def _checks(text: str) -> str:
+    if text != "all":
+        _positive_int(text)
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    """Run the command; user errors print one line and return 2, Ctrl-C returns 130."""
     try:
+        args = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except DigitlabError as exc:
         print(f"digitlab: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except OSError as exc:  # disk full, permissions, a folder where a file should go
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"digitlab: error: {where}{exc.strerror or exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("digitlab: interrupted", file=sys.stderr, flush=True)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

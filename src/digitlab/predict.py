@@ -182,7 +182,7 @@ def predict(
     DatasetNotFoundError, DataError
         As :func:`read_inputs`.
     """
-    from digitlab.runner import load_run_checkpoint
+    from digitlab.runfiles import load_run_checkpoint
 
     model, prep, meta = load_run_checkpoint(checkpoint)
     extra = meta["extra"]

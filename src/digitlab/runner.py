@@ -9,213 +9,35 @@ It never prints; progress goes to an optional callback.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
-import math
+import csv
 import os
-import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from digitlab.checkpoint import atomic_write_bytes, load_checkpoint
 from digitlab.data import SEED_SPLIT, Augmenter, Dataset, Preprocessor, Splits, load, make_splits
-from digitlab.errors import CheckpointError, ConfigError
-from digitlab.models import INITS, REDUCTIONS, Model, build_model
-from digitlab.models.functional import ACTIVATIONS
-from digitlab.optim import SGD, Constant, InverseTime, Schedule
+from digitlab.errors import ConfigError, DataError
+from digitlab.models import MODELS, Model
+from digitlab.optim import make_optimizer
+from digitlab.runfiles import (  # noqa: F401  (re-exported: the runner's historical names)
+    checkpoint_progress,
+    existing_ancestor,
+    load_run_checkpoint,
+    new_run_folder,
+    remove_run_folder,
+    run_settings,
+    write_json,
+    write_toml,
+)
+from digitlab.settings import COMMAND_LINE, SPECS, Settings
 from digitlab.train import Callback, Checkpoint, EarlyStopping, Progress, Trainer, evaluate
 
 #: Datasets whose files number their classes from 1 (the Kaggle CSV keeps that numbering).
 LABEL_OFFSET = {"emnist-letters": 1}
-
-
-@dataclass
-class Settings:
-    """Every setting of a training run, flat, with the CLI's and TOML files' names.
-
-    ``batch`` is ``"full"``, ``"sgd"`` (single samples drawn with replacement), an int
-    (mini-batch size) or a float in (0, 1) (fraction of the training set). ``eval_every`` is
-    ``"epoch"``, a float fraction of an epoch or an int number of steps. ``split="seed"``
-    is the reports' split (:data:`SEED_SPLIT`); ``"all"`` uses ``n_train``/``n_test``
-    (None: everything) and ``holdout``. ``early_stopping`` is the patience in evaluations
-    (0: off), counted from epoch ``early_stopping_start``. ``init=None`` picks the model's
-    default (zeros for the linear models, N(0, 1/fan_in) for the network).
-    """
-
-    model: str = "softmax"
-    dataset: str = "mnist"
-    data_root: str | None = None
-    split: str = "all"
-    n_train: int | None = None
-    n_test: int | None = None
-    holdout: float = 0.1
-    holdout_mode: str = "front"
-    classes: list[int] | None = None
-    preprocess: str = "scale01"
-    bias_column: bool = False
-    hidden: list[int] = field(default_factory=lambda: [400])
-    activation: str = "tanh"
-    init: str | None = None
-    l1: float = 0.0
-    l2: float = 0.0
-    reduction: str = "mean"
-    regularize_bias: bool = False
-    lr: float = 0.1
-    anneal_T: float | None = None
-    anneal_unit: str = "epoch"
-    momentum: float = 0.0
-    batch: Any = "full"
-    shuffle: bool = True
-    drop_last: bool = False
-    epochs: int | None = 10
-    steps: int | None = None
-    eval_every: Any = "epoch"
-    early_stopping: int = 0
-    early_stopping_start: float = 0.0
-    monitor: str = "val_loss"
-    min_delta: float = 0.0
-    augment: bool = False
-    max_shift: int = 3
-    max_rotation: float = 10.0
-    seed: int = 0
-    checkpoint_every: int | None = None
-    dtype: str = "float32"
-
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "settings") -> Settings:
-        """Settings from a dict (TOML file, checkpoint), refusing unknown keys."""
-        unknown = sorted(set(values) - set(cls.names()))
-        if unknown:
-            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
-        return cls(**values).validated()
-
-    @classmethod
-    def from_toml(cls, path: str | os.PathLike) -> Settings:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file")
-        try:
-            data = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        return cls.from_dict(data.get("train", data), where=str(path))
-
-    def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes).validated()
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    # ------------------------------------------------------------------ validation
-    def validated(self) -> Settings:
-        """Check every value and cross-field rule; return self or raise ConfigError."""
-
-        def one_of(name: str, options: tuple[str, ...] | list[str]) -> None:
-            if getattr(self, name) not in options:
-                raise ConfigError(
-                    f"{name}={getattr(self, name)!r} is not one of {', '.join(map(str, options))}"
-                )
-
-        one_of("model", ("logistic", "softmax", "mlp"))
-        one_of("split", ("all", "seed"))
-        one_of("holdout_mode", ("front", "random"))
-        one_of("preprocess", ("scale01", "symmetric", "standardize", "none"))
-        one_of("activation", ACTIVATIONS)
-        one_of("reduction", REDUCTIONS)
-        one_of("anneal_unit", ("epoch", "step"))
-        one_of("dtype", ("float32", "float64"))
-        if self.init is not None:
-            one_of("init", INITS)
-        for name in ("l1", "l2", "min_delta", "max_rotation", "early_stopping_start"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
-        if not isinstance(self.lr, int | float) or not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr!r}")
-        if self.anneal_T is not None and not self.anneal_T > 0:
-            raise ConfigError(f"anneal_T must be > 0, got {self.anneal_T!r}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if not 0 <= self.holdout < 1:
-            raise ConfigError(f"holdout must be in [0, 1), got {self.holdout!r}")
-        for name in ("n_train", "n_test", "epochs", "steps", "checkpoint_every"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
-        if self.epochs is None and self.steps is None:
-            raise ConfigError("give epochs or steps")
-        if not isinstance(self.early_stopping, int) or self.early_stopping < 0:
-            raise ConfigError(
-                f"early_stopping (patience) must be >= 0, got {self.early_stopping!r}"
-            )
-        if self.early_stopping and self.holdout == 0:
-            raise ConfigError("early stopping needs a validation split: set holdout > 0")
-        if not isinstance(self.max_shift, int) or self.max_shift < 0:
-            raise ConfigError(f"max_shift must be a whole number >= 0, got {self.max_shift!r}")
-        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
-            raise ConfigError(f"hidden must list layer sizes >= 1, got {self.hidden!r}")
-        if self.model == "logistic":
-            if self.classes is None or len(self.classes) != 2 or self.classes[0] == self.classes[1]:
-                raise ConfigError(
-                    "logistic regression needs two different classes = [positive, negative]"
-                )
-        elif self.classes is not None:
-            raise ConfigError("classes (a binary pair) applies to the logistic model only")
-        self.batch = parse_batch(self.batch)
-        self.eval_every = parse_eval_every(self.eval_every)
-        return self
-
-    # ------------------------------------------------------------------ derived objects
-    def schedule(self) -> Schedule:
-        if self.anneal_T is None:
-            return Constant(float(self.lr))
-        return InverseTime(float(self.lr), float(self.anneal_T), self.anneal_unit)
-
-
-def parse_batch(value: Any) -> Any:
-    """``"full"``, ``"sgd"``, an int >= 1 or a float fraction in (0, 1); strings are parsed."""
-    if isinstance(value, str) and value not in ("full", "sgd"):
-        try:
-            value = float(value) if "." in value or "e" in value.lower() else int(value)
-        except ValueError:
-            raise ConfigError(
-                f"batch={value!r}: give full, sgd, a size (128) or a fraction (0.1)"
-            ) from None
-    if isinstance(value, bool) or not (
-        value in ("full", "sgd")
-        or (isinstance(value, int) and value >= 1)
-        or (isinstance(value, float) and 0 < value < 1)
-    ):
-        raise ConfigError(f"batch={value!r}: give full, sgd, a size >= 1 or a fraction in (0, 1)")
-    return value
-
-
-def parse_eval_every(value: Any) -> Any:
-    """``"epoch"``, a float fraction of an epoch in (0, 1], or an int number of steps."""
-    if isinstance(value, str) and value != "epoch":
-        try:
-            value = float(value) if "." in value else int(value)
-        except ValueError:
-            raise ConfigError(
-                f"eval_every={value!r}: give epoch, a fraction (0.2) or a step count"
-            ) from None
-    if isinstance(value, bool) or not (
-        value == "epoch"
-        or (isinstance(value, int) and value >= 1)
-        or (isinstance(value, float) and 0 < value <= 1)
-    ):
-        raise ConfigError(f"eval_every={value!r}: give epoch, a fraction in (0, 1] or steps >= 1")
-    return value
 
 
 # ---------------------------------------------------------------------------------- data
@@ -312,26 +134,10 @@ def feature_augmenter(
 # ---------------------------------------------------------------------------------- model
 def build_run_model(settings: Settings, n_features: int, n_classes: int) -> Model:
     """The model that ``settings`` describe, initialised from ``settings.seed``."""
-    s = settings
-    config: dict[str, Any] = {
-        "kind": s.model,
-        "n_features": n_features,
-        "l1": s.l1,
-        "l2": s.l2,
-        "reduction": s.reduction,
-        "regularize_bias": s.regularize_bias,
-        "dtype": s.dtype,
-        "rng": np.random.default_rng([s.seed, 1]),
-    }
-    if s.init is not None:
-        config["init"] = s.init
-    if s.model == "logistic":
-        config["bias"] = not s.bias_column
-    elif s.model == "softmax":
-        config |= {"n_classes": n_classes, "bias": not s.bias_column}
-    else:
-        config |= {"n_classes": n_classes, "hidden": s.hidden, "activation": s.activation}
-    return build_model(config)
+    cls = MODELS[settings.model]
+    return cls.from_settings(
+        settings, n_features, n_classes, np.random.default_rng([settings.seed, 1])
+    )
 
 
 def build_trainer(
@@ -340,7 +146,8 @@ def build_trainer(
     data: PreparedData,
     callbacks: list[Callback],
 ) -> Trainer:
-    """A trainer for ``model`` with the batching, schedule and callbacks of ``settings``."""
+    """A trainer for ``model`` with the batching, optimiser, schedule and callbacks of
+    ``settings``."""
     s = settings
     batch = 1 if s.batch == "sgd" else s.batch
     transform = None
@@ -361,7 +168,7 @@ def build_trainer(
         )
     return Trainer(
         model,
-        optimizer=SGD(momentum=s.momentum),
+        optimizer=make_optimizer(s.optimizer_config()),
         schedule=s.schedule(),
         batch_size=batch,
         shuffle=s.shuffle,
@@ -385,38 +192,38 @@ class RunResult:
     data: PreparedData
 
 
-def new_run_folder(root: str | os.PathLike, name: str) -> Path:
-    """``root/name/<timestamp>`` (made unique), created."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / name
-    for i in range(1000):
-        folder = base / (stamp if i == 0 else f"{stamp}-{i}")
-        try:
-            folder.mkdir(parents=True)
-            return folder
-        except FileExistsError:
-            continue
-    raise ConfigError(f"{base}: cannot create a new run folder")
+class HistoryFile(Callback):
+    """Append each evaluation to ``history.csv`` and flush, so a run can be followed live.
 
+    The file is (re)written with the records already in the trainer's history when training
+    begins (a resumed run keeps its earlier rows) and rewritten atomically at the end.
+    """
 
-def write_toml(path: Path, values: dict[str, Any]) -> None:
-    """Write a flat dict as TOML (None values are left out: TOML has no null)."""
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+        self._writer: Any = None
 
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return json.dumps(str(v))
+    def on_train_begin(self, trainer: Trainer) -> None:
+        records = trainer.history.records
+        if records:
+            trainer.history.to_csv(self.path)
 
-    lines = [f"{k} = {fmt(v)}" for k, v in values.items() if v is not None]
-    atomic_write_bytes(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    def on_evaluate(self, trainer: Trainer, record: dict[str, float]) -> None:
+        if self._writer is None:
+            fresh = not self.path.exists()
+            self._file = open(self.path, "a", newline="")  # noqa: SIM115 (closed at train end)
+            self._writer = csv.DictWriter(self._file, fieldnames=list(record), lineterminator="\n")
+            if fresh:
+                self._writer.writeheader()
+        row = {k: repr(v) if isinstance(v, float) else v for k, v in record.items()}
+        self._writer.writerow({k: row.get(k, "") for k in self._writer.fieldnames})
+        self._file.flush()
 
-
-def write_json(path: Path, values: dict[str, Any]) -> None:
-    atomic_write_bytes(path, lambda f: f.write(json.dumps(values, indent=2).encode()))
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = self._writer = None
 
 
 def split_metrics(model: Model, data: PreparedData) -> dict[str, Any]:
@@ -451,6 +258,42 @@ def final_metrics(trainer: Trainer, data: PreparedData) -> dict[str, Any]:
     return out
 
 
+def data_record(ds: Dataset) -> dict[str, Any]:
+    """What a checkpoint records of the data it trained on (compared by :func:`check_same_data`)."""
+    crc = zlib.crc32(ds.y_train.tobytes())
+    for a in (ds.x_train, ds.y_test, ds.x_test):
+        crc = zlib.crc32(np.ascontiguousarray(a).tobytes(), crc)
+    return {"name": ds.name, "n_train": len(ds.y_train), "n_test": len(ds.y_test),
+            "crc32": f"{crc:08x}", "source": ds.source, "is_sample": ds.is_sample}  # fmt: skip
+
+
+def check_same_data(meta: Mapping[str, Any], ds: Dataset, path: str | os.PathLike) -> None:
+    """Refuse a dataset other than the one the checkpoint trained on.
+
+    Raises
+    ------
+    DataError
+        Name, sizes or content differ (e.g. the embedded sample found instead of full MNIST).
+    """
+    extra = meta.get("extra", {})
+    saved = extra.get("data") if isinstance(extra, dict) else None
+    if not isinstance(saved, dict):  # checkpoints from before the record: name only
+        name = extra.get("dataset") if isinstance(extra, dict) else None
+        saved = {"name": name} if isinstance(name, str) else {}
+    now = data_record(ds)
+    differs = [
+        k for k in ("name", "n_train", "n_test", "crc32") if k in saved and saved[k] != now[k]
+    ]
+    if differs:
+        n_tr, n_te = saved.get("n_train", "?"), saved.get("n_test", "?")
+        was = f"{saved.get('name')} ({n_tr} train / {n_te} test)"
+        raise DataError(
+            f"{path} was trained on {was}, but the data found now is {ds.name} "
+            f"({now['n_train']} train / {now['n_test']} test, {ds.source}); set DIGITLAB_DATA "
+            "to the original data's folder, or give --data-root or --dataset to choose the data"
+        )
+
+
 def _attach(trainer: Trainer, settings: Settings, data: PreparedData) -> None:
     """Put what `evaluate`/`predict`/`resume` need into the trainer's checkpoints."""
     prep = data.preprocessor.state_dict()
@@ -461,6 +304,7 @@ def _attach(trainer: Trainer, settings: Settings, data: PreparedData) -> None:
         "preprocessor": {k: v for k, v in prep.items() if not isinstance(v, np.ndarray)},
         "classes": list(data.classes),
         "dataset": data.dataset.name,
+        "data": data_record(data.dataset),
         "image_shape": list(data.dataset.image_shape),
         "label_offset": LABEL_OFFSET.get(data.dataset.name, 0),
     }
@@ -473,11 +317,16 @@ def run(
     *,
     data: PreparedData | None = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    callbacks: list[Callback] | None = None,
     folder: Path | None = None,
     resume_from: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
     handle_signals: bool = False,
 ) -> RunResult:
     """Train as ``settings`` say and write the run folder.
+
+    The folder is created only once the data are loaded and the model, trainer and any
+    checkpoint to resume are in place; if training fails before the first checkpoint is
+    written, a folder this call created is removed again.
 
     Parameters
     ----------
@@ -490,6 +339,8 @@ def run(
         Reuse prepared arrays (sweeps); else loaded from the settings.
     progress : callable, optional
         ``progress(step, total, info)`` (see :class:`~digitlab.train.Progress`).
+    callbacks : list of Callback, optional
+        More callbacks (e.g. the CLI's progress lines); they get ``on_evaluate`` records.
     resume_from : (arrays, meta), optional
         A loaded checkpoint to continue from.
     handle_signals : bool
@@ -502,24 +353,36 @@ def run(
     from digitlab.train import graceful_interrupts
 
     data = data if data is not None else prepare_data(settings)
+    if len(data.train[1]) == 0:
+        raise DataError(f"{data.dataset.name}: the training split is empty")
     model = build_run_model(settings, data.train[0].shape[1], len(data.classes))
-    folder = folder if folder is not None else new_run_folder(out, name or settings.model)
-    callbacks: list[Callback] = [Checkpoint(folder / "checkpoint.npz", settings.checkpoint_every)]
+    extra_cbs: list[Callback] = list(callbacks or [])
     if progress is not None:
-        callbacks.append(Progress(progress, every=1))
-    trainer = build_trainer(settings, model, data, callbacks)
+        extra_cbs.append(Progress(progress, every=1))
+    trainer = build_trainer(settings, model, data, extra_cbs)
     if resume_from is not None:
         trainer.load_state_dict(*resume_from)
-    _attach(trainer, settings, data)
-    write_toml(folder / "config.toml", settings.to_dict())
-    guard = graceful_interrupts(trainer) if handle_signals else contextlib.nullcontext()
+    keep = existing_ancestor(out)
+    made = folder is None
+    folder = folder if folder is not None else new_run_folder(out, name or settings.model)
     try:
-        with guard:
-            trainer.fit(
-                data.train, data.val, data.test, epochs=settings.epochs, steps=settings.steps
-            )
-    finally:
-        trainer.history.to_csv(folder / "history.csv")
+        checkpoint = Checkpoint(folder / "checkpoint.npz", settings.checkpoint_every)
+        trainer.callbacks += [checkpoint, HistoryFile(folder / "history.csv")]
+        _attach(trainer, settings, data)
+        write_toml(folder / "config.toml", settings.to_dict())
+        guard = graceful_interrupts(trainer) if handle_signals else contextlib.nullcontext()
+        try:
+            with guard:
+                trainer.fit(
+                    data.train, data.val, data.test, epochs=settings.epochs, steps=settings.steps
+                )
+        finally:
+            if checkpoint.saved:
+                trainer.history.to_csv(folder / "history.csv")
+    except BaseException:
+        if made and not checkpoint_saved(folder):
+            remove_run_folder(folder, keep)
+        raise
     metrics = final_metrics(trainer, data)
     metrics |= {"dataset": data.dataset.name, "source": data.dataset.source,
                 "is_sample": data.dataset.is_sample, "notes": data.notes,
@@ -528,14 +391,103 @@ def run(
     return RunResult(folder, metrics, trainer, data)
 
 
-def load_run_checkpoint(path: str | os.PathLike) -> tuple[Model, Preprocessor, dict[str, Any]]:
-    """Model, fitted preprocessor and metadata of a checkpoint written by :func:`run`."""
+def checkpoint_saved(folder: Path) -> bool:
+    return (folder / "checkpoint.npz").is_file()
+
+
+# ---------------------------------------------------------------------------------- resume
+@dataclass
+class ResumePlan:
+    """A checkpoint to continue from and the settings to continue with."""
+
+    settings: Settings
+    checkpoint: tuple[dict[str, np.ndarray], dict[str, Any]]
+    step: int
+
+
+def plan_resume(
+    path: str | os.PathLike,
+    options: Mapping[str, Any],
+    *,
+    more_steps: int | None = None,
+    more_epochs: int | None = None,
+) -> ResumePlan:
+    """The settings a resumed run continues with: the checkpoint's, with ``options`` applied.
+
+    ``options`` are command-line values (text). Settings declared ``fixed`` (model shape,
+    data, batching, seed) cannot change; ``lr`` sets the schedule's start again (annealing
+    still counts from the run's step). ``more_steps``/``more_epochs`` extend the run.
+
+    Raises
+    ------
+    ConfigError
+        A fixed setting changed, or a value is invalid.
+    CheckpointError
+        Not a checkpoint of a digitlab run.
+    """
+    from digitlab.checkpoint import load_checkpoint
+
     arrays, meta = load_checkpoint(path)
-    extra = meta.get("extra", {})
-    if "settings" not in extra or "preprocessor" not in extra:
-        raise CheckpointError(f"{path}: not a checkpoint of a digitlab run (no settings inside)")
-    params = {k[len("model/") :]: v for k, v in arrays.items() if k.startswith("model/")}
-    model = build_model(meta["model"], params)
-    state = dict(extra["preprocessor"])
-    state |= {k[len("extra/prep_") :]: v for k, v in arrays.items() if k.startswith("extra/prep_")}
-    return model, Preprocessor.from_state_dict(state), meta
+    saved = run_settings(meta, path)
+    progress = checkpoint_progress(meta, path)
+    settings = Settings.merge([(f"checkpoint {path}", saved.to_dict()), (COMMAND_LINE, options)])
+    changed = sorted(
+        k for k in options if SPECS[k].fixed and getattr(settings, k) != getattr(saved, k)
+    )
+    if changed:
+        raise ConfigError(f"cannot change {', '.join(changed)} when resuming; start a new run")
+    step = progress["step"]
+    for what, value in (("--more-steps", more_steps), ("--more-epochs", more_epochs)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ConfigError(f"option {what} {value!r}: expected a whole number >= 1")
+    if more_steps is not None:
+        settings = settings.replace(steps=step + more_steps, epochs=None)
+    elif more_epochs is not None:
+        settings = settings.replace(epochs=progress["epoch"] + more_epochs)
+    return ResumePlan(settings, (arrays, meta), step)
+
+
+def data_for_checkpoint(
+    settings: Settings, meta: Mapping[str, Any], path: str | os.PathLike, *, dataset_given: bool
+) -> PreparedData:
+    """The prepared data of a checkpoint's run, refusing different data unless the dataset or
+    its folder was given explicitly (``dataset_given``)."""
+    data = prepare_data(settings)
+    if not dataset_given:
+        check_same_data(meta, data.dataset, path)
+    return data
+
+
+# ---------------------------------------------------------------------------------- gradcheck
+def gradcheck_problem(
+    model: str, hidden: list[int], activation: str, l1: float, l2: float, *, n: int,
+    dataset: str = "mnist", data_root: str | None = None,
+) -> tuple[Model, np.ndarray, np.ndarray, str]:  # fmt: skip
+    """A float64 model and ``n`` real images to check its gradient on.
+
+    The logistic model gets 2s (label 1) and 3s (label 0); the weights start from N(0, 1)
+    when ``l1`` is set (so no weight sits at the kink of ``|w|``).
+
+    Returns
+    -------
+    model, X (n, d) float32 in [0, 1], y (n,) int64, dataset name
+    """
+    logistic = model == "logistic"
+    settings = Settings.from_dict(
+        {"model": model, "hidden": hidden, "activation": activation, "l1": l1, "l2": l2,
+         "init": "normal" if l1 else None, "dtype": "float64",
+         "classes": [2, 3] if logistic else None}, where="gradcheck options",
+    )  # fmt: skip
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"option --n {n!r}: expected a whole number >= 1")
+    ds = load(dataset, root=data_root)
+    x, y = ds.x_train, ds.y_train
+    if logistic:
+        keep = np.isin(y, (2, 3))
+        x, y = x[keep], (y[keep] == 2).astype(np.int64)
+    x, y = x[:n], y[:n]
+    X = Preprocessor("scale01").fit_transform(x)
+    m = build_run_model(settings, X.shape[1], 2 if logistic else ds.n_classes)
+    return m, X, y, ds.name

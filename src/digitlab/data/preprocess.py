@@ -20,7 +20,13 @@ from digitlab.errors import ConfigError, DataError, ShapeError
 
 __all__ = ["METHODS", "Preprocessor"]
 
-METHODS = ("scale01", "symmetric", "standardize", "none")
+#: Preprocessing methods: name -> what it does to the pixels (see the module docstring).
+METHODS: dict[str, str] = {
+    "scale01": "x / 255, in [0, 1]",
+    "symmetric": "x / 127.5 - 1, in [-1, 1]",
+    "standardize": "z-score per pixel, fit on the training split",
+    "none": "raw 0..255",
+}
 
 _CHUNK_ROWS = 2048  # rows per block when computing the variance (bounds float64 temporaries)
 _EPS32 = float(np.finfo(np.float32).eps)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from digitlab.data.registry import Dataset
 
 __all__ = [
+    "HOLDOUT_MODES",
     "SEED_SPLIT",
     "Splits",
     "filter_classes",
@@ -35,6 +36,12 @@ XY = tuple[np.ndarray, np.ndarray]
 
 #: The split of the source reports (seeds 000/001): the first 20,000 training images, the
 #: last 2,000 test images, and the first 10% of the training part held out for validation.
+#: How ``holdout`` picks the validation examples: name -> meaning.
+HOLDOUT_MODES: dict[str, str] = {
+    "front": "the first examples, the rest kept in order",
+    "random": "a random subset (seeded), the rest in permuted order",
+}
+
 #: ``make_splits(load("mnist"), **SEED_SPLIT)`` gives 18,000 / 2,000 / 2,000.
 SEED_SPLIT: Mapping[str, Any] = MappingProxyType(
     {
@@ -139,7 +146,7 @@ def holdout(
         perm = rng.permutation(total)
         val, tr = perm[:m], perm[m:]
         return (x[tr], y[tr]), (x[val], y[val])
-    raise ConfigError(f"hold-out mode must be 'front' or 'random', got {mode!r}")
+    raise ConfigError(f"hold-out mode must be one of {', '.join(HOLDOUT_MODES)}, got {mode!r}")
 
 
 def filter_classes(x: np.ndarray, y: np.ndarray, positive: int, negative: int) -> XY:

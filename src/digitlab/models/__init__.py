@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from digitlab.errors import CheckpointError, ConfigError
-from digitlab.models.base import INITS, REDUCTIONS, Model, init_weight
+from digitlab.models.base import DTYPES, INITS, REDUCTIONS, Model, init_weight
+from digitlab.models.functional import ACTIVATIONS
 from digitlab.models.linear import LogisticModel, SoftmaxModel
 from digitlab.models.mlp import MLPModel
 
@@ -58,6 +59,8 @@ def build_model(config: dict[str, Any], params: dict[str, np.ndarray] | None = N
 
 
 __all__ = [
+    "ACTIVATIONS",
+    "DTYPES",
     "INITS",
     "MODELS",
     "REDUCTIONS",

@@ -25,8 +25,17 @@ from digitlab.models.functional import (
     softmax_cross_entropy,
 )
 
-REDUCTIONS = ("mean", "sum")
-INITS = ("zeros", "normal", "fan_in", "uniform")
+#: How the cross-entropy of a batch is reduced: name -> meaning.
+REDUCTIONS: dict[str, str] = {"mean": "averaged over the batch", "sum": "summed over the batch"}
+#: Weight initialisations (biases start at zero): name -> distribution.
+INITS: dict[str, str] = {
+    "zeros": "all zeros",
+    "normal": "N(0, 1)",
+    "fan_in": "N(0, 1/fan_in)",
+    "uniform": "U(-1, 1)",
+}
+#: Floating-point precisions of the parameters: name -> use.
+DTYPES: dict[str, str] = {"float32": "the fast path", "float64": "gradient checks, exact optima"}
 
 
 def as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
@@ -89,6 +98,34 @@ class Model:
     """
 
     kind: ClassVar[str] = ""
+    #: Whether the objective is convex in the parameters (L-BFGS then finds the optimum).
+    convex: ClassVar[bool] = False
+    #: The parameter whose rows are the input pixels, drawable as images (None: not drawable).
+    image_weights: ClassVar[str | None] = None
+    #: What that matrix's columns are: ``"pair"`` (one column, positive vs negative class),
+    #: ``"class"`` (one per class) or ``"unit"`` (one per hidden unit).
+    image_columns: ClassVar[str] = ""
+
+    @classmethod
+    def settings_kwargs(cls, settings: Any) -> dict[str, Any]:
+        """Constructor keywords shared by every model, read from a run's settings.
+
+        ``settings`` has the attributes of :class:`digitlab.settings.Settings` (``l1``,
+        ``l2``, ``reduction``, ``regularize_bias``, ``dtype``, ``init``; ``init=None`` keeps
+        the model's default).
+        """
+        kw = {name: getattr(settings, name) for name in ("l1", "l2", "reduction", "dtype")}
+        kw["regularize_bias"] = settings.regularize_bias
+        if settings.init is not None:
+            kw["init"] = settings.init
+        return kw
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, n_features: int, n_classes: int, rng: np.random.Generator
+    ) -> Model:  # pragma: no cover - abstract
+        """The model a run's ``settings`` describe for ``n_features`` inputs and ``n_classes``."""
+        raise NotImplementedError
 
     def __init__(
         self,

@@ -15,7 +15,12 @@ import numpy as np
 from scipy.linalg.blas import dger, sger
 from scipy.special import expit
 
-ACTIVATIONS = ("tanh", "sigmoid", "relu")
+#: Hidden-layer activations: name -> formula (implemented in activate_ / activation_backward_).
+ACTIVATIONS: dict[str, str] = {
+    "tanh": "tanh(z)",
+    "sigmoid": "1 / (1 + exp(-z))",
+    "relu": "max(z, 0)",
+}
 
 
 def activate_(z: np.ndarray, name: str) -> np.ndarray:

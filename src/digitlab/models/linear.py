@@ -75,6 +75,17 @@ class LogisticModel(_Linear):
     """
 
     kind = "logistic"
+    convex = True
+    image_weights = "W"
+    image_columns = "pair"
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, n_features: int, n_classes: int, rng: np.random.Generator
+    ) -> LogisticModel:
+        """Two classes whatever ``n_classes`` says; a bias vector unless ``bias_column``."""
+        kw = cls.settings_kwargs(settings)
+        return cls(n_features, bias=not settings.bias_column, rng=rng, **kw)
 
     def __init__(self, n_features: int, **kwargs: Any) -> None:
         super().__init__(n_features, 1, **kwargs)
@@ -126,6 +137,17 @@ class SoftmaxModel(_Linear):
     """
 
     kind = "softmax"
+    convex = True
+    image_weights = "W"
+    image_columns = "class"
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, n_features: int, n_classes: int, rng: np.random.Generator
+    ) -> SoftmaxModel:
+        """A bias vector unless ``settings.bias_column``."""
+        kw = cls.settings_kwargs(settings)
+        return cls(n_features, n_classes, bias=not settings.bias_column, rng=rng, **kw)
 
     def __init__(self, n_features: int, n_classes: int, **kwargs: Any) -> None:
         super().__init__(n_features, int(n_classes), **kwargs)

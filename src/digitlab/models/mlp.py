@@ -43,6 +43,16 @@ class MLPModel(Model):
     """
 
     kind = "mlp"
+    image_weights = "W1"
+    image_columns = "unit"
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, n_features: int, n_classes: int, rng: np.random.Generator
+    ) -> MLPModel:
+        """Layer sizes ``settings.hidden``, activation ``settings.activation``."""
+        kw = cls.settings_kwargs(settings)
+        return cls(n_features, n_classes, settings.hidden, settings.activation, rng=rng, **kw)
 
     def __init__(
         self,

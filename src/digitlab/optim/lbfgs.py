@@ -101,8 +101,8 @@ def lbfgs(
       the speed of NumPy's next matrix product (33 ms -> 70-120 ms per evaluation on two
       cores), so that library runs single-threaded during the solve and is restored after.
     """
-    if model.kind not in ("logistic", "softmax"):
-        raise ConfigError(f"L-BFGS is for the convex models (logistic, softmax), not {model.kind}")
+    if not model.convex:
+        raise ConfigError(f"L-BFGS is for the convex models, not {model.kind}")
     if model.l1:
         raise ConfigError("L-BFGS needs a smooth objective: set l1 to 0 (L2 is fine)")
     X = np.asarray(X)

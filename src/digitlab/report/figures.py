@@ -256,13 +256,13 @@ def draw_weights(exp: ExperimentRecord) -> Figure:
     """Weight images of the chosen member, with the class means where they were saved."""
     m = exp.member("chosen")
     wi = m.weight_images()
-    if wi.kind == "mlp":
+    if wi.columns == "unit":
         ncols = min(5, len(wi.images))
         tiles = [(img, True, t) for img, t in zip(wi.images, wi.titles, strict=True)]
         fig, _ = _tiles([tiles[i : i + ncols] for i in range(0, len(tiles), ncols)])
         fig.suptitle(f"Input weights of the first {len(wi.images)} hidden units\n({m.label})")
         return fig
-    if wi.kind == "logistic":
+    if wi.columns == "pair":
         neg, pos = (m.classes + ["0", "1"])[:2]
         means = _means_for(exp, [pos, neg])
         panels = [(wi.images[0], f"weights: {wi.titles[0]}", True)]

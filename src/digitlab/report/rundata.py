@@ -103,12 +103,15 @@ def _stage_number(path: Path) -> int:
 class WeightImages:
     """A model's weights as images.
 
-    ``images`` is float (m, h, w); ``titles`` names each image; ``kind`` is the model kind.
+    ``images`` is float (m, h, w); ``titles`` names each image; ``kind`` is the model kind;
+    ``columns`` what the weight columns are (the model class's ``image_columns``: ``"pair"``,
+    ``"class"`` or ``"unit"``).
     """
 
     kind: str
     images: np.ndarray
     titles: list[str]
+    columns: str = "class"
 
 
 @dataclass
@@ -223,7 +226,7 @@ class MemberRecord:
     @cached_property
     def checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``(params, meta)`` of the member's final checkpoint (read, never trained)."""
-        from digitlab.runner import load_run_checkpoint
+        from digitlab.runfiles import load_run_checkpoint
 
         path = self.folder / "checkpoint.npz"
         if not path.is_file():
@@ -248,10 +251,16 @@ class MemberRecord:
         Logistic: one image titled ``"positive vs negative"``; softmax: one per class;
         MLP: the first ``max_units`` hidden units of ``W1``. A bias row (d = h*w + 1) is dropped.
         """
+        from digitlab.models import MODELS
+
         params, meta = self.checkpoint
         kind = meta["kind"]
+        model_class = MODELS.get(kind)
+        if model_class is None or model_class.image_weights is None:
+            raise ReportError(f"{self.folder}: a {kind!r} model has no weights to draw as images")
+        columns = model_class.image_columns
         shape = tuple(meta.get("extra", {}).get("image_shape") or (28, 28))
-        W = params["W1"] if kind == "mlp" else params["W"]
+        W = params[model_class.image_weights]
         d = shape[0] * shape[1]
         if W.shape[0] == d + 1:
             W = W[:d]
@@ -261,16 +270,16 @@ class MemberRecord:
             )
         W = np.asarray(W, dtype=np.float64)
         classes = self.classes
-        if kind == "logistic":
+        if columns == "pair":
             neg, pos = (classes + ["0", "1"][len(classes) :])[:2]
-            return WeightImages(kind, W[:, :1].T.reshape(1, *shape), [f"{pos} vs {neg}"])
-        if kind == "mlp":
+            images, titles = W[:, :1].T.reshape(1, *shape), [f"{pos} vs {neg}"]
+        elif columns == "unit":
             m = min(max_units, W.shape[1])
-            return WeightImages(
-                kind, W[:, :m].T.reshape(m, *shape), [f"unit {i + 1}" for i in range(m)]
-            )
-        names = classes if len(classes) == W.shape[1] else [str(i) for i in range(W.shape[1])]
-        return WeightImages(kind, W.T.reshape(W.shape[1], *shape), names)
+            images, titles = W[:, :m].T.reshape(m, *shape), [f"unit {i + 1}" for i in range(m)]
+        else:
+            names = classes if len(classes) == W.shape[1] else [str(i) for i in range(W.shape[1])]
+            images, titles = W.T.reshape(W.shape[1], *shape), names
+        return WeightImages(kind, images, titles, columns)
 
 
 @dataclass
