@@ -38,3 +38,12 @@ class CheckpointError(DigitlabError):
 
 class DivergenceError(DigitlabError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
+
+
+class ServeError(DigitlabError):
+    """A request to ``digitlab serve`` names a missing run or a path outside the runs root,
+    or sends an unreadable or oversized upload; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status

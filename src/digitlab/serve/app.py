@@ -1,0 +1,205 @@
+"""The Starlette application of ``digitlab serve``: routes, limits and security headers.
+
+Endpoints (all GET unless noted; ``id`` is a run id, its path under the runs root):
+
+- ``/api/runs``: every run with its summary (see :func:`digitlab.serve.api.runs_table`);
+- ``/api/run?id=``: one run's summary, full settings, metrics and weight-image titles;
+- ``/api/run/history?id=``: the columns of its ``history.csv`` (poll it to follow a run);
+- ``/api/run/weights.png?id=&unit=``: weight image ``unit``;
+- ``/api/run/confusion?id=``: test-split confusion matrix and misclassified examples;
+- ``/api/run/examples.png?id=&true=&pred=``: those examples as one image;
+- ``/api/compare?ids=a,b``: settings of several runs and which of them differ;
+- ``POST /api/predict?ids=a,b``: body = image file bytes (PNG, JPEG, ...); probabilities.
+
+The server only reads: files under the runs root (resolved, symlinks out refused) and its
+own static files. Uploads above :data:`~digitlab.serve.api.MAX_UPLOAD_BYTES` are refused
+while the body is read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from digitlab.errors import DigitlabError, ServeError
+from digitlab.serve import api
+from digitlab.serve.runs import RunIndex
+
+STATIC = Path(__file__).parent / "static"
+#: Host names accepted when the server listens on the loopback interface (DNS rebinding guard).
+LOCAL_HOSTS = ["127.0.0.1", "localhost"]
+
+
+def _clean(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+class JSON(JSONResponse):
+    """Strict JSON (no NaN tokens: browsers' JSON.parse refuses them), compact."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            text = json.dumps(content, allow_nan=False, separators=(",", ":"))
+        except ValueError:
+            text = json.dumps(_clean(content), allow_nan=False, separators=(",", ":"))
+        return text.encode()
+
+
+class SecurityHeaders:
+    """Adds a strict content security policy and no-sniff / no-referrer headers."""
+
+    CSP = (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Content-Security-Policy"] = self.CSP
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "no-referrer"
+                headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise ServeError(f"upload larger than {limit} bytes", 413)
+        except ValueError:
+            raise ServeError("bad Content-Length header", 400) from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ServeError(f"upload larger than {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _ids(request: Request) -> list[str]:
+    return [i for i in request.query_params.get("ids", "").split(",") if i]
+
+
+def _int(request: Request, name: str) -> int:
+    try:
+        return int(request.query_params.get(name, ""))
+    except ValueError:
+        raise ServeError(f"query parameter {name} must be a whole number", 400) from None
+
+
+def create_app(runs: str | Path = "runs", allowed_hosts: list[str] | None = None) -> Starlette:
+    """The ``digitlab serve`` application over the runs root ``runs``.
+
+    Parameters
+    ----------
+    runs : path-like
+        Runs root; it is rescanned on every ``/api/runs`` request.
+    allowed_hosts : list of str, optional
+        Accepted ``Host`` headers (default: 127.0.0.1 and localhost); ``["*"]`` for any.
+
+    Returns
+    -------
+    Starlette
+    """
+    index = RunIndex(runs)
+    models = api.ModelCache()
+    data = api.DataCache()
+
+    def png(content: bytes) -> Response:
+        return Response(content, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+    async def home(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html")
+
+    def runs_list(request: Request) -> Response:
+        return JSON(api.runs_table(index))
+
+    def run_one(request: Request) -> Response:
+        return JSON(api.run_detail(index, models, request.query_params.get("id")))
+
+    def history(request: Request) -> Response:
+        return JSON(api.run_history(index, request.query_params.get("id")))
+
+    def weights(request: Request) -> Response:
+        rid = request.query_params.get("id")
+        return png(api.weights_png(index, models, rid, _int(request, "unit")))
+
+    def conf(request: Request) -> Response:
+        return JSON(api.confusion(index, models, data, request.query_params.get("id")))
+
+    def examples(request: Request) -> Response:
+        rid = request.query_params.get("id")
+        true, pred = _int(request, "true"), _int(request, "pred")
+        return png(api.examples_png(index, models, data, rid, true, pred))
+
+    def comp(request: Request) -> Response:
+        return JSON(api.compare(index, _ids(request)))
+
+    async def predict(request: Request) -> Response:
+        ids = _ids(request)
+        body = await read_body(request, api.MAX_UPLOAD_BYTES)
+        return JSON(await run_in_threadpool(api.predict, index, models, ids, body))
+
+    async def serve_error(request: Request, exc: Exception) -> Response:
+        status = exc.status if isinstance(exc, ServeError) else 422
+        return JSON({"error": str(exc)}, status_code=status)
+
+    routes = [
+        Route("/", home),
+        Route("/api/runs", runs_list),
+        Route("/api/run", run_one),
+        Route("/api/run/history", history),
+        Route("/api/run/weights.png", weights),
+        Route("/api/run/confusion", conf),
+        Route("/api/run/examples.png", examples),
+        Route("/api/compare", comp),
+        Route("/api/predict", predict, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOCAL_HOSTS),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={DigitlabError: serve_error},
+    )
+    app.state.index = index
+    app.state.models = models
+    return app
