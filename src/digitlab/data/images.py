@@ -28,7 +28,7 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 from scipy import ndimage
@@ -49,7 +49,9 @@ _FIT = 20 / 28  # MNIST: a 20x20 box in a 28x28 frame
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def read_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_image(
+    path: str | os.PathLike[str] | BinaryIO, *, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
     """Decode one image file, bounded in size.
 
     The header is read first; a width x height above ``max_pixels`` is refused before any
@@ -59,7 +61,8 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
     Parameters
     ----------
     path
-        A PNG, JPEG, BMP, TIFF, GIF or WebP file.
+        A PNG, JPEG, BMP, TIFF, GIF or WebP file, or a binary file object holding one (an
+        upload kept in memory by ``digitlab serve``; named ``<upload>`` in messages).
     max_pixels
         Largest accepted width x height.
 
@@ -78,13 +81,17 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
     """
     from PIL import Image, ImageOps
 
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetNotFoundError(f"{path}: no such file")
+    source: Path | BinaryIO
+    if hasattr(path, "read"):
+        source, path = path, Path("<upload>")  # type: ignore[assignment]
+    else:
+        path = source = Path(path)  # type: ignore[arg-type]
+        if not path.is_file():
+            raise DatasetNotFoundError(f"{path}: no such file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 if im.format not in _FORMATS:
                     raise DataError(f"{path}: {im.format} images are not supported")
                 w, h = im.size

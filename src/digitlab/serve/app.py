@@ -69,8 +69,9 @@ class SecurityHeaders:
     """Adds a strict content security policy and no-sniff / no-referrer headers."""
 
     CSP = (
-        "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
-        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'"
     )
 
     def __init__(self, app: ASGIApp) -> None:
