@@ -454,7 +454,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise DigitlabError(f"cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
     local = args.host in ("127.0.0.1", "localhost")
     app = create_app(root, allowed_hosts=LOCAL_HOSTS if local else ["*"])
-    out(f"digitlab serve: runs in {root.resolve()} at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    out(f"digitlab serve: runs in {root.resolve()}")
+    out(f"open http://{args.host}:{args.port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

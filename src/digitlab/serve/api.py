@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -284,7 +285,7 @@ def examples_png(
     loaded = models.get(index.resolve(run_id))
     prepared = data.get(loaded.meta.get("extra", {}).get("settings", {}))
     images = prepared.splits.test[0][np.asarray(idx)]
-    return encode_png(tile(255 - images.astype(np.uint8), cols=12, gap=2, fill=255))
+    return encode_png(tile(255 - images.astype(np.uint8), cols=min(len(idx), 12), gap=2, fill=255))
 
 
 # ---------------------------------------------------------------------------------- predict
@@ -299,12 +300,11 @@ def decode_upload(body: bytes) -> np.ndarray:
     try:
         return read_image(io.BytesIO(body))
     except DigitlabError as exc:
-        raise ServeError(f"cannot read the image: {exc}", 422) from None
+        msg = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
+        raise ServeError(f"cannot read the image: {msg}", 422) from None
 
 
-def predict(
-    index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
-) -> dict[str, Any]:
+def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes) -> dict[str, Any]:
     """Class probabilities of one uploaded image under one or several runs' checkpoints.
 
     Returns ``{"shape": [h, w], "image": h x w values in [0, 1] (what the first model sees,

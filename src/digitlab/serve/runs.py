@@ -177,8 +177,8 @@ class RunIndex:
                 if is_run:
                     try:
                         found.append(self._summary(folder, rel, mtime))
-                    except OSError:
-                        pass
+                    except (OSError, ServeError) as exc:
+                        found.append(error_summary(rel, str(exc)))
                 if depth < MAX_DEPTH:
                     for name in reversed(subdirs):
                         stack.append((folder / name, f"{rel}/{name}" if rel else name, depth + 1))
@@ -323,6 +323,17 @@ def build_summary(run: RunFiles) -> dict[str, Any]:
         "error": error,
     }
     return out
+
+
+def error_summary(run_id: str, message: str) -> dict[str, Any]:
+    """The table row of a run folder that cannot be read (status ``failed``)."""
+    return {
+        "id": run_id, "experiment": None, "member": None, "settings": {}, "best_val_acc": None,
+        "val_acc": None, "test_acc": None, "train_acc": None, "epochs": None, "steps": None,
+        "seconds": None, "n_evals": 0, "stop_reason": None, "early_stopped": False,
+        "interrupted": False, "has_metrics": False, "has_checkpoint": False, "updated": None,
+        "error": message, "status": "failed",
+    }  # fmt: skip
 
 
 def status_of(summary: dict[str, Any], now: float) -> str:
