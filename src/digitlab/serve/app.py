@@ -18,8 +18,11 @@ while the body is read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -196,10 +199,18 @@ def create_app(runs: str | Path = "runs", allowed_hosts: list[str] | None = None
         Middleware(SecurityHeaders),
         Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOCAL_HOSTS),
     ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # the first scan reads every run's files: start it before a page asks for it
+        threading.Thread(target=index.scan, name="digitlab-serve-scan", daemon=True).start()
+        yield
+
     app = Starlette(
         routes=routes,
         middleware=middleware,
         exception_handlers={DigitlabError: serve_error},
+        lifespan=lifespan,
     )
     app.state.index = index
     app.state.models = models

@@ -19,10 +19,11 @@ import io
 import json
 import math
 import os
+import stat
 import threading
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,32 +70,86 @@ def parse_history(text: str) -> dict[str, list[float | None]]:
     return cols
 
 
+def history_tail(text: str) -> tuple[dict[str, float | None], list[float], int]:
+    """``(last row, val_acc values, number of rows)`` of a ``history.csv`` text, cheaply.
+
+    Only the ``val_acc`` column and the last complete row are converted (the runs table
+    needs no more); a text with quoted cells goes through :func:`parse_history`.
+    """
+    if '"' in text:
+        cols = parse_history(text)
+        last = {k: v[-1] for k, v in cols.items() if v}
+        return (
+            last,
+            [v for v in cols.get("val_acc", []) if v is not None],
+            len(next(iter(cols.values()), [])),
+        )
+    lines = text.split("\n")
+    if len(lines) < 2:
+        return {}, [], 0
+    header = lines[0].split(",")
+    rows = [line for line in lines[1:-1] if line.count(",") == len(header) - 1]
+    if not rows:
+        return {}, [], 0
+
+    def num(cell: str) -> float | None:
+        try:
+            v = float(cell)
+        except ValueError:
+            return None
+        return v if math.isfinite(v) else None
+
+    last = {h: num(c) for h, c in zip(header, rows[-1].split(","), strict=True)}
+    val: list[float] = []
+    if "val_acc" in header:
+        i = header.index("val_acc")
+        val = [v for v in (num(r.split(",")[i]) for r in rows) if v is not None]
+    return last, val, len(rows)
+
+
 @dataclass
 class RunFiles:
-    """A resolved run folder and which of its files exist (each resolved under the root)."""
+    """A resolved run folder; its files are looked up once each (symlinks checked)."""
 
     id: str
     folder: Path
     root: Path
+    _found: dict[str, tuple[str, os.stat_result] | None] = field(default_factory=dict, repr=False)
 
-    def file(self, name: str) -> Path | None:
-        """The resolved path of ``name`` in the run folder, None if absent.
+    def lookup(self, name: str) -> tuple[str, os.stat_result] | None:
+        """``(path, stat)`` of the regular file ``name`` in the folder, None if absent.
 
         Raises ServeError (403) when the file is a symlink pointing out of the runs root.
         """
-        path = self.folder / name
-        if not os.path.lexists(path):
-            return None
-        real = path.resolve()
-        if not real.is_relative_to(self.root):
-            raise ServeError(f"{self.id}/{name}: points outside the runs root", 403)
-        return real if real.is_file() else None
+        if name in self._found:
+            return self._found[name]
+        path = os.path.join(self.folder, name)
+        found = None
+        try:
+            st = os.lstat(path)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):  # the folder is resolved: links only
+            real = Path(path).resolve()
+            if not real.is_relative_to(self.root):
+                raise ServeError(f"{self.id}/{name}: points outside the runs root", 403)
+            if real.is_file():
+                found = (str(real), real.stat())
+        elif st is not None and stat.S_ISREG(st.st_mode):
+            found = (path, st)
+        self._found[name] = found
+        return found
+
+    def file(self, name: str) -> Path | None:
+        """The resolved path of ``name`` in the run folder, None if absent (see lookup)."""
+        found = self.lookup(name)
+        return None if found is None else Path(found[0])
 
     def read_text(self, name: str) -> str | None:
-        path = self.file(name)
-        if path is None:
+        found = self.lookup(name)
+        if found is None:
             return None
-        with open(path, "rb") as f:
+        with open(found[0], "rb") as f:
             data = f.read(MAX_TEXT_BYTES + 1)
         if len(data) > MAX_TEXT_BYTES:
             raise ServeError(f"{self.id}/{name}: larger than {MAX_TEXT_BYTES} bytes", 413)
@@ -291,15 +346,9 @@ def build_summary(run: RunFiles) -> dict[str, Any]:
     except ServeError as exc:
         settings, error = {}, str(exc)
     metrics = read_metrics(run)
-    text = run.read_text("history.csv") or ""
-    hist = parse_history(text)
-    last = {k: v[-1] for k, v in hist.items() if v}
-    val = [v for v in hist.get("val_acc", []) if v is not None]
-    mtimes = []
-    for name in RUN_FILES:
-        path = run.file(name)
-        if path is not None:
-            mtimes.append(path.stat().st_mtime)
+    last, val, n_rows = history_tail(run.read_text("history.csv") or "")
+    found = [run.lookup(name) for name in RUN_FILES]
+    mtimes = [f[1].st_mtime for f in found if f is not None]
     m = metrics or {}
     out: dict[str, Any] = {
         "id": run.id,
@@ -313,12 +362,12 @@ def build_summary(run: RunFiles) -> dict[str, Any]:
         "epochs": _finite(m.get("epochs", last.get("epoch"))),
         "steps": _finite(m.get("steps", last.get("step"))),
         "seconds": _finite(m.get("seconds", last.get("time"))),
-        "n_evals": len(next(iter(hist.values()), [])),
+        "n_evals": n_rows,
         "stop_reason": m.get("stop_reason"),
         "early_stopped": bool(m.get("early_stopped", False)),
         "interrupted": bool(m.get("interrupted", False)),
         "has_metrics": metrics is not None,
-        "has_checkpoint": run.file("checkpoint.npz") is not None,
+        "has_checkpoint": found[3] is not None,
         "updated": max(mtimes) if mtimes else None,
         "error": error,
     }
