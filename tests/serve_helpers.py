@@ -52,7 +52,7 @@ def write_synthetic_runs(root: Path, n: int, evals: int = 20, seed: int = 0) -> 
             f"seed = {i}\nhidden = [64]\n"
         )
         t = np.arange(1, evals + 1)
-        acc = 0.97 - 0.3 * np.exp(-t / rng.uniform(2, 6))
+        acc = rng.uniform(0.85, 0.98) - 0.3 * np.exp(-t / rng.uniform(2, 6))
         rows = [
             f"{k * 100},{k},{lr},{1 + 0.1 * k:.4f},{0.5 * k:.3f},{1 / k:.5f},{a:.5f},"
             f"{1.1 / k:.5f},{a - 0.01:.5f},{1.2 / k:.5f},{a - 0.015:.5f}"

@@ -353,6 +353,8 @@ async function loadConfusion(id, token) {
     const [t, p] = [td.dataset.t, td.dataset.p];
     const n = c.examples[`${t},${p}`].length;
     $("#examples").innerHTML = `<div><b>${n}</b> test image(s) of <b>${esc(c.classes[t])}</b> predicted as <b>${esc(c.classes[p])}</b>${n >= 48 ? " (first 48)" : ""}</div><img alt="misclassified examples" src="/api/run/examples.png?id=${enc(id)}&true=${t}&pred=${p}">`;
+    const img = $("#examples img");
+    img.addEventListener("load", () => { img.style.width = `${2 * img.naturalWidth}px`; });
   });
 }
 
