@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import socket
 import statistics
 import sys
@@ -105,6 +105,7 @@ def main() -> None:
     import httpx
     from threadpoolctl import threadpool_limits
 
+    from digitlab.report.document import cpu_model
     from digitlab.serve.runs import RunIndex
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -114,7 +115,11 @@ def main() -> None:
     args = p.parse_args()
     threadpool_limits(args.threads)
     results: dict[str, object] = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads}
+        "machine": {
+            "cpu": cpu_model(),
+            "threads": args.threads,
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        }
     }
     with tempfile.TemporaryDirectory() as tmp:
         runs_1000 = Path(tmp) / "many"
