@@ -50,9 +50,9 @@ class LoadedModel:
     def kind(self) -> str:
         return str(self.model.kind)
 
-    def features(self, pixels01: np.ndarray) -> np.ndarray:
-        """Model features (n, d[+1]) of images (n, h, w) with values in [0, 1]."""
-        return self.prep.transform(np.asarray(pixels01, dtype=np.float32) * np.float32(255.0))
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """Model features (n, d[+1]) of uint8 images (n, h, w) in the training format."""
+        return self.prep.transform(images)
 
     def probabilities(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (n, k) of features X (n, d[+1]); k = 2 for logistic."""
@@ -330,8 +330,9 @@ def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
                 inputs[lm.image_shape] = to_model_input(image, shape=lm.image_shape)
             except DigitlabError as exc:
                 raise ServeError(f"cannot preprocess the image: {exc}", 422) from None
-        x = inputs[lm.image_shape]
-        X = lm.features(x[None])
+        # the training format, uint8 ink bright, exactly as `digitlab predict` feeds the model
+        pixels = np.rint(inputs[lm.image_shape] * 255.0).astype(np.uint8)
+        X = lm.features(pixels[None])
         p = lm.probabilities(X)[0].astype(np.float64)
         pred = int(lm.model.predict(X)[0])
         item: dict[str, Any] = {
@@ -347,7 +348,7 @@ def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
         }
         if lm.kind in ("logistic", "softmax"):
             W = lm.model.params["W"].astype(np.float64)
-            d = x.size
+            d = pixels.size
             contrib = (W[:d] * X[0, :d, None]).T  # (m, d)
             bias = W[d:].sum(axis=0) * float(X[0, d:].sum()) if W.shape[0] > d else 0.0
             if "b" in lm.model.params:
@@ -356,10 +357,10 @@ def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
             item["evidence_titles"] = weight_titles(lm)
             item["evidence_bias"] = np.round(np.atleast_1d(bias), 5).tolist()
         results.append(item)
-    first = inputs[loaded[0].image_shape]
+    first = np.rint(inputs[loaded[0].image_shape] * 255.0) / 255.0
     return {
         "shape": list(first.shape),
-        "image": np.round(first.astype(np.float64), 4).tolist(),
+        "image": np.round(first, 4).tolist(),
         "models": results,
         "ms": (time.perf_counter() - t0) * 1e3,
     }
