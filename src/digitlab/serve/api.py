@@ -189,7 +189,8 @@ def compare(index: RunIndex, ids: list[str]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- confusion
 class DataCache:
-    """The last prepared dataset (a run's splits), keyed by the settings that define it."""
+    """The last prepared dataset (a run's splits), keyed by the settings that define it, and
+    the confusion records computed from it, keyed by checkpoint."""
 
     KEYS = ("dataset", "data_root", "split", "n_train", "n_test", "holdout", "holdout_mode",
             "classes", "preprocess", "bias_column", "seed")  # fmt: skip
@@ -199,6 +200,17 @@ class DataCache:
         self._data: Any = None
         self._lock = threading.Lock()
         self._confusions: OrderedDict[tuple[str, int, int], dict[str, Any]] = OrderedDict()
+
+    def confusion(self, key: tuple[str, int, int]) -> dict[str, Any] | None:
+        """A confusion record computed before for the checkpoint ``key`` (path, mtime, size)."""
+        with self._lock:
+            return self._confusions.get(key)
+
+    def keep_confusion(self, key: tuple[str, int, int], record: dict[str, Any]) -> None:
+        with self._lock:
+            self._confusions[key] = record
+            while len(self._confusions) > 32:
+                self._confusions.popitem(last=False)
 
     def get(self, settings: dict[str, Any]) -> Any:
         from digitlab.runner import Settings, prepare_data
@@ -228,9 +240,9 @@ def confusion(
     assert path is not None  # models.get checked it
     st = path.stat()
     ckey = (str(path), st.st_mtime_ns, st.st_size)
-    with data._lock:
-        if ckey in data._confusions:
-            return data._confusions[ckey]
+    cached = data.confusion(ckey)
+    if cached is not None:
+        return cached
     settings = loaded.meta.get("extra", {}).get("settings", {})
     try:
         prepared = data.get(settings)
@@ -260,10 +272,7 @@ def confusion(
         "source": f"checkpoint on {len(y)} test images ({prepared.dataset.name})",
         "error": None,
     }
-    with data._lock:
-        data._confusions[ckey] = out
-        while len(data._confusions) > 32:
-            data._confusions.popitem(last=False)
+    data.keep_confusion(ckey, out)
     return out
 
 

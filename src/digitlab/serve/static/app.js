@@ -199,6 +199,8 @@ async function refreshRuns(token) {
   try {
     const data = await getJSON("/api/runs");
     if (token !== routeToken) return;
+    const key = (runs) => runs.map((r) => `${r.id}|${r.status}|${r.updated}|${r.n_evals}`).join("\n");
+    if (key(data.runs) === key(runsState.runs)) return; // nothing changed: keep the table as it is
     for (const r of data.runs) r._text = [r.id, r.experiment, r.member, modelName(r.settings), r.settings.dataset, r.status, optimizerName(r.settings)].join(" ").toLowerCase();
     runsState.runs = data.runs;
     renderRunRows();
