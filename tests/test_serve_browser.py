@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_helpers import train_runs, write_synthetic_runs
+from serve_helpers import draw_digit, train_runs, write_synthetic_runs
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -181,6 +181,12 @@ def test_draw_one_and_zero_gives_the_class_of_digitlab_predict(
     wait(driver, lambda d: predicted(d) == "0", f"expected 0, page says {predicted(driver)!r}")
     (images / "b-zero.png").write_bytes(canvas_png(driver))
     screenshot(driver, artifacts / "draw-0.png")
+
+    # an image file instead of a drawing (the file input; dropping a file takes the same path)
+    upload = tmp_path / "photo-of-a-one.png"
+    upload.write_bytes(draw_digit(1, size=500))
+    driver.find_element(By.ID, "file").send_keys(str(upload))
+    wait(driver, lambda d: predicted(d) == "1", f"expected 1, page says {predicted(driver)!r}")
     assert js_errors(driver) == []
 
     # the same images through `digitlab predict`
