@@ -283,6 +283,8 @@ def test_a_run_in_progress_updates_live(driver, trained, tmp_path, artifacts) ->
             lambda d: d.find_element(By.CSS_SELECTOR, sel).get_attribute("d").count("L") == 4,
             "the curve did not grow",
         )
+        stats = driver.find_element(By.ID, "run-stats").text
+        assert "5\nevaluations" in stats
         screenshot(driver, artifacts / "live.png")
         shutil.copy(src / "metrics.json", run)
         wait(

@@ -156,10 +156,11 @@ def run_detail(index: RunIndex, models: ModelCache, run_id: str | None) -> dict[
 
 
 def run_history(index: RunIndex, run_id: str | None) -> dict[str, Any]:
-    """``{"id", "status", "columns": {name: [value | None, ...]}}`` of a run's history."""
+    """``{"id", "status", "summary", "columns": {name: [value | None, ...]}}`` of a run."""
     run = index.resolve(run_id)
     summary = index.summary(run)
-    return {"id": run.id, "status": summary["status"], "columns": index.history(run)}
+    columns = index.history(run)
+    return {"id": run.id, "status": summary["status"], "summary": summary, "columns": columns}
 
 
 def weights_png(index: RunIndex, models: ModelCache, run_id: str | None, unit: int) -> bytes:

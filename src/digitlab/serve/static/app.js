@@ -319,6 +319,7 @@ async function followRun(id, token, lastStatus) {
     if (token !== routeToken) return;
     drawRunCharts(hist.columns);
     $("#run-status").innerHTML = badge(hist.status);
+    $("#run-stats").innerHTML = runStats(hist.summary);
     if (hist.status !== "running") { route(); return; } // finished: reload weights, confusion, metrics
   } catch (e) { /* keep polling: the run may be between two writes */ }
   if (token === routeToken) pollTimer = setTimeout(() => followRun(id, token, lastStatus), 2000);
