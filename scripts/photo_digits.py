@@ -6,13 +6,14 @@ noise, dark or coloured ink (sometimes chalk on a board), random scale, offset a
 rotation, a light gradient and vignette, blur, sensor noise, saved as JPEG at a random quality
 or as PNG. Labels go to ``labels.csv`` (``file,label``) next to the images.
 
-    python scripts/photo_digits.py make OUT_DIR [--n 300] [--seed 0] [--data-root DIR]
+    python scripts/photo_digits.py make OUT_DIR [--n 300] [--seed 0] [--dataset mnist]
     digitlab predict CHECKPOINT OUT_DIR -o pred.csv
     python scripts/photo_digits.py score OUT_DIR/labels.csv pred.csv
     python scripts/photo_digits.py baseline CHECKPOINT OUT_DIR   # plain resize, for contrast
 
-``make`` takes the full MNIST test set when it is found (``DIGITLAB_DATA`` or ``--data-root``),
-else the test part of the embedded sample (``mnist-5k``).
+``make`` takes the MNIST test set (found as ``digitlab`` finds it: ``DIGITLAB_DATA``,
+``--data-root``, ...; the test part of the embedded sample when the full set is missing, or
+with ``--dataset mnist-5k``).
 """
 
 from __future__ import annotations
@@ -149,10 +150,10 @@ def score(labels_csv: Path, pred_csv: Path) -> tuple[int, int]:
     return sum(pred[k] == v for k, v in truth.items()), len(truth)
 
 
-def _test_digits(data_root: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+def _test_digits(dataset: str, data_root: str | None) -> tuple[np.ndarray, np.ndarray, str]:
     from digitlab.data import load
 
-    ds = load("mnist", root=data_root) if data_root else load("mnist")
+    ds = load(dataset, root=data_root)
     return ds.x_test, ds.y_test, ds.name
 
 
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("out")
     m.add_argument("--n", type=int, default=300)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--dataset", default="mnist", help="mnist (default) or mnist-5k")
     m.add_argument("--data-root", default=None)
     s = sub.add_parser("score", help="accuracy of a predict CSV")
     s.add_argument("labels")
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("folder")
     a = p.parse_args(argv)
     if a.cmd == "make":
-        x, y, name = _test_digits(a.data_root)
+        x, y, name = _test_digits(a.dataset, a.data_root)
         rows = make_set(x, y, Path(a.out), a.n, a.seed)
         print(f"wrote {len(rows)} images from the {name} test set to {a.out}")
     elif a.cmd == "score":

@@ -101,7 +101,7 @@ def test_predict_idx_csv_and_png_folder(tmp_path):
         matplotlib.image.imsave(folder / f"{i:02d}.png", img, cmap="gray", vmin=0, vmax=255)
     for src in (tmp_path / "imgs.idx3.gz", folder):
         out = tmp_path / "pred.csv"
-        assert main(["predict", str(ck), str(src), "-o", str(out)]) == 0
+        assert main(["predict", str(ck), str(src), "--raw", "--kaggle", "-o", str(out)]) == 0
         rows = list(csv.reader(out.open()))
         assert rows[0] == ["Id", "Category"]
         assert [r[0] for r in rows[1:]] == [str(i) for i in range(1, 8)]

@@ -251,46 +251,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_inputs(path: Path) -> np.ndarray:
-    """Images (n, h, w) uint8 from an IDX file, a Kaggle-style CSV or a folder of PNGs."""
-    from digitlab.data import read_csv, read_idx, read_image_folder
-    from digitlab.errors import DataError, DatasetNotFoundError
-
-    if not path.exists():
-        raise DatasetNotFoundError(f"{path}: no such file or folder")
-    if path.is_dir():
-        return read_image_folder(path)[0]
-    if path.suffix.lower() == ".csv" or path.name.lower().endswith(".csv.gz"):
-        return read_csv(path)[0]
-    images = read_idx(path)
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise DataError(
-            f"{path}: expected uint8 images (n, h, w), got {images.dtype} {images.shape}"
-        )
-    return images
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    from digitlab.checkpoint import atomic_write_bytes
-    from digitlab.errors import DataError
-    from digitlab.runner import load_run_checkpoint
+    from digitlab.errors import ConfigError
+    from digitlab.predict import contact_sheet, kaggle_csv, predict, predictions_csv, write_text
 
-    model, prep, meta = load_run_checkpoint(args.checkpoint)
-    extra = meta["extra"]
-    images = read_inputs(Path(args.input))
-    if list(images.shape[1:]) != list(extra["image_shape"]):
-        raise DataError(
-            f"{args.input}: images are {images.shape[1]}x{images.shape[2]}, the model was "
-            f"trained on {extra['image_shape'][0]}x{extra['image_shape'][1]}"
-        )
-    pred = model.predict(prep.transform(images))
-    if args.names:
-        cats = [extra["classes"][int(p)] for p in pred]
+    if args.kaggle and args.proba:
+        raise ConfigError("--proba adds columns to the default CSV; a --kaggle file has none")
+    pred = predict(args.checkpoint, args.inputs, raw=args.raw)
+    if args.kaggle:
+        offset = pred.label_offset
+        cats = pred.predicted if args.names else [str(int(i) + offset) for i in pred.labels]
+        text = kaggle_csv(cats)
     else:
-        cats = [str(int(p) + int(extra.get("label_offset", 0))) for p in pred]
-    text = "Id,Category\n" + "".join(f"{i},{c}\n" for i, c in enumerate(cats, start=1))
-    atomic_write_bytes(args.output, lambda f: f.write(text.encode()))
-    out(f"wrote {len(cats)} predictions to {args.output}")
+        text = predictions_csv(pred, proba=args.proba)
+    note = sys.stderr if args.output == "-" else sys.stdout
+    if args.contact_sheet:
+        contact_sheet(pred.inputs, pred.predicted, args.contact_sheet)
+    if args.output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_text(args.output, text)
+        print(f"wrote {len(pred.names)} predictions to {args.output}", file=note, flush=True)
+    if args.contact_sheet:
+        print(f"wrote what the model saw to {args.contact_sheet}", file=note, flush=True)
     return 0
 
 
@@ -494,11 +478,40 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", default=None)
     e.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="predict classes of images; writes Id,Category CSV")
+    pr = sub.add_parser("predict", help="predict the classes of images (files, folders, IDX, CSV)")
     pr.add_argument("checkpoint")
-    pr.add_argument("input", help="IDX file, Kaggle-style CSV, or a folder of PNG images")
-    pr.add_argument("-o", "--output", required=True)
-    pr.add_argument("--names", action="store_true", help="write class names, not label numbers")
+    pr.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="input",
+        help="image files (PNG, JPEG, BMP, TIFF, GIF, WebP) or folders of them, fitted "
+        "the MNIST way; IDX or Kaggle-style CSV files in the training format",
+    )
+    pr.add_argument(
+        "-o",
+        "--output",
+        default="-",
+        help="CSV file: file,class[,p_<class>...] (default: - for standard output)",
+    )
+    pr.add_argument(
+        "--raw",
+        action="store_true",
+        help="images are already in the training format (grey, the model's size, "
+        "ink bright): no MNIST-style fitting",
+    )
+    pr.add_argument("--proba", action="store_true", help="add a probability column per class")
+    pr.add_argument(
+        "--contact-sheet",
+        metavar="PNG",
+        default=None,
+        help="write a PNG grid of what the model saw, with the predicted classes",
+    )
+    pr.add_argument(
+        "--kaggle",
+        action="store_true",
+        help="write a Kaggle submission (Id,Category; label numbers) instead",
+    )
+    pr.add_argument("--names", action="store_true", help="with --kaggle: class names, not numbers")
     pr.set_defaults(func=cmd_predict)
 
     g = sub.add_parser("gradcheck", help="central-difference gradient check on real images")
