@@ -54,13 +54,6 @@ class LoadedModel:
         """Model features (n, d[+1]) of uint8 images (n, h, w) in the training format."""
         return self.prep.transform(images)
 
-    def probabilities(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, k) of features X (n, d[+1]); k = 2 for logistic."""
-        p = self.model.forward(X)
-        if p.ndim == 1:  # logistic: P(label 1)
-            p = np.stack([1.0 - p, p], axis=1)
-        return p
-
     def weights(self) -> np.ndarray | None:
         """First-layer weights on the pixels (h*w, m) (bias row dropped), None if absent."""
         W = self.model.params.get("W1" if self.kind == "mlp" else "W")
@@ -324,6 +317,7 @@ def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
     ``evidence_bias`` the per-class constant (bias) term.
     """
     from digitlab.data.images import to_model_input
+    from digitlab.predict import predict_arrays
 
     t0 = time.perf_counter()
     if not run_ids:
@@ -340,11 +334,10 @@ def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
                 inputs[lm.image_shape] = to_model_input(image, shape=lm.image_shape)
             except DigitlabError as exc:
                 raise ServeError(f"cannot preprocess the image: {exc}", 422) from None
-        # the training format, uint8 ink bright, exactly as `digitlab predict` feeds the model
+        # the training format, uint8 ink bright, and the same function as `digitlab predict`
         pixels = np.rint(inputs[lm.image_shape] * 255.0).astype(np.uint8)
-        X = lm.features(pixels[None])
-        p = lm.probabilities(X)[0].astype(np.float64)
-        pred = int(lm.model.predict(X)[0])
+        labels, proba = predict_arrays(lm.model, lm.prep, pixels[None])
+        p, pred = proba[0].astype(np.float64), int(labels[0])
         item: dict[str, Any] = {
             "id": run_id,
             "kind": lm.kind,
@@ -357,6 +350,7 @@ def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
             "evidence_bias": None,
         }
         if lm.kind in ("logistic", "softmax"):
+            X = lm.features(pixels[None])
             W = lm.model.params["W"].astype(np.float64)
             d = pixels.size
             contrib = (W[:d] * X[0, :d, None]).T  # (m, d)
