@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from serve_helpers import draw_digit, train_runs, write_synthetic_runs
@@ -34,6 +35,7 @@ if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the test extra)")
 uvicorn = pytest.importorskip("uvicorn")
 
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.actions import interaction  # noqa: E402
 from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
@@ -103,7 +105,10 @@ def driver() -> Iterator[object]:
 
 
 def wait(drv, condition, message: str):
-    return WebDriverWait(drv, WAIT, poll_frequency=0.1).until(lambda d: condition(d), message)
+    """Wait for ``condition``; elements re-rendered meanwhile (live pages) are looked up again."""
+    return WebDriverWait(
+        drv, WAIT, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(lambda d: condition(d), message)
 
 
 def screenshot(drv, path: Path) -> None:
@@ -125,12 +130,19 @@ def choose_checkpoints(drv, ids: list[str]) -> None:
 
 
 def predicted(drv) -> str:
-    labels = drv.find_elements(By.CSS_SELECTOR, "#results .pred")
-    return labels[0].get_attribute("data-label") if labels else ""
+    """The first checkpoint's predicted class on the page ("" before any), read atomically."""
+    return drv.execute_script(
+        "const e = document.querySelector('#results .pred'); return e ? e.dataset.label : ''"
+    )
 
 
-def canvas_png(drv) -> bytes:
-    url = drv.execute_script("return document.getElementById('pad').toDataURL('image/png')")
+def uploaded_png(drv) -> bytes:
+    """The image the page sent with its last prediction request."""
+    url = drv.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "const r = new FileReader(); r.onload = () => done(r.result);"
+        "r.readAsDataURL(window.digitlabLastUpload);"
+    )
     return base64.b64decode(url.split(",", 1)[1])
 
 
@@ -161,7 +173,13 @@ def test_draw_one_and_zero_gives_the_class_of_digitlab_predict(
     screenshot(driver, artifacts / "draw-1.png")
     images = tmp_path / "drawn"
     images.mkdir()
-    (images / "a-one.png").write_bytes(canvas_png(driver))
+    (images / "a-one.png").write_bytes(uploaded_png(driver))
+    from PIL import Image
+
+    with Image.open(images / "a-one.png") as sent:  # the page's own grey PNG encoder
+        assert (sent.format, sent.mode, sent.size) == ("PNG", "L", (140, 140))
+        ink = int((np.asarray(sent) < 128).sum())
+        assert 0 < ink < 140 * 140 // 4
 
     # "0" with a pen: a closed loop
     driver.find_element(By.ID, "clear").click()
@@ -179,7 +197,7 @@ def test_draw_one_and_zero_gives_the_class_of_digitlab_predict(
     actions.pointer_action.pointer_up()
     actions.perform()
     wait(driver, lambda d: predicted(d) == "0", f"expected 0, page says {predicted(driver)!r}")
-    (images / "b-zero.png").write_bytes(canvas_png(driver))
+    (images / "b-zero.png").write_bytes(uploaded_png(driver))
     screenshot(driver, artifacts / "draw-0.png")
 
     # an image file instead of a drawing (the file input; dropping a file takes the same path)
@@ -274,7 +292,7 @@ def test_a_run_in_progress_updates_live(driver, trained, tmp_path, artifacts) ->
         assert badge.text == "running"
         sel = "#chart-loss svg path.line"
         wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, sel), "no loss curve")
-        before = driver.find_element(By.CSS_SELECTOR, sel).get_attribute("d")
+        before = driver.execute_script(f"return document.querySelector('{sel}').getAttribute('d')")
         assert before.count("L") == 1  # two evaluations so far
         with open(run / "history.csv", "a") as f:
             f.write("".join(lines[3:]))
@@ -283,7 +301,7 @@ def test_a_run_in_progress_updates_live(driver, trained, tmp_path, artifacts) ->
             lambda d: d.find_element(By.CSS_SELECTOR, sel).get_attribute("d").count("L") == 4,
             "the curve did not grow",
         )
-        stats = driver.find_element(By.ID, "run-stats").text
+        stats = driver.execute_script("return document.getElementById('run-stats').innerText")
         assert "5\nevaluations" in stats
         screenshot(driver, artifacts / "live.png")
         shutil.copy(src / "metrics.json", run)
