@@ -67,11 +67,12 @@ def write_synthetic_runs(root: Path, n: int, evals: int = 20, seed: int = 0) -> 
     return ids
 
 
-def draw_digit(kind: int, size: int = 280) -> bytes:
-    """A PNG of a black-on-white hand-drawn-looking ``1`` or ``0`` (stroke 8% of the side)."""
+def draw_digit(kind: int, size: int = 280, mode: str = "RGB") -> bytes:
+    """A PNG of a black-on-white hand-drawn-looking ``1`` or ``0`` (stroke 8% of the side);
+    ``mode="L", size=140`` is what the draw page uploads."""
     from PIL import Image, ImageDraw
 
-    im = Image.new("RGB", (size, size), "white")
+    im = Image.new(mode, (size, size), "white")
     d = ImageDraw.Draw(im)
     s = size / 280
     width = round(22 * s)

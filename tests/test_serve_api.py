@@ -96,6 +96,23 @@ def test_new_running_failed_and_early_stopped_runs_are_picked_up(trained, tmp_pa
     }
 
 
+def test_scan_returns_the_same_list_until_a_run_changes(trained, tmp_path) -> None:
+    from digitlab.serve.runs import RunIndex
+
+    src = trained[0] / trained[1]["softmax"]
+    shutil.copytree(src, tmp_path / "runs" / "a")
+    index = RunIndex(tmp_path / "runs")
+    first = index.scan()
+    assert index.scan() is first
+    lines = (src / "history.csv").read_text().splitlines(keepends=True)
+    with open(tmp_path / "runs" / "a" / "history.csv", "a") as f:
+        f.write(lines[-1])
+    second = index.scan()
+    assert second is not first and second[0]["n_evals"] == first[0]["n_evals"] + 1
+    shutil.copytree(src, tmp_path / "runs" / "b")
+    assert [r["id"] for r in index.scan()] == ["a", "b"]
+
+
 def test_history_follows_a_growing_file_and_skips_a_half_written_row(trained, tmp_path) -> None:
     src = trained[0] / trained[1]["softmax"]
     run = tmp_path / "runs" / "live"

@@ -108,13 +108,6 @@ class ModelCache:
 
 
 # ---------------------------------------------------------------------------------- runs
-def runs_table(index: RunIndex) -> dict[str, Any]:
-    """``{"root", "runs": [summary, ...], "scan_ms"}`` (see ``build_summary``)."""
-    t0 = time.perf_counter()
-    runs = index.scan()
-    return {"root": str(index.root), "runs": runs, "scan_ms": (time.perf_counter() - t0) * 1e3}
-
-
 def weight_titles(loaded: LoadedModel) -> list[str]:
     """Titles of the weight images :func:`weights_png` draws, in order."""
     W = loaded.weights()

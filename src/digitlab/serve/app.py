@@ -2,7 +2,7 @@
 
 Endpoints (all GET unless noted; ``id`` is a run id, its path under the runs root):
 
-- ``/api/runs``: every run with its summary (see :func:`digitlab.serve.api.runs_table`);
+- ``/api/runs``: every run with its summary (see :func:`digitlab.serve.runs.build_summary`);
 - ``/api/run?id=``: one run's summary, full settings, metrics and weight-image titles;
 - ``/api/run/history?id=``: the columns of its ``history.csv`` (poll it to follow a run);
 - ``/api/run/weights.png?id=&unit=``: weight image ``unit``;
@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -60,12 +61,16 @@ def _clean(value: Any) -> Any:
 class JSON(JSONResponse):
     """Strict JSON (no NaN tokens: browsers' JSON.parse refuses them), compact."""
 
-    def render(self, content: Any) -> bytes:
+    @staticmethod
+    def dumps(content: Any) -> bytes:
         try:
             text = json.dumps(content, allow_nan=False, separators=(",", ":"))
         except ValueError:
             text = json.dumps(_clean(content), allow_nan=False, separators=(",", ":"))
         return text.encode()
+
+    def render(self, content: Any) -> bytes:
+        return self.dumps(content)
 
 
 class SecurityHeaders:
@@ -150,8 +155,17 @@ def create_app(runs: str | Path = "runs", allowed_hosts: list[str] | None = None
     async def home(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
 
+    last: list[Any] = [None, b""]  # the runs list last sent and its JSON body
+
     def runs_list(request: Request) -> Response:
-        return JSON(api.runs_table(index))
+        t0 = time.perf_counter()
+        runs = index.scan()
+        if runs is not last[0]:  # the index returns the same list when nothing changed
+            last[:] = [runs, JSON.dumps(runs)]
+        scan_ms = (time.perf_counter() - t0) * 1e3
+        root = JSON.dumps(str(index.root))
+        body = b'{"root":%s,"scan_ms":%.3f,"runs":%s}' % (root, scan_ms, last[1])
+        return Response(body, media_type="application/json")
 
     def run_one(request: Request) -> Response:
         return JSON(api.run_detail(index, models, request.query_params.get("id")))

@@ -172,6 +172,8 @@ class RunIndex:
         self._summaries: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._experiments: dict[str, tuple[int, dict[str, str]]] = {}
         self._histories: dict[str, tuple[tuple[int, int], dict[str, list[float | None]]]] = {}
+        self._generation = 0  # bumped whenever a cached listing, summary or label is rebuilt
+        self._last: tuple[Any, list[dict[str, Any]]] = (None, [])
 
     # ------------------------------------------------------------------ ids and paths
     def resolve(self, run_id: str | None) -> RunFiles:
@@ -214,10 +216,15 @@ class RunIndex:
                     is_run = True
         subdirs.sort()
         self._dirs[key] = (st.st_mtime_ns, subdirs, is_run)
+        self._generation += 1
         return subdirs, is_run, st.st_mtime_ns
 
     def scan(self) -> list[dict[str, Any]]:
-        """Summaries of every run under the root, sorted by id (see :meth:`summary`)."""
+        """Summaries of every run under the root, sorted by id (see :meth:`summary`).
+
+        When nothing changed since the last scan (no folder listing, run file or status), the
+        very same list object is returned, so callers may reuse what they made of it.
+        """
         with self._lock:
             if not self.root.is_dir():
                 return []
@@ -238,6 +245,10 @@ class RunIndex:
                     for name in reversed(subdirs):
                         stack.append((folder / name, f"{rel}/{name}" if rel else name, depth + 1))
             found.sort(key=lambda r: r["id"])
+            signature = (self._generation, [r["status"] for r in found])
+            if signature == self._last[0]:
+                return self._last[1]
+            self._last = (signature, found)
             return found
 
     def summary(self, run: RunFiles) -> dict[str, Any]:
@@ -263,6 +274,7 @@ class RunIndex:
         except (OSError, ValueError, KeyError, TypeError):
             labels = {}
         self._experiments[top] = (st.st_mtime_ns, labels)
+        self._generation += 1
         return labels
 
     def _summary(self, folder: Path, rel: str, dir_mtime: int) -> dict[str, Any]:
@@ -279,6 +291,7 @@ class RunIndex:
         else:
             out = build_summary(RunFiles(rel, folder, self.root))
             self._summaries[rel] = (key, out)
+            self._generation += 1
             out = dict(out)
         out["status"] = status_of(out, time.time())
         parts = rel.split("/")
