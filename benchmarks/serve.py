@@ -91,7 +91,8 @@ def browser_render(url: str) -> dict[str, float] | None:
                 drv.execute_script(
                     "const api = performance.getEntriesByType('resource')"
                     ".find(e => e.name.endsWith('/api/runs'));"
-                    "return [performance.now(), +document.body.dataset.runsRenderMs,"
+                    "const b = document.body.dataset;"
+                    "return [+b.runsShownAt, +b.runsRenderMs,"
                     " document.querySelectorAll('#runs-table tbody tr').length,"
                     " api.startTime, api.responseEnd - api.startTime]"
                 )

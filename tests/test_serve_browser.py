@@ -324,7 +324,8 @@ def test_a_thousand_runs_render(driver, tmp_path, artifacts) -> None:
         )
         timing = driver.execute_script(
             "return {table_ms: +document.body.dataset.runsRenderMs, since_navigation_ms: "
-            "performance.now(), rows: document.querySelectorAll('#runs-table tbody tr').length}"
+            "+document.body.dataset.runsShownAt,"
+            " rows: document.querySelectorAll('#runs-table tbody tr').length}"
         )
         assert timing["rows"] == 1000
         (artifacts / "runs-1000-timing.json").write_text(json.dumps(timing, indent=1))

@@ -191,6 +191,7 @@ async function showRuns(token) {
   });
   renderRunRows();
   document.body.dataset.runsRenderMs = (performance.now() - t0).toFixed(1);
+  document.body.dataset.runsShownAt = performance.now().toFixed(1); // ms since navigation
   pollTimer = setTimeout(() => refreshRuns(token), 5000);
 }
 
