@@ -230,6 +230,13 @@ def test_run_page_draws_curves_weights_and_confusion(driver, base_url, trained, 
         ),
         "weight images did not load",
     )
+    ActionChains(driver).move_to_element(
+        driver.find_element(By.CSS_SELECTOR, "#chart-acc svg")
+    ).perform()
+    tip = driver.find_element(By.ID, "tooltip")
+    wait(driver, lambda d: tip.is_displayed() and "validation" in tip.text, "no hover read-out")
+    assert tip.text.startswith("epoch ")
+    driver.save_screenshot(str(artifacts / "run-hover.png"))
     cell = wait(
         driver, lambda d: d.find_element(By.CSS_SELECTOR, "#confusion-table td.off"), "no cell"
     )

@@ -49,6 +49,34 @@ function niceTicks(lo, hi, n) {
   return out;
 }
 
+// Charts drawn so far (for the hover read-out); emptied when the page changes.
+const CHARTS = [];
+
+// Hovering a chart shows the values of every series at the nearest evaluation.
+document.addEventListener("mousemove", (e) => {
+  const tip = $("#tooltip");
+  const svg = e.target.closest && e.target.closest("svg.chart");
+  if (!svg || !CHARTS[+svg.dataset.chart]) { tip.hidden = true; return; }
+  const c = CHARTS[+svg.dataset.chart];
+  const r = svg.getBoundingClientRect();
+  const px = ((e.clientX - r.left) / r.width) * c.W;
+  const x = c.x0 + ((px - c.m.l) / (c.W - c.m.l - c.m.r)) * (c.x1 - c.x0);
+  const lines = [];
+  let at = null;
+  for (const s of c.series) {
+    let best = -1;
+    s.xs.forEach((v, i) => { if (v != null && s.ys[i] != null && (best < 0 || Math.abs(v - x) < Math.abs(s.xs[best] - x))) best = i; });
+    if (best < 0) continue;
+    at = at ?? s.xs[best];
+    lines.push(`<span style="color:${s.color}">■</span> ${esc(s.name)}: ${esc(c.yfmt(s.ys[best]))}`);
+  }
+  if (!lines.length) { tip.hidden = true; return; }
+  tip.innerHTML = `<b>${esc(c.xlabel)} ${esc(fmt.num(at, 4))}</b><br>${lines.join("<br>")}`;
+  tip.style.left = `${e.clientX + 14}px`;
+  tip.style.top = `${e.clientY + 14}px`;
+  tip.hidden = false;
+});
+
 // series: [{name, color, dash, xs, ys}]; returns an SVG string (empty-state text if no data).
 function lineChart(series, opts = {}) {
   const W = opts.width || 600, H = opts.height || 270;
@@ -65,7 +93,8 @@ function lineChart(series, opts = {}) {
   const X = (x) => m.l + ((x - x0) / (x1 - x0)) * (W - m.l - m.r);
   const Y = (y) => H - m.b - ((y - y0) / (y1 - y0)) * (H - m.t - m.b);
   const yfmt = opts.yfmt || ((v) => fmt.num(v, 3));
-  let g = `<svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(opts.ylabel || "")}">`;
+  const chartId = CHARTS.push({ series, X, x0, x1, W, m, yfmt, xlabel: opts.xlabel || "x" }) - 1;
+  let g = `<svg class="chart" data-chart="${chartId}" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(opts.ylabel || "")}">`;
   g += `<g class="grid">`;
   const yt = niceTicks(y0, y1, 5), xt = niceTicks(x0, x1, 6);
   for (const t of yt) g += `<line x1="${m.l}" x2="${W - m.r}" y1="${Y(t)}" y2="${Y(t)}"/>`;
@@ -103,6 +132,7 @@ function xAxis(cols) {
 // ------------------------------------------------------------------------------ router
 function route() {
   clearTimeout(pollTimer);
+  CHARTS.length = 0;
   routeToken += 1;
   const [path, query] = location.hash.replace(/^#/, "").split("?");
   const params = new URLSearchParams(query || "");
@@ -267,6 +297,7 @@ function runStats(d) {
 }
 
 function drawRunCharts(cols) {
+  CHARTS.length = 0; // the run page's four charts are redrawn together
   const [xs, xlabel] = xAxis(cols);
   const split = (metric) => Object.keys(SPLITS).filter((s) => cols[`${s}_${metric}`])
     .map((s) => ({ name: s === "val" ? "validation" : s, color: SPLITS[s], xs, ys: cols[`${s}_${metric}`] }));
