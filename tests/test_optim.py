@@ -226,3 +226,53 @@ def test_lbfgs_without_penalty_converges_on_digits():
     X = Preprocessor("scale01").fit_transform(data.x_train)
     res = lbfgs(SoftmaxModel(784, 10), X, data.y_train, max_iter=500)
     assert res.grad_norm < 1e-3, res.message
+
+
+# ---------------------------------------------------------------- the Optimizer protocol
+def test_registry_classes_follow_the_protocol():
+    from digitlab.optim import OPTIMIZERS, Optimizer
+    from digitlab.optim.base import HYPERPARAMETER_RANGES
+
+    assert "sgd" in OPTIMIZERS and OPTIMIZERS["sgd"] is SGD
+    for name, cls in OPTIMIZERS.items():
+        assert cls.name == name
+        assert set(cls.hyperparameters) <= set(HYPERPARAMETER_RANGES)
+        assert isinstance(cls.supports_rank1, bool)
+        opt = cls(**cls.hyperparameters)
+        assert isinstance(opt, Optimizer)
+        assert opt.config() == {"name": name, **cls.hyperparameters}
+        for v in opt.state_dict().values():
+            assert isinstance(v, np.ndarray)
+
+
+def test_make_optimizer_round_trip_and_errors():
+    from digitlab.optim import make_optimizer
+
+    opt = make_optimizer({"name": "sgd", "momentum": 0.5})
+    assert isinstance(opt, SGD) and opt.momentum == 0.5
+    assert make_optimizer(opt.config()).config() == opt.config()
+    assert make_optimizer({}).config() == {"name": "sgd", "momentum": 0.0}
+    with pytest.raises(ConfigError, match="unknown optimizer 'lion'"):
+        make_optimizer({"name": "lion"})
+    with pytest.raises(ConfigError, match="no hyperparameter 'beta1'"):
+        make_optimizer({"name": "sgd", "beta1": 0.9})
+    with pytest.raises(ConfigError, match="momentum must be a number"):
+        make_optimizer({"name": "sgd", "momentum": "x"})
+    with pytest.raises(ConfigError, match="mapping"):
+        make_optimizer(["sgd"])  # type: ignore[arg-type]
+
+
+def test_trainer_fast_path_keyed_on_declared_capability():
+    from digitlab.train import Trainer
+
+    model = SoftmaxModel(4, 3, rng=0)
+
+    class Spy(SGD):  # replaces step: no rank-1 capability unless declared
+        def step(self, params, grads, lr):
+            assert not any(type(g).__name__ == "LinearGrad" for g in grads.values())
+            super().step(params, grads, lr)
+
+    assert SGD.supports_rank1 and not Spy.supports_rank1
+    fast = Trainer(model, optimizer=SGD(), batch_size=1)._gradient_function_for(1)
+    slow = Trainer(model, optimizer=Spy(), batch_size=1)._gradient_function_for(1)
+    assert fast == model.loss_and_grad_factored and slow == model.loss_and_grad

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from digitlab.train import (
     EarlyStopping,
     History,
     Trainer,
+    evaluate,
     resolve_batch_size,
     resolve_eval_every,
 )
@@ -399,3 +401,142 @@ def test_finite_check_has_no_false_alarm_on_huge_finite_values():
     X[5, 2] = np.nan
     with pytest.raises(Exception, match="NaN or inf"):
         Trainer(SoftmaxModel(8, 3)).fit((X, y), steps=1)
+
+
+# ---------------------------------------------------------------- continue training
+def test_continue_fit_equals_one_longer_fit():
+    X, y = _data(n=120)
+    val = _data(n=30, seed=1)
+
+    def make():  # momentum, an annealed rate, augmentation: all state must carry on
+        trainer = _make_trainer()
+        trainer.callbacks[1].restore_best = False  # else each call ends at its best weights
+        return trainer
+
+    one = make()
+    one.fit((X, y), val, steps=20)
+    parts = make()
+    parts.continue_fit((X, y), val, steps=7)  # mid-epoch (8 steps per epoch)
+    parts.continue_fit((X, y), val, epochs=1)
+    parts.continue_fit((X, y), val, steps=5)
+    assert parts.step == one.step == 20 and parts.epoch == one.epoch == 2
+    for k in one.model.params:
+        np.testing.assert_array_equal(parts.model.params[k], one.model.params[k])
+    strip = [{**r, "time": 0} for r in one.history.records]
+    assert [{**r, "time": 0} for r in parts.history.records] == strip
+
+
+def test_continue_fit_callbacks_apply_to_that_call_only():
+    X, y = _data(n=40)
+    seen = []
+
+    class Count(Callback):
+        def on_step_end(self, trainer, loss):
+            seen.append(trainer.step)
+
+    trainer = Trainer(SoftmaxModel(8, 3), schedule=0.1, batch_size=10, rng=0)
+    cb = Count()
+    trainer.continue_fit((X, y), epochs=1, callbacks=[cb])
+    assert cb not in trainer.callbacks
+    trainer.continue_fit((X[:20], y[:20]), epochs=2)  # new data: 2 steps per epoch
+    assert seen == [1, 2, 3, 4] and trainer.step == 8 and trainer.epoch == 3
+    for bad in ({}, {"epochs": 1, "steps": 2}, {"steps": -1}, {"epochs": 1.5}):
+        with pytest.raises(ConfigError):
+            trainer.continue_fit((X, y), **bad)
+
+
+def test_sample_weights_are_gathered_with_each_batch():
+    X, y = _data(n=120)
+
+    def run(w):
+        trainer = Trainer(
+            MLPModel(8, 3, hidden=(6,), rng=0), schedule=0.1, batch_size=16, eval_every=4, rng=0
+        )
+        trainer.fit((X, y), epochs=2, sample_weight=w)
+        return trainer
+
+    plain, const = run(None), run(np.full(120, 3.0))
+    for k in plain.model.params:  # w / mean(w) = 1: the unweighted run, to float rounding
+        np.testing.assert_allclose(
+            const.model.params[k], plain.model.params[k], rtol=2e-5, atol=1e-6
+        )
+    w = np.where(y == 0, 5.0, 0.5)
+    weighted = run(w)
+    assert not np.allclose(weighted.model.params["W1"], plain.model.params["W1"], atol=1e-3)
+    rec = weighted.history.records[-1]
+    expected = evaluate(weighted.model, X, y, w.astype(np.float32))
+    assert rec["train_loss"] == expected["loss"] and rec["train_acc"] == expected["acc"]
+    assert expected["loss"] != evaluate(weighted.model, X, y)["loss"]
+    with pytest.raises(Exception, match="sums to 0"):
+        run(np.zeros(120))
+
+
+# ---------------------------------------------------------------- issue 10: numerics, resume
+def test_divergence_on_the_last_step_is_caught(tmp_path):
+    X, y = _data(n=40)
+    ck = Checkpoint(tmp_path / "ck.npz")
+    trainer = Trainer(SoftmaxModel(8, 3, init="normal", rng=0), schedule=math.inf, callbacks=[ck])
+    with pytest.raises(DivergenceError, match="step 1"):
+        trainer.fit((X, y), epochs=1)  # one full-batch step: its loss was finite
+    assert trainer.diverged and not (tmp_path / "ck.npz").exists()
+
+
+def test_a_checkpoint_is_never_skipped_silently(tmp_path):
+    X, y = _data(n=40)
+    ck = Checkpoint(tmp_path / "ck.npz", every=1)
+    trainer = Trainer(SoftmaxModel(8, 3), schedule=0.1, batch_size=10, callbacks=[ck], rng=0)
+    trainer.fit((X, y), steps=2)
+    good = load_checkpoint(tmp_path / "ck.npz")[0]["model/W"].copy()
+    trainer.model.params["W"][0, 0] = np.nan
+    with pytest.raises(DivergenceError, match="not overwriting the last good checkpoint"):
+        ck.save(trainer)
+    assert trainer.diverged
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "ck.npz")[0]["model/W"], good)
+
+
+def _crash_trainer(callbacks=(), seed=0):
+    return Trainer(
+        MLPModel(8, 3, hidden=(6,), rng=seed),
+        optimizer=SGD(momentum=0.9),
+        schedule=0.3,
+        batch_size=8,
+        eval_every=10,
+        callbacks=[EarlyStopping("val_loss", patience=3), *callbacks],
+        rng=seed,
+    )
+
+
+def test_resume_after_a_crash_from_any_periodic_checkpoint_is_identical(tmp_path):
+    """kill -9 after a periodic checkpoint at an evaluation step (issue 10, item 1)."""
+    X, y = _data(n=120)
+    val = _data(n=40, seed=1)
+    val = (val[0], np.random.default_rng(3).permutation(val[1]))  # noisy: stops early
+    full = _crash_trainer([Checkpoint(tmp_path / "ck.npz", every=10, keep_steps=True)])
+    full.fit((X, y), val, epochs=30)
+    stopped_at = full.step
+    assert full.callbacks[1].stopped and stopped_at < 30 * 15  # early stopping fired
+    crash_points = sorted(int(p.stem.split("step")[1]) for p in tmp_path.glob("ck-step*.npz"))
+    assert crash_points[-1] == stopped_at and len(crash_points) >= 4
+    for at in crash_points:
+        arrays, meta = load_checkpoint(tmp_path / f"ck-step{at}.npz")
+        assert meta["progress"]["last_eval_step"] == at  # the evaluation is inside
+        resumed = _crash_trainer(seed=5)
+        resumed.load_state_dict(arrays, meta)
+        resumed.fit((X, y), val, epochs=30)
+        assert resumed.step == stopped_at, at
+        for k in full.model.params:
+            np.testing.assert_array_equal(resumed.model.params[k], full.model.params[k])
+        strip = [{**r, "time": 0} for r in full.history.records]
+        assert [{**r, "time": 0} for r in resumed.history.records] == strip, at
+        es, es_full = resumed.callbacks[1], full.callbacks[1]
+        assert (es.best, es.best_step, es.wait) == (es_full.best, es_full.best_step, es_full.wait)
+
+
+def test_wrong_shape_optimizer_state_is_refused_at_load(tmp_path):
+    X, y = _data(n=40)
+    trainer = _crash_trainer([Checkpoint(tmp_path / "ck.npz")])
+    trainer.fit((X, y), steps=3)
+    arrays, meta = load_checkpoint(tmp_path / "ck.npz")
+    arrays["optim/W1"] = np.zeros((2, 2), dtype=np.float32)
+    with pytest.raises(CheckpointError, match="optimizer state W1 has shape"):
+        _crash_trainer().load_state_dict(arrays, meta)

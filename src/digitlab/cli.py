@@ -371,9 +371,9 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     from digitlab.experiments import builtin_experiments
 
     rows = [
-        [e.name, e.seed, str(len(e.members)), e.section] for e in builtin_experiments().values()
+        [e.name, e.source, str(len(e.members)), e.section] for e in builtin_experiments().values()
     ]
-    out(table(rows, ["experiment", "seed", "runs", "section"]))
+    out(table(rows, ["experiment", "source", "runs", "section"]))
     return 0
 
 
@@ -387,7 +387,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     rows = []
     t_all = time.perf_counter()
     for exp in experiments:
-        out(f"== {exp.name} (seed {exp.seed}, {exp.section}): {len(exp.members)} run(s)")
+        out(f"== {exp.name} (source {exp.source}, {exp.section}): {len(exp.members)} run(s)")
 
         def done(member: Any, metrics: dict[str, Any], name: str = exp.name) -> None:
             accs = "  ".join(
@@ -402,10 +402,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             exp, args.out, n_jobs=args.jobs, scheduler=args.scheduler, overrides=overrides,
             on_done=done,
         )  # fmt: skip
-        for note in record["data"]["notes"]:
+        for note in record.data["notes"]:
             out(f"   {note}")
-        rows.append([exp.name, exp.seed, record["chosen"], f"{record['seconds']:.1f}"])
-    out("\n" + table(rows, ["experiment", "seed", "chosen run", "seconds"]))
+        rows.append([exp.name, exp.source, str(record.chosen), f"{record.seconds:.1f}"])
+    out("\n" + table(rows, ["experiment", "source", "chosen run", "seconds"]))
     out(f"total {time.perf_counter() - t_all:.1f} s; results in {args.out}/")
     if not args.no_report:
         return cmd_report(argparse.Namespace(runs=args.out))
@@ -413,9 +413,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from digitlab.report import write_report
+    from digitlab.report import write_report, write_run_report
 
-    html, md = write_report(Path(args.runs), redraw=getattr(args, "redraw", False))
+    if getattr(args, "run_dirs", None):
+        html, md = write_run_report(args.run_dirs, out=args.out)
+    else:
+        html, md = write_report(Path(args.runs), redraw=getattr(args, "redraw", False))
     out(f"report: {html} and {md}")
     return 0
 
@@ -545,8 +548,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-report", action="store_true", help="skip writing runs/report.html")
     rp.set_defaults(func=cmd_reproduce)
 
-    rr = sub.add_parser("report", help="redraw figures and runs/report.html from saved runs")
-    rr.add_argument("--runs", default="runs", help="runs root folder (default: runs)")
+    rr = sub.add_parser(
+        "report", help="report of run folders, or of the experiments under runs/ (no RUN_DIR)"
+    )
+    rr.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                    help="run folders (digitlab train, experiment members): one drawn in full, "
+                    "several compared")  # fmt: skip
+    rr.add_argument("-o", "--out", default=None,
+                    help="folder for a RUN_DIR report (default: the run folder; for several, "
+                    "report/ in their common parent)")  # fmt: skip
+    rr.add_argument("--runs", default="runs", help="experiments root folder (default: runs)")
     rr.add_argument(
         "--redraw", action="store_true", help="redraw every figure, not only stale ones"
     )

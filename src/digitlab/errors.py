@@ -40,6 +40,10 @@ class DivergenceError(DigitlabError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
 
 
+class ReportError(DigitlabError):
+    """Saved run data needed for a figure or the report is missing or malformed."""
+
+
 class ServeError(DigitlabError):
     """A request to ``digitlab serve`` names a missing run or a path outside the runs root,
     or sends an unreadable or oversized upload; ``status`` is the HTTP status to answer."""

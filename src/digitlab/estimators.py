@@ -17,7 +17,8 @@ fast path) and in float64 otherwise; ``solver="lbfgs"`` always computes in float
 
 from __future__ import annotations
 
-import math
+import functools
+import types
 import warnings
 from numbers import Integral, Real
 from string import Template
@@ -30,16 +31,48 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.metaestimators import available_if
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from digitlab.models import LogisticModel, MLPModel, Model, SoftmaxModel
-from digitlab.optim import SGD, Constant, InverseTime, lbfgs
-from digitlab.train import Callback, EarlyStopping, History, Trainer, evaluate, resolve_batch_size
+from digitlab.optim import OPTIMIZERS, Constant, InverseTime, Optimizer, lbfgs, make_optimizer
+from digitlab.train import Callback, EarlyStopping, History, Trainer, evaluate
 
 AUTO_BATCH = 200  # rows per mini-batch for batch_size="auto" (at most n)
 _DTYPES = [np.float64, np.float32]  # float32 input stays float32, anything else -> float64
+# solver -> batching: the plain update rule (registry "sgd") full-batch, in mini-batches or on
+# single samples drawn with replacement; every other registered update rule in mini-batches
+_BATCHING = {"gd": "full", "minibatch": "minibatch", "sgd": "single"}
+_RULES = tuple(name for name in OPTIMIZERS if name != "sgd")
+_GRADIENT_SOLVERS = (*_BATCHING, *_RULES)
+# estimator parameter (scikit-learn's name) -> optimiser hyperparameter (the registry's name)
+_HYPERPARAMETERS = {
+    "momentum": "momentum",
+    "beta_1": "beta1",
+    "beta_2": "beta2",
+    "epsilon": "eps",
+    "weight_decay": "weight_decay",
+}
+
+
+class _LossCurve(Callback):
+    """Each epoch's mean training objective over its batches (scikit-learn's ``loss_curve_``).
+
+    A step's objective (weighted mean loss of its batch plus the penalty, before the step)
+    counts by the batch's rows, as scikit-learn's ``MLPClassifier`` averages its batches.
+    """
+
+    def __init__(self) -> None:
+        self.curve: list[float] = []
+        self._sum, self._rows = 0.0, 0
+
+    def on_step_end(self, trainer: Trainer, loss: float) -> None:
+        self._sum += loss * trainer.batch_rows
+        self._rows += trainer.batch_rows
+        if trainer.pos == 0:  # the step ended an epoch
+            self.curve.append(self._sum / self._rows)
+            self._sum, self._rows = 0.0, 0
 
 
 class _Verbose(Callback):
@@ -51,11 +84,27 @@ class _Verbose(Callback):
         print(f"epoch {trainer.epoch}: " + ", ".join(parts))
 
 
-def _iterative_solver(estimator: _DigitlabClassifier) -> bool:
-    """``partial_fit`` exists only for the gradient solvers."""
-    if estimator.solver == "lbfgs":
-        raise AttributeError("partial_fit is only available for the gradient solvers, not lbfgs")
-    return True
+class _GradientSolversOnly:
+    """Decorator: the method exists only for the gradient solvers (``partial_fit``).
+
+    With ``solver="lbfgs"`` reading the attribute raises an AttributeError that names the
+    solvers having it, so ``hasattr`` is False (as scikit-learn's meta-estimators expect,
+    like its ``available_if``) and a direct call explains itself.
+    """
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self.fn
+        if obj.solver == "lbfgs":
+            raise AttributeError(
+                f"{type(obj).__name__}.partial_fit is not available with solver='lbfgs'; "
+                f"use one of the solvers {', '.join(map(repr, _GRADIENT_SOLVERS))}"
+            )
+        return types.MethodType(self.fn, obj)
 
 
 class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
@@ -70,11 +119,15 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         "penalty": [StrOptions({"l2", "l1"}), None],
         "alpha": [Interval(Real, 0, None, closed="left")],
-        "solver": [StrOptions({"gd", "minibatch", "sgd", "lbfgs"})],
+        "solver": [StrOptions({*_GRADIENT_SOLVERS, "lbfgs"})],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "anneal_T": [Interval(Real, 0, None, closed="neither"), None],
         "momentum": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left"), None],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
@@ -84,6 +137,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         "random_state": ["random_state"],
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
     }
 
     def __init__(
@@ -96,6 +150,10 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         learning_rate_init: float = 0.1,
         anneal_T: float | None = None,
         momentum: float = 0.0,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        weight_decay: float | None = None,
         max_iter: int = 200,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
@@ -105,6 +163,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         random_state: int | np.random.RandomState | None = None,
         warm_start: bool = False,
         verbose: int = 0,
+        class_weight: dict[Any, float] | str | None = None,
     ) -> None:
         self.penalty = penalty
         self.alpha = alpha
@@ -113,6 +172,10 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         self.learning_rate_init = learning_rate_init
         self.anneal_T = anneal_T
         self.momentum = momentum
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.weight_decay = weight_decay
         self.max_iter = max_iter
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -122,6 +185,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.warm_start = warm_start
         self.verbose = verbose
+        self.class_weight = class_weight
 
     # ------------------------------------------------------------------ subclass hooks
     def _build_model(
@@ -194,23 +258,43 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         model.l1, model.l2 = self._penalties()
         return model
 
-    def _start_run(self, rng: np.random.Generator) -> None:
-        """Fresh optimiser state, step count and history for a gradient run."""
-        self._optimizer = SGD(self.momentum)
-        self._progress = (0, 0)  # (step, epoch), carried from call to call by partial_fit
-        self._rng = rng
-        self.history_ = History()
+    def _optimizer(self) -> Optimizer:
+        """The solver's update rule from the registry, with this estimator's hyperparameters."""
+        rule = "sgd" if self.solver in _BATCHING else self.solver
+        declared = OPTIMIZERS[rule].hyperparameters
+        config = {
+            key: float(getattr(self, param))
+            for param, key in _HYPERPARAMETERS.items()
+            if key in declared and getattr(self, param) is not None
+        }
+        return make_optimizer({"name": rule, **config})
 
-    def _batch_spec(self) -> int | str:
-        if self.solver == "gd":
-            return "full"
-        if self.solver == "sgd":
-            return 1
-        return AUTO_BATCH if self.batch_size == "auto" else int(self.batch_size)
+    def _schedule(self) -> Constant | InverseTime:
+        lr = float(self.learning_rate_init)
+        return Constant(lr) if self.anneal_T is None else InverseTime(lr, float(self.anneal_T))
+
+    def _start_run(self, model: Model, rng: np.random.Generator) -> None:
+        """A trainer with fresh optimiser state, step count and history for a gradient run."""
+        self.history_ = History()
+        self._loss_curve = _LossCurve()
+        batching = _BATCHING.get(self.solver, "minibatch")
+        spec: int | str = "full" if batching == "full" else 1
+        if batching == "minibatch":
+            spec = AUTO_BATCH if self.batch_size == "auto" else int(self.batch_size)
+        self._trainer = Trainer(
+            model,
+            optimizer=self._optimizer(),
+            schedule=self._schedule(),
+            batch_size=spec,
+            shuffle=self.shuffle,
+            replacement=batching == "single",
+            callbacks=[self.history_, self._loss_curve],
+            rng=rng,
+        )
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X: Any, y: Any) -> Self:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> Self:
         """Fit the model to ``(X, y)``.
 
         Parameters
@@ -218,6 +302,10 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         X : array-like (n_samples, n_features)
         y : array-like (n_samples,)
             Class labels (any sortable type, strings included).
+        sample_weight : array-like (n_samples,), optional
+            Non-negative row weights: the cross-entropy is their weighted mean (each batch's,
+            for the mini-batch solvers), so integer weights equal repeated rows. Multiplied
+            by the ``class_weight`` of each row's class.
 
         Returns
         -------
@@ -226,7 +314,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         if self.solver == "lbfgs" and self.penalty == "l1":
             raise ValueError(
                 "solver='lbfgs' needs a smooth objective: use penalty='l2' or None, or a "
-                "gradient solver ('gd', 'minibatch', 'sgd') for penalty='l1'"
+                f"gradient solver ({', '.join(map(repr, _GRADIENT_SOLVERS))}) for penalty='l1'"
             )
         warm = self.warm_start and hasattr(self, "model_")
         X, y = self._validate_xy(X, y, reset=not warm)
@@ -238,21 +326,22 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
             )
         self.classes_ = classes
         y_enc = self._encode(y)
+        weight = self._weights(X, y_enc, sample_weight)
         rng = self._generator()
         if warm:
             model = self._reuse_model()
         else:
             model = self._new_model(X, rng)
         if self.solver == "lbfgs":
-            self._fit_lbfgs(model, X, y_enc)
+            self._fit_lbfgs(model, X, y_enc, weight)
         else:
-            self._start_run(rng)
-            self._train(model, X, y_enc, epochs=self.max_iter, full_fit=True)
+            self._start_run(model, rng)
+            self._train(X, y_enc, weight, epochs=self.max_iter, full_fit=True)
         return self
 
-    @available_if(_iterative_solver)
+    @_GradientSolversOnly
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> Self:
+    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> Self:
         """Train one epoch on ``(X, y)``, continuing the current run.
 
         Continues the step count (for ``anneal_T``), momentum and history of the previous
@@ -264,6 +353,8 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         y : array-like (n_samples,)
         classes : array-like (n_classes,), optional
             Every label ``y`` may hold; required on the first call.
+        sample_weight : array-like (n_samples,), optional
+            Row weights, as for :meth:`fit`.
 
         Returns
         -------
@@ -272,6 +363,12 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         first = not hasattr(self, "model_")
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
+        if isinstance(self.class_weight, str):
+            raise ValueError(
+                "class_weight='balanced' needs the class counts of all the data, which "
+                "partial_fit does not see; pass a dict (e.g. from "
+                "sklearn.utils.class_weight.compute_class_weight) or use fit"
+            )
         X, y = self._validate_xy(X, y, reset=first)
         if first:
             self.classes_ = self._check_classes(np.asarray(classes))
@@ -281,23 +378,60 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
                 f"call, {self.classes_.tolist()}"
             )
         y_enc = self._encode(y)
+        weight = self._weights(X, y_enc, sample_weight)
         rng = self._generator()
         model = self._new_model(X, rng) if first else self._reuse_model()
-        if first or not hasattr(self, "_optimizer"):  # a new run (also after an lbfgs fit)
-            self._start_run(rng)
-        self._train(model, X, y_enc, epochs=1, full_fit=False)
+        if first or not hasattr(self, "_trainer"):  # a new run (also after an lbfgs fit)
+            self._start_run(model, rng)
+        self._train(X, y_enc, weight, epochs=1, full_fit=False)
         return self
 
+    def _weights(self, X: np.ndarray, y: np.ndarray, sample_weight: Any) -> np.ndarray | None:
+        """Row weights ``(n,)``: ``sample_weight`` times the class weights, or None."""
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, ensure_non_negative=True)
+        if self.class_weight is None:
+            return sample_weight
+        if isinstance(self.class_weight, dict):
+            per_class = self._class_weight_dict()
+        else:  # "balanced": n / (n_classes * count), counts weighted by sample_weight
+            classes = np.arange(self.classes_.size)
+            per_class = compute_class_weight(
+                self.class_weight, classes=classes, y=y, sample_weight=sample_weight
+            )
+        weight = per_class[y]
+        return weight if sample_weight is None else weight * sample_weight
+
+    def _class_weight_dict(self) -> np.ndarray:
+        """``class_weight`` as a dict, one weight per entry of ``classes_`` (default 1)."""
+        unknown = [c for c in self.class_weight if not np.isin(c, self.classes_)]
+        if unknown:
+            raise ValueError(
+                f"class_weight has labels {unknown} that are not among classes_ "
+                f"{self.classes_.tolist()}"
+            )
+        return np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_.tolist()])
+
     def _train(
-        self, model: Model, X: np.ndarray, y: np.ndarray, *, epochs: int, full_fit: bool
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        weight: np.ndarray | None,
+        *,
+        epochs: int,
+        full_fit: bool,
     ) -> None:
-        """Run ``epochs`` epochs of the gradient solver, continuing ``self._progress``."""
+        """Run ``epochs`` more epochs of the gradient solver, continuing the run's trainer."""
+        trainer = self._trainer
         val, stopper = None, None
         if full_fit and self.early_stopping:
-            seed = int(self._rng.integers(np.iinfo(np.int32).max))
-            X, X_val, y, y_val = train_test_split(
-                X, y, test_size=self.validation_fraction, stratify=y, random_state=seed
+            seed = int(trainer.rng.integers(np.iinfo(np.int32).max))
+            arrays = (X, y) if weight is None else (X, y, weight)
+            parts = train_test_split(
+                *arrays, test_size=self.validation_fraction, stratify=y, random_state=seed
             )
+            X, X_val, y, y_val = parts[:4]
+            weight = None if weight is None else parts[4]
             val = (X_val, y_val)
             stopper = EarlyStopping(
                 "val_loss", self.n_iter_no_change, min_delta=self.tol or 0.0, restore_best=True
@@ -306,30 +440,20 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
             stopper = EarlyStopping(
                 "train_objective", self.n_iter_no_change, min_delta=self.tol, restore_best=False
             )
-        callbacks: list[Callback] = [self.history_]
-        if stopper is not None:
-            callbacks.append(stopper)
+        callbacks: list[Callback] = [] if stopper is None else [stopper]
         if self.verbose:
             callbacks.append(_Verbose())
-        lr = float(self.learning_rate_init)
-        schedule = Constant(lr) if self.anneal_T is None else InverseTime(lr, float(self.anneal_T))
-        spec = self._batch_spec()
-        trainer = Trainer(
-            model,
-            optimizer=self._optimizer,
-            schedule=schedule,
-            batch_size=spec,
-            shuffle=self.shuffle,
-            replacement=self.solver == "sgd",
-            callbacks=callbacks,
-            rng=self._rng,
-        )
-        trainer.step, trainer.epoch = self._progress
-        steps_per_epoch = math.ceil(X.shape[0] / resolve_batch_size(spec, X.shape[0]))
-        trainer.fit((X, y), val, steps=trainer.step + epochs * steps_per_epoch)
-        self._progress = (trainer.step, trainer.epoch)
-        self.model_ = model
+        trainer.schedule = self._schedule()  # the current learning_rate_init and anneal_T
+        trainer.continue_fit((X, y), val, epochs=epochs, callbacks=callbacks, sample_weight=weight)
+        self.model_ = trainer.model
         self.n_iter_ = trainer.epoch
+        self.loss_curve_ = list(self._loss_curve.curve)
+        self.best_loss_ = None if self.early_stopping else min(self.loss_curve_, default=None)
+        self.validation_scores_ = (
+            [r["val_acc"] for r in self.history_.records if "val_acc" in r]
+            if self.early_stopping
+            else None
+        )
         if stopper is not None and not stopper.stopped:
             monitored = "validation loss" if self.early_stopping else "training objective"
             warnings.warn(
@@ -340,16 +464,20 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
                 stacklevel=4,
             )
 
-    def _fit_lbfgs(self, model: Model, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit_lbfgs(
+        self, model: Model, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None
+    ) -> None:
         """Exact optimum in float64; ``tol`` bounds the largest gradient component."""
         gtol = 0.0 if self.tol is None else float(self.tol)
-        res = lbfgs(model, X, y, max_iter=self.max_iter, gtol=gtol)
+        res = lbfgs(model, X, y, max_iter=self.max_iter, gtol=gtol, sample_weight=weight)
         self.model_ = res.model
         self.n_iter_ = res.n_iter
         record = {"step": res.n_iter, "epoch": res.n_iter, "weight_norm": res.model.weight_norm()}
-        record |= {f"train_{k}": v for k, v in evaluate(res.model, X, y).items()}
+        w = None if weight is None else weight.astype(np.float64)
+        record |= {f"train_{k}": v for k, v in evaluate(res.model, X, y, w).items()}
         self.history_ = History([record])
-        for name in ("_optimizer", "_progress", "_rng"):  # a later partial_fit starts afresh
+        # a later partial_fit starts a new run; the curves belong to the gradient solvers
+        for name in ("_trainer", "_loss_curve", "loss_curve_", "best_loss_", "validation_scores_"):
             self.__dict__.pop(name, None)
         if self.verbose:
             print(f"lbfgs: {res.n_iter} iterations, objective {res.objective:.8g}, {res.message}")
@@ -417,8 +545,10 @@ $extra_params    penalty : {"l2", "l1"} or None
         ``alpha * sum(|W|)`` (L1). ``LogisticRegression(C=C)`` of scikit-learn on ``n``
         samples matches ``alpha = 1 / (2 * C * n)``.
     solver : $solvers
-        Full-batch gradient descent; mini-batches of ``batch_size``; single-sample SGD
-        drawing rows with replacement$lbfgs_doc.
+        Plain gradient descent full-batch ("gd"), in mini-batches of ``batch_size``
+        ("minibatch") or on single samples drawn with replacement ("sgd"); the update rules
+        "adam", "adamw", "rmsprop" and "nesterov" (:data:`digitlab.optim.OPTIMIZERS`, PyTorch's
+        conventions) in mini-batches$lbfgs_doc.
     batch_size : int or "auto"
         Rows per step for ``solver="minibatch"``; "auto" is ``min(200, n_samples)``.
     learning_rate_init : float
@@ -427,7 +557,16 @@ $extra_params    penalty : {"l2", "l1"} or None
         Anneal the rate as ``eta0 / (1 + t / anneal_T)``, ``t`` in completed epochs;
         None keeps it constant.
     momentum : float
-        Heavy-ball momentum in [0, 1).
+        Heavy-ball momentum in [0, 1) ("gd", "minibatch", "sgd"); Nesterov's momentum for
+        "nesterov" (must be > 0); RMSprop's momentum for "rmsprop".
+    beta_1, beta_2 : float
+        Decay rates of Adam's first and second moment estimates, in [0, 1) ("adam", "adamw").
+    epsilon : float
+        Added to the denominator of "adam", "adamw" and "rmsprop".
+    weight_decay : float or None
+        Decoupled weight decay of "adamw"; an L2 term added to the gradient for "adam",
+        "rmsprop" and "nesterov" (on top of ``alpha``'s penalty). None: the update rule's
+        default (0.01 for "adamw", else 0). Ignored by the plain solvers.
     max_iter : int
         Epochs for the gradient solvers; iterations for lbfgs.
     early_stopping : bool
@@ -449,6 +588,10 @@ $extra_params    penalty : {"l2", "l1"} or None
         Start ``fit`` from the previous solution (the schedule and momentum restart).
     verbose : int
         Print one line per epoch.
+    class_weight : dict, "balanced" or None
+        Weight of each class's rows (``{label: weight}``, 1 for labels not given), multiplied
+        into ``sample_weight``; "balanced" is ``n_samples / (n_classes * count)`` as in
+        scikit-learn (not with ``partial_fit``).
 
     Attributes
     ----------
@@ -462,9 +605,21 @@ $extra_params    penalty : {"l2", "l1"} or None
     history_ : digitlab.train.History
         One record per epoch: ``step``, ``epoch``, ``lr``, ``weight_norm``, ``train_loss``,
         ``train_objective``, ``train_acc`` and, with early stopping, ``val_loss``,
-        ``val_objective``, ``val_acc`` (lbfgs: one record at the optimum).
+        ``val_objective``, ``val_acc`` (lbfgs: one record at the optimum). With
+        ``sample_weight``/``class_weight`` the ``train_`` values are weighted.
+    loss_curve_ : list of float
+        Gradient solvers: each epoch's mean training objective over its batches (taken
+        before each step), as scikit-learn's ``MLPClassifier``; continued by ``partial_fit``.
+    best_loss_ : float or None
+        The minimum of ``loss_curve_``; None with ``early_stopping``.
+    validation_scores_ : list of float or None
+        With ``early_stopping``, the validation accuracy of every epoch, else None.
 $extra_attrs"""
 )
+
+
+def _choices(names: tuple[str, ...]) -> str:
+    return "{" + ", ".join(f'"{name}"' for name in names) + "}"
 
 
 def _docstring(summary: str, *, lbfgs: bool, extra_params: str = "", extra_attrs: str) -> str:
@@ -472,7 +627,7 @@ def _docstring(summary: str, *, lbfgs: bool, extra_params: str = "", extra_attrs
     return _DOC_TEMPLATE.substitute(
         summary=summary,
         extra_params=extra_params,
-        solvers='{"gd", "minibatch", "sgd", "lbfgs"}' if lbfgs else '{"gd", "minibatch", "sgd"}',
+        solvers=_choices((*_GRADIENT_SOLVERS, "lbfgs") if lbfgs else _GRADIENT_SOLVERS),
         lbfgs_doc='; exact L-BFGS in float64 (not with ``penalty="l1"``)' if lbfgs else "",
         extra_attrs=extra_attrs,
     )
@@ -550,7 +705,7 @@ _ACTIVATIONS = {"tanh": "tanh", "relu": "relu", "sigmoid": "sigmoid", "logistic"
 class MLPClassifier(_DigitlabClassifier):
     _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
         **_DigitlabClassifier._parameter_constraints,
-        "solver": [StrOptions({"gd", "minibatch", "sgd"})],
+        "solver": [StrOptions(set(_GRADIENT_SOLVERS))],
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions(set(_ACTIVATIONS))],
     }
@@ -567,6 +722,10 @@ class MLPClassifier(_DigitlabClassifier):
         learning_rate_init: float = 0.1,
         anneal_T: float | None = None,
         momentum: float = 0.0,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        weight_decay: float | None = None,
         max_iter: int = 200,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
@@ -576,6 +735,7 @@ class MLPClassifier(_DigitlabClassifier):
         random_state: int | np.random.RandomState | None = None,
         warm_start: bool = False,
         verbose: int = 0,
+        class_weight: dict[Any, float] | str | None = None,
     ) -> None:
         super().__init__(
             penalty=penalty,
@@ -585,6 +745,10 @@ class MLPClassifier(_DigitlabClassifier):
             learning_rate_init=learning_rate_init,
             anneal_T=anneal_T,
             momentum=momentum,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            weight_decay=weight_decay,
             max_iter=max_iter,
             early_stopping=early_stopping,
             validation_fraction=validation_fraction,
@@ -594,6 +758,7 @@ class MLPClassifier(_DigitlabClassifier):
             random_state=random_state,
             warm_start=warm_start,
             verbose=verbose,
+            class_weight=class_weight,
         )
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation

@@ -120,15 +120,23 @@ class Model:
         raise NotImplementedError
 
     def _data_loss_and_grad(
-        self, X: np.ndarray, y: np.ndarray, scale: float, factored: bool = False
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        scale: float,
+        factored: bool = False,
+        weight: np.ndarray | None = None,
     ) -> tuple[float, dict[str, Any]]:  # pragma: no cover - abstract
         """Summed cross-entropy over the batch and ``scale`` times its gradient.
 
         With ``factored`` the weight matrices' entries are :class:`LinearGrad` (no penalty).
+        With ``weight (n,)`` each row's term is multiplied by its weight.
         """
         raise NotImplementedError
 
-    def _data_loss_sum(self, X: np.ndarray, y: np.ndarray) -> float:  # pragma: no cover
+    def _data_loss_sum(
+        self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None
+    ) -> float:  # pragma: no cover
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
@@ -168,7 +176,13 @@ class Model:
         )
 
     def loss_and_grad(
-        self, X: np.ndarray, y: np.ndarray, *, chunk_rows: int | None = None
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        chunk_rows: int | None = None,
+        sample_weight: np.ndarray | None = None,
+        weight_total: float | None = None,
     ) -> tuple[float, dict[str, np.ndarray]]:
         """The regularised objective and its gradient.
 
@@ -182,6 +196,16 @@ class Model:
             (one pass over ``X`` from memory instead of two), and ``X`` is converted to the
             model's dtype a block at a time (no full copy). Equal to the one-block result
             up to the order of float summation.
+        sample_weight : ndarray (n,), optional
+            Non-negative row weights ``w``: the cross-entropy becomes the weighted mean
+            ``sum_i w_i l_i / sum_i w_i`` (``reduction="mean"``; a batch whose weights sum
+            to 0 contributes nothing) or the weighted sum (``"sum"``), and so its gradient.
+            Integer weights equal repeating rows. Converted to the model's dtype.
+        weight_total : float, optional
+            With ``sample_weight`` and ``reduction="mean"``, what the weighted sum is divided
+            by instead of ``sum(sample_weight)``: the trainer passes ``rows * mean weight of
+            the training set``, making a mini-batch's loss an unbiased estimate of the
+            weighted mean over all rows (equal to it for the full batch).
 
         Returns
         -------
@@ -191,11 +215,15 @@ class Model:
             Same keys and shapes as ``params``.
         """
         if chunk_rows is not None and np.shape(X)[0] > chunk_rows:
-            return self._chunked_loss_and_grad(X, y, int(chunk_rows))
-        return self._loss_and_grad(X, y, factored=False)
+            return self._chunked_loss_and_grad(X, y, int(chunk_rows), sample_weight)
+        return self._loss_and_grad(X, y, False, sample_weight, weight_total)
 
     def loss_and_grad_factored(
-        self, X: np.ndarray, y: np.ndarray
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        weight_total: float | None = None,
     ) -> tuple[float, dict[str, np.ndarray | LinearGrad]]:
         """:meth:`loss_and_grad` with the weight matrices' gradients left in factored form.
 
@@ -205,15 +233,21 @@ class Model:
         penalty every entry is an array. The factors reference ``X``: use them before ``X``
         is overwritten (the trainer applies them at once, see :class:`~digitlab.optim.SGD`).
         """
-        return self._loss_and_grad(X, y, factored=not self.l1)
+        return self._loss_and_grad(X, y, not self.l1, sample_weight, weight_total)
 
     def _loss_and_grad(
-        self, X: np.ndarray, y: np.ndarray, factored: bool
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        factored: bool,
+        sample_weight: Any = None,
+        weight_total: float | None = None,
     ) -> tuple[float, dict[str, Any]]:
         X = self.check_X(X)
         y = self.check_y(y, X.shape[0])
-        scale = 1.0 / X.shape[0] if self.reduction == "mean" else 1.0
-        loss_sum, grads = self._data_loss_and_grad(X, y, scale, factored)
+        w = self.check_weight(sample_weight, X.shape[0])
+        scale = self._scale(X.shape[0], w, weight_total)
+        loss_sum, grads = self._data_loss_and_grad(X, y, scale, factored, w)
         loss = loss_sum * scale
         if self.l1 or self.l2:
             for k in self.penalized:
@@ -225,18 +259,30 @@ class Model:
             loss += self.penalty()
         return loss, grads
 
+    def _scale(self, n: int, w: np.ndarray | None, total: float | None = None) -> float:
+        """Factor of the summed data term: 1 (sum), ``1/n`` or ``1/sum(w)`` (mean)."""
+        if self.reduction != "mean":
+            return 1.0
+        if w is None:
+            return 1.0 / n
+        if total is None:
+            total = float(np.add.reduce(w, dtype=np.float64))
+        return 1.0 / total if total > 0 else 0.0
+
     def _chunked_loss_and_grad(
-        self, X: np.ndarray, y: np.ndarray, chunk: int
+        self, X: np.ndarray, y: np.ndarray, chunk: int, sample_weight: Any = None
     ) -> tuple[float, dict[str, np.ndarray]]:
         X = np.asarray(X)
         self.check_X(X[:1])  # shape checks without converting all of X
         n = X.shape[0]
         y = self.check_y(y, n)
-        scale = 1.0 / n if self.reduction == "mean" else 1.0
+        w = self.check_weight(sample_weight, n)
+        scale = self._scale(n, w)
         loss_sum, grads = 0.0, {k: np.zeros_like(v) for k, v in self.params.items()}
         for start in range(0, n, chunk):
             Xb = self.check_X(X[start : start + chunk])
-            part, g = self._data_loss_and_grad(Xb, y[start : start + chunk], scale)
+            wb = None if w is None else w[start : start + chunk]
+            part, g = self._data_loss_and_grad(Xb, y[start : start + chunk], scale, False, wb)
             loss_sum += part
             for k, v in g.items():
                 grads[k] += v
@@ -247,33 +293,53 @@ class Model:
             loss += self.penalty()
         return loss, grads
 
-    def loss(self, X: np.ndarray, y: np.ndarray, *, penalty: bool = True) -> float:
-        """The objective without its gradient (``penalty=False``: cross-entropy alone)."""
+    def loss(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        penalty: bool = True,
+        sample_weight: np.ndarray | None = None,
+    ) -> float:
+        """The objective without its gradient (``penalty=False``: cross-entropy alone).
+
+        ``sample_weight (n,)`` weights the rows as in :meth:`loss_and_grad`.
+        """
         X = self.check_X(X)
         y = self.check_y(y, X.shape[0])
-        value = self._data_loss_sum(X, y)
+        w = self.check_weight(sample_weight, X.shape[0])
+        value = self._data_loss_sum(X, y, w)
         if self.reduction == "mean":
-            value /= X.shape[0]
+            value = value / X.shape[0] if w is None else value * self._scale(X.shape[0], w)
         return value + (self.penalty() if penalty else 0.0)
 
-    def loss_sum_and_correct(self, X: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    def loss_sum_and_correct(
+        self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
+    ) -> tuple[float, float]:
         """Summed cross-entropy (no penalty) and number of correct predictions, one pass.
 
         Parameters
         ----------
         X : ndarray (n, d)
         y : ndarray of int (n,)
+        sample_weight : ndarray (n,), optional
+            Row weights: both sums are then weighted.
 
         Returns
         -------
         loss_sum : float
-        n_correct : int
+        n_correct : int (float when weighted)
         """
         y = self.check_y(y, np.shape(X)[0])
+        w = self.check_weight(sample_weight, y.shape[0])
         z = self.logits(X)
         if z.ndim == 1:
-            return binary_cross_entropy(z, y), int(np.count_nonzero((z > 0) == y))
-        return softmax_cross_entropy(z, y), int(np.count_nonzero(z.argmax(axis=1) == y))
+            loss_sum, right = binary_cross_entropy(z, y, w), (z > 0) == y
+        else:
+            loss_sum, right = softmax_cross_entropy(z, y, w), z.argmax(axis=1) == y
+        if w is None:
+            return loss_sum, int(np.count_nonzero(right))
+        return loss_sum, float(np.dot(right.astype(np.float64), w.astype(np.float64)))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Most probable class of each row.
@@ -336,6 +402,23 @@ class Model:
         if X.dtype != self.dtype:
             X = X.astype(self.dtype)
         return X
+
+    def check_weight(self, sample_weight: Any, n: int) -> np.ndarray | None:
+        """Validate row weights ``(n,)``: finite and >= 0; returned in the model's dtype.
+
+        None stays None (every row weighs 1).
+        """
+        if sample_weight is None:
+            return None
+        w = np.asarray(sample_weight)
+        if w.shape != (n,):
+            raise ShapeError(f"sample_weight must have shape ({n},) to match X, got {w.shape}")
+        if w.dtype.kind not in "iuf":
+            raise ShapeError(f"sample_weight must hold numbers, got dtype {w.dtype}")
+        w = w.astype(self.dtype, copy=False)
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise ShapeError("sample_weight must be finite and >= 0")
+        return w
 
     def check_y(self, y: np.ndarray, n: int) -> np.ndarray:
         """Validate integer labels ``y (n,)`` in ``[0, n_classes)``."""

@@ -106,7 +106,9 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def softmax_cross_entropy_(z: np.ndarray, y: np.ndarray, scale: float) -> tuple[float, np.ndarray]:
+def softmax_cross_entropy_(
+    z: np.ndarray, y: np.ndarray, scale: float, weight: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
     """Summed cross-entropy of softmax(z) against labels, and its gradient, fused.
 
     Uses ``-log p_y = logsumexp(z) - z_y`` for the loss and ``dL/dz = p - onehot(y)``
@@ -120,16 +122,23 @@ def softmax_cross_entropy_(z: np.ndarray, y: np.ndarray, scale: float) -> tuple[
         Labels in ``[0, k)``.
     scale : float
         Factor applied to the gradient (``1/n`` for a mean loss, ``1`` for a sum).
+    weight : ndarray (n,), optional
+        Per-row weights ``w_i`` (sample weights), in ``z``'s dtype.
 
     Returns
     -------
     loss_sum : float
-        ``sum_i -log softmax(z_i)[y_i]`` (a sum over the batch, not a mean).
+        ``sum_i w_i * -log softmax(z_i)[y_i]`` (a sum over the batch, not a mean;
+        ``w_i = 1`` without weights).
     grad : ndarray (n, k)
-        ``scale * (softmax(z) - onehot(y))``, stored in ``z``.
+        ``scale * w_i * (softmax(z_i) - onehot(y_i))``, stored in ``z``.
     """
     if z.shape[0] == 1:
-        return _softmax_cross_entropy_row_(z, int(y[0]), scale)
+        if weight is None:
+            return _softmax_cross_entropy_row_(z, int(y[0]), scale)
+        w0 = float(weight[0])
+        loss_sum, z = _softmax_cross_entropy_row_(z, int(y[0]), scale * w0)
+        return loss_sum * w0, z
     # ufunc.reduce is what z.max / z.sum / np.sum call, without their Python wrappers (a few
     # microseconds each: they matter for single-sample SGD's (1, k) logits)
     rows = np.arange(z.shape[0])
@@ -137,12 +146,19 @@ def softmax_cross_entropy_(z: np.ndarray, y: np.ndarray, scale: float) -> tuple[
     z_y = z[rows, y]  # fancy indexing copies, so z may be overwritten below
     np.exp(z, out=z)
     s = np.add.reduce(z, axis=1)
-    loss_sum = float(
-        np.add.reduce(np.log(s), dtype=np.float64) - np.add.reduce(z_y, dtype=np.float64)
-    )
+    log_s = np.log(s)
+    if weight is None:
+        loss_sum = float(
+            np.add.reduce(log_s, dtype=np.float64) - np.add.reduce(z_y, dtype=np.float64)
+        )
+    else:
+        log_s -= z_y  # each row's cross-entropy
+        loss_sum = float(np.dot(log_s.astype(np.float64), weight.astype(np.float64)))
     z /= s[:, None]
     z[rows, y] -= 1.0
-    if scale != 1.0:
+    if weight is not None:
+        z *= (weight * scale)[:, None]
+    elif scale != 1.0:
         z *= scale
     return loss_sum, z
 
@@ -165,7 +181,7 @@ def _softmax_cross_entropy_row_(
     return loss_sum, z
 
 
-def softmax_cross_entropy(z: np.ndarray, y: np.ndarray) -> float:
+def softmax_cross_entropy(z: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None) -> float:
     """Summed softmax cross-entropy without the gradient (``z`` is not modified).
 
     Parameters
@@ -180,12 +196,15 @@ def softmax_cross_entropy(z: np.ndarray, y: np.ndarray) -> float:
     """
     m = z.max(axis=1, keepdims=True)
     lse = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0]
+    if weight is not None:
+        lse -= z[np.arange(z.shape[0]), y]
+        return float(np.dot(lse.astype(np.float64), weight.astype(np.float64)))
     return float(
         np.sum(lse, dtype=np.float64) - np.sum(z[np.arange(z.shape[0]), y], dtype=np.float64)
     )
 
 
-def binary_cross_entropy(z: np.ndarray, t: np.ndarray) -> float:
+def binary_cross_entropy(z: np.ndarray, t: np.ndarray, weight: np.ndarray | None = None) -> float:
     """Summed binary cross-entropy of sigmoid(z) against 0/1 targets.
 
     Uses ``-[t log s(z) + (1-t) log(1-s(z))] = log(1 + e^z) - t z`` (``np.logaddexp``), stable
@@ -197,12 +216,17 @@ def binary_cross_entropy(z: np.ndarray, t: np.ndarray) -> float:
         Logits.
     t : ndarray (n,)
         Targets in {0, 1}.
+    weight : ndarray (n,), optional
+        Per-row weights: the sum is then weighted.
 
     Returns
     -------
     float
         The sum over the batch.
     """
+    if weight is not None:
+        per_row = np.logaddexp(0.0, z) - t.astype(z.dtype) * z
+        return float(np.dot(per_row.astype(np.float64), weight.astype(np.float64)))
     return float(np.sum(np.logaddexp(0.0, z), dtype=np.float64) - np.dot(t.astype(z.dtype), z))
 
 

@@ -88,18 +88,25 @@ class LogisticModel(_Linear):
         """``P(y=1 | x)`` for each row, shape (n,)."""
         return expit(self.logits(X))
 
-    def _data_loss_sum(self, X: np.ndarray, y: np.ndarray) -> float:
-        return binary_cross_entropy(self._affine(X)[:, 0], y)
+    def _data_loss_sum(self, X: np.ndarray, y: np.ndarray, weight: Any = None) -> float:
+        return binary_cross_entropy(self._affine(X)[:, 0], y, weight)
 
     def _data_loss_and_grad(
-        self, X: np.ndarray, y: np.ndarray, scale: float, factored: bool = False
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        scale: float,
+        factored: bool = False,
+        weight: np.ndarray | None = None,
     ) -> tuple[float, dict[str, Any]]:
         z = self._affine(X)  # (n, 1)
-        loss_sum = binary_cross_entropy(z[:, 0], y)
+        loss_sum = binary_cross_entropy(z[:, 0], y, weight)
         # dE/dz = sigmoid(z) - t, the report's (y^n - t^n)
         g = expit(z, out=z)
         g[:, 0] -= y
-        if scale != 1.0:
+        if weight is not None:
+            g[:, 0] *= weight * scale
+        elif scale != 1.0:
             g *= scale
         return loss_sum, self._grads(X, g, factored)
 
@@ -132,11 +139,16 @@ class SoftmaxModel(_Linear):
         """Class probabilities, shape (n, k), rows summing to one."""
         return softmax_(self.logits(X))
 
-    def _data_loss_sum(self, X: np.ndarray, y: np.ndarray) -> float:
-        return softmax_cross_entropy(self._affine(X), y)
+    def _data_loss_sum(self, X: np.ndarray, y: np.ndarray, weight: Any = None) -> float:
+        return softmax_cross_entropy(self._affine(X), y, weight)
 
     def _data_loss_and_grad(
-        self, X: np.ndarray, y: np.ndarray, scale: float, factored: bool = False
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        scale: float,
+        factored: bool = False,
+        weight: np.ndarray | None = None,
     ) -> tuple[float, dict[str, Any]]:
-        loss_sum, g = softmax_cross_entropy_(self._affine(X), y, scale)  # g = p - onehot
+        loss_sum, g = softmax_cross_entropy_(self._affine(X), y, scale, weight)  # p - onehot
         return loss_sum, self._grads(X, g, factored)

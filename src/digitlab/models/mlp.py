@@ -104,14 +104,20 @@ class MLPModel(Model):
         """Class probabilities, shape (n, k)."""
         return softmax_(self.logits(X))
 
-    def _data_loss_sum(self, X: np.ndarray, y: np.ndarray) -> float:
-        return softmax_cross_entropy(self._output_logits(self._forward_hidden(X)[-1]), y)
+    def _data_loss_sum(self, X: np.ndarray, y: np.ndarray, weight: Any = None) -> float:
+        return softmax_cross_entropy(self._output_logits(self._forward_hidden(X)[-1]), y, weight)
 
     def _data_loss_and_grad(
-        self, X: np.ndarray, y: np.ndarray, scale: float, factored: bool = False
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        scale: float,
+        factored: bool = False,
+        weight: np.ndarray | None = None,
     ) -> tuple[float, dict[str, Any]]:
         acts = self._forward_hidden(X)
-        loss_sum, delta = softmax_cross_entropy_(self._output_logits(acts[-1]), y, scale)
+        z = self._output_logits(acts[-1])
+        loss_sum, delta = softmax_cross_entropy_(z, y, scale, weight)
         grads: dict[str, Any] = {}
         # Backpropagation, layer L down to 1: delta holds dE/dz_i, shape (n, n_i).
         # (delta is a new array each layer, so a LinearGrad's factors stay valid.)

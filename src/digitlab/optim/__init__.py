@@ -1,7 +1,12 @@
-"""Update rules, learning-rate schedules and the exact L-BFGS solver."""
+"""Update rules (the :class:`Optimizer` protocol and its registry), schedules, exact L-BFGS."""
 
+from digitlab.optim.adam import Adam
+from digitlab.optim.adamw import AdamW
+from digitlab.optim.base import Optimizer, SlotOptimizer
 from digitlab.optim.lbfgs import LBFGSResult, lbfgs
-from digitlab.optim.rules import SGD, make_optimizer
+from digitlab.optim.nesterov import Nesterov
+from digitlab.optim.registry import OPTIMIZERS, make_optimizer
+from digitlab.optim.rmsprop import RMSprop
 from digitlab.optim.schedules import (
     SCHEDULES,
     Constant,
@@ -10,14 +15,22 @@ from digitlab.optim.schedules import (
     StepDecay,
     make_schedule,
 )
+from digitlab.optim.sgd import SGD
 
 __all__ = [
+    "OPTIMIZERS",
     "SCHEDULES",
     "SGD",
+    "Adam",
+    "AdamW",
     "Constant",
     "InverseTime",
     "LBFGSResult",
+    "Nesterov",
+    "Optimizer",
+    "RMSprop",
     "Schedule",
+    "SlotOptimizer",
     "StepDecay",
     "lbfgs",
     "make_optimizer",

@@ -50,6 +50,7 @@ def lbfgs(
     dtype: type = np.float64,
     start_dtype: type | None = np.float32,
     chunk_rows: int = 2048,
+    sample_weight: np.ndarray | None = None,
 ) -> LBFGSResult:
     """Minimise the model's objective over the whole of ``(X, y)``.
 
@@ -76,6 +77,8 @@ def lbfgs(
         None: one stage in ``dtype``.
     chunk_rows : int
         Rows per block of the loss-and-gradient pass (see ``Model.loss_and_grad``).
+    sample_weight : ndarray (n,), optional
+        Row weights: the data term is the weighted mean (see ``Model.loss_and_grad``).
 
     Returns
     -------
@@ -105,6 +108,8 @@ def lbfgs(
     X = np.asarray(X)
     model.check_X(X[:1])
     y = model.check_y(y, X.shape[0])
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    model.check_weight(w, X.shape[0])
     coords = _Coordinates(model, X, chunk_rows)
     stages = (
         [dtype]
@@ -129,7 +134,7 @@ def lbfgs(
                 params = coords.params(t)
                 for k, v in params.items():
                     m.params[k][...] = v
-                loss, grads = m.loss_and_grad(X, y, chunk_rows=chunk_rows)
+                loss, grads = m.loss_and_grad(X, y, chunk_rows=chunk_rows, sample_weight=w)
                 grads = {k: g.astype(np.float64) for k, g in grads.items()}
                 for k in penalized:
                     loss += l2 * float(np.vdot(params[k], params[k]))
@@ -152,7 +157,7 @@ def lbfgs(
         result_model = model.astype(np.float64)
         for k, v in coords.params(theta).items():
             result_model.params[k][...] = v
-        loss, grads = result_model.loss_and_grad(X, y, chunk_rows=chunk_rows)
+        loss, grads = result_model.loss_and_grad(X, y, chunk_rows=chunk_rows, sample_weight=w)
     flat = np.concatenate([g.ravel() for g in grads.values()])
     return LBFGSResult(
         model=result_model,

@@ -1,6 +1,6 @@
 """Figures of an experiment, drawn from its saved run data into ``<experiment>/figures/``.
 
-Every drawer takes an :class:`~digitlab.report.rundata.Experiment` and returns a
+Every drawer takes an :class:`~digitlab.report.rundata.ExperimentRecord` and returns a
 :class:`matplotlib.figure.Figure`; nothing touches pyplot, so no global figure state is kept.
 Each kind is saved as ``<kind>.png`` (150 dpi) and ``<kind>.svg``.
 """
@@ -20,10 +20,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import PercentFormatter
 
+from digitlab.errors import ReportError
 from digitlab.report.rundata import (
-    Experiment,
-    Member,
-    ReportError,
+    ExperimentRecord,
+    MemberRecord,
     load_experiment,
 )
 
@@ -175,7 +175,7 @@ def _fmt(value: float) -> str:
     return f"{value:g}" if abs(value) < 0.01 else f"{round(value, 2):g}"
 
 
-def _stop_text(m: Member) -> str:
+def _stop_text(m: MemberRecord) -> str:
     """Early-stopping summary of a member for legends ("" when it did not early-stop)."""
     best = m.metrics.get("best_epoch")
     if m.metrics.get("early_stopped"):
@@ -187,7 +187,7 @@ def _stop_text(m: Member) -> str:
     return ""
 
 
-def _mark_epochs(ax: Axes, m: Member, label: bool) -> None:
+def _mark_epochs(ax: Axes, m: MemberRecord, label: bool) -> None:
     """Dashed line at the restored best epoch, dotted lines where later stages start."""
     best = m.metrics.get("best_epoch")
     if best is not None and m.x_axis()[1] == "epoch":
@@ -200,7 +200,7 @@ def _mark_epochs(ax: Axes, m: Member, label: bool) -> None:
         )
 
 
-def _series(m: Member, *keys: str) -> tuple[np.ndarray, str] | None:
+def _series(m: MemberRecord, *keys: str) -> tuple[np.ndarray, str] | None:
     """The first of ``keys`` present with finite values in the member's history."""
     for key in keys:
         values = m.history.get(key)
@@ -210,7 +210,7 @@ def _series(m: Member, *keys: str) -> tuple[np.ndarray, str] | None:
 
 
 # ---------------------------------------------------------------------------------- drawers
-def draw_curves(exp: Experiment) -> Figure:
+def draw_curves(exp: ExperimentRecord) -> Figure:
     """Loss and accuracy over training of the chosen member, train/validation/test."""
     m = exp.member("chosen")
     x, xlabel = m.x_axis()
@@ -238,7 +238,7 @@ def draw_curves(exp: Experiment) -> Figure:
     return fig
 
 
-def _means_for(exp: Experiment, names: list[str]) -> list[np.ndarray | None]:
+def _means_for(exp: ExperimentRecord, names: list[str]) -> list[np.ndarray | None]:
     """Class-mean image for each class name (by name, else by position), None where absent."""
     found = exp.class_means()
     if found is None:
@@ -252,7 +252,7 @@ def _means_for(exp: Experiment, names: list[str]) -> list[np.ndarray | None]:
     return [None] * len(names)
 
 
-def draw_weights(exp: Experiment) -> Figure:
+def draw_weights(exp: ExperimentRecord) -> Figure:
     """Weight images of the chosen member, with the class means where they were saved."""
     m = exp.member("chosen")
     wi = m.weight_images()
@@ -298,7 +298,7 @@ def draw_weights(exp: Experiment) -> Figure:
     return fig
 
 
-def _diff_title(a: Member, b: Member) -> tuple[str, str]:
+def _diff_title(a: MemberRecord, b: MemberRecord) -> tuple[str, str]:
     """Title and bright/dark note of the image ``W_a - W_b`` of two logistic members."""
     (neg_a, pos_a), (neg_b, pos_b) = (a.classes + ["0", "1"])[:2], (b.classes + ["0", "1"])[:2]
     if pos_a == pos_b:  # (p - n_a) - (p - n_b) = n_b - n_a
@@ -308,7 +308,7 @@ def _diff_title(a: Member, b: Member) -> tuple[str, str]:
     return f"difference ({a.label}) − ({b.label})", ""
 
 
-def draw_weight_diff(exp: Experiment) -> Figure:
+def draw_weight_diff(exp: ExperimentRecord) -> Figure:
     """Each logistic member's weight image and the difference member[0] - member[1]."""
     if len(exp.members) < 2:
         raise ReportError(f"{exp.folder}: weight_diff needs two members")
@@ -333,10 +333,12 @@ def draw_weight_diff(exp: Experiment) -> Figure:
     return fig
 
 
-def _sweep_groups(exp: Experiment) -> tuple[dict[str, list[Member]], list[Member]]:
+def _sweep_groups(
+    exp: ExperimentRecord,
+) -> tuple[dict[str, list[MemberRecord]], list[MemberRecord]]:
     """Members by penalty type (sorted by lambda), and the unpenalised members."""
-    groups: dict[str, list[Member]] = {}
-    zero: list[Member] = []
+    groups: dict[str, list[MemberRecord]] = {}
+    zero: list[MemberRecord] = []
     for m in exp.members:
         kind, _ = m.penalty
         (zero if kind == "none" else groups.setdefault(kind, [])).append(m)
@@ -345,18 +347,14 @@ def _sweep_groups(exp: Experiment) -> tuple[dict[str, list[Member]], list[Member
     return groups, zero
 
 
-def draw_sweep(exp: Experiment) -> Figure:
-    """A penalty sweep: validation accuracy and weight norm over training per penalty type,
-    final test accuracy and weight norm against lambda, and every member's weight images."""
-    groups, zero = _sweep_groups(exp)
-    columns = dict(groups) if groups else {"no penalty": zero}
-    refs = zero if groups else []
-    ncols = len(columns) + 1
-    ordered = [*refs, *(m for ms in columns.values() for m in ms)]
-    weights = [(m, m.weight_images(max_units=10)) for m in ordered]
+def _sweep_tiles(
+    columns: dict[str, list[MemberRecord]], refs: list[MemberRecord], weights: list
+) -> tuple[list[list[Tile | None]], list[str]]:
+    """Weight tiles and row labels: a row per penalty type (one image per member), else a
+    row of images per member."""
     tiles: list[list[Tile | None]] = []
     labels = []
-    if all(len(w.images) == 1 for _, w in weights):  # one image per member: a row per penalty
+    if all(len(w.images) == 1 for _, w in weights):
         lookup = {id(m): w for m, w in weights}
         for row in ([refs] if refs else []) + list(columns.values()):
             tiles.append([])
@@ -366,65 +364,85 @@ def draw_sweep(exp: Experiment) -> Figure:
                 tiles[-1].append((lookup[id(m)].images[0], True, title))
             kind = row[0].penalty[0]
             labels.append(kind if kind != "none" else "no penalty")
-    else:  # a row of images per member
+    else:
         for r, (m, w) in enumerate(weights):
             titles = w.titles if r == 0 else [""] * len(w.titles)
             tiles.append([(img, True, t) for img, t in zip(w.images, titles, strict=True)])
             labels.append(m.label)
+    return tiles, labels
+
+
+def _sweep_curves(ax_acc: Axes, ax_norm: Axes, name: str, styled: list, by_lambda: bool) -> None:
+    """Validation accuracy and weight norm over training of one penalty type's members."""
+    accs, split, xlabel = [], "validation", "epoch"
+    for m, style in styled:
+        x, xlabel = m.x_axis()
+        kind, lam = m.penalty
+        label = f"λ = {_fmt(lam)}" if kind != "none" and by_lambda else m.label
+        acc = _series(m, "val_acc", "test_acc")
+        if acc is not None:
+            ax_acc.plot(x, acc[0], label=label, **style)
+            accs.append(acc[0])
+            split = "validation" if acc[1] == "val_acc" else "test"
+        norm = _series(m, "weight_norm")
+        if norm is not None:
+            ax_norm.plot(x, norm[0], label=label, **style)
+    _zoom(ax_acc, accs, higher_better=True)
+    ax_acc.set(title=f"{name}: {split} accuracy", xlabel=xlabel, ylabel=f"{split} accuracy")
+    _percent(ax_acc)
+    ax_norm.set(
+        title=f"{name}: length of the weight vector", xlabel=xlabel, ylabel="weight norm ‖w‖₂"
+    )
+    for ax in (ax_acc, ax_norm):
+        ax.legend(fontsize=7)
+
+
+def _sweep_finals(
+    ax: Axes, key: str, what: str, groups: dict[str, list[MemberRecord]], zero: list[MemberRecord]
+) -> None:
+    """A final metric against lambda (one line per penalty type), or per setting."""
+    if groups:  # one line per penalty type over lambda; unpenalised runs as references
+        for name, ms in groups.items():
+            values = [m.metrics.get(key, np.nan) for m in ms]
+            ax.plot([m.penalty[1] for m in ms], values, marker="o", label=name)
+        for m in zero:
+            if key in m.metrics:
+                ax.axhline(m.metrics[key], color="0.2", ls="--", lw=1,
+                           label=f"{m.label} (λ = 0)")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set(xlabel="λ (log scale)", title=f"{what[0].upper()}{what[1:]} vs λ")
+        ax.legend(fontsize=7)
+    else:  # nothing penalised: one bar per setting
+        ax.bar([m.label for m in zero], [m.metrics.get(key, np.nan) for m in zero])
+        ax.set(title=f"{what[0].upper()}{what[1:]} per setting")
+        ax.tick_params(axis="x", labelrotation=20 if len(zero) > 3 else 0)
+    ax.set_ylabel(what)
+
+
+def draw_sweep(exp: ExperimentRecord) -> Figure:
+    """A penalty sweep: validation accuracy and weight norm over training per penalty type,
+    final test accuracy and weight norm against lambda, and every member's weight images."""
+    groups, zero = _sweep_groups(exp)
+    columns = dict(groups) if groups else {"no penalty": zero}
+    refs = zero if groups else []
+    ncols = len(columns) + 1
+    ordered = [*refs, *(m for ms in columns.values() for m in ms)]
+    weights = [(m, m.weight_images(max_units=10)) for m in ordered]
+    tiles, labels = _sweep_tiles(columns, refs, weights)
     H, W = _tiles_layout(tiles)[:2]
     top_h, bottom_h = 5.8, H / TILE_PX_PER_INCH + 0.5
     width = max(3.6 * ncols, W / TILE_PX_PER_INCH + 1.2)
     fig = _figure(width, top_h + bottom_h)
     top, bottom = fig.subfigures(2, 1, height_ratios=[top_h, bottom_h])
     axes = top.subplots(2, ncols, squeeze=False)
-    xlabel = "epoch"
     for j, (name, ms) in enumerate(columns.items()):
-        ax_acc, ax_norm = axes[0, j], axes[1, j]
         colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, max(len(ms), 1)))
         styled = [(m, {"color": c}) for m, c in zip(ms, colors, strict=True)]
         styled += [(m, {"color": "0.2", "ls": "--"}) for m in refs]
-        accs, split = [], "validation"
-        for m, style in styled:
-            x, xlabel = m.x_axis()
-            kind, lam = m.penalty
-            label = f"λ = {_fmt(lam)}" if kind != "none" and groups else m.label
-            acc = _series(m, "val_acc", "test_acc")
-            if acc is not None:
-                ax_acc.plot(x, acc[0], label=label, **style)
-                accs.append(acc[0])
-                split = "validation" if acc[1] == "val_acc" else "test"
-            norm = _series(m, "weight_norm")
-            if norm is not None:
-                ax_norm.plot(x, norm[0], label=label, **style)
-        _zoom(ax_acc, accs, higher_better=True)
-        ax_acc.set(title=f"{name}: {split} accuracy", xlabel=xlabel, ylabel=f"{split} accuracy")
-        _percent(ax_acc)
-        ax_norm.set(
-            title=f"{name}: length of the weight vector", xlabel=xlabel, ylabel="weight norm ‖w‖₂"
-        )
-        for ax in (ax_acc, ax_norm):
-            ax.legend(fontsize=7)
-    ax_lam, ax_lnorm = axes[0, -1], axes[1, -1]
-    finals = (("test_acc", ax_lam, "final test accuracy"),
-              ("weight_norm", ax_lnorm, "final weight norm ‖w‖₂"))  # fmt: skip
-    for key, ax, what in finals:
-        if groups:  # one line per penalty type over lambda; unpenalised runs as references
-            for name, ms in groups.items():
-                values = [m.metrics.get(key, np.nan) for m in ms]
-                ax.plot([m.penalty[1] for m in ms], values, marker="o", label=name)
-            for m in zero:
-                if key in m.metrics:
-                    ax.axhline(m.metrics[key], color="0.2", ls="--", lw=1,
-                               label=f"{m.label} (λ = 0)")  # fmt: skip
-            ax.set_xscale("log")
-            ax.set(xlabel="λ (log scale)", title=f"{what[0].upper()}{what[1:]} vs λ")
-            ax.legend(fontsize=7)
-        else:  # nothing penalised: one bar per setting
-            ax.bar([m.label for m in zero], [m.metrics.get(key, np.nan) for m in zero])
-            ax.set(title=f"{what[0].upper()}{what[1:]} per setting")
-            ax.tick_params(axis="x", labelrotation=20 if len(zero) > 3 else 0)
-        ax.set_ylabel(what)
-    _percent(ax_lam)
+        _sweep_curves(axes[0, j], axes[1, j], name, styled, bool(groups))
+    _sweep_finals(axes[0, -1], "test_acc", "final test accuracy", groups, zero)
+    _sweep_finals(axes[1, -1], "weight_norm", "final weight norm ‖w‖₂", groups, zero)
+    _percent(axes[0, -1])
 
     _draw_tiles(bottom.subplots(), tiles, labels)
     bottom.suptitle("Weights of each setting (bright = positive)", fontsize=10)
@@ -432,7 +450,7 @@ def draw_sweep(exp: Experiment) -> Figure:
     return fig
 
 
-def draw_shuffle(exp: Experiment) -> Figure:
+def draw_shuffle(exp: ExperimentRecord) -> Figure:
     """Validation accuracy and loss over training of every member on shared axes."""
     fig = _figure(10, 3.9)
     ax_acc, ax_loss = fig.subplots(1, 2)
@@ -469,7 +487,41 @@ def draw_shuffle(exp: Experiment) -> Figure:
     return fig
 
 
-def _class_names(exp: Experiment, m: Member, k: int) -> list[str]:
+def draw_overlay(exp: ExperimentRecord) -> Figure:
+    """Loss and accuracy over training of every member on shared axes: validation (test
+    where there is none) solid, training dashed, one colour per member."""
+    fig = _figure(10, 3.9)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    xlabel = "epoch"
+    drawn: dict[str, list[np.ndarray]] = {"loss": [], "acc": []}
+    handles = []
+    for i, m in enumerate(exp.members):
+        x, xlabel = m.x_axis()
+        color = f"C{i % 10}"
+        handles.append(Line2D([], [], color=color, label=m.label))
+        for ax, what in ((ax_loss, "loss"), (ax_acc, "acc")):
+            for keys, style in (((f"val_{what}", f"test_{what}"), "-"), ((f"train_{what}",), "--")):
+                s = _series(m, *keys)
+                if s is not None:
+                    ax.plot(x, s[0], color=color, ls=style, lw=1.2, **_line_style(len(x)))
+                    drawn[what].append(s[0])
+    if not drawn["loss"] and not drawn["acc"]:
+        raise ReportError(f"{exp.folder}: no run has loss or accuracy curves")
+    handles += [
+        Line2D([], [], color="0.3", label="validation (or test)"),
+        Line2D([], [], color="0.3", ls="--", label="training"),
+    ]
+    _zoom(ax_loss, drawn["loss"], higher_better=False)
+    _zoom(ax_acc, drawn["acc"], higher_better=True)
+    ax_loss.set(title="Loss over training", xlabel=xlabel, ylabel="loss (mean cross-entropy)")
+    ax_acc.set(title="Accuracy over training", xlabel=xlabel, ylabel="accuracy (percent correct)")
+    _percent(ax_acc)
+    ax_acc.legend(handles=handles, loc="best")
+    fig.suptitle(exp.title)
+    return fig
+
+
+def _class_names(exp: ExperimentRecord, m: MemberRecord, k: int) -> list[str]:
     try:
         names = m.classes
     except ReportError:
@@ -482,7 +534,7 @@ def _class_names(exp: Experiment, m: Member, k: int) -> list[str]:
     return [str(i) for i in range(k)]
 
 
-def draw_confusion(exp: Experiment) -> Figure:
+def draw_confusion(exp: ExperimentRecord) -> Figure:
     """The chosen member's confusion matrix on the test set (rows true, columns predicted)."""
     m = exp.member("chosen")
     if "confusion_test" not in m.metrics:
@@ -524,7 +576,7 @@ def draw_confusion(exp: Experiment) -> Figure:
     return fig
 
 
-def draw_lbfgs(exp: Experiment) -> Figure:
+def draw_lbfgs(exp: ExperimentRecord) -> Figure:
     """GD against the exact L-BFGS optimum: objective and accuracies per member."""
     ms = [m for m in exp.members if m.lbfgs]
     if not ms:
@@ -570,7 +622,7 @@ def draw_lbfgs(exp: Experiment) -> Figure:
     return fig
 
 
-def draw_gallery(exp: Experiment, max_each: int = 24) -> Figure:
+def draw_gallery(exp: ExperimentRecord, max_each: int = 24) -> Figure:
     """Grid of right and wrong predictions ("true x / predicted y"), wrong ones in red."""
     g = exp.gallery()
     images, labels, preds = g["images"], np.asarray(g["labels"]), np.asarray(g["preds"])
@@ -614,12 +666,13 @@ def draw_gallery(exp: Experiment, max_each: int = 24) -> Figure:
     return fig
 
 
-DRAWERS: dict[str, Callable[[Experiment], Figure]] = {
+DRAWERS: dict[str, Callable[[ExperimentRecord], Figure]] = {
     "curves": draw_curves,
     "weights": draw_weights,
     "weight_diff": draw_weight_diff,
     "sweep": draw_sweep,
     "shuffle": draw_shuffle,
+    "overlay": draw_overlay,
     "confusion": draw_confusion,
     "lbfgs": draw_lbfgs,
     "gallery": draw_gallery,
@@ -651,7 +704,7 @@ def save_figure(fig: Figure, png: Path, svg: Path) -> None:
     _save(fig, svg, "svg")
 
 
-def draw_figure(exp: Experiment, kind: str) -> list[Path]:
+def draw_figure(exp: ExperimentRecord, kind: str) -> list[Path]:
     """Draw one figure kind of ``exp`` and save it as PNG and SVG.
 
     Returns
@@ -689,7 +742,7 @@ def code_files() -> list[Path]:
     return sorted(Path(__file__).parent.glob("*.py"))
 
 
-def _inputs_missing(exp: Experiment, kind: str) -> bool:
+def _inputs_missing(exp: ExperimentRecord, kind: str) -> bool:
     """Whether a file the figure kind is drawn from has gone (the figure must not stay)."""
     if kind == "gallery":
         return not (exp.folder / "gallery.npz").is_file()
@@ -700,7 +753,7 @@ def _inputs_missing(exp: Experiment, kind: str) -> bool:
     return False
 
 
-def is_stale(exp: Experiment, kind: str) -> bool:
+def is_stale(exp: ExperimentRecord, kind: str) -> bool:
     """Whether a figure is missing or older than the data (or code) it is drawn from."""
     outputs = figure_paths(exp.folder, kind)
     if not all(p.is_file() for p in outputs) or _inputs_missing(exp, kind):

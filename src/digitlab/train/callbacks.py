@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from digitlab.errors import ConfigError
+from digitlab.errors import ConfigError, DivergenceError
 
 if TYPE_CHECKING:
     from digitlab.train.trainer import Trainer
@@ -144,6 +144,14 @@ class EarlyStopping(Callback):
         self.stopped = False
         self.best_params: dict[str, np.ndarray] = {}
 
+    def on_train_begin(self, trainer: Trainer) -> None:
+        # resumed from a checkpoint written at the step this rule stopped: stay stopped
+        if self.stopped:
+            trainer.request_stop(
+                f"early stopping: {self.monitor} did not improve for {self.patience} evaluations "
+                f"(best {self.best:.6g} at epoch {self.best_epoch:g})"
+            )
+
     def _improved(self, value: float) -> bool:
         if self.mode == "min":
             return value < self.best - self.min_delta
@@ -217,8 +225,21 @@ class Checkpoint(Callback):
         self.saved: list[Path] = []
 
     def save(self, trainer: Trainer) -> None:
-        if not all(np.all(np.isfinite(v)) for v in trainer.model.params.values()):
-            return  # never overwrite the last good checkpoint with diverged parameters
+        """Write the checkpoint (and its per-step copy).
+
+        Raises
+        ------
+        DivergenceError
+            The parameters are not finite: the last good checkpoint is kept and the run is
+            marked diverged (a checkpoint is never skipped silently).
+        """
+        bad = [k for k, v in trainer.model.params.items() if not np.isfinite(v).all()]
+        if bad:
+            trainer.diverged = True
+            raise DivergenceError(
+                f"parameters {', '.join(bad)} are NaN or infinite at step {trainer.step}; "
+                f"not overwriting the last good checkpoint {self.path}"
+            )
         self.saved.append(trainer.save(self.path))
         if self.keep_steps:
             extra = self.path.with_name(f"{self.path.stem}-step{trainer.step}{self.path.suffix}")

@@ -30,8 +30,9 @@ import numpy as np
 from digitlab.checkpoint import prefixed, save_checkpoint, split_prefixed
 from digitlab.errors import CheckpointError, ConfigError, DivergenceError, ShapeError
 from digitlab.models.base import Model, as_generator
-from digitlab.optim.rules import SGD
+from digitlab.optim.base import Optimizer
 from digitlab.optim.schedules import Constant, Schedule
+from digitlab.optim.sgd import SGD
 from digitlab.train.callbacks import Callback, History
 
 BatchSpec = int | float | str
@@ -77,8 +78,8 @@ class Trainer:
     ----------
     model : Model
         Trained in place.
-    optimizer : SGD, optional
-        Update rule (plain gradient descent when None).
+    optimizer : Optimizer, optional
+        Update rule (plain gradient descent, :class:`~digitlab.optim.SGD`, when None).
     schedule : Schedule or float
         Learning-rate schedule, or a constant rate.
     batch_size : "full", int or float
@@ -101,7 +102,7 @@ class Trainer:
         self,
         model: Model,
         *,
-        optimizer: SGD | None = None,
+        optimizer: Optimizer | None = None,
         schedule: Schedule | float = 0.01,
         batch_size: BatchSpec = "full",
         shuffle: bool = True,
@@ -113,7 +114,7 @@ class Trainer:
         rng: np.random.Generator | int | None = None,
     ) -> None:
         self.model = model
-        self.optimizer = optimizer if optimizer is not None else SGD()
+        self.optimizer: Optimizer = optimizer if optimizer is not None else SGD()
         self.schedule = Constant(float(schedule)) if isinstance(schedule, int | float) else schedule
         resolve_batch_size(batch_size, 1)  # validate early
         self.batch_spec = batch_size
@@ -138,6 +139,8 @@ class Trainer:
         self.total_steps = 0
         self.steps_per_epoch = 0
         self.batch_size = 0
+        self.batch_rows = 0  # rows in the latest step's batch
+        self._weight: np.ndarray | None = None  # this fit's training-row weights
         self.diverged = False
         self.interrupted = False
         self.stop_reason: str | None = None
@@ -177,7 +180,8 @@ class Trainer:
             "time": self.elapsed,
         }
         for name, (X, y) in splits.items():
-            for key, value in evaluate(self.model, X, y).items():
+            w = self._weight if name == "train" else None
+            for key, value in evaluate(self.model, X, y, w).items():
                 record[f"{name}_{key}"] = value
         self.last_eval_step = self.step
         for cb in self.callbacks:
@@ -185,7 +189,10 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------ batches
-    def _next_batch(self, X: np.ndarray, y: np.ndarray) -> ArrayPair:
+    def _next_batch(
+        self, X: np.ndarray, y: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The next batch's rows ``(X (b, d), y (b,), weights (b,) or None)``."""
         n, bs = X.shape[0], self.batch_size
         if self.pos == 0:
             if self.replacement:
@@ -195,15 +202,18 @@ class Trainer:
             else:
                 self.order = None
         start = self.pos * bs
+        w = self._weight
         if self.order is None:  # stored order: a view, no copy
             Xb, yb = X[start : start + bs], y[start : start + bs]
+            wb = None if w is None else w[start : start + bs]
         else:  # gather the batch's rows with one take into preallocated buffers
             idx = self.order[start : start + bs]
             Xb = X.take(idx, axis=0, out=self._buf[: idx.size])
             yb = y.take(idx, out=self._ybuf[: idx.size])
+            wb = None if w is None else w.take(idx, out=self._wbuf[: idx.size])
         if self.batch_transform is not None:
             Xb = self.batch_transform(Xb, self.rng)
-        return Xb, yb
+        return Xb, yb, wb
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -214,6 +224,7 @@ class Trainer:
         *,
         epochs: int | None = None,
         steps: int | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> History:
         """Train until ``epochs`` epochs or ``steps`` steps have been done in total.
 
@@ -227,6 +238,12 @@ class Trainer:
             Evaluated at every evaluation, like ``train``.
         epochs : int, optional
         steps : int, optional
+        sample_weight : ndarray (n,), optional
+            Weights of the training rows, gathered with each batch. A step of ``b`` rows
+            follows ``sum_batch w_i l_i / (b * mean(w))`` (its penalty aside), an unbiased
+            estimate of the weighted mean loss over all rows (equal to it full-batch): a
+            batch of light rows takes a small step. The ``train`` evaluations are weighted
+            means and accuracies; ``val``/``test`` stay unweighted.
 
         Returns
         -------
@@ -234,24 +251,95 @@ class Trainer:
         """
         if epochs is None and steps is None:
             raise ConfigError("give epochs or steps to train for")
+        splits = self._prepare(train, val, test, sample_weight)
+        spe = self.steps_per_epoch
+        targets = [t for t in (epochs and epochs * spe, steps) if t is not None]
+        return self._loop(splits, min(targets))
+
+    def continue_fit(
+        self,
+        train: ArrayPair,
+        val: ArrayPair | None = None,
+        test: ArrayPair | None = None,
+        *,
+        epochs: int | None = None,
+        steps: int | None = None,
+        callbacks: Sequence[Callback] = (),
+        sample_weight: np.ndarray | None = None,
+    ) -> History:
+        """Train ``epochs`` more epochs (or ``steps`` more steps) from where this trainer is.
+
+        The step and epoch counts, the schedule's position, the optimiser state, the RNG and
+        the history carry on; ``train`` may be new data (``partial_fit``), an epoch then
+        being ``ceil(n / batch)`` steps of it.
+
+        Parameters
+        ----------
+        train : (X (n, d), y (n,))
+        val, test : (X, y), optional
+        epochs : int, optional
+            More epochs to train; give this or ``steps``.
+        steps : int, optional
+            More steps to train.
+        callbacks : sequence of Callback
+            Used for this call only (a stopping rule for one stage, say), after the
+            trainer's own.
+        sample_weight : ndarray (n,), optional
+            Weights of the training rows, as for :meth:`fit`.
+
+        Returns
+        -------
+        History
+        """
+        if (epochs is None) == (steps is None):
+            raise ConfigError("give either epochs or steps to continue training for")
+        more = epochs if epochs is not None else steps
+        if isinstance(more, bool) or not isinstance(more, int | np.integer) or more < 0:
+            raise ConfigError(f"epochs/steps to continue for must be an int >= 0, got {more!r}")
+        splits = self._prepare(train, val, test, sample_weight)
+        total = self.step + (int(more) * self.steps_per_epoch if epochs is not None else int(more))
+        own = self.callbacks
+        self.callbacks = [*own, *(c for c in callbacks if c not in own)]
+        try:
+            return self._loop(splits, total)
+        finally:
+            self.callbacks = own
+
+    def _prepare(
+        self,
+        train: ArrayPair,
+        val: ArrayPair | None,
+        test: ArrayPair | None,
+        sample_weight: np.ndarray | None = None,
+    ) -> dict[str, ArrayPair]:
+        """Checked splits; sets the batch size, steps per epoch, batch buffers and weights."""
         X, y = self._check_pair("train", train)
+        self._weight = self.model.check_weight(sample_weight, X.shape[0])
+        if self._weight is not None:
+            self._mean_weight = float(np.add.reduce(self._weight, dtype=np.float64)) / X.shape[0]
+            if not self._mean_weight > 0:
+                raise ShapeError("sample_weight sums to 0: no row would count")
         splits = {"train": (X, y)}
         for name, pair in (("val", val), ("test", test)):
             if pair is not None:
                 splits[name] = self._check_pair(name, pair)
         n = X.shape[0]
         self.batch_size = resolve_batch_size(self.batch_spec, n)
-        if self.replacement:
-            self.steps_per_epoch = math.ceil(n / self.batch_size)
-        elif self.drop_last:
+        if self.drop_last and not self.replacement:
             self.steps_per_epoch = max(1, n // self.batch_size)
         else:
             self.steps_per_epoch = math.ceil(n / self.batch_size)
-        eval_steps = resolve_eval_every(self.eval_spec, self.steps_per_epoch)
-        targets = [t for t in (epochs and epochs * self.steps_per_epoch, steps) if t is not None]
-        self.total_steps = min(targets)
         self._buf = np.empty((self.batch_size, X.shape[1]), dtype=X.dtype)
         self._ybuf = np.empty(self.batch_size, dtype=y.dtype)
+        if self._weight is not None:
+            self._wbuf = np.empty(self.batch_size, dtype=self._weight.dtype)
+        return splits
+
+    def _loop(self, splits: dict[str, ArrayPair], total_steps: int) -> History:
+        """Train until ``total_steps`` steps in all (or a stop request)."""
+        X, y = splits["train"]
+        eval_steps = resolve_eval_every(self.eval_spec, self.steps_per_epoch)
+        self.total_steps = total_steps
         loss_and_grad = self._gradient_function_for(self.batch_size)
         self._stop, self.stop_reason, self.diverged = False, None, False
         lr = self.schedule(self.step, self.epoch)
@@ -264,9 +352,14 @@ class Trainer:
         errstate.__enter__()
         try:
             while self.step < self.total_steps and not self._stop:
-                Xb, yb = self._next_batch(X, y)
+                Xb, yb, wb = self._next_batch(X, y)
+                self.batch_rows = Xb.shape[0]
                 lr = self.schedule(self.step, self.epoch)
-                loss, grads = loss_and_grad(Xb, yb)
+                if wb is None:
+                    loss, grads = loss_and_grad(Xb, yb)
+                else:  # an unbiased estimate of the weighted mean over all rows
+                    total = wb.shape[0] * self._mean_weight
+                    loss, grads = loss_and_grad(Xb, yb, sample_weight=wb, weight_total=total)
                 if not math.isfinite(loss):
                     self.diverged = True
                     raise DivergenceError(
@@ -279,10 +372,13 @@ class Trainer:
                 if self.pos >= self.steps_per_epoch:
                     self.pos, self.epoch = 0, self.epoch + 1
                 self.elapsed = time.perf_counter() - t0
-                for cb in self.callbacks:
-                    cb.on_step_end(self, loss)
+                # evaluate first, so that a checkpoint written at this step (on_step_end)
+                # holds this step's evaluation and the stopping rule's state after it
                 if self.step % eval_steps == 0:
                     self._evaluate_splits(splits, lr)
+                for cb in self.callbacks:
+                    cb.on_step_end(self, loss)
+            self._check_finite_params(lr)  # the loss of the last step's result is never seen
             if self.stop_reason is None:
                 self.stop_reason = (
                     f"finished {self.step} steps ({self.step / self.steps_per_epoch:g} epochs)"
@@ -294,24 +390,36 @@ class Trainer:
                 cb.on_train_end(self)
         return self.history
 
+    def _check_finite_params(self, lr: float) -> None:
+        """Raise DivergenceError (and mark the run diverged) if a parameter is not finite."""
+        bad = [
+            k for k, v in self.model.params.items() if not _all_finite(v.reshape(v.shape[0], -1))
+        ]
+        if bad:
+            self.diverged = True
+            raise DivergenceError(
+                f"parameters {', '.join(bad)} became NaN or infinite at step {self.step} "
+                f"(epoch {self.epoch}, lr {lr:g}); lower the learning rate or the penalty"
+            )
+
     def _gradient_function_for(
         self, batch_size: int
     ) -> Callable[[np.ndarray, np.ndarray], tuple[float, Any]]:
         """The model's gradient method this fit calls each step.
 
-        Single-sample SGD asks for factored gradients (``loss_and_grad_factored``), which
-        :class:`SGD` applies as one BLAS rank-1 update per weight matrix instead of writing
-        out a ``(d, h)`` gradient and reading it back. That is the arithmetic of
-        ``loss_and_grad`` + ``SGD.step`` to float rounding, so it is used only while neither
-        has been replaced: a subclass or an instance that overrides ``loss_and_grad`` (to
-        inspect batches, say) is called as is.
+        Single-sample SGD asks for factored gradients (``loss_and_grad_factored``) when the
+        optimiser declares ``supports_rank1`` (it applies them as one BLAS rank-1 update per
+        weight matrix instead of writing out a ``(d, h)`` gradient and reading it back, the
+        arithmetic of ``loss_and_grad`` + its array step to float rounding). A model whose
+        ``loss_and_grad`` is replaced (a subclass or an instance attribute that inspects
+        batches, say) is called as is.
         """
-        model, opt = self.model, self.optimizer
+        model = self.model
         if (
             batch_size == 1
             and "loss_and_grad" not in vars(model)
             and type(model).loss_and_grad is Model.loss_and_grad
-            and type(opt).step is SGD.step
+            and getattr(self.optimizer, "supports_rank1", False)
         ):
             return model.loss_and_grad_factored
         return model.loss_and_grad
@@ -388,7 +496,22 @@ class Trainer:
                     f"model expects {self.model.params[k].shape}"
                 )
             self.model.params[k][...] = v
-        self.optimizer.load_state_dict(split_prefixed(arrays, "optim"))
+        saved_name = meta.get("optimizer", {}).get("name", "sgd")
+        if saved_name != self.optimizer.config()["name"]:
+            raise CheckpointError(
+                f"checkpoint was trained with optimizer {saved_name!r}, this run uses "
+                f"{self.optimizer.config()['name']!r}"
+            )
+        state = split_prefixed(arrays, "optim")
+        for key, value in state.items():  # a wrong shape would only fail mid-training
+            param = self.model.params.get(key.rsplit("/", 1)[-1])
+            expected = () if param is None else param.shape
+            if np.shape(value) != expected:
+                raise CheckpointError(
+                    f"checkpoint optimizer state {key} has shape {np.shape(value)}, "
+                    f"expected {expected}"
+                )
+        self.optimizer.load_state_dict(state)
         prog = meta["progress"]
         self.step, self.epoch, self.pos = int(prog["step"]), int(prog["epoch"]), int(prog["pos"])
         self.last_eval_step = int(prog["last_eval_step"])
@@ -421,19 +544,26 @@ def _all_finite(X: np.ndarray) -> bool:
     )
 
 
-def evaluate(model: Model, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def evaluate(
+    model: Model, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
+) -> dict[str, float]:
     """Mean cross-entropy, objective and accuracy of ``model`` on ``(X (n, d), y (n,))``.
 
     Runs in chunks of rows so memory stays bounded on large splits. ``objective`` is what the
     model optimises: the cross-entropy with the model's reduction (mean or sum) plus penalty.
+    With ``sample_weight (n,)`` (total > 0) the means and the accuracy are weighted.
     """
     n = X.shape[0]
     loss_sum, correct = 0.0, 0
     for start in range(0, n, EVAL_CHUNK):
-        s, c = model.loss_sum_and_correct(
-            X[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
-        )
+        chunk = slice(start, start + EVAL_CHUNK)
+        if sample_weight is None:
+            s, c = model.loss_sum_and_correct(X[chunk], y[chunk])
+        else:
+            s, c = model.loss_sum_and_correct(X[chunk], y[chunk], sample_weight[chunk])
         loss_sum, correct = loss_sum + s, correct + c
+    if sample_weight is not None:
+        n = float(np.add.reduce(sample_weight, dtype=np.float64))
     data = loss_sum if model.reduction == "sum" else loss_sum / n
     return {"loss": loss_sum / n, "objective": data + model.penalty(), "acc": correct / n}
 
