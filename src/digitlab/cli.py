@@ -388,6 +388,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import socket
+
+    import uvicorn
+
+    from digitlab.serve import create_app
+    from digitlab.serve.app import LOCAL_HOSTS
+
+    root = Path(args.runs)
+    if root.exists() and not root.is_dir():
+        raise DigitlabError(f"{root}: not a folder")
+    try:  # a busy port is a one-line error, not a uvicorn traceback
+        with socket.create_server((args.host, args.port)):
+            pass
+    except OSError as exc:
+        raise DigitlabError(f"cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
+    local = args.host in ("127.0.0.1", "localhost")
+    app = create_app(root, allowed_hosts=LOCAL_HOSTS if local else ["*"])
+    out(f"digitlab serve: runs in {root.resolve()}")
+    out(f"open http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 # ------------------------------------------------------------------------------- parser
 RESUME_NOTE = (
     "Options change the checkpoint's settings for the rest of the run; the model, data, "
@@ -523,6 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--redraw", action="store_true", help="redraw every figure, not only stale ones"
     )
     rr.set_defaults(func=cmd_report)
+
+    sv = sub.add_parser("serve", help="browse, compare and follow runs, draw digits (web page)")
+    sv.add_argument("--runs", default="runs", help="runs root folder (default: runs)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    sv.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1 only)")
+    sv.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("demo", help="short softmax and MLP runs on the best MNIST data found")
     m.add_argument("--data-root", default=None)

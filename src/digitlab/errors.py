@@ -42,3 +42,12 @@ class DivergenceError(DigitlabError, FloatingPointError):
 
 class ReportError(DigitlabError):
     """Saved run data needed for a figure or the report is missing or malformed."""
+
+
+class ServeError(DigitlabError):
+    """A request to ``digitlab serve`` names a missing run or a path outside the runs root,
+    or sends an unreadable or oversized upload; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status

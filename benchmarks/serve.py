@@ -1,0 +1,186 @@
+"""Speed of ``digitlab serve``: the runs table for 1,000 runs and the prediction round trip.
+
+    PYTHONPATH=src python benchmarks/serve.py [--threads 2] [--rounds 50] [--no-browser]
+
+Trains three small runs on the embedded MNIST sample and writes 1,000 synthetic finished run
+folders into a temporary folder, serves both with uvicorn on 127.0.0.1 (a real socket), and
+measures with httpx:
+
+- ``/api/runs`` over 1,000 runs: the first scan (every file read) and later requests
+  (mtime caches), server time and HTTP round trip;
+- ``POST /api/predict``: a digit as the draw page sends it (a 140x140 grey PNG), per
+  checkpoint kind and for the three checkpoints side by side, and a 280x280 RGB file (median
+  and 95th percentile of ``--rounds``);
+- with Chromium and Selenium present, the runs page for 1,000 runs in the browser (time to
+  the rendered table since navigation, and the table rendering alone).
+
+NumPy's threads are limited to ``--threads`` (threadpoolctl). Results go to
+``benchmarks/serve-results.json``. Not part of the unit tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from serve_helpers import draw_digit, train_runs, write_synthetic_runs  # noqa: E402
+
+
+def serve(root: Path):
+    import uvicorn
+
+    from digitlab.serve import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(root), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+def ms(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
+    return {
+        "median_ms": round(1e3 * statistics.median(values), 2),
+        "p95_ms": round(1e3 * values[min(len(values) - 1, int(0.95 * len(values)))], 2),
+        "best_ms": round(1e3 * values[0], 2),
+    }
+
+
+def browser_render(url: str) -> dict[str, float] | None:
+    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
+        return None
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.support.ui import WebDriverWait
+    except ImportError:
+        return None
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    drv = webdriver.Chrome(
+        service=webdriver.ChromeService("/usr/bin/chromedriver"), options=options
+    )
+    try:
+        out = []
+        for _ in range(3):
+            drv.get("about:blank")
+            drv.get(url + "/#/runs")
+            WebDriverWait(drv, 30, poll_frequency=0.02).until(
+                lambda d: d.execute_script("return document.body.dataset.runsRenderMs")
+            )
+            out.append(
+                drv.execute_script(
+                    "const api = performance.getEntriesByType('resource')"
+                    ".find(e => e.name.endsWith('/api/runs'));"
+                    "const b = document.body.dataset;"
+                    "return [+b.runsShownAt, +b.runsRenderMs,"
+                    " document.querySelectorAll('#runs-table tbody tr').length,"
+                    " api.startTime, api.responseEnd - api.startTime]"
+                )
+            )
+        assert all(o[2] == 1000 for o in out)
+        best = min(out, key=lambda o: o[0])
+        return {
+            "since_navigation_ms": round(best[0], 1),
+            "page_start_to_api_request_ms": round(best[3], 1),
+            "api_runs_fetch_ms": round(best[4], 1),
+            "table_render_ms": round(best[1], 1),
+        }
+    finally:
+        drv.quit()
+
+
+def main() -> None:
+    import httpx
+    from threadpoolctl import threadpool_limits
+
+    from digitlab.report.document import cpu_model
+    from digitlab.serve.runs import RunIndex
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=50)
+    p.add_argument("--no-browser", action="store_true")
+    args = p.parse_args()
+    threadpool_limits(args.threads)
+    results: dict[str, object] = {
+        "machine": {
+            "cpu": cpu_model(),
+            "threads": args.threads,
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        }
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        runs_1000 = Path(tmp) / "many"
+        write_synthetic_runs(runs_1000, 1000)
+        t0 = time.perf_counter()
+        RunIndex(runs_1000).scan()
+        cold = time.perf_counter() - t0
+        trained = Path(tmp) / "trained"
+        ids = train_runs(trained)
+
+        server, thread, url = serve(runs_1000)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            times, server_ms = [], []
+            for _ in range(20):
+                t0 = time.perf_counter()
+                r = client.get("/api/runs")
+                times.append(time.perf_counter() - t0)
+                server_ms.append(r.json()["scan_ms"])
+            assert len(r.json()["runs"]) == 1000
+            results["runs_1000"] = {
+                "first_scan_ms": round(1e3 * cold, 1),
+                "http_round_trip": ms(times),
+                "server_scan_median_ms": round(statistics.median(server_ms), 2),
+                "response_bytes": len(r.content),
+            }
+        if not args.no_browser:
+            results["runs_1000"]["browser"] = browser_render(url)  # type: ignore[index]
+        server.should_exit = True
+        thread.join(10)
+
+        server, thread, url = serve(trained)
+        page_png = draw_digit(1, size=140, mode="L")  # what the draw page sends
+        results["predict"] = {}
+        with httpx.Client(base_url=url, timeout=60) as client:
+            cases = {name: ([rid], page_png) for name, rid in ids.items()}
+            cases["all three"] = (list(ids.values()), page_png)
+            cases["mlp, 280x280 RGB file"] = ([ids["mlp"]], draw_digit(1))
+            for name, (chosen, png) in cases.items():
+                params = {"ids": ",".join(chosen)}
+                client.post("/api/predict", params=params, content=png)  # load the checkpoints
+                times = []
+                for _ in range(args.rounds):
+                    t0 = time.perf_counter()
+                    r = client.post("/api/predict", params=params, content=png)
+                    times.append(time.perf_counter() - t0)
+                    assert r.status_code == 200, r.text
+                results["predict"][name] = ms(times)  # type: ignore[index]
+        server.should_exit = True
+        thread.join(10)
+    text = json.dumps(results, indent=2)
+    (HERE / "serve-results.json").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""What the JSON and PNG endpoints of ``digitlab serve`` compute, as plain functions.
+
+Every function takes a :class:`~digitlab.serve.runs.RunIndex` (or runs it resolved) and
+returns JSON-able dicts or PNG bytes; nothing here knows about HTTP. Checkpoints are read
+with ``allow_pickle=False`` and cached by path, mtime and size; test splits needed for the
+confusion matrix are prepared with the run's own settings (:func:`digitlab.runner.prepare_data`)
+and the last one is kept in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from digitlab.errors import DigitlabError, ServeError
+from digitlab.serve.png import diverging, encode_png, tile
+from digitlab.serve.runs import RunFiles, RunIndex, read_metrics, read_settings
+
+#: Largest upload accepted by the predict endpoint, in bytes.
+MAX_UPLOAD_BYTES = 2 * 2**20
+#: Hidden units of an MLP shown as weight images.
+MAX_UNITS = 25
+#: Misclassified examples listed per confusion-matrix cell.
+MAX_EXAMPLES = 48
+
+
+# ---------------------------------------------------------------------------------- models
+@dataclass
+class LoadedModel:
+    """A run's checkpoint, ready to predict: model, fitted preprocessor and what it maps to.
+
+    ``classes`` are the names of labels 0..k-1; ``image_shape`` is (h, w).
+    """
+
+    model: Any
+    prep: Any
+    meta: dict[str, Any]
+    classes: list[str]
+    image_shape: tuple[int, int]
+
+    @property
+    def kind(self) -> str:
+        return str(self.model.kind)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """Model features (n, d[+1]) of uint8 images (n, h, w) in the training format."""
+        return self.prep.transform(images)
+
+    def weights(self) -> np.ndarray | None:
+        """First-layer weights on the pixels (h*w, m) (bias row dropped), None if absent."""
+        W = self.model.params.get("W1" if self.kind == "mlp" else "W")
+        if W is None:
+            return None
+        d = self.image_shape[0] * self.image_shape[1]
+        return W[:d] if W.shape[0] in (d, d + 1) else None
+
+
+def _load_run_checkpoint(path: Any) -> tuple[Any, Any, dict[str, Any]]:
+    try:  # the run-folder helpers move to digitlab.runfiles (helper B); either place works
+        from digitlab.runfiles import load_run_checkpoint  # type: ignore[import-not-found]
+    except ImportError:
+        from digitlab.runner import load_run_checkpoint
+    return load_run_checkpoint(path)
+
+
+class ModelCache:
+    """Loaded checkpoints keyed by (path, mtime, size); the ``size`` most recent are kept."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, int, int], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, run: RunFiles) -> LoadedModel:
+        path = run.file("checkpoint.npz")
+        if path is None:
+            raise ServeError(f"run {run.id} has no checkpoint.npz (yet)", 404)
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        try:
+            model, prep, meta = _load_run_checkpoint(path)
+        except DigitlabError as exc:
+            raise ServeError(f"run {run.id}: {exc}", 422) from None
+        extra = meta.get("extra", {})
+        shape = tuple(int(s) for s in extra.get("image_shape") or (28, 28))
+        k = 2 if model.kind == "logistic" else int(model.n_classes)
+        classes = [str(c) for c in extra.get("classes", [])]
+        if len(classes) != k:
+            classes = [str(i) for i in range(k)]
+        loaded = LoadedModel(model, prep, meta, classes, (shape[0], shape[1]))
+        with self._lock:
+            self._items[key] = loaded
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return loaded
+
+
+# ---------------------------------------------------------------------------------- runs
+def weight_titles(loaded: LoadedModel) -> list[str]:
+    """Titles of the weight images :func:`weights_png` draws, in order."""
+    W = loaded.weights()
+    if W is None:
+        return []
+    if loaded.kind == "logistic":
+        neg, pos = loaded.classes[:2]
+        return [f"{pos} vs {neg}"]
+    if loaded.kind == "mlp":
+        return [f"unit {i + 1}" for i in range(min(MAX_UNITS, W.shape[1]))]
+    return list(loaded.classes)
+
+
+def run_detail(index: RunIndex, models: ModelCache, run_id: str | None) -> dict[str, Any]:
+    """Summary, full settings, metrics and the weight images' titles of one run."""
+    run = index.resolve(run_id)
+    out = index.summary(run)
+    out["config"] = read_settings(run)
+    metrics = read_metrics(run)
+    out["metrics"] = metrics
+    out["weights"] = []
+    out["weights_error"] = None
+    if out["has_checkpoint"]:
+        try:
+            loaded = models.get(run)
+            out["weights"] = weight_titles(loaded)
+            out["kind"] = loaded.kind
+            out["classes"] = loaded.classes
+        except ServeError as exc:
+            out["weights_error"] = str(exc)
+    return out
+
+
+def run_history(index: RunIndex, run_id: str | None) -> dict[str, Any]:
+    """``{"id", "status", "summary", "columns": {name: [value | None, ...]}}`` of a run."""
+    run = index.resolve(run_id)
+    summary = index.summary(run)
+    columns = index.history(run)
+    return {"id": run.id, "status": summary["status"], "summary": summary, "columns": columns}
+
+
+def weights_png(index: RunIndex, models: ModelCache, run_id: str | None, unit: int) -> bytes:
+    """Weight image ``unit`` (see :func:`weight_titles`) as a diverging-colour PNG (h, w)."""
+    loaded = models.get(index.resolve(run_id))
+    W = loaded.weights()
+    n = len(weight_titles(loaded))
+    if W is None or not 0 <= unit < n:
+        raise ServeError(f"run {run_id}: no weight image {unit} (it has {n})", 404)
+    return encode_png(diverging(W[:, unit].reshape(loaded.image_shape)))
+
+
+def compare(index: RunIndex, ids: list[str]) -> dict[str, Any]:
+    """Summaries and settings of several runs, and the setting names whose values differ."""
+    if not ids:
+        raise ServeError("give run ids to compare: ?ids=a,b", 400)
+    runs = [index.resolve(i) for i in ids]
+    configs = {r.id: read_settings(r) for r in runs}
+    keys = sorted({k for c in configs.values() for k in c})
+    differing = [k for k in keys if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
+    return {
+        "runs": [index.summary(r) for r in runs],
+        "settings": configs,
+        "differing": differing,
+    }
+
+
+# ---------------------------------------------------------------------------------- confusion
+class DataCache:
+    """The last prepared dataset (a run's splits), keyed by the settings that define it, and
+    the confusion records computed from it, keyed by checkpoint."""
+
+    KEYS = ("dataset", "data_root", "split", "n_train", "n_test", "holdout", "holdout_mode",
+            "classes", "preprocess", "bias_column", "seed")  # fmt: skip
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._data: Any = None
+        self._lock = threading.Lock()
+        self._confusions: OrderedDict[tuple[str, int, int], dict[str, Any]] = OrderedDict()
+
+    def confusion(self, key: tuple[str, int, int]) -> dict[str, Any] | None:
+        """A confusion record computed before for the checkpoint ``key`` (path, mtime, size)."""
+        with self._lock:
+            return self._confusions.get(key)
+
+    def keep_confusion(self, key: tuple[str, int, int], record: dict[str, Any]) -> None:
+        with self._lock:
+            self._confusions[key] = record
+            while len(self._confusions) > 32:
+                self._confusions.popitem(last=False)
+
+    def get(self, settings: dict[str, Any]) -> Any:
+        from digitlab.runner import Settings, prepare_data
+
+        key = json.dumps({k: settings.get(k) for k in self.KEYS}, sort_keys=True)
+        with self._lock:
+            if key != self._key:
+                self._data = None
+                self._data = prepare_data(Settings.from_dict(settings))
+                self._key = key
+            return self._data
+
+
+def confusion(
+    index: RunIndex, models: ModelCache, data: DataCache, run_id: str | None
+) -> dict[str, Any]:
+    """Confusion matrix of the run's checkpoint on its test split, with the examples per cell.
+
+    Returns ``{"classes", "matrix": k x k counts (rows: true, columns: predicted),
+    "examples": {"t,p": [test index, ...]} (misclassified cells, at most MAX_EXAMPLES each),
+    "source", "error"}``. When the data cannot be loaded, ``matrix`` is the one saved in
+    ``metrics.json`` (if any), ``examples`` is empty and ``error`` says why.
+    """
+    run = index.resolve(run_id)
+    loaded = models.get(run)
+    path = run.file("checkpoint.npz")
+    assert path is not None  # models.get checked it
+    st = path.stat()
+    ckey = (str(path), st.st_mtime_ns, st.st_size)
+    cached = data.confusion(ckey)
+    if cached is not None:
+        return cached
+    settings = loaded.meta.get("extra", {}).get("settings", {})
+    try:
+        prepared = data.get(settings)
+    except (DigitlabError, OSError) as exc:
+        metrics = read_metrics(run) or {}
+        return {
+            "classes": loaded.classes,
+            "matrix": metrics.get("confusion_test"),
+            "examples": {},
+            "source": "metrics.json (test data not available here)",
+            "error": f"cannot load the test split of {settings.get('dataset')}: {exc}",
+        }
+    X, y = prepared.test
+    pred = loaded.model.predict(X)
+    k = len(loaded.classes)
+    matrix = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+    wrong = np.flatnonzero(pred != y)
+    examples: dict[str, list[int]] = {}
+    for i in wrong.tolist():  # misclassified only; a few hundred at most
+        cell = examples.setdefault(f"{int(y[i])},{int(pred[i])}", [])
+        if len(cell) < MAX_EXAMPLES:
+            cell.append(i)
+    out = {
+        "classes": loaded.classes,
+        "matrix": matrix.tolist(),
+        "examples": examples,
+        "source": f"checkpoint on {len(y)} test images ({prepared.dataset.name})",
+        "error": None,
+    }
+    data.keep_confusion(ckey, out)
+    return out
+
+
+def examples_png(
+    index: RunIndex,
+    models: ModelCache,
+    data: DataCache,
+    run_id: str | None,
+    true: int,
+    pred: int,
+) -> bytes:
+    """The test images of label ``true`` predicted as ``pred`` (at most MAX_EXAMPLES), tiled."""
+    conf = confusion(index, models, data, run_id)
+    if conf["error"]:
+        raise ServeError(conf["error"], 404)
+    idx = conf["examples"].get(f"{true},{pred}", [])
+    if not idx:
+        raise ServeError(f"no misclassified test images with label {true} predicted {pred}", 404)
+    loaded = models.get(index.resolve(run_id))
+    prepared = data.get(loaded.meta.get("extra", {}).get("settings", {}))
+    images = prepared.splits.test[0][np.asarray(idx)]
+    return encode_png(tile(255 - images.astype(np.uint8), cols=min(len(idx), 12), gap=2, fill=255))
+
+
+# ---------------------------------------------------------------------------------- predict
+def decode_upload(body: bytes) -> np.ndarray:
+    """The uploaded image as uint8 (h, w[, c]) through the bounded image reader."""
+    from digitlab.data.images import read_image
+
+    if len(body) > MAX_UPLOAD_BYTES:
+        raise ServeError(f"upload larger than {MAX_UPLOAD_BYTES} bytes", 413)
+    if not body:
+        raise ServeError("empty upload: send the image bytes as the request body", 400)
+    try:
+        return read_image(body, name="<upload>")
+    except DigitlabError as exc:
+        msg = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
+        raise ServeError(f"cannot read the image: {msg}", 422) from None
+
+
+def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes) -> dict[str, Any]:
+    """Class probabilities of one uploaded image under one or several runs' checkpoints.
+
+    Returns ``{"shape": [h, w], "image": h x w values in [0, 1] (what the first model sees,
+    ink bright), "models": [{"id", "kind", "classes", "probs", "pred", "label", "evidence",
+    "evidence_titles", "evidence_bias"}], "ms"}``. ``evidence`` (linear models only) is
+    (m, h*w): weight x input per pixel for each class (one map for logistic), and
+    ``evidence_bias`` the per-class constant (bias) term.
+    """
+    from digitlab.data.images import to_model_input
+    from digitlab.predict import predict_arrays
+
+    t0 = time.perf_counter()
+    if not run_ids:
+        raise ServeError("choose at least one run: ?ids=<run id>[,<run id>...]", 400)
+    if len(run_ids) > 8:
+        raise ServeError("at most 8 runs per prediction", 400)
+    loaded = [models.get(index.resolve(i)) for i in run_ids]
+    image = decode_upload(body)
+    inputs: dict[tuple[int, int], np.ndarray] = {}
+    results = []
+    for run_id, lm in zip(run_ids, loaded, strict=True):
+        if lm.image_shape not in inputs:
+            try:
+                inputs[lm.image_shape] = to_model_input(image, shape=lm.image_shape)
+            except DigitlabError as exc:
+                raise ServeError(f"cannot preprocess the image: {exc}", 422) from None
+        # the training format, uint8 ink bright, and the same function as `digitlab predict`
+        pixels = np.rint(inputs[lm.image_shape] * 255.0).astype(np.uint8)
+        labels, proba = predict_arrays(lm.model, lm.prep, pixels[None])
+        p, pred = proba[0].astype(np.float64), int(labels[0])
+        item: dict[str, Any] = {
+            "id": run_id,
+            "kind": lm.kind,
+            "classes": lm.classes,
+            "probs": [round(float(v), 6) for v in p],
+            "pred": pred,
+            "label": lm.classes[pred],
+            "evidence": None,
+            "evidence_titles": None,
+            "evidence_bias": None,
+        }
+        if lm.kind in ("logistic", "softmax"):
+            X = lm.features(pixels[None])
+            W = lm.model.params["W"].astype(np.float64)
+            d = pixels.size
+            contrib = (W[:d] * X[0, :d, None]).T  # (m, d)
+            bias = W[d:].sum(axis=0) * float(X[0, d:].sum()) if W.shape[0] > d else 0.0
+            if "b" in lm.model.params:
+                bias = bias + lm.model.params["b"].astype(np.float64)
+            item["evidence"] = np.round(contrib, 5).tolist()
+            item["evidence_titles"] = weight_titles(lm)
+            item["evidence_bias"] = np.round(np.atleast_1d(bias), 5).tolist()
+        results.append(item)
+    first = np.rint(inputs[loaded[0].image_shape] * 255.0) / 255.0
+    return {
+        "shape": list(first.shape),
+        "image": np.round(first, 4).tolist(),
+        "models": results,
+        "ms": (time.perf_counter() - t0) * 1e3,
+    }

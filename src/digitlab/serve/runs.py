@@ -1,0 +1,415 @@
+"""The runs root as ``digitlab serve`` sees it: run folders, their status, safe file access.
+
+A run folder is any folder under the root holding a ``config.toml`` (what
+:func:`digitlab.runner.run` writes first); ``train`` puts them at ``<root>/<name>/<stamp>``
+and ``reproduce`` at ``<root>/<experiment>/<member>`` (with ``stage-N`` sub-runs). A run's
+id is its path relative to the root with ``/`` separators.
+
+Every path handed out is resolved and checked to lie under the resolved root, so ids with
+``..``, absolute paths and symlinks pointing out of the root are refused. The index is
+rescanned on every request; directory listings are cached by the directory's mtime and run
+summaries by the mtimes of their files, so a scan of 1,000 unchanged runs costs a few
+thousand ``stat`` calls.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import stat
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from digitlab.errors import ServeError
+
+#: A run without ``metrics.json`` whose files changed within this many seconds is "running";
+#: older ones are "failed" (the process died before writing its metrics).
+RUNNING_WINDOW_S = 900.0
+#: How deep below the root run folders are looked for.
+MAX_DEPTH = 4
+#: Largest text file (config, history, metrics) the server reads.
+MAX_TEXT_BYTES = 32 * 2**20
+RUN_FILES = ("config.toml", "history.csv", "metrics.json", "checkpoint.npz")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN/inf floats replaced by None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def parse_history(text: str) -> dict[str, list[float | None]]:
+    """Columns of a ``history.csv`` text; empty or non-numeric cells become None.
+
+    A last line without its newline (a row being appended right now) is left out.
+    """
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return {}
+    header = rows[0]
+    cols: dict[str, list[float | None]] = {h: [] for h in header}
+    for row in rows[1:]:
+        if len(row) != len(header):
+            continue
+        for h, cell in zip(header, row, strict=True):
+            try:
+                v = float(cell)
+                cols[h].append(v if math.isfinite(v) else None)
+            except ValueError:
+                cols[h].append(None)
+    return cols
+
+
+def history_tail(text: str) -> tuple[dict[str, float | None], list[float], int]:
+    """``(last row, val_acc values, number of rows)`` of a ``history.csv`` text, cheaply.
+
+    Only the ``val_acc`` column and the last complete row are converted (the runs table
+    needs no more); a text with quoted cells goes through :func:`parse_history`.
+    """
+    if '"' in text:
+        cols = parse_history(text)
+        last = {k: v[-1] for k, v in cols.items() if v}
+        return (
+            last,
+            [v for v in cols.get("val_acc", []) if v is not None],
+            len(next(iter(cols.values()), [])),
+        )
+    lines = text.split("\n")
+    if len(lines) < 2:
+        return {}, [], 0
+    header = lines[0].split(",")
+    rows = [line for line in lines[1:-1] if line.count(",") == len(header) - 1]
+    if not rows:
+        return {}, [], 0
+
+    def num(cell: str) -> float | None:
+        try:
+            v = float(cell)
+        except ValueError:
+            return None
+        return v if math.isfinite(v) else None
+
+    last = {h: num(c) for h, c in zip(header, rows[-1].split(","), strict=True)}
+    val: list[float] = []
+    if "val_acc" in header:
+        i = header.index("val_acc")
+        val = [v for v in (num(r.split(",")[i]) for r in rows) if v is not None]
+    return last, val, len(rows)
+
+
+@dataclass
+class RunFiles:
+    """A resolved run folder; its files are looked up once each (symlinks checked)."""
+
+    id: str
+    folder: Path
+    root: Path
+    _found: dict[str, tuple[str, os.stat_result] | None] = field(default_factory=dict, repr=False)
+
+    def lookup(self, name: str) -> tuple[str, os.stat_result] | None:
+        """``(path, stat)`` of the regular file ``name`` in the folder, None if absent.
+
+        Raises ServeError (403) when the file is a symlink pointing out of the runs root.
+        """
+        if name in self._found:
+            return self._found[name]
+        path = os.path.join(self.folder, name)
+        found = None
+        try:
+            st = os.lstat(path)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):  # the folder is resolved: links only
+            real = Path(path).resolve()
+            if not real.is_relative_to(self.root):
+                raise ServeError(f"{self.id}/{name}: points outside the runs root", 403)
+            if real.is_file():
+                found = (str(real), real.stat())
+        elif st is not None and stat.S_ISREG(st.st_mode):
+            found = (path, st)
+        self._found[name] = found
+        return found
+
+    def file(self, name: str) -> Path | None:
+        """The resolved path of ``name`` in the run folder, None if absent (see lookup)."""
+        found = self.lookup(name)
+        return None if found is None else Path(found[0])
+
+    def read_text(self, name: str) -> str | None:
+        found = self.lookup(name)
+        if found is None:
+            return None
+        with open(found[0], "rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+        if len(data) > MAX_TEXT_BYTES:
+            raise ServeError(f"{self.id}/{name}: larger than {MAX_TEXT_BYTES} bytes", 413)
+        return data.decode("utf-8", errors="replace")
+
+
+class RunIndex:
+    """Scanner of a runs root with mtime caches; thread-safe.
+
+    Parameters
+    ----------
+    root : path-like
+        The runs root (it may not exist yet: the index is then empty).
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).resolve()
+        self._lock = threading.Lock()
+        self._dirs: dict[str, tuple[int, list[str], bool]] = {}
+        self._summaries: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self._experiments: dict[str, tuple[int, dict[str, str]]] = {}
+        self._histories: dict[str, tuple[tuple[int, int], dict[str, list[float | None]]]] = {}
+        self._generation = 0  # bumped whenever a cached listing, summary or label is rebuilt
+        self._last: tuple[Any, list[dict[str, Any]]] = (None, [])
+
+    # ------------------------------------------------------------------ ids and paths
+    def resolve(self, run_id: str | None) -> RunFiles:
+        """The run folder named by ``run_id``, refusing anything outside the root.
+
+        Raises
+        ------
+        ServeError
+            404 for a malformed id or a folder that is not a run, 403 for a path that
+            leaves the root (``..``, absolute, symlink out).
+        """
+        if not run_id or len(run_id) > 1024 or "\x00" in run_id or "\\" in run_id:
+            raise ServeError(f"no run {run_id!r}", 404)
+        parts = run_id.split("/")
+        if run_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ServeError(f"run id {run_id!r} is not a path inside the runs root", 403)
+        real = self.root.joinpath(*parts).resolve()
+        if not real.is_relative_to(self.root):
+            raise ServeError(f"run id {run_id!r} points outside the runs root", 403)
+        if not (real / "config.toml").is_file():
+            raise ServeError(f"no run {run_id!r} under {self.root}", 404)
+        return RunFiles(run_id, real, self.root)
+
+    # ------------------------------------------------------------------ scanning
+    def _listing(self, folder: Path) -> tuple[list[str], bool, int]:
+        """``(subfolder names, has config.toml, folder mtime_ns)``, cached by mtime."""
+        st = os.stat(folder)
+        key = str(folder)
+        cached = self._dirs.get(key)
+        if cached is not None and cached[0] == st.st_mtime_ns:
+            return cached[1], cached[2], st.st_mtime_ns
+        subdirs, is_run = [], False
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(entry.name)
+                elif entry.name == "config.toml":
+                    is_run = True
+        subdirs.sort()
+        self._dirs[key] = (st.st_mtime_ns, subdirs, is_run)
+        self._generation += 1
+        return subdirs, is_run, st.st_mtime_ns
+
+    def scan(self) -> list[dict[str, Any]]:
+        """Summaries of every run under the root, sorted by id (see :meth:`summary`).
+
+        When nothing changed since the last scan (no folder listing, run file or status), the
+        very same list object is returned, so callers may reuse what they made of it.
+        """
+        with self._lock:
+            if not self.root.is_dir():
+                return []
+            found: list[dict[str, Any]] = []
+            stack: list[tuple[Path, str, int]] = [(self.root, "", 0)]
+            while stack:
+                folder, rel, depth = stack.pop()
+                try:
+                    subdirs, is_run, mtime = self._listing(folder)
+                except OSError:
+                    continue
+                if is_run:
+                    try:
+                        found.append(self._summary(folder, rel, mtime))
+                    except (OSError, ServeError) as exc:
+                        found.append(error_summary(rel, str(exc)))
+                if depth < MAX_DEPTH:
+                    for name in reversed(subdirs):
+                        stack.append((folder / name, f"{rel}/{name}" if rel else name, depth + 1))
+            found.sort(key=lambda r: r["id"])
+            signature = (self._generation, [r["status"] for r in found])
+            if signature == self._last[0]:
+                return self._last[1]
+            self._last = (signature, found)
+            return found
+
+    def summary(self, run: RunFiles) -> dict[str, Any]:
+        """The summary of one resolved run."""
+        with self._lock:
+            return self._summary(run.folder, run.id, os.stat(run.folder).st_mtime_ns)
+
+    def _experiment_labels(self, top: str) -> dict[str, str]:
+        """``{member folder: label}`` of ``<root>/<top>/experiment.json`` (empty if none)."""
+        path = self.root / top / "experiment.json"
+        try:
+            st = path.stat()
+        except OSError:
+            return {}
+        cached = self._experiments.get(top)
+        if cached is not None and cached[0] == st.st_mtime_ns:
+            return cached[1]
+        labels: dict[str, str] = {}
+        try:
+            if path.resolve().is_relative_to(self.root) and st.st_size <= MAX_TEXT_BYTES:
+                record = json.loads(path.read_text())
+                labels = {str(m["folder"]): str(m["label"]) for m in record.get("members", [])}
+        except (OSError, ValueError, KeyError, TypeError):
+            labels = {}
+        self._experiments[top] = (st.st_mtime_ns, labels)
+        self._generation += 1
+        return labels
+
+    def _summary(self, folder: Path, rel: str, dir_mtime: int) -> dict[str, Any]:
+        hist = folder / "history.csv"
+        try:
+            hst = hist.stat()
+            hkey: tuple[int, int] = (hst.st_mtime_ns, hst.st_size)
+        except OSError:
+            hkey = (0, -1)
+        key = (dir_mtime, hkey)
+        cached = self._summaries.get(rel)
+        if cached is not None and cached[0] == key:
+            out = dict(cached[1])
+        else:
+            out = build_summary(RunFiles(rel, folder, self.root))
+            self._summaries[rel] = (key, out)
+            self._generation += 1
+            out = dict(out)
+        out["status"] = status_of(out, time.time())
+        parts = rel.split("/")
+        if len(parts) >= 2:
+            labels = self._experiment_labels(parts[0])
+            if labels:
+                out["experiment"] = parts[0]
+                out["member"] = labels.get(parts[1], parts[1]) + (
+                    f" / {'/'.join(parts[2:])}" if len(parts) > 2 else ""
+                )
+        return out
+
+    def history(self, run: RunFiles) -> dict[str, list[float | None]]:
+        """The columns of the run's ``history.csv`` (empty before the first evaluation)."""
+        path = run.file("history.csv")
+        if path is None:
+            return {}
+        st = path.stat()
+        key = (st.st_mtime_ns, st.st_size)
+        cached = self._histories.get(str(path))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        cols = parse_history(run.read_text("history.csv") or "")
+        if len(self._histories) > 256:
+            self._histories.clear()
+        self._histories[str(path)] = (key, cols)
+        return cols
+
+
+# ---------------------------------------------------------------------------------- summaries
+#: Settings shown in the runs table, in order.
+KEY_SETTINGS = (
+    "model", "dataset", "hidden", "activation", "optimizer", "lr", "momentum", "batch", "l1",
+    "l2", "epochs", "steps", "preprocess", "augment", "early_stopping", "seed",
+)  # fmt: skip
+
+
+def read_settings(run: RunFiles) -> dict[str, Any]:
+    """The run's ``config.toml`` as a dict (the ``[train]`` table if it has one)."""
+    text = run.read_text("config.toml") or ""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ServeError(f"{run.id}/config.toml: not valid TOML ({exc})", 422) from None
+    return dict(data.get("train", data))
+
+
+def read_metrics(run: RunFiles) -> dict[str, Any] | None:
+    """The run's ``metrics.json`` (None while it trains or when it failed)."""
+    text = run.read_text("metrics.json")
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def build_summary(run: RunFiles) -> dict[str, Any]:
+    """One row of the runs table: key settings, accuracies, progress and file times."""
+    try:
+        settings = read_settings(run)
+        error = None
+    except ServeError as exc:
+        settings, error = {}, str(exc)
+    metrics = read_metrics(run)
+    last, val, n_rows = history_tail(run.read_text("history.csv") or "")
+    found = [run.lookup(name) for name in RUN_FILES]
+    mtimes = [f[1].st_mtime for f in found if f is not None]
+    m = metrics or {}
+    out: dict[str, Any] = {
+        "id": run.id,
+        "experiment": None,
+        "member": None,
+        "settings": {k: settings.get(k) for k in KEY_SETTINGS if k in settings},
+        "best_val_acc": max(val) if val else _finite(m.get("val_acc")),
+        "val_acc": _finite(m.get("val_acc", last.get("val_acc"))),
+        "test_acc": _finite(m.get("test_acc", last.get("test_acc"))),
+        "train_acc": _finite(m.get("train_acc", last.get("train_acc"))),
+        "epochs": _finite(m.get("epochs", last.get("epoch"))),
+        "steps": _finite(m.get("steps", last.get("step"))),
+        "seconds": _finite(m.get("seconds", last.get("time"))),
+        "n_evals": n_rows,
+        "stop_reason": m.get("stop_reason"),
+        "early_stopped": bool(m.get("early_stopped", False)),
+        "interrupted": bool(m.get("interrupted", False)),
+        "has_metrics": metrics is not None,
+        "has_checkpoint": found[3] is not None,
+        "updated": max(mtimes) if mtimes else None,
+        "error": error,
+    }
+    return out
+
+
+def error_summary(run_id: str, message: str) -> dict[str, Any]:
+    """The table row of a run folder that cannot be read (status ``failed``)."""
+    return {
+        "id": run_id, "experiment": None, "member": None, "settings": {}, "best_val_acc": None,
+        "val_acc": None, "test_acc": None, "train_acc": None, "epochs": None, "steps": None,
+        "seconds": None, "n_evals": 0, "stop_reason": None, "early_stopped": False,
+        "interrupted": False, "has_metrics": False, "has_checkpoint": False, "updated": None,
+        "error": message, "status": "failed",
+    }  # fmt: skip
+
+
+def status_of(summary: dict[str, Any], now: float) -> str:
+    """``finished``, ``stopped early``, ``interrupted``, ``running`` or ``failed``.
+
+    A run with ``metrics.json`` ended: early stopping or an interrupt say how. Without it, a
+    run whose files changed within :data:`RUNNING_WINDOW_S` is taken to be running, an
+    older one to have failed (the process ended before writing its metrics).
+    """
+    if summary["has_metrics"]:
+        if summary["interrupted"]:
+            return "interrupted"
+        return "stopped early" if summary["early_stopped"] else "finished"
+    updated = summary.get("updated")
+    if updated is not None and now - updated < RUNNING_WINDOW_S:
+        return "running"
+    return "failed"

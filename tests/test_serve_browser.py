@@ -1,0 +1,352 @@
+"""``digitlab serve`` in a real browser: Debian's headless Chromium driven by Selenium.
+
+The application runs under uvicorn on 127.0.0.1 (a free port) over runs trained on the
+embedded MNIST sample. The tests draw a "1" (mouse) and a "0" (pen) with pointer events on
+the canvas, open a run page, compare two runs, follow a run that is still training and list
+1,000 runs. Screenshots go to ``$DIGITLAB_TEST_ARTIFACTS`` (default: pytest's temporary
+folder, ``serve-screenshots``). Skipped only when Chromium, chromedriver or Selenium is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_helpers import draw_digit, train_runs, write_synthetic_runs
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    pytest.skip(
+        "needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)",
+        allow_module_level=True,
+    )
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the test extra)")
+uvicorn = pytest.importorskip("uvicorn")
+
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.actions import interaction  # noqa: E402
+from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
+from selenium.webdriver.common.actions.pointer_input import PointerInput  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from digitlab.cli import main  # noqa: E402
+from digitlab.serve import create_app  # noqa: E402
+
+WAIT = 20
+
+
+@contextlib.contextmanager
+def serving(root: Path) -> Iterator[str]:
+    """uvicorn serving ``root`` in a thread; yields the base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(root), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("runs")
+    return root, train_runs(root)
+
+
+@pytest.fixture(scope="module")
+def base_url(trained: tuple[Path, dict[str, str]]) -> Iterator[str]:
+    with serving(trained[0]) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("DIGITLAB_TEST_ARTIFACTS")
+    folder = Path(env) if env else tmp_path_factory.getbasetemp() / "serve-screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[object]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000", "--force-device-scale-factor=1"):  # fmt: skip
+        options.add_argument(arg)
+    drv = webdriver.Chrome(service=webdriver.ChromeService(str(CHROMEDRIVER)), options=options)
+    yield drv
+    drv.quit()
+
+
+def wait(drv, condition, message: str):
+    """Wait for ``condition``; elements re-rendered meanwhile (live pages) are looked up again."""
+    return WebDriverWait(
+        drv, WAIT, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(lambda d: condition(d), message)
+
+
+def screenshot(drv, path: Path) -> None:
+    """Whole page: the window is made as tall as the document first."""
+    height = drv.execute_script("return document.documentElement.scrollHeight")
+    drv.set_window_size(1400, min(max(1000, height + 120), 6000))
+    drv.save_screenshot(str(path))
+    drv.set_window_size(1400, 1000)
+
+
+def js_errors(drv) -> list[str]:
+    return [e["message"] for e in drv.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def choose_checkpoints(drv, ids: list[str]) -> None:
+    for box in drv.find_elements(By.CSS_SELECTOR, "#models input"):
+        if (box.get_attribute("value") in ids) != box.is_selected():
+            box.click()
+
+
+def predicted(drv) -> str:
+    """The first checkpoint's predicted class on the page ("" before any), read atomically."""
+    return drv.execute_script(
+        "const e = document.querySelector('#results .pred'); return e ? e.dataset.label : ''"
+    )
+
+
+def uploaded_png(drv) -> bytes:
+    """The image the page sent with its last prediction request."""
+    url = drv.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "const r = new FileReader(); r.onload = () => done(r.result);"
+        "r.readAsDataURL(window.digitlabLastUpload);"
+    )
+    return base64.b64decode(url.split(",", 1)[1])
+
+
+# ---------------------------------------------------------------------------------- tests
+def test_draw_one_and_zero_gives_the_class_of_digitlab_predict(
+    driver, base_url, trained, artifacts, tmp_path
+) -> None:
+    root, ids = trained
+    driver.get(base_url + "/#/draw")
+    pad = wait(driver, lambda d: d.find_element(By.ID, "pad"), "no drawing pad")
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#models input"), "no checkpoints")
+    choose_checkpoints(driver, [ids["mlp"], ids["softmax"]])
+
+    # "1" with the mouse: a slightly slanted vertical stroke (offsets from the pad's centre)
+    chain = ActionChains(driver, duration=10)
+    chain.move_to_element_with_offset(pad, 12, -95).click_and_hold()
+    for _ in range(19):
+        chain.move_by_offset(-1, 10)
+    chain.release().perform()
+    wait(driver, lambda d: predicted(d) == "1", f"expected 1, page says {predicted(driver)!r}")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#results .model")) == 2
+    seen = driver.execute_script(
+        "const c = document.getElementById('seen');"
+        "return Array.from(c.getContext('2d').getImageData(0, 0, 28, 28).data)"
+        ".filter((v, i) => i % 4 == 0 && v > 128).length"
+    )
+    assert 20 < seen < 300  # the 28x28 image the model sees has a stroke of ink
+    screenshot(driver, artifacts / "draw-1.png")
+    images = tmp_path / "drawn"
+    images.mkdir()
+    (images / "a-one.png").write_bytes(uploaded_png(driver))
+    from PIL import Image
+
+    with Image.open(images / "a-one.png") as sent:  # the page's own grey PNG encoder
+        assert (sent.format, sent.mode, sent.size) == ("PNG", "L", (140, 140))
+        ink = int((np.asarray(sent) < 128).sum())
+        assert 0 < ink < 140 * 140 // 4
+
+    # "0" with a pen: a closed loop
+    driver.find_element(By.ID, "clear").click()
+    assert predicted(driver) == ""
+    pen = PointerInput(interaction.POINTER_PEN, "pen")
+    actions = ActionBuilder(driver, mouse=pen, duration=10)
+    import math
+
+    points = [(55 * math.sin(2 * math.pi * k / 36), -85 * math.cos(2 * math.pi * k / 36))
+              for k in range(38)]  # fmt: skip
+    actions.pointer_action.move_to(pad, round(points[0][0]), round(points[0][1]))
+    actions.pointer_action.pointer_down(pressure=0.6)
+    for x, y in points[1:]:
+        actions.pointer_action.move_to(pad, round(x), round(y), pressure=0.6)
+    actions.pointer_action.pointer_up()
+    actions.perform()
+    wait(driver, lambda d: predicted(d) == "0", f"expected 0, page says {predicted(driver)!r}")
+    (images / "b-zero.png").write_bytes(uploaded_png(driver))
+    screenshot(driver, artifacts / "draw-0.png")
+
+    # an image file instead of a drawing (the file input; dropping a file takes the same path)
+    upload = tmp_path / "photo-of-a-one.png"
+    upload.write_bytes(draw_digit(1, size=500))
+    driver.find_element(By.ID, "file").send_keys(str(upload))
+    wait(driver, lambda d: predicted(d) == "1", f"expected 1, page says {predicted(driver)!r}")
+    assert js_errors(driver) == []
+
+    # the same images through `digitlab predict`
+    out = tmp_path / "pred.csv"
+    checkpoint = root / ids["mlp"] / "checkpoint.npz"
+    assert main(["predict", str(checkpoint), str(images), "-o", str(out)]) == 0
+    assert [row.split(",")[1] for row in out.read_text().splitlines()[1:]] == ["1", "0"]
+
+
+def test_run_page_draws_curves_weights_and_confusion(driver, base_url, trained, artifacts) -> None:
+    _, ids = trained
+    driver.get(f"{base_url}/#/run?id={ids['softmax']}")
+    for chart, n in (("loss", 3), ("acc", 3), ("lr", 1), ("norm", 1)):
+        sel = f"#chart-{chart} svg path.line"
+        wait(driver, lambda d, s=sel, n=n: len(d.find_elements(By.CSS_SELECTOR, s)) == n, sel)
+        for path in driver.find_elements(By.CSS_SELECTOR, sel):
+            assert path.get_attribute("d").count("L") >= 4  # five evaluations: a drawn line
+    wait(
+        driver,
+        lambda d: d.execute_script(
+            "const im = Array.from(document.querySelectorAll('#weights img'));"
+            "return im.length == 10 && im.every(i => i.complete && i.naturalWidth == 28)"
+        ),
+        "weight images did not load",
+    )
+    ActionChains(driver).move_to_element(
+        driver.find_element(By.CSS_SELECTOR, "#chart-acc svg")
+    ).perform()
+    tip = driver.find_element(By.ID, "tooltip")
+    wait(driver, lambda d: tip.is_displayed() and "validation" in tip.text, "no hover read-out")
+    assert tip.text.startswith("epoch ")
+    driver.save_screenshot(str(artifacts / "run-hover.png"))
+    cell = wait(
+        driver, lambda d: d.find_element(By.CSS_SELECTOR, "#confusion-table td.off"), "no cell"
+    )
+    total = sum(
+        int(td.text or 0) for td in driver.find_elements(By.CSS_SELECTOR, "#confusion-table td")
+    )
+    assert total == 1000  # the sample's test split
+    cell.click()
+    wait(
+        driver,
+        lambda d: d.execute_script(
+            "const i = document.querySelector('#examples img');"
+            "return i && i.complete && i.naturalWidth > 0"
+        ),
+        "misclassified examples did not load",
+    )
+    screenshot(driver, artifacts / "run.png")
+    assert js_errors(driver) == []
+
+
+def test_compare_two_runs(driver, base_url, trained, artifacts) -> None:
+    _, ids = trained
+    driver.get(base_url + "/#/runs")
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    rows = "#runs-table tbody tr"
+    wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 3, "rows")
+    for rid in (ids["mlp"], ids["softmax"]):
+        driver.find_element(By.CSS_SELECTOR, f'#runs-table input[value="{rid}"]').click()
+    screenshot(driver, artifacts / "runs.png")
+    driver.find_element(By.ID, "compare-btn").click()
+    for key in ("val_acc", "test_acc", "val_loss", "train_loss"):
+        sel = f"#cmp-{key} svg path.line"
+        wait(driver, lambda d, s=sel: len(d.find_elements(By.CSS_SELECTOR, s)) == 2, sel)
+    rows = {
+        tr.find_elements(By.TAG_NAME, "td")[0].text: tr
+        for tr in driver.find_elements(By.CSS_SELECTOR, "#diff-table tr.diff")
+    }
+    assert {"model", "lr", "epochs"} <= set(rows)
+    assert [td.text for td in rows["model"].find_elements(By.TAG_NAME, "td")[1:]] == [
+        "mlp",
+        "softmax",
+    ]
+    screenshot(driver, artifacts / "compare.png")
+    assert js_errors(driver) == []
+
+
+def test_a_run_in_progress_updates_live(driver, trained, tmp_path, artifacts) -> None:
+    src = trained[0] / trained[1]["softmax"]
+    run = tmp_path / "runs" / "live" / "now"
+    run.mkdir(parents=True)
+    shutil.copy(src / "config.toml", run)
+    lines = (src / "history.csv").read_text().splitlines(keepends=True)
+    (run / "history.csv").write_text("".join(lines[:3]))
+    with serving(tmp_path / "runs") as url:
+        driver.get(f"{url}/#/run?id=live/now")
+        badge = wait(
+            driver, lambda d: d.find_element(By.CSS_SELECTOR, "#run-status .badge"), "badge"
+        )
+        assert badge.text == "running"
+        sel = "#chart-loss svg path.line"
+        wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, sel), "no loss curve")
+        before = driver.execute_script(f"return document.querySelector('{sel}').getAttribute('d')")
+        assert before.count("L") == 1  # two evaluations so far
+        with open(run / "history.csv", "a") as f:
+            f.write("".join(lines[3:]))
+        wait(
+            driver,
+            lambda d: d.find_element(By.CSS_SELECTOR, sel).get_attribute("d").count("L") == 4,
+            "the curve did not grow",
+        )
+        stats = driver.execute_script("return document.getElementById('run-stats').innerText")
+        assert "5\nevaluations" in stats
+        screenshot(driver, artifacts / "live.png")
+        shutil.copy(src / "metrics.json", run)
+        wait(
+            driver,
+            lambda d: d.find_element(By.CSS_SELECTOR, "#run-status .badge").text == "finished",
+            "the finished run was not noticed",
+        )
+    assert js_errors(driver) == []
+
+
+def test_a_thousand_runs_render(driver, tmp_path, artifacts) -> None:
+    ids = write_synthetic_runs(tmp_path / "runs", 1000)
+    with serving(tmp_path / "runs") as url:
+        driver.get(url + "/#/runs")
+        wait(
+            driver,
+            lambda d: d.execute_script("return document.body.dataset.runsRenderMs"),
+            "the table never rendered",
+        )
+        timing = driver.execute_script(
+            "return {table_ms: +document.body.dataset.runsRenderMs, since_navigation_ms: "
+            "+document.body.dataset.runsShownAt,"
+            " rows: document.querySelectorAll('#runs-table tbody tr').length}"
+        )
+        assert timing["rows"] == 1000
+        (artifacts / "runs-1000-timing.json").write_text(json.dumps(timing, indent=1))
+        print(f"1,000 runs: {timing}")
+        box = driver.find_element(By.ID, "filter")
+        box.send_keys(ids[42].split("/")[1])
+        rows = driver.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")
+        assert [r.get_attribute("data-id") for r in rows] == [ids[42]]
+        box.clear()
+        box.send_keys(" ")  # an input event with an empty filter
+        driver.find_element(By.CSS_SELECTOR, 'th[data-key="test_acc"]').click()
+        first = driver.find_element(By.CSS_SELECTOR, "#runs-table tbody tr")
+        root = tmp_path / "runs"
+        best = max(json.loads((root / i / "metrics.json").read_text())["test_acc"] for i in ids)
+        acc = first.find_elements(By.TAG_NAME, "td")[9].text
+        assert acc == f"{100 * best:.2f}%"
+        screenshot(driver, artifacts / "runs-1000.png")
