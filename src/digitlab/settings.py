@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import math
 import os
 import reprlib
@@ -50,58 +51,25 @@ MONITORS: dict[str, str] = {
 }
 
 
-def _models() -> Mapping[str, Any]:
-    from digitlab.models import MODELS
+def _registry(module: str, name: str) -> Callable[[], Any]:
+    """A deferred look-up of the registry ``module.name`` (importing it here would be circular)."""
 
-    return MODELS
+    def get() -> Any:
+        return getattr(importlib.import_module(module), name)
 
-
-def _activations() -> Mapping[str, str]:
-    from digitlab.models import ACTIVATIONS
-
-    return ACTIVATIONS
+    get.__name__ = f"_{name.lower()}"
+    return get
 
 
-def _inits() -> Mapping[str, str]:
-    from digitlab.models import INITS
-
-    return INITS
-
-
-def _reductions() -> Mapping[str, str]:
-    from digitlab.models import REDUCTIONS
-
-    return REDUCTIONS
-
-
-def _dtypes() -> Mapping[str, str]:
-    from digitlab.models import DTYPES
-
-    return DTYPES
-
-
-def _methods() -> Mapping[str, str]:
-    from digitlab.data.preprocess import METHODS
-
-    return METHODS
-
-
-def _holdout_modes() -> Mapping[str, str]:
-    from digitlab.data.splits import HOLDOUT_MODES
-
-    return HOLDOUT_MODES
-
-
-def _units() -> Sequence[str]:
-    from digitlab.optim.schedules import UNITS
-
-    return UNITS
-
-
-def _optimizers() -> Mapping[str, Any]:
-    from digitlab.optim import OPTIMIZERS
-
-    return OPTIMIZERS
+_models = _registry("digitlab.models", "MODELS")
+_activations = _registry("digitlab.models", "ACTIVATIONS")
+_inits = _registry("digitlab.models", "INITS")
+_reductions = _registry("digitlab.models", "REDUCTIONS")
+_dtypes = _registry("digitlab.models", "DTYPES")
+_methods = _registry("digitlab.data.preprocess", "METHODS")
+_holdout_modes = _registry("digitlab.data.splits", "HOLDOUT_MODES")
+_units = _registry("digitlab.optim.schedules", "UNITS")
+_optimizers = _registry("digitlab.optim", "OPTIMIZERS")
 
 
 # ------------------------------------------------------------------------------ declaration
