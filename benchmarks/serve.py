@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,24 +33,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from serve_helpers import draw_digit, train_runs, write_synthetic_runs  # noqa: E402
-
-
-def serve(root: Path):
-    import uvicorn
-
-    from digitlab.serve import create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(root), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    return server, thread, f"http://127.0.0.1:{port}"
 
 
 def ms(values: list[float]) -> dict[str, float]:
@@ -114,6 +94,7 @@ def main() -> None:
     from threadpoolctl import threadpool_limits
 
     from digitlab.report.document import cpu_model
+    from digitlab.serve import serve_in_thread
     from digitlab.serve.runs import RunIndex
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -138,30 +119,27 @@ def main() -> None:
         trained = Path(tmp) / "trained"
         ids = train_runs(trained)
 
-        server, thread, url = serve(runs_1000)
-        with httpx.Client(base_url=url, timeout=60) as client:
-            times, server_ms = [], []
-            for _ in range(20):
-                t0 = time.perf_counter()
-                r = client.get("/api/runs")
-                times.append(time.perf_counter() - t0)
-                server_ms.append(r.json()["scan_ms"])
-            assert len(r.json()["runs"]) == 1000
-            results["runs_1000"] = {
-                "first_scan_ms": round(1e3 * cold, 1),
-                "http_round_trip": ms(times),
-                "server_scan_median_ms": round(statistics.median(server_ms), 2),
-                "response_bytes": len(r.content),
-            }
-        if not args.no_browser:
-            results["runs_1000"]["browser"] = browser_render(url)  # type: ignore[index]
-        server.should_exit = True
-        thread.join(10)
+        with serve_in_thread(runs_1000) as url:
+            with httpx.Client(base_url=url, timeout=60) as client:
+                times, server_ms = [], []
+                for _ in range(20):
+                    t0 = time.perf_counter()
+                    r = client.get("/api/runs")
+                    times.append(time.perf_counter() - t0)
+                    server_ms.append(r.json()["scan_ms"])
+                assert len(r.json()["runs"]) == 1000
+                results["runs_1000"] = {
+                    "first_scan_ms": round(1e3 * cold, 1),
+                    "http_round_trip": ms(times),
+                    "server_scan_median_ms": round(statistics.median(server_ms), 2),
+                    "response_bytes": len(r.content),
+                }
+            if not args.no_browser:
+                results["runs_1000"]["browser"] = browser_render(url)  # type: ignore[index]
 
-        server, thread, url = serve(trained)
         page_png = draw_digit(1, size=140, mode="L")  # what the draw page sends
         results["predict"] = {}
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with serve_in_thread(trained) as url, httpx.Client(base_url=url, timeout=60) as client:
             cases = {name: ([rid], page_png) for name, rid in ids.items()}
             cases["all three"] = (list(ids.values()), page_png)
             cases["mlp, 280x280 RGB file"] = ([ids["mlp"]], draw_digit(1))
@@ -175,8 +153,6 @@ def main() -> None:
                     times.append(time.perf_counter() - t0)
                     assert r.status_code == 200, r.text
                 results["predict"][name] = ms(times)  # type: ignore[index]
-        server.should_exit = True
-        thread.join(10)
     text = json.dumps(results, indent=2)
     (HERE / "serve-results.json").write_text(text + "\n")
     print(text)

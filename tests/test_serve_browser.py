@@ -10,13 +10,9 @@ folder, ``serve-screenshots``). Skipped only when Chromium, chromedriver or Sele
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,32 +40,11 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from digitlab.cli import main  # noqa: E402
-from digitlab.serve import create_app  # noqa: E402
+from digitlab.serve import serve_in_thread  # noqa: E402
 
 WAIT = 20
 
-
-@contextlib.contextmanager
-def serving(root: Path) -> Iterator[str]:
-    """uvicorn serving ``root`` in a thread; yields the base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(root), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+serving = serve_in_thread  # uvicorn in a thread; yields the base URL
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,6 @@ checkpoints. The JSON endpoints are documented in :mod:`digitlab.serve.app`; the
 
 from __future__ import annotations
 
-from digitlab.serve.app import create_app
+from digitlab.serve.app import create_app, serve_in_thread
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "serve_in_thread"]

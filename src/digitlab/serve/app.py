@@ -23,7 +23,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +238,46 @@ def create_app(runs: str | Path = "runs", allowed_hosts: list[str] | None = None
     app.state.index = index
     app.state.models = models
     return app
+
+
+@contextlib.contextmanager
+def serve_in_thread(runs: str | Path, *, timeout: float = 20.0) -> Iterator[str]:
+    """Serve ``runs`` with uvicorn on a free 127.0.0.1 port in a background thread.
+
+    For notebooks, tests and benchmarks; ``digitlab serve`` runs in the foreground instead.
+
+    Parameters
+    ----------
+    runs : path-like
+        Runs root.
+    timeout : float
+        Seconds to wait for the server to start.
+
+    Yields
+    ------
+    str
+        The base URL, e.g. ``http://127.0.0.1:54321``; the server stops when the block ends.
+    """
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(runs), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="digitlab-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            server.should_exit = True
+            raise ServeError(f"the server did not start within {timeout:g} s", 500)
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
