@@ -122,9 +122,9 @@ def feature_augmenter(
 ) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
     """Augmentation of preprocessed feature batches.
 
-    Maps features back to pixels (the preprocessing is affine per pixel), shifts and rotates
-    the images (background 0, as in pixel space), and maps them forward again; a bias column
-    is kept as it is.
+    Maps features back to pixels (the preprocessing is affine per pixel), shifts, rotates and
+    elastically distorts the images as ``augmenter`` says (background 0, as in pixel space),
+    and maps them forward again; a bias column is kept as it is.
     """
     d = image_shape[0] * image_shape[1]
     scale, offset = pixel_affine(prep, d)
@@ -163,9 +163,11 @@ def build_trainer(
     batch = 1 if s.batch == "sgd" else s.batch
     transform = None
     if s.augment:
-        transform = feature_augmenter(
-            data.preprocessor, data.dataset.image_shape, Augmenter(s.max_shift, s.max_rotation)
-        )
+        augmenter = Augmenter(
+            s.max_shift, s.max_rotation,
+            elastic_alpha=s.elastic_alpha, elastic_sigma=s.elastic_sigma,
+        )  # fmt: skip
+        transform = feature_augmenter(data.preprocessor, data.dataset.image_shape, augmenter)
     cbs = list(callbacks)
     if s.early_stopping:
         cbs.insert(
