@@ -190,3 +190,17 @@ def test_gzip_idx_is_read_in_pieces(tmp_path, monkeypatch):
     assert gzip.open(path).read()[:4] == b"\x00\x00\x08\x03"
     monkeypatch.setattr(idx_module, "_READ_CHUNK", 1000)  # 40 pieces
     np.testing.assert_array_equal(idx_module.read_idx(path), x)
+
+
+def test_data_record_checksum_is_that_of_the_bytes():
+    import zlib
+
+    from digitlab.runner import data_record
+
+    ds = load("mnist-5k")
+    crc = zlib.crc32(ds.y_train.tobytes())
+    for a in (ds.x_train, ds.y_test, ds.x_test):
+        crc = zlib.crc32(np.ascontiguousarray(a).tobytes(), crc)
+    assert data_record(ds)["crc32"] == f"{crc:08x}"
+    empty = dataclasses.replace(ds, x_test=ds.x_test[:0], y_test=ds.y_test[:0])
+    assert data_record(empty)["n_test"] == 0

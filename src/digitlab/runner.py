@@ -280,9 +280,9 @@ def data_record(ds: Dataset) -> dict[str, Any]:
             "crc32": f"{crc:08x}", "source": ds.source, "is_sample": ds.is_sample}  # fmt: skip
 
 
-def _bytes(a: np.ndarray) -> memoryview:
-    """The bytes of ``a`` in C order, without a copy when it is contiguous."""
-    return memoryview(np.ascontiguousarray(a)).cast("B")
+def _bytes(a: np.ndarray) -> np.ndarray:
+    """The bytes of ``a`` in C order (uint8 (nbytes,)), without a copy when it is contiguous."""
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
 
 
 def check_same_data(meta: Mapping[str, Any], ds: Dataset, path: str | os.PathLike) -> None:
