@@ -413,3 +413,31 @@ def test_demo_prints_the_data_source_once_before_training(tmp_path, capsys, monk
     printed = capsys.readouterr().out
     assert printed.count("embedded sample") == 1
     assert printed.index("embedded sample") < printed.index("epoch 1.00/1")
+
+
+def test_elastic_augmentation_from_the_command_line(tmp_path):
+    from digitlab.runner import build_run_model, build_trainer, prepare_data
+    from digitlab.settings import Settings
+
+    args = ["train", "--model", "softmax", *FAST, "--epochs", "1", "--augment", "--max-shift",
+            "0", "--max-rotation", "0", "--elastic-alpha", "34",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    folder = _run_folder(tmp_path)
+    config = tomllib.loads((folder / "config.toml").read_text())
+    assert config["elastic_alpha"] == 34.0 and config["elastic_sigma"] == 4.0
+    assert json.loads((folder / "metrics.json").read_text())["test_acc"] > 0.5  # chance: 0.1
+    # the trainer's batch transform distorts exactly when elastic_alpha > 0
+    base = {"dataset": "mnist-5k", "epochs": 1, "augment": True, "max_shift": 0,
+            "max_rotation": 0.0}  # fmt: skip
+    X = None
+    moved = {}
+    for alpha in (0.0, 34.0):
+        s = Settings.from_dict(base | {"elastic_alpha": alpha})
+        data = prepare_data(s)
+        X = data.train[0][:16]
+        trainer = build_trainer(s, build_run_model(s, X.shape[1], 10), data, [])
+        moved[alpha] = trainer.batch_transform(X, np.random.default_rng(0))
+    np.testing.assert_allclose(moved[0.0], X, atol=1e-5)
+    assert np.abs(moved[34.0] - X).mean() > 0.01
+    assert main(["train", "--elastic-alpha", "34", "--dataset", "mnist-5k"]) == 2

@@ -1,4 +1,5 @@
-"""Augmentation: identities, exact shifts, rotations checked against scipy and np.rot90."""
+"""Augmentation: identities, exact shifts, rotations checked against scipy and np.rot90, and
+elastic distortions (determinism, identity at alpha 0, field statistics, mass)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from digitlab.data.augment import Augmenter, _draw, augment, warp
+from digitlab.data.augment import Augmenter, _draw, augment, elastic, elastic_fields, warp
 from digitlab.errors import ConfigError, ShapeError
 
 
@@ -148,3 +149,114 @@ def test_augmenter_validates_and_delegates():
         augment(x[0], np.random.default_rng(0))
     with pytest.raises(AttributeError):
         aug.max_shift = 4  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------- elastic distortions
+def test_elastic_is_deterministic_from_the_seed_with_float32_shapes():
+    x = np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8)
+    a = elastic(x, np.random.default_rng(5))
+    b = elastic(x, np.random.default_rng(5))
+    c = elastic(x, np.random.default_rng(6))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.dtype == np.float32 and a.shape == (8, 28, 28)
+    f = elastic_fields(3, (10, 7), 34.0, 4.0, np.random.default_rng(0))
+    assert f.dtype == np.float32 and f.shape == (3, 2, 10, 7)
+    assert elastic(np.zeros((0, 28, 28), np.uint8), np.random.default_rng(0)).shape == (0, 28, 28)
+
+
+def test_zero_alpha_is_the_identity_and_draws_nothing_more():
+    x = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    assert not elastic_fields(6, (28, 28), 0.0, 4.0, np.random.default_rng(0)).any()
+    np.testing.assert_array_equal(elastic(x, np.random.default_rng(1), alpha=0.0), x)
+    np.testing.assert_array_equal(augment(x, np.random.default_rng(1), 0, 0.0, elastic_alpha=0), x)
+    # shifts and rotations draw the same stream as before elastic distortions existed
+    np.testing.assert_array_equal(
+        augment(x, np.random.default_rng(2), 3, 10.0, elastic_alpha=0.0),
+        augment(x, np.random.default_rng(2), 3, 10.0),
+    )
+
+
+def test_a_constant_displacement_is_a_shift():
+    x = pattern()[None].repeat(2, axis=0)
+    disp = np.zeros((2, 2, 28, 28), np.float32)
+    disp[:, 0] = 2.0  # every output pixel reads two rows further down: content moves up 2
+    moved = warp(x, np.zeros((2, 2)), np.zeros(2), displacement=disp)
+    np.testing.assert_array_equal(moved, warp(x, np.array([[-2, 0], [-2, 0]]), np.zeros(2)))
+    with pytest.raises(ShapeError, match="displacement"):
+        warp(x, np.zeros((2, 2)), np.zeros(2), displacement=disp[:, :, :5])
+
+
+def test_displacement_fields_are_centred_smooth_and_of_the_expected_size():
+    alpha, sigma = 34.0, 4.0
+    f = elastic_fields(400, (28, 28), alpha, sigma, np.random.default_rng(0)).astype(np.float64)
+    inner = f[:, :, 10:18, 10:18]  # away from the zero padding of the filter
+    # uniform noise has variance 1/3; a unit-sum 2-d Gaussian of width sigma keeps a fraction
+    # 1 / (4 pi sigma^2) of it
+    expected_std = alpha * np.sqrt(1 / 3 / (4 * np.pi * sigma**2))
+    assert inner.std() == pytest.approx(expected_std, rel=0.15)
+    assert abs(inner.mean()) < 0.05 * expected_std
+
+    def corr(a, b):
+        return np.corrcoef(a.ravel(), b.ravel())[0, 1]
+
+    near = corr(f[:, :, 10:18, 10:18], f[:, :, 10:18, 11:19])  # horizontal neighbours
+    far = corr(f[:, :, 4:12, 4:12], f[:, :, 16:24, 16:24])  # 12 pixels apart both ways
+    assert near > 0.95 and abs(far) < 0.1
+    assert abs(corr(f[:, 0], f[:, 1])) < 0.05  # row and column fields independent
+    raw = np.random.default_rng(0).random((400, 28, 28))
+    assert abs(corr(raw[:, :, :-1], raw[:, :, 1:])) < 0.05  # the noise before smoothing
+
+
+def test_elastic_keeps_the_ink_roughly_and_moves_it():
+    x = np.zeros((64, 28, 28), np.uint8)
+    rng = np.random.default_rng(0)
+    for i in range(64):  # blobs of ink well inside the frame
+        r, c = rng.integers(8, 16, size=2)
+        x[i, r : r + 5, c : c + 4] = 255
+    out = elastic(x, np.random.default_rng(1), alpha=34.0, sigma=4.0)
+    ratio = out.sum(axis=(1, 2)) / x.sum(axis=(1, 2), dtype=np.float64)
+    # a small blob is locally stretched or squeezed (ratios ~0.5-1.7), but not on the whole
+    assert out.sum() / x.sum(dtype=np.float64) == pytest.approx(1.0, abs=0.1)
+    assert 0.85 < np.median(ratio) < 1.15 and 0.3 < ratio.min() and ratio.max() < 2.0
+    assert np.abs(out - x).mean() > 5  # it did move pixels
+
+
+def test_elastic_composes_with_shift_and_rotation_in_one_resampling_call(monkeypatch):
+    calls = []
+    original = ndimage.map_coordinates
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    module = importlib.import_module("digitlab.data.augment")
+    monkeypatch.setattr(module.ndimage, "map_coordinates", counting)
+    x = np.random.default_rng(0).integers(0, 256, (32, 28, 28), dtype=np.uint8)
+    plain = augment(x, np.random.default_rng(3), 2, 10.0)
+    distorted = Augmenter(2, 10.0, elastic_alpha=34.0)(x, np.random.default_rng(3))
+    assert calls == [(32, 28, 28), (32, 28, 28)]
+    assert not np.array_equal(plain, distorted)
+
+
+def test_elastic_parameters_are_validated():
+    x = np.zeros((2, 28, 28), np.uint8)
+    for bad in ({"elastic_alpha": -1.0}, {"elastic_alpha": float("nan")},
+                {"elastic_sigma": 0.0}, {"elastic_sigma": float("inf")},
+                {"elastic_alpha": True}):  # fmt: skip
+        with pytest.raises(ConfigError, match="elastic"):
+            Augmenter(**bad)
+    with pytest.raises(ConfigError, match="elastic_sigma"):
+        elastic(x, np.random.default_rng(0), sigma=-2.0)
+    with pytest.raises(ConfigError, match="Generator"):
+        elastic(x, 0)
+
+
+def test_elastic_keeps_the_ink_of_real_digits():
+    from digitlab.data import load
+
+    x = load("mnist-5k").x_train[:256]
+    out = elastic(x, np.random.default_rng(0), alpha=34.0, sigma=4.0)
+    ratio = out.sum(axis=(1, 2)) / x.sum(axis=(1, 2), dtype=np.float64)
+    assert out.sum() / x.sum(dtype=np.float64) == pytest.approx(1.0, abs=0.05)
+    assert 0.9 < np.median(ratio) < 1.1

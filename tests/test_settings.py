@@ -217,3 +217,24 @@ def test_oversized_or_non_file_configs_are_refused(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match="not valid TOML"):
         Settings.from_toml(binary)
+
+
+def test_elastic_settings_are_declared_validated_and_need_augment():
+    s = Settings.merge(
+        [(COMMAND_LINE, {"augment": True, "elastic_alpha": "34", "elastic_sigma": "4.5"})]
+    )
+    assert (s.elastic_alpha, s.elastic_sigma) == (34.0, 4.5)
+    assert (Settings().elastic_alpha, Settings().elastic_sigma) == (0.0, 4.0)  # off by default
+    for values, words in (
+        ({"elastic_alpha": "-1"}, "option --elastic-alpha '-1': expected a finite number (>= 0"),
+        ({"elastic_alpha": "nan"}, "option --elastic-alpha 'nan'"),
+        ({"elastic_sigma": "0"}, "option --elastic-sigma '0': expected a finite number (> 0"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            Settings.merge([(COMMAND_LINE, {"augment": True, **values})])
+    with pytest.raises(ConfigError, match="elastic_alpha distorts augmented batches"):
+        Settings.merge([("a.toml", {"elastic_alpha": 34.0})])
+    parser = argparse.ArgumentParser()
+    add_options(parser)
+    given = options_given(parser.parse_args(["--augment", "--elastic-alpha", "34"]))
+    assert given == {"augment": True, "elastic_alpha": "34"}

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from digitlab.data import SEED_SPLIT, Augmenter, Dataset, Preprocessor, Splits, load, make_splits
+from digitlab.data.rows import ImageRows
 from digitlab.errors import ConfigError, DataError
 from digitlab.models import MODELS, Model
 from digitlab.optim import make_optimizer
@@ -34,7 +35,15 @@ from digitlab.runfiles import (  # noqa: F401  (re-exported: the runner's histor
     write_toml,
 )
 from digitlab.settings import COMMAND_LINE, SPECS, Settings
-from digitlab.train import Callback, Checkpoint, EarlyStopping, Progress, Trainer, evaluate
+from digitlab.train import (
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    Progress,
+    Trainer,
+    evaluate,
+    predict,
+)
 
 #: Datasets whose files number their classes from 1 (the Kaggle CSV keeps that numbering).
 LABEL_OFFSET = {"emnist-letters": 1}
@@ -45,16 +54,18 @@ LABEL_OFFSET = {"emnist-letters": 1}
 class PreparedData:
     """Features and labels of each split, and what produced them.
 
-    ``train``/``val``/``test`` are ``(X float32 (n, d), y int64 (n,))``; ``val`` may be None.
-    ``train_images`` are the training images (n, h, w) uint8, kept for augmentation.
+    ``train``/``val``/``test`` are ``(X (n, d), y int64 (n,))``; ``val`` may be None. ``X`` is
+    an :class:`~digitlab.data.rows.ImageRows`: the split's uint8 images, turned into float32
+    features a batch (or an evaluation chunk) at a time, so no float32 copy of a split is
+    kept; ``numpy.asarray(X)`` gives the whole feature matrix when one is wanted.
     """
 
     dataset: Dataset
     splits: Splits
     preprocessor: Preprocessor
-    train: tuple[np.ndarray, np.ndarray]
-    val: tuple[np.ndarray, np.ndarray] | None
-    test: tuple[np.ndarray, np.ndarray]
+    train: tuple[ImageRows, np.ndarray]
+    val: tuple[ImageRows, np.ndarray] | None
+    test: tuple[ImageRows, np.ndarray]
     classes: tuple[str, ...]
     notes: list[str]
 
@@ -85,9 +96,9 @@ def prepare_data(settings: Settings, dataset: Dataset | None = None) -> Prepared
         classes=classes, rng=rng,
     )  # fmt: skip
     prep = Preprocessor(s.preprocess, bias_column=s.bias_column).fit(splits.train[0])
-    train = (prep.transform(splits.train[0]), splits.train[1])
-    val = (prep.transform(splits.val[0]), splits.val[1]) if splits.val is not None else None
-    test = (prep.transform(splits.test[0]), splits.test[1])
+    train = (ImageRows(splits.train[0], prep), splits.train[1])
+    val = (ImageRows(splits.val[0], prep), splits.val[1]) if splits.val is not None else None
+    test = (ImageRows(splits.test[0], prep), splits.test[1])
     if classes is not None:
         names = (f"{ds.classes[classes[1]]}", f"{ds.classes[classes[0]]}")  # label 0, label 1
     else:
@@ -111,9 +122,9 @@ def feature_augmenter(
 ) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
     """Augmentation of preprocessed feature batches.
 
-    Maps features back to pixels (the preprocessing is affine per pixel), shifts and rotates
-    the images (background 0, as in pixel space), and maps them forward again; a bias column
-    is kept as it is.
+    Maps features back to pixels (the preprocessing is affine per pixel), shifts, rotates and
+    elastically distorts the images as ``augmenter`` says (background 0, as in pixel space),
+    and maps them forward again; a bias column is kept as it is.
     """
     d = image_shape[0] * image_shape[1]
     scale, offset = pixel_affine(prep, d)
@@ -152,9 +163,11 @@ def build_trainer(
     batch = 1 if s.batch == "sgd" else s.batch
     transform = None
     if s.augment:
-        transform = feature_augmenter(
-            data.preprocessor, data.dataset.image_shape, Augmenter(s.max_shift, s.max_rotation)
-        )
+        augmenter = Augmenter(
+            s.max_shift, s.max_rotation,
+            elastic_alpha=s.elastic_alpha, elastic_sigma=s.elastic_sigma,
+        )  # fmt: skip
+        transform = feature_augmenter(data.preprocessor, data.dataset.image_shape, augmenter)
     cbs = list(callbacks)
     if s.early_stopping:
         cbs.insert(
@@ -247,7 +260,7 @@ def final_metrics(trainer: Trainer, data: PreparedData) -> dict[str, Any]:
         "stop_reason": trainer.stop_reason,
         "weight_norm": trainer.model.weight_norm(),
     }
-    pred = trainer.model.predict(data.test[0])
+    pred = predict(trainer.model, data.test[0])
     k = len(data.classes)
     out["confusion_test"] = (
         np.bincount(data.test[1] * k + pred, minlength=k * k).reshape(k, k).tolist()
@@ -260,11 +273,16 @@ def final_metrics(trainer: Trainer, data: PreparedData) -> dict[str, Any]:
 
 def data_record(ds: Dataset) -> dict[str, Any]:
     """What a checkpoint records of the data it trained on (compared by :func:`check_same_data`)."""
-    crc = zlib.crc32(ds.y_train.tobytes())
+    crc = zlib.crc32(_bytes(ds.y_train))
     for a in (ds.x_train, ds.y_test, ds.x_test):
-        crc = zlib.crc32(np.ascontiguousarray(a).tobytes(), crc)
+        crc = zlib.crc32(_bytes(a), crc)
     return {"name": ds.name, "n_train": len(ds.y_train), "n_test": len(ds.y_test),
             "crc32": f"{crc:08x}", "source": ds.source, "is_sample": ds.is_sample}  # fmt: skip
+
+
+def _bytes(a: np.ndarray) -> np.ndarray:
+    """The bytes of ``a`` in C order (uint8 (nbytes,)), without a copy when it is contiguous."""
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
 
 
 def check_same_data(meta: Mapping[str, Any], ds: Dataset, path: str | os.PathLike) -> None:

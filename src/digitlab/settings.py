@@ -258,11 +258,21 @@ class Settings:
         False, "append a column of ones (the bias trick) instead of a bias vector", "data",
         fixed=True,
     )  # fmt: skip
-    augment: bool = setting(False, "random shifts and rotations of training batches", "data")
+    augment: bool = setting(
+        False, "random shifts, rotations and elastic distortions of training batches", "data"
+    )
     max_shift: int = setting(3, "augmentation: largest shift in pixels", "data", low=0, high=14)
     max_rotation: float = setting(
         10.0, "augmentation: largest rotation in degrees", "data", low=0, high=180
     )
+    elastic_alpha: float = setting(
+        0.0, "augmentation: elastic distortion scale in pixels (0: off; 34 in Simard et al. "
+        "2003 for 28x28 digits)", "data", low=0, high=1000,
+    )  # fmt: skip
+    elastic_sigma: float = setting(
+        4.0, "augmentation: width in pixels of the Gaussian smoothing the elastic displacement "
+        "fields", "data", low=0, open_low=True, high=100,
+    )  # fmt: skip
     # -- optimisation
     optimizer: str = setting("sgd", "update rule", "optimisation", choices=_optimizers)
     lr: float = setting(
@@ -590,6 +600,8 @@ def _check_rules(s: Settings) -> None:
         raise ConfigError("give epochs or steps")
     if s.early_stopping and s.holdout == 0:
         raise ConfigError("early_stopping needs a validation split: set holdout > 0")
+    if s.elastic_alpha and not s.augment:
+        raise ConfigError("elastic_alpha distorts augmented batches: set augment too")
     if s.model == "logistic":
         if s.classes is None or len(s.classes) != 2 or s.classes[0] == s.classes[1]:
             raise ConfigError(

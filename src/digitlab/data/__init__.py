@@ -5,7 +5,7 @@ Images stay uint8 (n, h, w) until :class:`Preprocessor` turns them into float32 
 labels are int64 (n,). Nothing here knows about models.
 """
 
-from digitlab.data.augment import Augmenter, augment, warp
+from digitlab.data.augment import Augmenter, augment, elastic, elastic_fields, warp
 from digitlab.data.download import fetch
 from digitlab.data.formats import read_csv, read_image_folder, read_letters_mat, write_csv
 from digitlab.data.idx import read_idx, write_idx
@@ -41,6 +41,8 @@ __all__ = [
     "Splits",
     "augment",
     "download",
+    "elastic",
+    "elastic_fields",
     "fetch",
     "filter_classes",
     "first",

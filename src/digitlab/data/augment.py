@@ -1,10 +1,15 @@
-"""Random shift and rotation of whole batches of images (seed 003's augmentation), vectorised.
+"""Random shift, rotation and elastic distortion of whole batches of images, vectorised.
 
 Each image is shifted by a whole number of pixels along one randomly chosen axis and then
-rotated about its centre by a uniform random angle. All sample coordinates of the batch are
-built at once and resampled by a single :func:`scipy.ndimage.map_coordinates` call (bilinear,
-pixels outside the image read as ``cval``). Unlike seed 003's ``np.roll``, pixels shifted out
-of the image are dropped rather than wrapped around.
+rotated about its centre by a uniform random angle (seed 003's augmentation). Optionally it is
+also elastically distorted (Simard, Steinkraus & Platt 2003, "Best practices for
+convolutional neural networks applied to visual document analysis"): a displacement field of
+uniform random values in [-1, 1] per pixel and direction, smoothed by a Gaussian of width
+``sigma`` and scaled by ``alpha`` pixels, moves every output pixel's sampling point. All
+sample coordinates of the batch (distortion, rotation and shift composed) are built at once
+and resampled by a single :func:`scipy.ndimage.map_coordinates` call (bilinear, pixels outside
+the image read as ``cval``). Unlike seed 003's ``np.roll``, pixels shifted out of the image are
+dropped rather than wrapped around.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from scipy import ndimage
 
 from digitlab.errors import ConfigError, ShapeError
 
-__all__ = ["Augmenter", "augment", "warp"]
+__all__ = ["Augmenter", "augment", "elastic", "elastic_fields", "warp"]
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
@@ -46,10 +51,59 @@ def _check_params(max_shift: int, max_rotation: float, cval: float) -> int:
     return shift
 
 
-def warp(
-    images: np.ndarray, shifts: np.ndarray, angles: np.ndarray, cval: float = 0.0
+def _check_elastic(alpha: float, sigma: float) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha < math.inf:
+        raise ConfigError(f"elastic_alpha must be a finite number >= 0 pixels, got {alpha!r}")
+    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not 0 < sigma < math.inf:
+        raise ConfigError(f"elastic_sigma must be a finite number > 0 pixels, got {sigma!r}")
+
+
+def elastic_fields(
+    n: int, shape: tuple[int, int], alpha: float, sigma: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Shift, then rotate, every image by its own amount, with one resampling call.
+    """Random smooth displacement fields (Simard et al. 2003), one per image.
+
+    Each of the ``2 * n`` fields is uniform noise in [-1, 1) per pixel, convolved with a
+    Gaussian of standard deviation ``sigma`` pixels (zero outside the image, truncated at
+    4 sigma) and multiplied by ``alpha``; all are smoothed by one separable filter call.
+
+    Parameters
+    ----------
+    n : int
+        Number of images.
+    shape : (h, w)
+    alpha : float
+        Scale in pixels (>= 0); 0 gives zero fields.
+    sigma : float
+        Gaussian width in pixels (> 0).
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (n, 2, h, w): row and column displacement of every output pixel.
+    """
+    _check_elastic(alpha, sigma)
+    h, w = shape
+    noise = rng.random((n, 2, h, w), dtype=np.float32)
+    noise *= 2
+    noise -= 1
+    fields = np.empty_like(noise)
+    ndimage.gaussian_filter(
+        noise, sigma=(0, 0, sigma, sigma), output=fields, mode="constant", cval=0.0
+    )
+    fields *= np.float32(alpha)
+    return fields
+
+
+def warp(
+    images: np.ndarray,
+    shifts: np.ndarray,
+    angles: np.ndarray,
+    cval: float = 0.0,
+    displacement: np.ndarray | None = None,
+) -> np.ndarray:
+    """Shift, then rotate, then distort every image by its own amount, with one resampling call.
 
     Parameters
     ----------
@@ -62,6 +116,9 @@ def warp(
         counter-clockwise as displayed (row 0 at the top), like ``scipy.ndimage.rotate``.
     cval
         Value of pixels that come from outside the image.
+    displacement
+        Optional float (n, 2, h, w) elastic displacement (rows, columns) in pixels: output
+        pixel ``p`` shows the shifted and rotated image at ``p + displacement[:, :, p]``.
 
     Returns
     -------
@@ -84,6 +141,12 @@ def warp(
     dr = (np.arange(h, dtype=np.float32) - cr)[None, :, None]  # (1, h, 1)
     dc = (np.arange(w, dtype=np.float32) - cc)[None, None, :]  # (1, 1, w)
     sh = shifts.astype(np.float32)
+    if displacement is not None:
+        if np.shape(displacement) != (n, 2, h, w):
+            raise ShapeError(f"displacement must be (n, 2, h, w) = {(n, 2, h, w)}, "
+                             f"got {np.shape(displacement)}")  # fmt: skip
+        disp = np.asarray(displacement, dtype=np.float32)
+        dr, dc = dr + disp[:, 0], dc + disp[:, 1]  # (n, h, w): the distorted output grid
     # Output pixel p samples the shifted image at R(-angle)(p - c) + c, i.e. the input at
     # that point minus the shift.
     coords = np.empty((3, n, h, w), dtype=np.float32)
@@ -114,12 +177,16 @@ def augment(
     max_shift: int = 3,
     max_rotation: float = 10.0,
     cval: float = 0.0,
+    elastic_alpha: float = 0.0,
+    elastic_sigma: float = 4.0,
 ) -> np.ndarray:
-    """Randomly shift and rotate each image (seed 003), in pixel space.
+    """Randomly shift, rotate and (optionally) elastically distort each image, in pixel space.
 
     Each image gets a shift of ``k`` pixels, ``k`` uniform in ``0..max_shift``, with a random
     sign, along one axis (rows or columns, equally likely), then a rotation by an angle
-    uniform in ``[-max_rotation, max_rotation]`` degrees about its centre.
+    uniform in ``[-max_rotation, max_rotation]`` degrees about its centre (seed 003), then,
+    when ``elastic_alpha > 0``, an elastic distortion (:func:`elastic_fields`). The shifts and
+    angles are drawn first, so ``elastic_alpha=0`` draws exactly what it always did.
 
     Parameters
     ----------
@@ -133,6 +200,10 @@ def augment(
         Largest rotation in degrees (>= 0).
     cval
         Value of pixels that enter from outside the image (background).
+    elastic_alpha
+        Elastic distortion scale in pixels (0: none; Simard et al. use 34 on 28x28 digits).
+    elastic_sigma
+        Width in pixels of the Gaussian that smooths the displacement fields (> 0; 4).
 
     Returns
     -------
@@ -140,11 +211,50 @@ def augment(
         float32 (n, h, w).
     """
     shift = _check_params(max_shift, max_rotation, cval)
+    _check_elastic(elastic_alpha, elastic_sigma)
     x = _check_images(images)
     if not isinstance(rng, np.random.Generator):
         raise ConfigError(f"augment needs rng=numpy.random.Generator, got {type(rng).__name__}")
     shifts, angles = _draw(len(x), rng, shift, float(max_rotation))
-    return warp(x, shifts, angles, cval)
+    fields = None
+    if elastic_alpha > 0:
+        fields = elastic_fields(len(x), x.shape[1:], elastic_alpha, elastic_sigma, rng)
+    return warp(x, shifts, angles, cval, fields)
+
+
+def elastic(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    alpha: float = 34.0,
+    sigma: float = 4.0,
+    cval: float = 0.0,
+) -> np.ndarray:
+    """Elastically distort each image (Simard et al. 2003) and nothing else.
+
+    Parameters
+    ----------
+    images
+        (n, h, w) pixel values, uint8 or float.
+    rng
+        Source of the displacement fields.
+    alpha, sigma
+        See :func:`elastic_fields`.
+    cval
+        Background value.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (n, h, w).
+    """
+    x = _check_images(images)
+    if not isinstance(rng, np.random.Generator):
+        raise ConfigError(f"elastic needs rng=numpy.random.Generator, got {type(rng).__name__}")
+    if not math.isfinite(cval):
+        raise ConfigError(f"cval must be finite, got {cval!r}")
+    fields = elastic_fields(len(x), x.shape[1:], alpha, sigma, rng)
+    n = len(x)
+    return warp(x, np.zeros((n, 2)), np.zeros(n), cval, fields)
 
 
 @dataclass(frozen=True)
@@ -159,15 +269,25 @@ class Augmenter:
         Largest rotation in degrees.
     cval
         Background value.
+    elastic_alpha
+        Elastic distortion scale in pixels (0: none).
+    elastic_sigma
+        Gaussian width of the elastic displacement fields in pixels.
     """
 
     max_shift: int = 3
     max_rotation: float = 10.0
     cval: float = 0.0
+    elastic_alpha: float = 0.0
+    elastic_sigma: float = 4.0
 
     def __post_init__(self) -> None:
         _check_params(self.max_shift, self.max_rotation, self.cval)
+        _check_elastic(self.elastic_alpha, self.elastic_sigma)
 
     def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Augment a batch: (n, h, w) in, float32 (n, h, w) out."""
-        return augment(images, rng, self.max_shift, self.max_rotation, self.cval)
+        return augment(
+            images, rng, self.max_shift, self.max_rotation, self.cval,
+            self.elastic_alpha, self.elastic_sigma,
+        )  # fmt: skip

@@ -35,13 +35,15 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # deflate cannot expand data by more than ~1032:1, so a header that claims more than this
 # many bytes per compressed byte is certainly truncated; checked before allocating.
 _MAX_DEFLATE_RATIO = 1032
+#: Bytes per read (bounds the temporary a gzip read allocates).
+_READ_CHUNK = 1 << 20
 
 
 def _read_exact(f: BinaryIO, buf: memoryview) -> int:
     """Fill ``buf`` from ``f``; return the number of bytes read (short only at end of file)."""
     got = 0
-    while got < len(buf):
-        n = f.readinto(buf[got:])
+    while got < len(buf):  # in pieces: gzip's readinto decompresses into a bytes of the size
+        n = f.readinto(buf[got : got + _READ_CHUNK])
         if not n:
             break
         got += n

@@ -131,13 +131,15 @@ class Preprocessor:
         self.n_features_in_ = d
         return self
 
-    def transform(self, images: np.ndarray) -> np.ndarray:
+    def transform(self, images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Flatten and convert, in float32, without float64 copies of the data.
 
         Parameters
         ----------
         images
             Images (n, h, w) or features (n, d) with d equal to the fitted size.
+        out
+            Optional float32 (n, d[+1]) buffer to write into (a batch buffer, say).
 
         Returns
         -------
@@ -149,7 +151,7 @@ class Preprocessor:
         ConfigError
             ``"standardize"`` before :meth:`fit`.
         ShapeError
-            d differs from the fitted size.
+            d differs from the fitted size, or ``out`` has the wrong shape or dtype.
         DataError
             NaN, infinite or non-numeric input.
         """
@@ -159,7 +161,11 @@ class Preprocessor:
         n, d = x.shape
         if self.n_features_in_ is not None and d != self.n_features_in_:
             raise ShapeError(f"expected {self.n_features_in_} features per example, got {d}")
-        out = np.empty((n, self.n_features_out(d)), dtype=np.float32)
+        shape = (n, self.n_features_out(d))
+        if out is None:
+            out = np.empty(shape, dtype=np.float32)
+        elif out.shape != shape or out.dtype != np.float32:
+            raise ShapeError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
         body = out[:, :d]
         if self.method == "scale01":
             np.divide(x, np.float32(255.0), out=body)

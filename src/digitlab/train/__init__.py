@@ -2,14 +2,18 @@
 
 from digitlab.train.callbacks import Callback, Checkpoint, EarlyStopping, History, Progress
 from digitlab.train.trainer import (
+    BatchSource,
     Trainer,
     evaluate,
     graceful_interrupts,
+    is_source,
+    predict,
     resolve_batch_size,
     resolve_eval_every,
 )
 
 __all__ = [
+    "BatchSource",
     "Callback",
     "Checkpoint",
     "EarlyStopping",
@@ -18,6 +22,8 @@ __all__ = [
     "Trainer",
     "evaluate",
     "graceful_interrupts",
+    "is_source",
+    "predict",
     "resolve_batch_size",
     "resolve_eval_every",
 ]

@@ -13,6 +13,11 @@ every split given to :meth:`Trainer.fit`, the mean cross-entropy (``<split>_loss
 objective that is optimised (``<split>_objective``: cross-entropy with the model's reduction,
 plus the penalty) and the accuracy (``<split>_acc``), with the step, epoch, learning rate and
 the L2 norm of the weights.
+
+Training and evaluation data are feature arrays ``(n, d)`` or a :class:`BatchSource` (such as
+:class:`~digitlab.data.rows.ImageRows`: uint8 images turned into features batch by batch), so
+that only a batch of float rows exists at a time. A full-batch fit turns a source into one
+feature array for the fit (that batch is the whole set anyway).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -37,8 +42,41 @@ from digitlab.train.callbacks import Callback, History
 
 BatchSpec = int | float | str
 EvalSpec = int | float | str
-ArrayPair = tuple[np.ndarray, np.ndarray]
 EVAL_CHUNK = 16384
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """Rows of features made on demand (e.g. :class:`~digitlab.data.rows.ImageRows`).
+
+    ``shape`` is ``(n, d)`` and ``dtype`` the float dtype of the rows handed out.
+    """
+
+    shape: tuple[int, int]
+    dtype: np.dtype
+
+    def __len__(self) -> int: ...
+
+    def take(self, index: slice | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``index`` (a slice or int positions (b,)) as ``(b, d)``, into ``out[:b]``."""
+        ...
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rows (c, d))`` over all rows, in order, in bounded chunks."""
+        ...
+
+    def astype(self, dtype: Any) -> BatchSource:
+        """The same rows handed out in ``dtype``."""
+        ...
+
+
+Rows = np.ndarray | BatchSource
+ArrayPair = tuple[Rows, np.ndarray]
+
+
+def is_source(X: object) -> bool:
+    """Whether ``X`` is a :class:`BatchSource` rather than an array."""
+    return not isinstance(X, np.ndarray) and isinstance(X, BatchSource)
 
 
 def resolve_batch_size(spec: BatchSpec, n: int) -> int:
@@ -194,6 +232,7 @@ class Trainer:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The next batch's rows ``(X (b, d), y (b,), weights (b,) or None)``."""
         n, bs = X.shape[0], self.batch_size
+        source = is_source(X)
         if self.pos == 0:
             if self.replacement:
                 self.order = self.rng.integers(0, n, size=self.steps_per_epoch * bs)
@@ -203,12 +242,16 @@ class Trainer:
                 self.order = None
         start = self.pos * bs
         w = self._weight
-        if self.order is None:  # stored order: a view, no copy
-            Xb, yb = X[start : start + bs], y[start : start + bs]
-            wb = None if w is None else w[start : start + bs]
+        if self.order is None:  # stored order: a view, no copy (a source converts the rows)
+            rows = slice(start, start + bs)
+            Xb = X.take(rows, out=self._buf) if source else X[rows]
+            yb, wb = y[rows], None if w is None else w[rows]
         else:  # gather the batch's rows with one take into preallocated buffers
             idx = self.order[start : start + bs]
-            Xb = X.take(idx, axis=0, out=self._buf[: idx.size])
+            if source:
+                Xb = X.take(idx, out=self._buf)
+            else:
+                Xb = X.take(idx, axis=0, out=self._buf[: idx.size])
             yb = y.take(idx, out=self._ybuf[: idx.size])
             wb = None if w is None else w.take(idx, out=self._wbuf[: idx.size])
         if self.batch_transform is not None:
@@ -233,7 +276,7 @@ class Trainer:
 
         Parameters
         ----------
-        train : (X (n, d), y (n,))
+        train : (X (n, d) or BatchSource, y (n,))
         val, test : (X, y), optional
             Evaluated at every evaluation, like ``train``.
         epochs : int, optional
@@ -325,6 +368,9 @@ class Trainer:
                 splits[name] = self._check_pair(name, pair)
         n = X.shape[0]
         self.batch_size = resolve_batch_size(self.batch_spec, n)
+        if is_source(X) and self.batch_size >= n and not self.replacement:
+            X = X.take(slice(None))  # full batch: the batch is the whole set, made once
+            splits["train"] = (X, y)
         if self.drop_last and not self.replacement:
             self.steps_per_epoch = max(1, n // self.batch_size)
         else:
@@ -426,6 +472,14 @@ class Trainer:
 
     def _check_pair(self, name: str, pair: ArrayPair) -> ArrayPair:
         X, y = pair
+        if is_source(X):  # rows made per batch, in the model's dtype
+            if len(X.shape) != 2 or X.shape[1] != self.model.n_features:
+                raise ShapeError(
+                    f"{name} rows have shape {tuple(X.shape)}, this {self.model.kind} model "
+                    f"needs (n, {self.model.n_features})"
+                )
+            X = X.astype(self.model.dtype)
+            return X, self.model.check_y(y, len(X))
         X = self.model.check_X(X)  # converted to the model's dtype once, here
         if not _all_finite(X):
             raise ShapeError(f"{name} features contain NaN or inf")
@@ -544,23 +598,42 @@ def _all_finite(X: np.ndarray) -> bool:
     )
 
 
+def row_chunks(X: Rows) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, rows)`` over ``X (n, d)`` in chunks (:data:`EVAL_CHUNK` rows for an array,
+    the source's own chunks for a :class:`BatchSource`)."""
+    if is_source(X):
+        yield from X.chunks()
+        return
+    for start in range(0, X.shape[0], EVAL_CHUNK):
+        yield start, X[start : start + EVAL_CHUNK]
+
+
+def predict(model: Model, X: Rows) -> np.ndarray:
+    """``model.predict`` over ``X (n, d)`` or a :class:`BatchSource`, chunk by chunk; int64 (n,)."""
+    if not is_source(X):
+        return model.predict(X)
+    parts = [model.predict(rows) for _, rows in X.chunks()]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
 def evaluate(
-    model: Model, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
+    model: Model, X: Rows, y: np.ndarray, sample_weight: np.ndarray | None = None
 ) -> dict[str, float]:
     """Mean cross-entropy, objective and accuracy of ``model`` on ``(X (n, d), y (n,))``.
 
-    Runs in chunks of rows so memory stays bounded on large splits. ``objective`` is what the
-    model optimises: the cross-entropy with the model's reduction (mean or sum) plus penalty.
-    With ``sample_weight (n,)`` (total > 0) the means and the accuracy are weighted.
+    ``X`` is a feature array or a :class:`BatchSource`. Runs in chunks of rows so memory stays
+    bounded on large splits. ``objective`` is what the model optimises: the cross-entropy with
+    the model's reduction (mean or sum) plus penalty. With ``sample_weight (n,)`` (total > 0)
+    the means and the accuracy are weighted.
     """
     n = X.shape[0]
     loss_sum, correct = 0.0, 0
-    for start in range(0, n, EVAL_CHUNK):
-        chunk = slice(start, start + EVAL_CHUNK)
+    for start, rows in row_chunks(X):
+        chunk = slice(start, start + rows.shape[0])
         if sample_weight is None:
-            s, c = model.loss_sum_and_correct(X[chunk], y[chunk])
+            s, c = model.loss_sum_and_correct(rows, y[chunk])
         else:
-            s, c = model.loss_sum_and_correct(X[chunk], y[chunk], sample_weight[chunk])
+            s, c = model.loss_sum_and_correct(rows, y[chunk], sample_weight[chunk])
         loss_sum, correct = loss_sum + s, correct + c
     if sample_weight is not None:
         n = float(np.add.reduce(sample_weight, dtype=np.float64))
