@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from digitlab import limits
+from digitlab.checkpoint import new_file_mode
 from digitlab.errors import ConfigError, DownloadError
 
 __all__ = ["fetch", "sha256_file"]
@@ -116,6 +117,7 @@ def fetch(
     try:
         with _signals_raise():
             try:
+                os.fchmod(fd, new_file_mode())
                 with os.fdopen(fd, "wb") as out:
                     digest, size, declared = _stream(url, out, timeout, limit, max_bytes)
                     if declared is not None and size != declared:
