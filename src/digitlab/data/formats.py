@@ -12,11 +12,15 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from digitlab.errors import DataError, DatasetNotFoundError, ShapeError
+from digitlab import limits
+from digitlab.errors import DataError, DatasetNotFoundError, DigitlabError, ShapeError
 
 __all__ = ["read_csv", "read_image_folder", "read_letters_mat", "write_csv"]
 
@@ -67,6 +71,31 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8", newline="")
 
 
+def _check_text_size(path: Path) -> None:
+    """Refuse a CSV whose (decompressed) text exceeds a quarter of the byte cap.
+
+    Parsed as int32, a CSV takes at most twice its text size; the cap keeps that well within
+    :func:`digitlab.limits.max_bytes`. A ``.gz`` file is measured by streaming through it
+    (constant memory), stopping as soon as the cap is passed.
+    """
+    cap = limits.max_bytes() // 4
+    if path.name.endswith(".gz"):
+        size = 0
+        try:
+            with gzip.open(path, "rb") as f:
+                while size <= cap and (block := f.read(1 << 20)):
+                    size += len(block)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: corrupt gzip stream ({e})") from None
+    else:
+        size = path.stat().st_size
+    if size > cap:
+        raise DataError(
+            f"{path}: more than {limits.human_bytes(cap)} of CSV text, a quarter of the "
+            f"{limits.human_bytes(limits.max_bytes())} limit (set $DIGITLAB_MAX_BYTES to raise it)"
+        )
+
+
 def read_csv(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | None]:
     """Read images (and labels) from a Kaggle-style CSV file (optionally ``.gz``).
 
@@ -96,10 +125,11 @@ def read_csv(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | Non
     """
     path = Path(path)
     _require_file(path)
+    _check_text_size(path)
     try:
         with _open_text(path) as f:
             first = f.readline().strip()
-    except (OSError, UnicodeDecodeError, EOFError) as e:
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read as text ({e})") from None
     if not first:
         raise DataError(f"{path}: empty file")
@@ -113,7 +143,7 @@ def read_csv(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | Non
     side = _side(n_pixels, path)
     try:
         table = np.loadtxt(path, delimiter=",", skiprows=int(has_header), dtype=np.int32, ndmin=2)
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OverflowError, OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path}: malformed CSV ({msg})") from None
     if table.shape[1] != len(fields):
@@ -200,7 +230,14 @@ def read_letters_mat(
     path = Path(path)
     _require_file(path)
     try:
-        raw = scipy.io.loadmat(path)
+        _check_mat_elements(path)
+        listed = scipy.io.whosmat(path)
+        wanted = _check_mat_variables(path, listed)
+        raw = scipy.io.loadmat(path, variable_names=wanted)
+    except DigitlabError:
+        raise
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to read this .mat file") from None
     except NotImplementedError:
         raise DataError(f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported") from None
     except Exception as e:  # scipy raises ValueError, MatReadError, TypeError, OSError, ...
@@ -218,6 +255,66 @@ def read_letters_mat(
             continue
         out[key] = _mat_labels(np.asarray(raw[key]), path, key, len(out[images_key]))
     return out
+
+
+_MAT_VARIABLES = ("train_x", "train_y", "test_x", "test_y")
+_MAT_ITEMSIZE = {
+    "double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2,
+    "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "logical": 1,
+}  # fmt: skip
+
+
+def _check_mat_variables(path: Path, listed: list[tuple[str, tuple[int, ...], str]]) -> list[str]:
+    """From ``scipy.io.whosmat`` headers: the wanted variables are numeric and within the cap."""
+    cap = limits.max_bytes()
+    wanted, total = [], 0
+    for name, shape, cls in listed:
+        if name not in _MAT_VARIABLES or name in wanted:
+            continue
+        if cls not in _MAT_ITEMSIZE:
+            raise DataError(f"{path}: {name} is a MATLAB {cls} array; numbers expected")
+        total += math.prod(shape) * _MAT_ITEMSIZE[cls]
+        if total > cap:
+            raise DataError(
+                f"{path}: {name} {tuple(shape)} brings the data to {limits.human_bytes(total)}, "
+                f"more than the {limits.human_bytes(cap)} limit (set $DIGITLAB_MAX_BYTES to "
+                "raise it)"
+            )
+        wanted.append(name)
+    return wanted
+
+
+def _check_mat_elements(path: Path) -> None:
+    """Inflated size of every compressed element of a MATLAB v5 file, within the byte cap.
+
+    A variable's header may understate what its compressed data expands to; each compressed
+    element is therefore streamed through zlib once (constant memory), stopping at the cap.
+    Files that are not v5 (v4, v7.3/HDF5) are left to scipy: their data is not compressed.
+    """
+    cap = limits.max_bytes()
+    with open(path, "rb") as f:
+        header = f.read(128)
+        if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+            return
+        order = "<" if header[126:128] == b"IM" else ">"
+        while len(tag := f.read(8)) == 8:
+            kind, nbytes = struct.unpack(order + "II", tag)
+            if kind >> 16:  # small data element: 4 bytes of data inside the tag
+                continue
+            if kind != 15:  # miCOMPRESSED; others are stored as they are, padded to 8 bytes
+                f.seek(nbytes + (-nbytes % 8), os.SEEK_CUR)
+                continue
+            inflater, left, size = zlib.decompressobj(), nbytes, 0
+            while left > 0 and (block := f.read(min(left, 1 << 20))):
+                left -= len(block)
+                size += len(inflater.decompress(block, cap + 1 - size))
+                while inflater.unconsumed_tail and size <= cap:
+                    size += len(inflater.decompress(inflater.unconsumed_tail, cap + 1 - size))
+                if size > cap:
+                    raise DataError(
+                        f"{path}: a compressed variable expands to more than the "
+                        f"{limits.human_bytes(cap)} limit (set $DIGITLAB_MAX_BYTES to raise it)"
+                    )
 
 
 def _mat_images(arr: np.ndarray, path: Path, key: str, transpose: bool) -> np.ndarray:
@@ -290,6 +387,7 @@ def read_image_folder(path: str | os.PathLike[str]) -> tuple[np.ndarray, list[st
             raise DataError(f"{path}: no .png files in this folder")
     else:
         files = [path]
+    _check_image_headers(files)
     images: list[np.ndarray] = []
     for f in files:
         try:
@@ -304,6 +402,36 @@ def read_image_folder(path: str | os.PathLike[str]) -> tuple[np.ndarray, list[st
             )
         images.append(gray)
     return np.stack(images), [f.name for f in files]
+
+
+def _check_image_headers(files: list[Path]) -> None:
+    """Image sizes from their headers (nothing decoded): each within the pixel cap, all
+    together within the byte cap."""
+    from PIL import Image
+
+    cap_pixels, cap_bytes = limits.max_pixels(), limits.max_bytes()
+    total = 0
+    for f in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(f) as im:
+                    width, height = im.size
+        except Image.DecompressionBombError:
+            raise DataError(f"{f}: image has too many pixels to decode") from None
+        except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError)
+            raise DataError(f"{f}: cannot read as an image ({type(e).__name__}: {e})") from None
+        if width * height > cap_pixels:
+            raise DataError(
+                f"{f}: image is {width}x{height} ({width * height} pixels), more than the "
+                f"{cap_pixels} pixel limit (set $DIGITLAB_MAX_PIXELS to raise it)"
+            )
+        total += width * height
+        if total > cap_bytes:
+            raise DataError(
+                f"{f}: the images so far hold {total} pixels, more than the "
+                f"{limits.human_bytes(cap_bytes)} limit (set $DIGITLAB_MAX_BYTES to raise it)"
+            )
 
 
 def _gray_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
