@@ -142,7 +142,11 @@ def read_csv(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | Non
     n_pixels = len(fields) - labelled
     side = _side(n_pixels, path)
     try:
-        table = np.loadtxt(path, delimiter=",", skiprows=int(has_header), dtype=np.int32, ndmin=2)
+        with warnings.catch_warnings():  # "input contained no data": an empty table is fine
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.loadtxt(
+                path, delimiter=",", skiprows=int(has_header), dtype=np.int32, ndmin=2
+            )
     except (ValueError, OverflowError, OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path}: malformed CSV ({msg})") from None
@@ -333,8 +337,10 @@ def _mat_labels(arr: np.ndarray, path: Path, key: str, n: int) -> np.ndarray:
     if arr.size != n or (arr.ndim == 2 and 1 not in arr.shape) or arr.ndim > 2:
         raise DataError(f"{path}: {key} has shape {arr.shape}, expected ({n}, 1) for {n} images")
     labels = arr.reshape(-1)
-    if not np.issubdtype(labels.dtype, np.number) or (
-        labels.size and not np.array_equal(labels, np.round(labels))
+    if (
+        not np.issubdtype(labels.dtype, np.number)
+        or np.iscomplexobj(labels)
+        or (labels.size and not np.array_equal(labels, np.round(labels)))
     ):
         raise DataError(f"{path}: {key} must hold whole-number labels")
     labels = labels.astype(np.int64)
