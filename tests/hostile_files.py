@@ -17,24 +17,29 @@ import numpy as np
 _BLOCK = 1 << 24
 
 
-def deflate_zeros(n: int, prefix: bytes = b"") -> tuple[bytes, int]:
-    """Raw deflate stream of ``prefix`` then ``n`` zero bytes, and the CRC-32 of all of it."""
+def deflate_zeros(n: int, prefix: bytes = b"", crc: bool = True) -> tuple[bytes, int]:
+    """Raw deflate stream of ``prefix`` then ``n`` zero bytes, and the CRC-32 of all of it
+    (0 when ``crc`` is false: for streams a reader must give up on before their end)."""
     c = zlib.compressobj(9, zlib.DEFLATED, -15)
     head = c.compress(prefix) + c.flush(zlib.Z_FULL_FLUSH)
     block = c.compress(bytes(_BLOCK)) + c.flush(zlib.Z_FULL_FLUSH)
     full, rest = divmod(n, _BLOCK)
     tail = c.compress(bytes(rest)) + c.flush()
-    crc = zlib.crc32(prefix)
+    if not crc:
+        return head + block * full + tail, 0
+    value = zlib.crc32(prefix)
     zeros = bytes(_BLOCK)
     for _ in range(full):
-        crc = zlib.crc32(zeros, crc)
-    crc = zlib.crc32(bytes(rest), crc)
-    return head + block * full + tail, crc
+        value = zlib.crc32(zeros, value)
+    value = zlib.crc32(bytes(rest), value)
+    return head + block * full + tail, value
 
 
-def gzip_zeros(path: Path, n: int, prefix: bytes = b"", isize: int | None = None) -> Path:
+def gzip_zeros(
+    path: Path, n: int, prefix: bytes = b"", isize: int | None = None, crc: bool = True
+) -> Path:
     """A gzip file of ``prefix`` + ``n`` zeros; ``isize`` overrides the trailer's length."""
-    body, crc = deflate_zeros(n, prefix)
+    body, crc = deflate_zeros(n, prefix, crc)
     size = (len(prefix) + n) % 2**32 if isize is None else isize
     header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
     path.write_bytes(header + body + struct.pack("<II", crc, size))
@@ -82,11 +87,11 @@ def stored(name: str, data: bytes) -> tuple[str, bytes, int, int, int]:
     return name, data, 0, zlib.crc32(data), len(data)
 
 
-def zero_array_member(name: str, dtype: str, shape: tuple[int, ...]) -> tuple:
+def zero_array_member(name: str, dtype: str, shape: tuple[int, ...], crc: bool = True) -> tuple:
     """A deflated ``.npy`` member of zeros with ``shape``: tiny on disk, full size inflated."""
     header = npy_header(dtype, shape)
     n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    data, crc = deflate_zeros(n, header)
+    data, crc = deflate_zeros(n, header, crc)
     return name, data, 8, crc, len(header) + n
 
 
@@ -114,7 +119,7 @@ def png_bytes(width: int, height: int, idat: bytes | None = None, color_type: in
     if idat is None:  # zlib stream: header, raw deflate, Adler-32 (of n zeros: n << 16 | 1)
         channels = {0: 1, 2: 3, 4: 2, 6: 4}[color_type]
         n = height * (1 + width * channels)
-        raw, _ = deflate_zeros(n)
+        raw, _ = deflate_zeros(n, crc=False)
         idat = b"\x78\xda" + raw + struct.pack(">I", ((n % 65521) << 16) | 1)
     ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -309,11 +309,11 @@ def _check_mat_elements(path: Path) -> None:
                 f.seek(nbytes + (-nbytes % 8), os.SEEK_CUR)
                 continue
             inflater, left, size = zlib.decompressobj(), nbytes, 0
-            while left > 0 and (block := f.read(min(left, 1 << 20))):
+            while left > 0 and (block := f.read(min(left, 1 << 16))):
                 left -= len(block)
-                size += len(inflater.decompress(block, cap + 1 - size))
+                size += len(inflater.decompress(block, 1 << 20))
                 while inflater.unconsumed_tail and size <= cap:
-                    size += len(inflater.decompress(inflater.unconsumed_tail, cap + 1 - size))
+                    size += len(inflater.decompress(inflater.unconsumed_tail, 1 << 20))
                 if size > cap:
                     raise DataError(
                         f"{path}: a compressed variable expands to more than the "
@@ -424,7 +424,10 @@ def _check_image_headers(files: list[Path]) -> None:
                 with Image.open(f) as im:
                     width, height = im.size
         except Image.DecompressionBombError:
-            raise DataError(f"{f}: image has too many pixels to decode") from None
+            raise DataError(
+                f"{f}: image has more pixels than Pillow decodes, more than the {cap_pixels} "
+                "pixel limit"
+            ) from None
         except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError)
             raise DataError(f"{f}: cannot read as an image ({type(e).__name__}: {e})") from None
         if width * height > cap_pixels:
