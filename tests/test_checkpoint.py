@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +198,19 @@ def test_atomic_writes_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert zipfile.is_zipfile(path) and FORMAT == REAL_META["format"]
+
+
+@pytest.mark.parametrize("target", ["folder", "parent-is-file", "device"])
+def test_atomic_write_refuses_bad_outputs_in_one_line(tmp_path, target):
+    from digitlab.errors import OutputError
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("x")
+    path = {"folder": tmp_path / "folder", "parent-is-file": tmp_path / "afile" / "out.csv",
+            "device": Path("/dev/null")}[target]  # fmt: skip
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(OutputError) as info:
+        atomic_write_bytes(path, lambda f: f.write(b"data"))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert Path("/dev/null").is_char_device()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from digitlab import limits
-from digitlab.errors import CheckpointError, DigitlabError
+from digitlab.errors import CheckpointError, DigitlabError, OutputError
 
 META_KEY = "meta.json"
 FORMAT = "digitlab-checkpoint"
@@ -34,10 +34,25 @@ _EXPECTED = re.compile(r"(model|optim|extra|cb[0-9]+)/.+|trainer/order")
 
 
 def atomic_write_bytes(path: str | os.PathLike, write: Any) -> Path:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it into place.
+
+    Raises
+    ------
+    OutputError
+        ``path`` is a folder or another non-regular file (a device is never replaced), or it
+        cannot be written (its parent is a file, no permission, disk full); the temporary
+        file is removed first.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name to write")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{path}: exists and is not a regular file; not replaced")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write there ({e.strerror or e})") from None
     try:
         os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
@@ -45,6 +60,11 @@ def atomic_write_bytes(path: str | os.PathLike, write: Any) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, DigitlabError):
+            raise
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -38,3 +38,7 @@ class CheckpointError(DigitlabError):
 
 class DivergenceError(DigitlabError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
+
+
+class OutputError(DigitlabError, OSError):
+    """An output path cannot be written (it is a folder, its parent is a file, no space...)."""
