@@ -289,11 +289,12 @@ def _check_mat_variables(path: Path, listed: list[tuple[str, tuple[int, ...], st
 
 
 def _check_mat_elements(path: Path) -> None:
-    """Inflated size of every compressed element of a MATLAB v5 file, within the byte cap.
+    """Every compressed element of a MATLAB v5 file: declared and inflated size within the cap.
 
-    A variable's header may understate what its compressed data expands to; each compressed
-    element is therefore streamed through zlib once (constant memory), stopping at the cap.
-    Files that are not v5 (v4, v7.3/HDF5) are left to scipy: their data is not compressed.
+    Inside each compressed element, a matrix tag declares its size; that must be within
+    :func:`digitlab.limits.max_bytes`, and the element is streamed through zlib (constant
+    memory) to check it holds no more than declared. Files that are not v5 (v4, v7.3/HDF5)
+    are left to scipy: their data is not compressed.
     """
     cap = limits.max_bytes()
     with open(path, "rb") as f:
@@ -308,17 +309,42 @@ def _check_mat_elements(path: Path) -> None:
             if kind != 15:  # miCOMPRESSED; others are stored as they are, padded to 8 bytes
                 f.seek(nbytes + (-nbytes % 8), os.SEEK_CUR)
                 continue
-            inflater, left, size = zlib.decompressobj(), nbytes, 0
-            while left > 0 and (block := f.read(min(left, 1 << 16))):
-                left -= len(block)
-                size += len(inflater.decompress(block, 1 << 20))
-                while inflater.unconsumed_tail and size <= cap:
-                    size += len(inflater.decompress(inflater.unconsumed_tail, 1 << 20))
-                if size > cap:
-                    raise DataError(
-                        f"{path}: a compressed variable expands to more than the "
-                        f"{limits.human_bytes(cap)} limit (set $DIGITLAB_MAX_BYTES to raise it)"
-                    )
+            end = f.tell() + nbytes
+            _check_inflated(path, f, nbytes, order, cap)
+            f.seek(end)
+
+
+def _check_inflated(path: Path, f, nbytes: int, order: str, cap: int) -> None:
+    """Stream one compressed element; refuse a matrix declared or inflating beyond the cap."""
+    inflater, left, size, head, limit = zlib.decompressobj(), nbytes, 0, b"", cap
+    while left > 0 and (block := f.read(min(left, 1 << 16))):
+        left -= len(block)
+        data = block
+        while data:
+            chunk = inflater.decompress(data, 1 << 23)
+            data = inflater.unconsumed_tail
+            if len(head) < 8:
+                head += chunk[: 8 - len(head)]
+                if len(head) == 8:
+                    kind, declared = struct.unpack(order + "II", head)
+                    if kind != 14:  # not a matrix: scipy refuses it, no need to inflate more
+                        return
+                    if declared > cap:
+                        raise DataError(
+                            f"{path}: a compressed variable declares "
+                            f"{limits.human_bytes(declared)}, more than the "
+                            f"{limits.human_bytes(cap)} limit (set $DIGITLAB_MAX_BYTES to "
+                            "raise it)"
+                        )
+                    limit = 8 + declared
+            size += len(chunk)
+            if size > limit:
+                raise DataError(
+                    f"{path}: a compressed variable expands to more than the "
+                    f"{limits.human_bytes(limit)} it declares"
+                )
+            if not chunk:
+                break
 
 
 def _mat_images(arr: np.ndarray, path: Path, key: str, transpose: bool) -> np.ndarray:
