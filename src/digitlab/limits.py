@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "download_deadline",
+    "human_bytes",
     "max_bytes",
     "max_pixels",
 ]
