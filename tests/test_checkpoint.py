@@ -61,7 +61,7 @@ BAD_META = {
     "no_model": (lambda m: m.pop("model"), "model is missing"),
     "model_str": (lambda m: m.__setitem__("model", "mlp"), "model has the wrong type"),
     "kind_unknown": (lambda m: m["model"].__setitem__("kind", "svm"), "unknown model kind"),
-    "hidden_str": (lambda m: m["model"].__setitem__("hidden", "5"), "hidden must be a list"),
+    "hidden_str": (lambda m: m["model"].__setitem__("hidden", "5"), "model.hidden"),
     "hidden_zero": (lambda m: m["model"].__setitem__("hidden", [0]), "hidden must be a list"),
     "features_float": (lambda m: m["model"].__setitem__("n_features", 4.0), "n_features"),
     "step_str": (lambda m: m["progress"].__setitem__("step", "3"), "progress.step"),
@@ -214,3 +214,17 @@ def test_atomic_write_refuses_bad_outputs_in_one_line(tmp_path, target):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert Path("/dev/null").is_char_device()
+
+
+def test_model_and_optimizer_config_types_and_finite_parameters(tmp_path):
+    for change, fragment in [
+        (lambda m: m["model"].__setitem__("l2", "x"), "model.l2"),
+        (lambda m: m["model"].__setitem__("regularize_bias", 1), "model.regularize_bias"),
+        (lambda m: m["optimizer"].__setitem__("momentum", "0.9"), "optimizer.momentum"),
+    ]:
+        with pytest.raises(CheckpointError, match=fragment):
+            load_checkpoint(_write(tmp_path / "ck.npz", meta=_meta_with(change)))
+    arrays = {k: v.copy() for k, v in REAL_ARRAYS.items()}
+    arrays["model/W1"][0, 0] = np.nan
+    with pytest.raises(CheckpointError, match="W1 holds NaN"):
+        load_checkpoint(_write(tmp_path / "ck.npz", arrays=arrays))

@@ -195,6 +195,9 @@ def _load_zip(
             headers[key] = _member_header(path, zf, info, key)
     _check_members(path, meta, {k: h[:2] for k, h in headers.items()}, cap)
     arrays = {key: _read_member(zf, members[key]) for key in headers}
+    for key, arr in arrays.items():
+        if key.startswith("model/") and not np.isfinite(arr).all():
+            raise CheckpointError(f"{path}: parameter {key[6:]} holds NaN or infinite values")
     if meta["progress"]["has_order"]:
         trainer = meta.get("trainer")
         replacement = isinstance(trainer, dict) and trainer.get("replacement") is True
@@ -365,7 +368,14 @@ def check_meta(meta: object, path: str | os.PathLike = "checkpoint") -> None:
 
     model = need(meta, "model", dict, "")
     need(model, "kind", str, "model.")
-    need(need(meta, "optimizer", dict, ""), "name", str, "optimizer.")
+    for key, kind in _MODEL_FIELDS.items():
+        if key in model:
+            need(model, key, kind, "model.")
+    optimizer = need(meta, "optimizer", dict, "")
+    need(optimizer, "name", str, "optimizer.")
+    for key in optimizer:  # hyperparameters are numbers (flags booleans)
+        if key != "name":
+            need(optimizer, key, (int, float, bool), "optimizer.")
     progress = need(meta, "progress", dict, "")
     for key in ("step", "epoch", "pos", "last_eval_step"):
         if need(progress, key, int, "progress.") < (-1 if key == "last_eval_step" else 0):
@@ -410,6 +420,18 @@ def check_meta(meta: object, path: str | os.PathLike = "checkpoint") -> None:
         raise CheckpointError(f"{path}: metadata extra.classes must be a list of names")
 
 
+#: Types of the model config fields the models read (checked when present).
+_MODEL_FIELDS: dict[str, type | tuple] = {
+    "l1": (int, float),
+    "l2": (int, float),
+    "reduction": str,
+    "regularize_bias": bool,
+    "dtype": str,
+    "activation": str,
+    "init": str,
+    "bias": bool,
+    "hidden": list,
+}
 #: Fields of callback states, by callback class, checked before a trainer reads them.
 _CALLBACK_STATE: dict[str, dict[str, type | tuple]] = {
     "EarlyStopping": {
