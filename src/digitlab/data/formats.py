@@ -150,6 +150,8 @@ def read_csv(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | Non
     except (ValueError, OverflowError, OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path}: malformed CSV ({msg})") from None
+    if table.size == 0:  # a header and no rows: no images
+        table = np.zeros((0, len(fields)), dtype=np.int32)
     if table.shape[1] != len(fields):
         raise DataError(f"{path}: rows have {table.shape[1]} columns, header has {len(fields)}")
     pixels = table[:, int(labelled) :]
