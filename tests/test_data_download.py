@@ -24,24 +24,48 @@ GOOD_SHA = hashlib.sha256(GOOD).hexdigest()
 
 
 class Server:
-    """Routes: path -> (status, body, declared Content-Length or None, delay seconds)."""
+    """Routes: path -> (status, body, declared Content-Length or None, delay seconds).
+
+    Paths in ``trickle`` send their body one byte per ``trickle[path]`` seconds (at most as
+    many writes as the body has bytes, stopping when the client goes away); paths in
+    ``slow_headers`` send their status line that way, then hang up.
+    """
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[int, bytes, int | None, float]] = {}
+        self.trickle: dict[str, float] = {}
+        self.slow_headers: dict[str, float] = {}
         self.hits: list[str] = []
-        routes, hits = self.routes, self.hits
+        routes, hits, trickle, slow = self.routes, self.hits, self.trickle, self.slow_headers
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 hits.append(self.path)
                 status, body, length, delay = routes.get(self.path, (404, b"not found", None, 0))
                 time.sleep(delay)
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body) if length is None else length))
-                self.end_headers()
-                self.wfile.write(body)
-                self.wfile.flush()
                 self.close_connection = True
+                try:
+                    if self.path in slow:
+                        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 200:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(slow[self.path])
+                        return
+                    self.send_response(status)
+                    size = len(body) if length is None else length
+                    if length != -1:
+                        self.send_header("Content-Length", str(size))
+                    self.end_headers()
+                    if self.path in trickle:
+                        for byte in body:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(trickle[self.path])
+                    else:
+                        self.wfile.write(body)
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def log_message(self, *args) -> None:
                 pass
@@ -218,7 +242,7 @@ def test_all_mirrors_failing(server, tmp_path, monkeypatch, fake_mnist):
     )
     with pytest.raises(DownloadError, match="every mirror failed for train-images.*HTTP 500"):
         load("mnist", root=tmp_path / "data", download=True)
-    assert list((tmp_path / "data" / "mnist").iterdir()) == []
+    assert not (tmp_path / "data").exists()  # no empty dataset folder left behind
 
 
 def test_unwritable_destination(server, tmp_path):
@@ -232,13 +256,154 @@ def test_unwritable_destination(server, tmp_path):
 def test_short_body_is_caught_even_without_incomplete_read(tmp_path, monkeypatch):
     """A response that just ends early (no IncompleteRead from http.client) is still refused."""
     import io
-    import urllib.request
+    import sys
+
+    download_module = sys.modules["digitlab.data.download"]  # the package shadows the name
 
     class ShortResponse(io.BytesIO):
         headers = {"Content-Length": str(len(GOOD))}
 
-    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: ShortResponse(GOOD[:100]))
+    monkeypatch.setattr(download_module, "_open", lambda *a, **k: ShortResponse(GOOD[:100]))
     short_sha = hashlib.sha256(GOOD[:100]).hexdigest()  # digest would match the short body
     with pytest.raises(DownloadError, match="truncated body: got 100 bytes"):
         fetch("http://example.invalid/f", tmp_path / "f", short_sha)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- bounded downloads: deadline, size cap, signals, leftovers ---------------------------------
+
+
+def test_trickling_body_fails_at_the_deadline(server, tmp_path):
+    url = server.add("/trickle.bin", GOOD)  # 22,000 bytes at 1 byte / 0.05 s: ~18 minutes
+    server.trickle["/trickle.bin"] = 0.05
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="trickle.bin.*deadline of 1 s"):
+        fetch(url, tmp_path / "d" / "t.bin", GOOD_SHA, timeout=5, deadline=1)
+    assert time.monotonic() - start < 4
+    assert not (tmp_path / "d").exists()  # neither the .part file nor the folder made for it
+
+
+def test_trickling_headers_fail_at_the_deadline(server, tmp_path):
+    url = server.add("/headers.bin", GOOD)
+    server.slow_headers["/headers.bin"] = 0.05
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="deadline"):
+        fetch(url, tmp_path / "h.bin", GOOD_SHA, timeout=5, deadline=1)
+    assert time.monotonic() - start < 4
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_deadline_from_environment(server, tmp_path, monkeypatch):
+    url = server.add("/trickle.bin", GOOD)
+    server.trickle["/trickle.bin"] = 0.05
+    monkeypatch.setenv("DIGITLAB_DOWNLOAD_DEADLINE", "0.5")
+    with pytest.raises(DownloadError, match="deadline of 0.5 s"):
+        fetch(url, tmp_path / "t.bin", GOOD_SHA, timeout=5)
+    monkeypatch.setenv("DIGITLAB_DOWNLOAD_DEADLINE", "soon")
+    with pytest.raises(ConfigError, match="DIGITLAB_DOWNLOAD_DEADLINE"):
+        fetch(url, tmp_path / "t.bin", GOOD_SHA, timeout=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_declared_length_over_the_cap_is_refused_before_reading(server, tmp_path):
+    url = server.add("/big.bin", GOOD)
+    with pytest.raises(DownloadError, match="Content-Length 22000 is more than the 1000 bytes"):
+        fetch(url, tmp_path / "big.bin", GOOD_SHA, max_bytes=1000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_undeclared_long_body_stops_at_the_cap(server, tmp_path):
+    body = GOOD * 50  # 1.1 MB, no Content-Length
+    url = server.add("/long.bin", body, length=-1)
+    with pytest.raises(DownloadError, match="longer than the 30000 bytes expected"):
+        fetch(url, tmp_path / "long.bin", GOOD_SHA, max_bytes=30_000)
+    assert list(tmp_path.iterdir()) == []
+    # the exact size passes the cap
+    dest = fetch(server.add("/ok.bin", GOOD, length=-1), tmp_path / "ok.bin", GOOD_SHA,
+                 max_bytes=len(GOOD))  # fmt: skip
+    assert dest.read_bytes() == GOOD
+
+
+def test_registry_sizes_cap_the_download(server, tmp_path, monkeypatch, fake_mnist):
+    spec = registry.DATASETS["mnist"]
+    sizes = dict.fromkeys(spec.files, 10)  # far below the real (served) sizes
+    monkeypatch.setitem(registry.DATASETS, "mnist", dataclasses.replace(spec, sizes=sizes))
+    with pytest.raises(DownloadError, match="more than the 10 bytes expected"):
+        download("mnist", root=tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+
+def test_registry_sizes_match_the_real_files():
+    """The caps are the published sizes (the local MNIST copy, when there is one, agrees)."""
+    import os
+
+    for name in ("mnist", "fashion-mnist"):
+        spec = registry.DATASETS[name]
+        assert set(spec.sizes) == set(spec.files) == set(spec.sha256)
+    folder = Path(os.environ.get("DIGITLAB_DATA", "/nonexistent")) / "mnist"
+    if not folder.is_dir():
+        pytest.skip("DIGITLAB_DATA does not hold mnist/")
+    for fname, size in registry.DATASETS["mnist"].sizes.items():
+        assert (folder / fname).stat().st_size == size
+
+
+def test_signal_handlers_are_restored(server, tmp_path):
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    fetch(server.add("/good.bin", GOOD), tmp_path / "g.bin", GOOD_SHA)
+    with pytest.raises(DownloadError):
+        fetch(server.add("/bad.bin", b"x"), tmp_path / "b.bin", GOOD_SHA)
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_signal_during_download_removes_the_part_file(server, tmp_path, signame):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    url = server.add("/trickle.bin", GOOD)
+    server.trickle["/trickle.bin"] = 0.05
+    dest = tmp_path / "sub" / "t.bin"
+    code = (
+        "import sys; from digitlab.data.download import fetch; "
+        f"fetch({url!r}, {str(dest)!r}, {GOOD_SHA!r}, deadline=60)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    try:
+        for _ in range(400):  # wait (bounded) until the transfer has started
+            if dest.parent.is_dir() and any(dest.parent.glob("*.part")):
+                break
+            time.sleep(0.025)
+        else:
+            pytest.fail("the download never started")
+        time.sleep(0.2)
+        proc.send_signal(getattr(signal, signame))
+        proc.wait(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -getattr(signal, signame)  # died of the signal, as without us
+    assert not dest.parent.exists()  # no .part file, no empty folder
+
+
+def test_stale_part_files_are_removed(server, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".g.bin.{dead_pid}.abc123.part"
+    live = tmp_path / f".g.bin.{os.getppid()}.def456.part"  # a running process: kept
+    old = tmp_path / ".g.bin.xyz.part"  # no process id, untouched for two days
+    other = tmp_path / ".other.bin.1.abc.part"  # another file's: not ours to judge
+    for p in (stale, live, old, other):
+        p.write_bytes(b"partial")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    fetch(server.add("/good.bin", GOOD), tmp_path / "g.bin", GOOD_SHA)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["g.bin", live.name, other.name])

@@ -207,3 +207,10 @@ def test_image_folder_errors(tmp_path):
     (broken / "x.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DataError, match="x.png"):
         read_image_folder(broken)
+
+
+def test_csv_with_a_header_and_no_rows_has_no_images(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("label," + ",".join(f"pixel{i}" for i in range(16)) + "\n")
+    images, labels = read_csv(path)
+    assert images.shape == (0, 4, 4) and labels.shape == (0,)

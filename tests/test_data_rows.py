@@ -188,7 +188,7 @@ def test_gzip_idx_is_read_in_pieces(tmp_path, monkeypatch):
     path = tmp_path / "x.idx.gz"
     idx_module.write_idx(path, x)
     assert gzip.open(path).read()[:4] == b"\x00\x00\x08\x03"
-    monkeypatch.setattr(idx_module, "_READ_CHUNK", 1000)  # 40 pieces
+    monkeypatch.setattr(idx_module, "_CHUNK", 1000)  # 40 pieces
     np.testing.assert_array_equal(idx_module.read_idx(path), x)
 
 

@@ -51,3 +51,7 @@ class ServeError(DigitlabError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class OutputError(DigitlabError, OSError):
+    """An output path cannot be written (it is a folder, its parent is a file, no space...)."""

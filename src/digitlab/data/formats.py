@@ -12,11 +12,15 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from digitlab.errors import DataError, DatasetNotFoundError, ShapeError
+from digitlab import limits
+from digitlab.errors import DataError, DatasetNotFoundError, DigitlabError, ShapeError
 
 __all__ = ["read_csv", "read_image_folder", "read_letters_mat", "write_csv"]
 
@@ -67,6 +71,31 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8", newline="")
 
 
+def _check_text_size(path: Path) -> None:
+    """Refuse a CSV whose (decompressed) text exceeds a quarter of the byte cap.
+
+    Parsed as int32, a CSV takes at most twice its text size; the cap keeps that well within
+    :func:`digitlab.limits.max_bytes`. A ``.gz`` file is measured by streaming through it
+    (constant memory), stopping as soon as the cap is passed.
+    """
+    cap = limits.max_bytes() // 4
+    if path.name.endswith(".gz"):
+        size = 0
+        try:
+            with gzip.open(path, "rb") as f:
+                while size <= cap and (block := f.read(1 << 20)):
+                    size += len(block)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: corrupt gzip stream ({e})") from None
+    else:
+        size = path.stat().st_size
+    if size > cap:
+        raise DataError(
+            f"{path}: more than {limits.human_bytes(cap)} of CSV text, a quarter of the "
+            f"{limits.human_bytes(limits.max_bytes())} limit (set $DIGITLAB_MAX_BYTES to raise it)"
+        )
+
+
 def read_csv(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | None]:
     """Read images (and labels) from a Kaggle-style CSV file (optionally ``.gz``).
 
@@ -96,10 +125,11 @@ def read_csv(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | Non
     """
     path = Path(path)
     _require_file(path)
+    _check_text_size(path)
     try:
         with _open_text(path) as f:
             first = f.readline().strip()
-    except (OSError, UnicodeDecodeError, EOFError) as e:
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read as text ({e})") from None
     if not first:
         raise DataError(f"{path}: empty file")
@@ -112,10 +142,16 @@ def read_csv(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | Non
     n_pixels = len(fields) - labelled
     side = _side(n_pixels, path)
     try:
-        table = np.loadtxt(path, delimiter=",", skiprows=int(has_header), dtype=np.int32, ndmin=2)
-    except (ValueError, OSError, EOFError) as e:
+        with warnings.catch_warnings():  # "input contained no data": an empty table is fine
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.loadtxt(
+                path, delimiter=",", skiprows=int(has_header), dtype=np.int32, ndmin=2
+            )
+    except (ValueError, OverflowError, OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path}: malformed CSV ({msg})") from None
+    if table.size == 0:  # a header and no rows: no images
+        table = np.zeros((0, len(fields)), dtype=np.int32)
     if table.shape[1] != len(fields):
         raise DataError(f"{path}: rows have {table.shape[1]} columns, header has {len(fields)}")
     pixels = table[:, int(labelled) :]
@@ -200,7 +236,14 @@ def read_letters_mat(
     path = Path(path)
     _require_file(path)
     try:
-        raw = scipy.io.loadmat(path)
+        _check_mat_elements(path)
+        listed = scipy.io.whosmat(path)
+        wanted = _check_mat_variables(path, listed)
+        raw = scipy.io.loadmat(path, variable_names=wanted)
+    except DigitlabError:
+        raise
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to read this .mat file") from None
     except NotImplementedError:
         raise DataError(f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported") from None
     except Exception as e:  # scipy raises ValueError, MatReadError, TypeError, OSError, ...
@@ -220,6 +263,92 @@ def read_letters_mat(
     return out
 
 
+_MAT_VARIABLES = ("train_x", "train_y", "test_x", "test_y")
+_MAT_ITEMSIZE = {
+    "double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2,
+    "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "logical": 1,
+}  # fmt: skip
+
+
+def _check_mat_variables(path: Path, listed: list[tuple[str, tuple[int, ...], str]]) -> list[str]:
+    """From ``scipy.io.whosmat`` headers: the wanted variables are numeric and within the cap."""
+    cap = limits.max_bytes()
+    wanted, total = [], 0
+    for name, shape, cls in listed:
+        if name not in _MAT_VARIABLES or name in wanted:
+            continue
+        if cls not in _MAT_ITEMSIZE:
+            raise DataError(f"{path}: {name} is a MATLAB {cls} array; numbers expected")
+        total += math.prod(shape) * _MAT_ITEMSIZE[cls]
+        if total > cap:
+            raise DataError(
+                f"{path}: {name} {tuple(shape)} brings the data to {limits.human_bytes(total)}, "
+                f"more than the {limits.human_bytes(cap)} limit (set $DIGITLAB_MAX_BYTES to "
+                "raise it)"
+            )
+        wanted.append(name)
+    return wanted
+
+
+def _check_mat_elements(path: Path) -> None:
+    """Every compressed element of a MATLAB v5 file: declared and inflated size within the cap.
+
+    Inside each compressed element, a matrix tag declares its size; that must be within
+    :func:`digitlab.limits.max_bytes`, and the element is streamed through zlib (constant
+    memory) to check it holds no more than declared. Files that are not v5 (v4, v7.3/HDF5)
+    are left to scipy: their data is not compressed.
+    """
+    cap = limits.max_bytes()
+    with open(path, "rb") as f:
+        header = f.read(128)
+        if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+            return
+        order = "<" if header[126:128] == b"IM" else ">"
+        while len(tag := f.read(8)) == 8:
+            kind, nbytes = struct.unpack(order + "II", tag)
+            if kind >> 16:  # small data element: 4 bytes of data inside the tag
+                continue
+            if kind != 15:  # miCOMPRESSED; others are stored as they are, padded to 8 bytes
+                f.seek(nbytes + (-nbytes % 8), os.SEEK_CUR)
+                continue
+            end = f.tell() + nbytes
+            _check_inflated(path, f, nbytes, order, cap)
+            f.seek(end)
+
+
+def _check_inflated(path: Path, f, nbytes: int, order: str, cap: int) -> None:
+    """Stream one compressed element; refuse a matrix declared or inflating beyond the cap."""
+    inflater, left, size, head, limit = zlib.decompressobj(), nbytes, 0, b"", cap
+    while left > 0 and (block := f.read(min(left, 1 << 16))):
+        left -= len(block)
+        data = block
+        while data:
+            chunk = inflater.decompress(data, 1 << 23)
+            data = inflater.unconsumed_tail
+            if len(head) < 8:
+                head += chunk[: 8 - len(head)]
+                if len(head) == 8:
+                    kind, declared = struct.unpack(order + "II", head)
+                    if kind != 14:  # not a matrix: scipy refuses it, no need to inflate more
+                        return
+                    if declared > cap:
+                        raise DataError(
+                            f"{path}: a compressed variable declares "
+                            f"{limits.human_bytes(declared)}, more than the "
+                            f"{limits.human_bytes(cap)} limit (set $DIGITLAB_MAX_BYTES to "
+                            "raise it)"
+                        )
+                    limit = 8 + declared
+            size += len(chunk)
+            if size > limit:
+                raise DataError(
+                    f"{path}: a compressed variable expands to more than the "
+                    f"{limits.human_bytes(limit)} it declares"
+                )
+            if not chunk:
+                break
+
+
 def _mat_images(arr: np.ndarray, path: Path, key: str, transpose: bool) -> np.ndarray:
     if arr.ndim == 2:
         side = _side(arr.shape[1], path)
@@ -236,8 +365,10 @@ def _mat_labels(arr: np.ndarray, path: Path, key: str, n: int) -> np.ndarray:
     if arr.size != n or (arr.ndim == 2 and 1 not in arr.shape) or arr.ndim > 2:
         raise DataError(f"{path}: {key} has shape {arr.shape}, expected ({n}, 1) for {n} images")
     labels = arr.reshape(-1)
-    if not np.issubdtype(labels.dtype, np.number) or (
-        labels.size and not np.array_equal(labels, np.round(labels))
+    if (
+        not np.issubdtype(labels.dtype, np.number)
+        or np.iscomplexobj(labels)
+        or (labels.size and not np.array_equal(labels, np.round(labels)))
     ):
         raise DataError(f"{path}: {key} must hold whole-number labels")
     labels = labels.astype(np.int64)
@@ -290,6 +421,7 @@ def read_image_folder(path: str | os.PathLike[str]) -> tuple[np.ndarray, list[st
             raise DataError(f"{path}: no .png files in this folder")
     else:
         files = [path]
+    _check_image_headers(files)
     images: list[np.ndarray] = []
     for f in files:
         try:
@@ -304,6 +436,39 @@ def read_image_folder(path: str | os.PathLike[str]) -> tuple[np.ndarray, list[st
             )
         images.append(gray)
     return np.stack(images), [f.name for f in files]
+
+
+def _check_image_headers(files: list[Path]) -> None:
+    """Image sizes from their headers (nothing decoded): each within the pixel cap, all
+    together within the byte cap."""
+    from PIL import Image
+
+    cap_pixels, cap_bytes = limits.max_pixels(), limits.max_bytes()
+    total = 0
+    for f in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(f) as im:
+                    width, height = im.size
+        except Image.DecompressionBombError:
+            raise DataError(
+                f"{f}: image has more pixels than Pillow decodes, more than the {cap_pixels} "
+                "pixel limit"
+            ) from None
+        except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError)
+            raise DataError(f"{f}: cannot read as an image ({type(e).__name__}: {e})") from None
+        if width * height > cap_pixels:
+            raise DataError(
+                f"{f}: image is {width}x{height} ({width * height} pixels), more than the "
+                f"{cap_pixels} pixel limit (set $DIGITLAB_MAX_PIXELS to raise it)"
+            )
+        total += width * height
+        if total > cap_bytes:
+            raise DataError(
+                f"{f}: the images so far hold {total} pixels, more than the "
+                f"{limits.human_bytes(cap_bytes)} limit (set $DIGITLAB_MAX_BYTES to raise it)"
+            )
 
 
 def _gray_uint8(arr: np.ndarray, path: Path) -> np.ndarray:

@@ -235,6 +235,8 @@ class DatasetSpec:
         ``.gz`` are accepted too.
     sha256
         Verified SHA-256 of each (gzip) file, by name. Empty: no verified digest, no download.
+    sizes
+        Byte size of each (gzip) file, by name: a download stops as soon as more arrive.
     mirrors
         Base URLs, tried in order; a file's URL is ``mirror + file name``.
     label_offset
@@ -256,6 +258,7 @@ class DatasetSpec:
     classes: tuple[str, ...]
     files: tuple[str, str, str, str] = MNIST_FILES
     sha256: Mapping[str, str] = field(default_factory=dict)
+    sizes: Mapping[str, int] = field(default_factory=dict)
     mirrors: tuple[str, ...] = ()
     label_offset: int = 0
     transpose: bool = False
@@ -301,6 +304,12 @@ DATASETS: dict[str, DatasetSpec] = {
                 "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
             ),
         },
+        sizes={
+            "train-images-idx3-ubyte.gz": 9_912_422,
+            "train-labels-idx1-ubyte.gz": 28_881,
+            "t10k-images-idx3-ubyte.gz": 1_648_877,
+            "t10k-labels-idx1-ubyte.gz": 4_542,
+        },
         mirrors=(
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
             "https://yann.lecun.com/exdb/mnist/",
@@ -338,6 +347,12 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-labels-idx1-ubyte.gz": (
                 "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"
             ),
+        },
+        sizes={
+            "train-images-idx3-ubyte.gz": 26_421_880,
+            "train-labels-idx1-ubyte.gz": 29_515,
+            "t10k-images-idx3-ubyte.gz": 4_422_102,
+            "t10k-labels-idx1-ubyte.gz": 5_148,
         },
         mirrors=(
             "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -714,7 +729,7 @@ def _download_files(spec: DatasetSpec, root: Path | None) -> Path:
         reasons = []
         for mirror in spec.mirrors:
             try:
-                fetch(mirror + fname, dest, digest)
+                fetch(mirror + fname, dest, digest, max_bytes=spec.sizes.get(fname))
                 break
             except DownloadError as e:
                 reasons.append(str(e))
