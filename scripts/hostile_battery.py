@@ -777,10 +777,9 @@ def _crafted_checkpoint(base: Base, change: Callable[[dict, dict], None]) -> byt
     return buf.getvalue()
 
 
-def checkpoint_cases(base: Base) -> list[Case]:
-    good_input = idx_bytes(np.zeros((2, IMG, IMG), np.uint8))
-    cases: list[Case] = []
-    commands = {
+def _checkpoint_commands() -> dict[str, tuple[list[str], tuple[str, ...], Callable]]:
+    """The commands each crafted checkpoint is run through: argv, outputs, output check."""
+    return {
         "predict": (["predict", "ck.npz", "x.idx", "-o", "out.csv"], ("out.csv",), predict_ok(2)),
         "evaluate": (["evaluate", "ck.npz"], (), lambda d: None),
         "resume": (
@@ -790,34 +789,64 @@ def checkpoint_cases(base: Base) -> list[Case]:
         ),
     }
 
-    def add(name, data: bytes, *, ok=False, quick=False, only=None):
-        for cmd, (argv, outputs, check) in commands.items():
-            if only and cmd not in only:
-                continue
 
-            def setup(d: Path, data=data) -> None:
-                _write(d / "ck.npz", data)
-                _write(d / "x.idx", good_input)
+def _add_checkpoint_case(
+    cases: list[Case],
+    good_input: bytes,
+    name: str,
+    data: bytes,
+    *,
+    ok: bool = False,
+    quick: bool = False,
+    only: tuple[str, ...] | None = None,
+) -> None:
+    """Append one case per command (those in ``only``, if given) that runs ``data`` as the
+    checkpoint; ``ok`` cases must succeed, the rest be refused."""
+    for cmd, (argv, outputs, check) in _checkpoint_commands().items():
+        if only and cmd not in only:
+            continue
 
-            cases.append(
-                Case(
-                    "checkpoint",
-                    f"{name} [{cmd}]",
-                    argv,
-                    setup,
-                    outputs=outputs if ok else (),
-                    check=check if ok else None,
-                    quick=quick and cmd == "predict",
-                )
+        def setup(d: Path, data=data) -> None:
+            _write(d / "ck.npz", data)
+            _write(d / "x.idx", good_input)
+
+        cases.append(
+            Case(
+                "checkpoint",
+                f"{name} [{cmd}]",
+                argv,
+                setup,
+                outputs=outputs if ok else (),
+                check=check if ok else None,
+                quick=quick and cmd == "predict",
             )
+        )
 
-    good = base.checkpoints["mlp"].read_bytes()
-    add("genuine", good, ok=True, quick=True)
 
-    def m(fn):
-        return lambda meta, arrays: fn(meta)
+def _meta_only(fn: Callable) -> Callable:
+    """A checkpoint change that edits only the metadata."""
+    return lambda meta, arrays: fn(meta)
 
-    metas: dict[str, Callable] = {
+
+def _arrays_only(fn: Callable) -> Callable:
+    """A checkpoint change that edits only the arrays."""
+    return lambda meta, arrays: fn(arrays)
+
+
+def _with_order(inner: Callable) -> Callable:
+    """``inner``, after the metadata is made to say a shuffle order is stored."""
+
+    def fn(meta, arrays):
+        meta["progress"]["has_order"] = True
+        inner(meta, arrays)
+
+    return fn
+
+
+def _meta_changes() -> dict[str, Callable]:
+    """Hostile edits of checkpoint metadata, by case name."""
+    m = _meta_only
+    return {
         "meta-null": lambda meta, arrays: meta.clear() or meta.update({"format": None}),
         "model-kind-int": m(lambda x: x["model"].__setitem__("kind", 7)),
         "model-hidden-neg": m(lambda x: x["model"].__setitem__("hidden", [-8])),
@@ -854,13 +883,12 @@ def checkpoint_cases(base: Base) -> list[Case]:
         "format-version-99": m(lambda x: x.__setitem__("format_version", 99)),
         "format-wrong": m(lambda x: x.__setitem__("format", "pytorch")),
     }
-    for name, fn in metas.items():
-        add(name, _crafted_checkpoint(base, fn), quick=name == "model-hidden-huge")
 
-    def a(fn):
-        return lambda meta, arrays: fn(arrays)
 
-    arrs: dict[str, Callable] = {
+def _array_changes() -> dict[str, Callable]:
+    """Hostile edits of checkpoint arrays, by case name (order cases also claim an order)."""
+    a = _arrays_only
+    changes: dict[str, Callable] = {
         "W1-transposed": a(lambda x: x.__setitem__("model/W1", x["model/W1"].T.copy())),
         "b2-missing": a(lambda x: x.pop("model/b2")),
         "W1-int": a(lambda x: x.__setitem__("model/W1", x["model/W1"].astype(np.int32))),
@@ -877,16 +905,26 @@ def checkpoint_cases(base: Base) -> list[Case]:
         "prep-mean-wrong": a(lambda x: x.__setitem__("extra/prep_mean", np.zeros(3, np.float32))),
         "unicode-array": a(lambda x: x.__setitem__("extra/notes", np.array(["hi"]))),
     }
-    for name, fn in arrs.items():
-        if name.startswith("order-"):  # the metadata says an order is stored
+    return {
+        name: _with_order(fn) if name.startswith("order-") else fn for name, fn in changes.items()
+    }
 
-            def fn(meta, arrays, inner=fn):
-                meta["progress"]["has_order"] = True
-                inner(meta, arrays)
 
+def checkpoint_cases(base: Base) -> list[Case]:
+    good_input = idx_bytes(np.zeros((2, IMG, IMG), np.uint8))
+    cases: list[Case] = []
+
+    def add(name, data: bytes, *, ok=False, quick=False, only=None):
+        _add_checkpoint_case(cases, good_input, name, data, ok=ok, quick=quick, only=only)
+
+    good = base.checkpoints["mlp"].read_bytes()
+    add("genuine", good, ok=True, quick=True)
+    for name, fn in _meta_changes().items():
+        add(name, _crafted_checkpoint(base, fn), quick=name == "model-hidden-huge")
+    for name, fn in _array_changes().items():
         add(name, _crafted_checkpoint(base, fn))
     add("meta-is-list", _meta_list(base))
-    unknown = a(lambda x: x.__setitem__("junk/zeros", np.zeros(5_000_000, np.uint8)))
+    unknown = _arrays_only(lambda x: x.__setitem__("junk/zeros", np.zeros(5_000_000, np.uint8)))
     add("unknown-member-5mb", _crafted_checkpoint(base, unknown), ok=True)
     add("empty-file", b"")
     add("text-file", b"checkpoint")
@@ -1102,6 +1140,59 @@ class Outcome:
     seconds: float
 
 
+def _refused_verdict(case: Case, stderr_lines: list[str], new: set[str], took: float) -> Outcome:
+    """A run that exited 2: clean when it printed one line, left no files and was meant to
+    be refused."""
+    if len(stderr_lines) != 1:
+        return Outcome(
+            case,
+            False,
+            f"exit 2 with {len(stderr_lines)} stderr lines: {' | '.join(stderr_lines)[:160]}",
+            took,
+        )
+    if new:
+        return Outcome(case, False, f"error left files: {sorted(new)[:4]}", took)
+    if case.expect == "ok":
+        return Outcome(case, False, f"refused a valid input: {stderr_lines[0][:140]}", took)
+    return Outcome(case, True, "error: " + stderr_lines[0][:120], took)
+
+
+def _success_verdict(case: Case, folder: Path, new: set[str], took: float) -> Outcome:
+    """A run that exited 0: clean when success was allowed, it wrote only its outputs and
+    they pass the case's check."""
+    if case.expect == "error" or case.check is None:
+        return Outcome(case, False, "exit 0 on input that must be refused", took)
+    stray = {p for p in new if p.split("/")[0] not in case.outputs}
+    if stray:
+        return Outcome(case, False, f"success left unexpected files: {sorted(stray)[:4]}", took)
+    problem = case.check(folder)
+    if problem:
+        return Outcome(case, False, f"exit 0 but invalid output: {problem}", took)
+    return Outcome(case, True, "ok", took)
+
+
+def _verdict(
+    case: Case,
+    folder: Path,
+    proc: subprocess.CompletedProcess,
+    stderr_lines: list[str],
+    new: set[str],
+    took: float,
+) -> Outcome:
+    """Classify a finished run: a traceback is never clean, exit 2 is judged as a refusal,
+    exit 0 as a success, any other exit status is not clean."""
+    if "Traceback" in proc.stderr:
+        last = stderr_lines[-1] if stderr_lines else ""
+        return Outcome(case, False, f"traceback (exit {proc.returncode}): {last[:160]}", took)
+    if proc.returncode == 2:
+        return _refused_verdict(case, stderr_lines, new, took)
+    if proc.returncode == 0:
+        return _success_verdict(case, folder, new, took)
+    return Outcome(
+        case, False, f"exit {proc.returncode}: {' | '.join(stderr_lines[-2:])[:160]}", took
+    )
+
+
 def run_case(case: Case, scratch: Path, env: dict[str, str]) -> Outcome:
     folder = Path(tempfile.mkdtemp(prefix="case-", dir=scratch))
     start = time.monotonic()
@@ -1131,38 +1222,7 @@ def run_case(case: Case, scratch: Path, env: dict[str, str]) -> Outcome:
         new = _tree(folder) - before
         if _tree(scratch.parent / "outside") != outside:
             return Outcome(case, False, "touched a path outside its folder", took)
-        if "Traceback" in proc.stderr:
-            last = stderr_lines[-1] if stderr_lines else ""
-            return Outcome(case, False, f"traceback (exit {proc.returncode}): {last[:160]}", took)
-        if proc.returncode == 2:
-            if len(stderr_lines) != 1:
-                return Outcome(
-                    case,
-                    False,
-                    f"exit 2 with {len(stderr_lines)} stderr lines: "
-                    f"{' | '.join(stderr_lines)[:160]}",
-                    took,
-                )
-            if new:
-                return Outcome(case, False, f"error left files: {sorted(new)[:4]}", took)
-            if case.expect == "ok":
-                return Outcome(case, False, f"refused a valid input: {stderr_lines[0][:140]}", took)
-            return Outcome(case, True, "error: " + stderr_lines[0][:120], took)
-        if proc.returncode == 0:
-            if case.expect == "error" or case.check is None:
-                return Outcome(case, False, "exit 0 on input that must be refused", took)
-            stray = {p for p in new if p.split("/")[0] not in case.outputs}
-            if stray:
-                return Outcome(
-                    case, False, f"success left unexpected files: {sorted(stray)[:4]}", took
-                )
-            problem = case.check(folder)
-            if problem:
-                return Outcome(case, False, f"exit 0 but invalid output: {problem}", took)
-            return Outcome(case, True, "ok", took)
-        return Outcome(
-            case, False, f"exit {proc.returncode}: {' | '.join(stderr_lines[-2:])[:160]}", took
-        )
+        return _verdict(case, folder, proc, stderr_lines, new, took)
     except Exception as e:  # a bug in the battery itself: report it as such
         return Outcome(
             case, False, f"battery error {type(e).__name__}: {e}", time.monotonic() - start

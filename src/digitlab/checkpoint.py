@@ -334,16 +334,22 @@ def _is_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def check_meta(meta: object, path: str | os.PathLike = "checkpoint") -> None:
-    """Check the structure of checkpoint metadata; CheckpointError naming the first fault.
+def _need(path: str | os.PathLike, obj: dict, key: str, kind: type | tuple, where: str) -> Any:
+    """``obj[key]``, checked to be present and of type ``kind`` (a bool only where ``kind``
+    names bool); CheckpointError naming ``where + key`` otherwise."""
+    if key not in obj:
+        raise CheckpointError(f"{path}: metadata {where}{key} is missing")
+    value, kinds = obj[key], kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise CheckpointError(
+            f"{path}: metadata {where}{key} has the wrong type ({type(value).__name__}: "
+            f"{str(value)[:60]!r})"
+        )
+    return value
 
-    Checks what :meth:`digitlab.train.Trainer.load_state_dict` and the run commands read:
-    the format marker, ``model`` (a dict with ``kind``), ``optimizer``, ``progress`` (whole
-    numbers >= 0 and ``has_order``), ``rng`` (a valid PCG64 state), ``callbacks`` (a list of
-    ``{"class", "state"}``; EarlyStopping and History states field by field) and ``extra``.
-    """
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: metadata must be a JSON object, got {type(meta).__name__}")
+
+def _check_format(meta: dict, path: str | os.PathLike) -> None:
+    """The format marker, and a format version this digitlab reads."""
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a digitlab checkpoint (format {meta.get('format')!r})")
     version = meta.get("format_version", 0)
@@ -355,69 +361,115 @@ def check_meta(meta: object, path: str | os.PathLike = "checkpoint") -> None:
             f"reads ({FORMAT_VERSION}); upgrade digitlab"
         )
 
-    def need(obj: dict, key: str, kind: type | tuple, where: str) -> Any:
-        if key not in obj:
-            raise CheckpointError(f"{path}: metadata {where}{key} is missing")
-        value, kinds = obj[key], kind if isinstance(kind, tuple) else (kind,)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise CheckpointError(
-                f"{path}: metadata {where}{key} has the wrong type ({type(value).__name__}: "
-                f"{str(value)[:60]!r})"
-            )
-        return value
 
-    model = need(meta, "model", dict, "")
-    need(model, "kind", str, "model.")
+def _check_model(meta: dict, path: str | os.PathLike) -> None:
+    """``model``: a dict with a ``kind`` and config fields of the types in ``_MODEL_FIELDS``."""
+    model = _need(path, meta, "model", dict, "")
+    _need(path, model, "kind", str, "model.")
     for key, kind in _MODEL_FIELDS.items():
         if key in model:
-            need(model, key, kind, "model.")
-    optimizer = need(meta, "optimizer", dict, "")
-    need(optimizer, "name", str, "optimizer.")
-    for key in optimizer:  # hyperparameters are numbers (flags booleans)
+            _need(path, model, key, kind, "model.")
+
+
+def _check_optimizer(meta: dict, path: str | os.PathLike) -> None:
+    """``optimizer``: a dict with a ``name``; its hyperparameters numbers (flags booleans)."""
+    optimizer = _need(path, meta, "optimizer", dict, "")
+    _need(path, optimizer, "name", str, "optimizer.")
+    for key in optimizer:
         if key != "name":
-            need(optimizer, key, (int, float, bool), "optimizer.")
-    progress = need(meta, "progress", dict, "")
-    for key in ("step", "epoch", "pos", "last_eval_step"):
-        if need(progress, key, int, "progress.") < (-1 if key == "last_eval_step" else 0):
+            _need(path, optimizer, key, (int, float, bool), "optimizer.")
+
+
+def _check_progress(meta: dict, path: str | os.PathLike) -> None:
+    """``progress``: the counters of ``_PROGRESS_MINIMUM`` whole numbers at or above their
+    minimum, ``elapsed`` a finite number >= 0 and ``has_order`` a boolean."""
+    progress = _need(path, meta, "progress", dict, "")
+    for key, minimum in _PROGRESS_MINIMUM.items():
+        if _need(path, progress, key, int, "progress.") < minimum:
             raise CheckpointError(f"{path}: metadata progress.{key} is negative")
-    elapsed = need(progress, "elapsed", (int, float), "progress.")
+    elapsed = _need(path, progress, "elapsed", (int, float), "progress.")
     if not math.isfinite(elapsed) or elapsed < 0:
         raise CheckpointError(f"{path}: metadata progress.elapsed must be >= 0, got {elapsed}")
-    need(progress, "has_order", bool, "progress.")
-    rng = need(meta, "rng", dict, "")
+    _need(path, progress, "has_order", bool, "progress.")
+
+
+def _check_rng(meta: dict, path: str | os.PathLike) -> None:
+    """``rng``: a dict that a PCG64 generator accepts as its state."""
+    rng = _need(path, meta, "rng", dict, "")
     try:
         np.random.PCG64().state = rng
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise CheckpointError(
             f"{path}: metadata rng is not a valid generator state ({exc})"
         ) from None
-    for i, cb in enumerate(need(meta, "callbacks", list, "")):
+
+
+def _check_history_records(state: dict, path: str | os.PathLike, where: str) -> None:
+    """A History state's ``records``: a list of objects whose values are numbers or None."""
+    records = _need(path, state, "records", list, f"{where}state.")
+    if not all(
+        isinstance(r, dict) and all(_is_number(v) or v is None for v in r.values()) for r in records
+    ):
+        raise CheckpointError(f"{path}: metadata history records must be objects of numbers")
+
+
+def _check_callbacks(meta: dict, path: str | os.PathLike) -> None:
+    """``callbacks``: a list of ``{"class", "state"}`` objects, the states of known classes
+    checked field by field."""
+    for i, cb in enumerate(_need(path, meta, "callbacks", list, "")):
         where = f"callbacks[{i}]."
         if not isinstance(cb, dict):
             raise CheckpointError(f"{path}: metadata callbacks[{i}] must be an object")
-        cls, state = need(cb, "class", str, where), need(cb, "state", dict, where)
+        cls, state = _need(path, cb, "class", str, where), _need(path, cb, "state", dict, where)
         for key, kind in _CALLBACK_STATE.get(cls, {}).items():
-            need(state, key, kind, f"{where}state.")
+            _need(path, state, key, kind, f"{where}state.")
         if cls == "History":
-            records = need(state, "records", list, f"{where}state.")
-            if not all(
-                isinstance(r, dict) and all(_is_number(v) or v is None for v in r.values())
-                for r in records
-            ):
-                raise CheckpointError(
-                    f"{path}: metadata history records must be objects of numbers"
-                )
+            _check_history_records(state, path, where)
+
+
+def _check_extra(meta: dict, path: str | os.PathLike) -> None:
+    """``extra`` (optional): an object whose runner fields have the types in ``_EXTRA``, an
+    ``image_shape`` of two whole numbers >= 1 and ``classes`` a list of names."""
     extra = meta.get("extra", {})
     if not isinstance(extra, dict):
         raise CheckpointError(f"{path}: metadata extra must be an object")
     for key, kind in _EXTRA.items():
         if key in extra:
-            need(extra, key, kind, "extra.")
+            _need(path, extra, key, kind, "extra.")
     shape = extra.get("image_shape", [1, 1])
     if len(shape) != 2 or not all(_is_int(v) and v >= 1 for v in shape):
         raise CheckpointError(f"{path}: metadata extra.image_shape must be two whole numbers >= 1")
     if not all(isinstance(c, str) for c in extra.get("classes", [])):
         raise CheckpointError(f"{path}: metadata extra.classes must be a list of names")
+
+
+def check_meta(meta: object, path: str | os.PathLike = "checkpoint") -> None:
+    """Check the structure of checkpoint metadata; CheckpointError naming the first fault.
+
+    Checks what :meth:`digitlab.train.Trainer.load_state_dict` and the run commands read:
+    the format marker, ``model`` (a dict with ``kind``), ``optimizer``, ``progress`` (whole
+    numbers >= 0 and ``has_order``), ``rng`` (a valid PCG64 state), ``callbacks`` (a list of
+    ``{"class", "state"}``; EarlyStopping and History states field by field) and ``extra``.
+    The sections are checked in that order, each by its own ``_check_*`` validator.
+    """
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: metadata must be a JSON object, got {type(meta).__name__}")
+    for check in _META_CHECKS:
+        check(meta, path)
+
+
+#: The section validators of :func:`check_meta`, in the order the sections are checked.
+_META_CHECKS = (
+    _check_format,
+    _check_model,
+    _check_optimizer,
+    _check_progress,
+    _check_rng,
+    _check_callbacks,
+    _check_extra,
+)
+#: Whole-number counters of ``meta["progress"]`` and the least value each may take.
+_PROGRESS_MINIMUM: dict[str, int] = {"step": 0, "epoch": 0, "pos": 0, "last_eval_step": -1}
 
 
 #: Types of the model config fields the models read (checked when present).

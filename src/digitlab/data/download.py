@@ -302,6 +302,18 @@ def _open(request: urllib.request.Request, timeout: float, watch: _Watch):
     return _opener(watch).open(request, timeout=timeout)
 
 
+def _declared_length(url: str, response, max_bytes: int | None) -> int | None:
+    """The response's Content-Length (None when absent or not a whole number); DownloadError
+    when it is more than ``max_bytes``."""
+    length = response.headers.get("Content-Length")
+    declared = int(length) if length is not None and length.isdigit() else None
+    if max_bytes is not None and declared is not None and declared > max_bytes:
+        raise DownloadError(
+            f"{url}: Content-Length {declared} is more than the {max_bytes} bytes expected; refused"
+        )
+    return declared
+
+
 def _stream(
     url: str, out, timeout: float, deadline: float, max_bytes: int | None
 ) -> tuple[str, int, int | None]:
@@ -313,13 +325,7 @@ def _stream(
     late = DownloadError(f"{url}: download did not finish within its deadline of {deadline:g} s")
     try:
         with _Watch(deadline) as watch, _open(request, min(timeout, deadline), watch) as response:
-            length = response.headers.get("Content-Length")
-            declared = int(length) if length is not None and length.isdigit() else None
-            if max_bytes is not None and declared is not None and declared > max_bytes:
-                raise DownloadError(
-                    f"{url}: Content-Length {declared} is more than the {max_bytes} bytes "
-                    "expected; refused"
-                )
+            declared = _declared_length(url, response, max_bytes)
             read = getattr(response, "read1", response.read)
             while block := read(_CHUNK):
                 size += len(block)
