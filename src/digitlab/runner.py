@@ -334,6 +334,20 @@ def build_run_model(settings: Settings, n_features: int, n_classes: int) -> Mode
     return build_model(config)
 
 
+def set_params(model: Model, params: dict[str, np.ndarray]) -> None:
+    """Copy ``params`` (name -> array) into ``model``; names and shapes must match."""
+    if set(params) != set(model.params):
+        raise CheckpointError(
+            f"parameters {sorted(params)} do not fit this model {sorted(model.params)}"
+        )
+    for k, v in params.items():
+        if v.shape != model.params[k].shape:
+            raise CheckpointError(
+                f"parameter {k} has shape {v.shape}, the model expects {model.params[k].shape}"
+            )
+        model.params[k][...] = v
+
+
 def build_trainer(
     settings: Settings,
     model: Model,
@@ -476,6 +490,8 @@ def run(
     folder: Path | None = None,
     resume_from: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
     handle_signals: bool = False,
+    init_params: dict[str, np.ndarray] | None = None,
+    eval_offset: int = 0,
 ) -> RunResult:
     """Train as ``settings`` say and write the run folder.
 
@@ -494,6 +510,12 @@ def run(
         A loaded checkpoint to continue from.
     handle_signals : bool
         Turn SIGINT/SIGTERM into a clean stop with a checkpoint (main thread only).
+    init_params : dict, optional
+        Start from these parameters (name -> array of the model's shapes) instead of the
+        settings' initialisation: a chained experiment member.
+    eval_offset : int
+        Evaluate after steps ``eval_offset + k * eval_every`` (the experiment engine's
+        ``eval_offset``; 0: after every ``eval_every`` steps).
 
     Returns
     -------
@@ -510,6 +532,10 @@ def run(
     trainer = build_trainer(settings, model, data, callbacks)
     if resume_from is not None:
         trainer.load_state_dict(*resume_from)
+
+    if init_params is not None:
+        set_params(model, init_params)
+    trainer.eval_offset = eval_offset
     _attach(trainer, settings, data)
     write_toml(folder / "config.toml", settings.to_dict())
     guard = graceful_interrupts(trainer) if handle_signals else contextlib.nullcontext()

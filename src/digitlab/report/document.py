@@ -135,7 +135,9 @@ class Comparison:
 
     ``difference`` is reproduced - published, in percentage points for accuracies;
     ``status`` is ``"meets"`` (at or better than published), ``"within"`` (within
-    ``tolerance``), ``"outside"`` or ``"missing"``.
+    ``tolerance``; for a member run over several seeds: inside the observed range or
+    mean ± 2 sd), ``"outside"``, ``"missing"`` or ``"not comparable"`` (the run's data are
+    not the published numbers' data). ``spread`` describes the seeds' values, if any.
     """
 
     what: str
@@ -146,6 +148,7 @@ class Comparison:
     difference: float | None
     tolerance: float
     status: str
+    spread: str = ""
 
     def difference_text(self) -> str:
         if self.difference is None:
@@ -163,7 +166,27 @@ MARKS = {
     "within": ("≈", "near"),
     "outside": ("✗", "bad"),
     "missing": ("?", "bad"),
+    "not comparable": ("–", "na"),
 }
+
+
+def repeats_summary(exp: ExperimentRecord, label: str, metric: str) -> dict[str, float] | None:
+    """Mean, sd, min, max and n of ``metric`` over the seeds of member ``label``, or None."""
+    for entry in exp.raw.get("members") or []:
+        if isinstance(entry, dict) and entry.get("label") == label:
+            summary = (entry.get("repeats") or {}).get("summary") or {}
+            found = summary.get(metric)
+            ok = isinstance(found, dict) and all(
+                isinstance(found.get(k), int | float) for k in ("mean", "sd", "min", "max", "n")
+            )
+            return found if ok and found["n"] > 1 else None
+    return None
+
+
+def is_comparable(exp: ExperimentRecord) -> bool:
+    """Whether the run's data are the data of the published numbers (not the sample, not a
+    stand-in dataset)."""
+    return bool(exp.data.get("comparable", not exp.is_sample)) and not exp.is_sample
 
 
 def compare(exp: ExperimentRecord, entry: dict[str, Any]) -> Comparison:
@@ -194,6 +217,15 @@ def compare(exp: ExperimentRecord, entry: dict[str, Any]) -> Comparison:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         return Comparison(what, label, metric, published, None, None, tolerance, "missing")
     reproduced = float(value)
+    seeds = repeats_summary(exp, label, metric)
+    spread = ""
+    if seeds is not None:  # several seeds: the mean is the reproduced value
+        reproduced = float(seeds["mean"])
+        lo, hi, sd = float(seeds["min"]), float(seeds["max"]), float(seeds["sd"])
+        spread = (
+            f"mean ± sd {fmt_value(metric, reproduced)} ± {fmt_value(metric, sd)}, "
+            f"range {fmt_value(metric, lo)}–{fmt_value(metric, hi)} over {seeds['n']} seeds"
+        )
     diff = (reproduced - published) * (100.0 if acc else 1.0)
     if acc:
         meets = reproduced >= published
@@ -201,13 +233,19 @@ def compare(exp: ExperimentRecord, entry: dict[str, Any]) -> Comparison:
         meets = reproduced <= published
     else:  # no better direction (best epoch, weight norm): only equal meets
         meets = reproduced == published
-    if meets:
+    if seeds is not None:
+        near = lo <= published <= hi or abs(published - reproduced) <= 2 * sd + 1e-12
+    else:
+        near = abs(diff) <= tolerance + 1e-9
+    if not is_comparable(exp):
+        status = "not comparable"
+    elif meets:
         status = "meets"
-    elif abs(diff) <= tolerance + 1e-9:
+    elif near:
         status = "within"
     else:
         status = "outside"
-    return Comparison(what, label, metric, published, reproduced, diff, tolerance, status)
+    return Comparison(what, label, metric, published, reproduced, diff, tolerance, status, spread)
 
 
 def data_notes(data: dict[str, Any]) -> list[str]:
@@ -419,7 +457,11 @@ def _mark_html(c: Comparison) -> str:
         "within": f"within tolerance ({c.tolerance_text()})",
         "outside": f"outside tolerance ({c.tolerance_text()})",
         "missing": "metric missing from the run",
+        "not comparable": "the run's data differ from the published numbers' data",
     }
+    if c.spread and c.status in ("within", "outside"):
+        titles[c.status] = f"published value {'inside' if c.status == 'within' else 'outside'} "
+        titles[c.status] += "the seeds' range or mean ± 2 sd"
     return Raw(f'<span class="{cls}" title="{_e(titles[c.status])}">{mark} {_e(c.status)}</span>')
 
 
@@ -429,7 +471,7 @@ def _published_html(exp: ExperimentRecord, comps: list[Comparison]) -> str:
             c.what,
             c.member,
             fmt_value(c.metric, c.published),
-            fmt_value(c.metric, c.reproduced),
+            fmt_value(c.metric, c.reproduced) + (f" ({c.spread})" if c.spread else ""),
             c.difference_text(),
             _mark_html(c),
         ]
@@ -439,7 +481,9 @@ def _published_html(exp: ExperimentRecord, comps: list[Comparison]) -> str:
     note = (
         f'<p class="note">✓ reproduced at or better than published; ≈ within tolerance '
         f"({ACC_TOLERANCE_PP:g} pp for accuracies, {REL_TOLERANCE:.0%} otherwise, unless the "
-        f"experiment sets one); ✗ outside it.</p>"
+        f"experiment sets one; for members run over several seeds: the published value inside "
+        f"the seeds' range or mean ± 2 sd); ✗ outside it; – not comparable (other data than the "
+        f"published numbers').</p>"
     )
     return _html_table(header, rows) + note
 
@@ -521,8 +565,11 @@ def _headline(comps: list[Comparison]) -> tuple[str, str]:
         return "—", "—"
     c = comps[0]
     first = f"{fmt_value(c.metric, c.published)} → {fmt_value(c.metric, c.reproduced)}"
-    good = sum(x.status in ("meets", "within") for x in comps)
-    return first, f"{good}/{len(comps)}"
+    counted = [x for x in comps if x.status != "not comparable"]
+    good = sum(x.status in ("meets", "within") for x in counted)
+    if not counted:
+        return first, "not comparable"
+    return first, f"{good}/{len(counted)}"
 
 
 def _summary_html(exps: list[ExperimentRecord], comps: dict[str, list[Comparison]]) -> str:
@@ -685,7 +732,7 @@ def render_markdown(
                         c.what,
                         c.member,
                         fmt_value(c.metric, c.published),
-                        fmt_value(c.metric, c.reproduced),
+                        fmt_value(c.metric, c.reproduced) + (f" ({c.spread})" if c.spread else ""),
                         c.difference_text(),
                         f"{MARKS[c.status][0]} {c.status}",
                     ]
