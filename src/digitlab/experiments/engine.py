@@ -130,6 +130,7 @@ def run_member(
                 shutil.copy2(stage_dir / name, out / name)
             metrics = result.metrics | {"stages": len(stages)}
         metrics["stop_epoch"] = stop_epoch(metrics)
+        metrics["seed"] = base.seed
         write_json(out / "metrics.json", metrics)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
@@ -235,11 +236,17 @@ def run_jobs(
     from digitlab.runner import write_json
 
     todo = [i for i, j in enumerate(jobs) if not j.metrics]
+    # a job's weight: its own size plus that of the chain waiting for it
+    weight = [_cost(j) for j in jobs]
+    for i in reversed(range(len(jobs))):
+        if jobs[i].after is not None:
+            weight[jobs[i].after] += weight[i]
     with _backend(scheduler):
         while todo:
             wave = [i for i in todo if jobs[i].after is None or jobs[jobs[i].after].metrics]
             if not wave:
                 raise ConfigError("experiment members start from each other in a cycle")
+            wave.sort(key=lambda i: -weight[i])  # long jobs and chains first: no idle tail
             parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")
             calls = (
                 joblib.delayed(_tagged)(
@@ -254,6 +261,19 @@ def run_jobs(
                 if on_done is not None:
                     on_done(job)
             todo = [i for i in todo if i not in set(wave)]
+
+
+def _cost(job: Job) -> float:
+    """A rough size of a job: training rows processed (20,000 per epoch when not known)."""
+    s = job.settings
+    if s.get("steps"):
+        batch = s.get("batch")
+        rows = float(s["steps"]) * (
+            1 if batch == "sgd" else batch if isinstance(batch, int) else 1e3
+        )
+    else:
+        rows = float(s.get("epochs") or 1) * float(s.get("n_train") or 20000)
+    return rows
 
 
 def _tagged(i: int, job: Job, init_folder: str | None) -> tuple[int, dict[str, Any]]:

@@ -51,6 +51,8 @@ CAPTIONS = {
     "lbfgs": "Gradient descent against the exact optimum of the same convex objective found by "
     "L-BFGS: training objective and train/validation/test accuracy.",
     "gallery": "Right (green) and wrong (red) predictions, each titled true / predicted class.",
+    "spread": "Published numbers (red line) among the results of the member's random seeds "
+    "(dots: one per seed, e.g. per N(0, 1) draw of the initial weights; bar: mean ± 2 sd).",
 }
 
 CSS = """

@@ -28,6 +28,7 @@ FIGURE_KINDS = (
     "confusion",
     "lbfgs",
     "gallery",
+    "spread",
 )
 #: Kinds that are tables in the report, not figures.
 TABLE_KINDS = ("table",)
