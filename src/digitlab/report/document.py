@@ -544,8 +544,8 @@ def _experiment_html(
         parts.append("<h3>Published vs reproduced</h3>" + _published_html(exp, comps))
         if exp.is_sample:
             parts.append(
-                '<p class="note">Sample data: the marks compare numbers that are not '
-                "comparable.</p>"
+                '<p class="note">Sample data: the rows are not comparable with the published '
+                "numbers and are not counted.</p>"
             )
     kaggle = exp.folder / "kaggle.csv"
     if kaggle.is_file():
