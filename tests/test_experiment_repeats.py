@@ -277,3 +277,30 @@ def test_stop_epoch_is_the_zero_based_epoch_of_the_last_step():
     assert stop_epoch({"steps": 31 * 33 + 6, "epochs": (31 * 33 + 6) / 31}) == 33
     assert stop_epoch({"steps": 62, "epochs": 2.0}) == 1
     assert stop_epoch({}) is None
+
+
+# ------------------------------------------------------------------------------- CLI
+def _toml(path, name: str) -> str:
+    path.write_text(
+        f'name = "{name}"\nsource = "000"\nsection = "s"\ntitle = "t"\nprotocol = "p"\n'
+        'figures = ["table"]\nrepeats = 2\n[settings]\nmodel = "softmax"\n'
+        'dataset = "mnist-5k"\nbatch = 256\nlr = 0.3\nepochs = 1\n'
+    )
+    return str(path)
+
+
+def test_reproduce_twice_continues_and_an_escaping_name_is_one_line(tmp_path, capsys):
+    from digitlab.cli import main
+
+    out = tmp_path / "runs"
+    args = ["reproduce", _toml(tmp_path / "ok.toml", "ok"), "--out", str(out), "--no-report"]
+    assert main([*args, "--jobs", "1"]) == 0
+    first = capsys.readouterr().out
+    assert first.count("ok / run (seed") == 2  # two repeats ran
+    assert main([*args, "--jobs", "1"]) == 0
+    assert "ok / run (seed" not in capsys.readouterr().out  # nothing left to run
+    bad = _toml(tmp_path / "bad.toml", str(tmp_path / "victim"))
+    assert main(["reproduce", bad, "--out", str(out), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "plain folder name" in err[0]
+    assert not (tmp_path / "victim").exists() and sorted(p.name for p in out.iterdir()) == ["ok"]

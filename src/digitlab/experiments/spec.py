@@ -265,7 +265,7 @@ def parse_experiment(data: dict[str, Any], path: str = "<experiment>") -> Experi
     for grid in data.get("grids", []):
         members += _grid_members(grid, path, default)
     if not members:
-        members = [MemberSpec("run", {})]
+        members = [MemberSpec("run", {}, **default)]
     labels = [m.label for m in members]
     if len(set(labels)) != len(labels) or len({m.folder for m in members}) != len(members):
         raise ConfigError(f"{path}: member labels must be distinct: {labels}")
