@@ -304,3 +304,21 @@ def test_reproduce_twice_continues_and_an_escaping_name_is_one_line(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "plain folder name" in err[0]
     assert not (tmp_path / "victim").exists() and sorted(p.name for p in out.iterdir()) == ["ok"]
+
+
+def test_a_linked_repeats_folder_is_refused_and_its_target_untouched(tmp_path):
+    spec = BASE | {"repeats": 2}
+    exp = parse_experiment(spec, "rep.toml")
+    out = tmp_path / "runs"
+    run_experiment(exp, out, n_jobs=1)
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    repeats = out / "rep" / "repeats"
+    import shutil
+
+    shutil.rmtree(repeats)
+    os.symlink(target, repeats)
+    with pytest.raises(ConfigError, match="link"):
+        run_experiment(exp, out, n_jobs=1)
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]

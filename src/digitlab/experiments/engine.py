@@ -185,10 +185,22 @@ def _finished(job: Job) -> dict[str, Any] | None:
     return metrics
 
 
+def _check_inside(folder: Path, root: Path) -> None:
+    """Refuse a job folder that is not (or, through a link, would not be) inside ``root``."""
+    real_root = root.resolve()
+    for part in (folder, *folder.parents):
+        if part == root:
+            return
+        if part.is_symlink() and part != folder:
+            raise ConfigError(f"{part} is a link; job folders must lie inside {root}")
+        if part.exists() and real_root not in part.resolve().parents and part != folder:
+            raise ConfigError(f"{part} lies outside {root}")
+    raise ConfigError(f"{folder} is outside {root}")
+
+
 def _clear(folder: Path, root: Path) -> None:
     """Remove a stale job folder inside the experiment folder ``root`` (a link: just the link)."""
-    if root not in folder.parents:
-        raise ConfigError(f"{folder} is outside {root}")
+    _check_inside(folder, root)
     if folder.is_symlink() or folder.is_file():
         folder.unlink()
     elif folder.exists():
@@ -375,7 +387,8 @@ def _jobs(
                     [job.settings, job.stages, job.bias_input, job.validation, job.eval_offset,
                      None if after is None else jobs[after].key]
                 )  # fmt: skip
-                done = _finished(job)
+                _check_inside(sub, folder)
+                done = None if sub.is_symlink() else _finished(job)
                 if done is not None:
                     job.metrics = done
                 else:

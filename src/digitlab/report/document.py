@@ -333,11 +333,23 @@ def member_rows(exp: ExperimentRecord) -> tuple[list[str], list[list[str]]]:
     rows = []
     for m in exp.members:
         g = m.metrics.get
+
+        def cell(metric: str, label: str = m.label, get: Any = g) -> str:
+            # a member run over several seeds: mean ± sd (min–max, n)
+            seeds = repeats_summary(exp, label, metric)
+            if seeds is None:
+                return fmt_value(metric, get(metric))
+            return (
+                f"{fmt_value(metric, seeds['mean'])} ± {fmt_value(metric, seeds['sd'])} "
+                f"({fmt_value(metric, seeds['min'])}–{fmt_value(metric, seeds['max'])}, "
+                f"{seeds['n']} seeds)"
+            )
+
         row = [m.label + (" (chosen)" if m.label == exp.chosen else "")]
-        row.append(fmt_value("train_acc", g("train_acc")))
+        row.append(cell("train_acc"))
         if has_val:
-            row.append(fmt_value("val_acc", g("val_acc")))
-        row.append(fmt_value("test_acc", g("test_acc")))
+            row.append(cell("val_acc"))
+        row.append(cell("test_acc"))
         if has_best:
             row.append(fmt_value("best_epoch", g("best_epoch")))
         row += [
