@@ -514,10 +514,9 @@ def run_experiments(
         folder = root / exp.name
         mine = [j for j in jobs if j.exp == e]
         previous = _read_record(folder)
-        if previous is not None and not any(j.ran for j in mine):
-            records.append(previous)
-            continue
-        record = _record(exp, mine, all_settings[e], all_notes[e], folder)
+        if any(j.ran for j in mine):
+            previous = None  # new results: extras are computed again
+        record = _record(exp, mine, all_settings[e], all_notes[e], folder, previous)
         record["seconds"] = sum(float(j.metrics.get("seconds", 0.0)) for j in mine)
         record["wall_seconds"] = time.perf_counter() - t0
         write_json(folder / "experiment.json", json.loads(json.dumps(record, default=float)))
@@ -567,8 +566,10 @@ def _record(
     settings: list[dict[str, Any]],
     notes: list[str],
     folder: Path,
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The experiment record of finished ``jobs`` (extras written on the way)."""
+    """The experiment record of finished ``jobs`` (extras written on the way, or taken from
+    ``previous``, the record of the same jobs, when it chose the same member)."""
     members = []
     headline = []
     for k, m in enumerate(exp.members):
@@ -602,7 +603,15 @@ def _record(
         members.append(entry)
         headline.append({n: v["mean"] for n, v in summary.items()})
     best = choose(exp, headline)
-    info = write_extras(exp, folder, exp.members[best], settings[best])
+    if (
+        previous is not None
+        and previous.get("chosen") == exp.members[best].label
+        and previous.get("extras") == list(exp.extras)
+        and (folder / "class_means.npz").is_file()
+    ):
+        info = {k: previous[k] for k in ("lbfgs",) if k in previous}
+    else:
+        info = write_extras(exp, folder, exp.members[best], settings[best])
     first = members[0]["metrics"]
     comparable, why = comparability(exp, first)
     return {
@@ -613,6 +622,7 @@ def _record(
         "protocol": exp.protocol,
         "choices": exp.choices,
         "figures": list(exp.figures),
+        "extras": list(exp.extras),
         "data": {
             "dataset": first.get("dataset"),
             "source": first.get("source"),

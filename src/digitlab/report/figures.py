@@ -640,7 +640,7 @@ def draw_spread(exp: ExperimentRecord) -> Figure:
     if not panels:
         raise ReportError(f"{exp.folder}: no published number has a member run over seeds")
     panels = panels[:4]
-    fig = _figure(4.2 * len(panels), 3.2)
+    fig = _figure(max(7.0, 4.2 * len(panels)), 3.2)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (what, metric, values, published) in zip(axes, panels, strict=True):
         v = np.asarray(values)
@@ -658,7 +658,7 @@ def draw_spread(exp: ExperimentRecord) -> Figure:
             ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
         ax.set_xlabel(metric)
         ax.legend(loc="upper left", fontsize=7)
-    fig.suptitle(exp.title)
+    fig.suptitle(exp.title, fontsize=9)
     return fig
 
 
