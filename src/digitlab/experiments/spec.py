@@ -16,8 +16,8 @@ File layout::
     figures = ["curves", "table"]  # see FIGURES
     select = {metric = "val_acc", mode = "max"}   # which member is "chosen"
     extras = ["lbfgs", "gallery", "kaggle"]       # optional
-    [settings]                     # digitlab.runner.Settings shared by all members
     repeats = 1                    # default number of seeds per member (see below)
+    [settings]                     # digitlab.runner.Settings shared by all members
     [[members]]                    # label + overrides; or [grid] / [[grids]]: products of lists
     [[stages]]                     # optional: steps + overrides run one after the other,
                                    # checkpoint and resume in between (source 003)
