@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Simulate TDT4265 assignment 1 task 2d/2e (early stopping epoch) under the starter code's protocols.
+"""Simulate TDT4265 assignment 1 task 2d/2e (the early-stopping epoch) under the starter code.
 
 Independent of digitlab: plain NumPy, re-implementing the starter code's loop so the stop epoch can
 be swept over the learning rate, the early-stopping reading and the random seed.
@@ -26,6 +26,8 @@ Stopping readings (``--rule``):
 - ``window``: stop when the loss is not below any of the previous 10 validation losses.
 
 The reported epoch is the starter loop's 0-based ``epoch`` at the stop (what forks print).
+Measured (full MNIST): protocol 2021, lr 0.05, rule best or prev: 33 without shuffling (every
+seed), 16 with shuffling for seed 0 (12-31 over seeds 0-7); ``--offset 1``: 28 without.
 """
 
 from __future__ import annotations
@@ -59,11 +61,11 @@ def load(data: Path, protocol: str, seed: int) -> tuple[np.ndarray, ...]:
     yi = read_idx_gz(data / "train-labels-idx1-ubyte.gz")
     xt = read_idx_gz(data / "t10k-images-idx3-ubyte.gz")
     yt = read_idx_gz(data / "t10k-labels-idx1-ubyte.gz")
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (the starter code's legacy global stream)
     xtr, ytr = prune(xi[:20000], yi[:20000])
     if protocol == "2020":
         idx = np.arange(len(xtr))
-        np.random.shuffle(idx)
+        np.random.shuffle(idx)  # noqa: NPY002 (as utils.train_val_split)
         n = int(len(xtr) * 0.9)
         xva, yva = xtr[idx[n:]], ytr[idx[n:]]
         xtr, ytr = xtr[idx[:n]], ytr[idx[:n]]
@@ -78,11 +80,14 @@ def loss(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-OFFSET = 0
+def run(
+    arrays: tuple[np.ndarray, ...], lr: float, shuffle: bool, rule: str, offset: int = 0
+) -> tuple[int, int]:
+    """Return (stop epoch 0-based, epoch of the best validation loss).
 
-
-def run(arrays: tuple[np.ndarray, ...], lr: float, shuffle: bool, rule: str) -> tuple[int, int]:
-    """Return (stop epoch 0-based, epoch of the best validation loss)."""
+    ``offset`` 0 validates after the starter code's steps 1, 7, 13, ... (its 0-based
+    ``global_step % every == 0``); 1 after steps 6, 12, ... (digitlab's default schedule).
+    """
     xtr, ytr, xva, yva = arrays
     w = np.zeros((xtr.shape[1], 1))
     nb = len(xtr) // 128
@@ -91,13 +96,13 @@ def run(arrays: tuple[np.ndarray, ...], lr: float, shuffle: bool, rule: str) -> 
     for epoch in range(500):
         idx = np.arange(len(xtr))
         if shuffle:
-            np.random.shuffle(idx)
+            np.random.shuffle(idx)  # noqa: NPY002 (as utils.batch_loader)
         for b in range(nb):
             sel = idx[b * 128 : (b + 1) * 128]
             xb, yb = xtr[sel], ytr[sel]
             p = 1.0 / (1.0 + np.exp(-(xb @ w)))
             w -= lr * (-(xb.T @ (yb - p)) / len(xb))
-            if (step + OFFSET) % every == 0:
+            if (step + offset) % every == 0:
                 v = loss(xva, yva, w)
                 if v < best:
                     best, best_epoch = v, epoch
@@ -126,6 +131,7 @@ def main() -> None:
     p.add_argument("--lrs", nargs="+", type=float, default=[0.2, 0.05])
     p.add_argument("--rules", nargs="+", default=["best", "prev", "window"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--offset", type=int, default=0, help="1: validate after steps 6, 12, ...")
     args = p.parse_args()
     for lr in args.lrs:
         for rule in args.rules:
@@ -133,8 +139,8 @@ def main() -> None:
             for seed in args.seeds:
                 arrays = load(args.data, args.protocol, seed)
                 # the split consumed the seeded stream first, as in the starter code
-                no = run(arrays, lr, False, rule)
-                yes = run(arrays, lr, True, rule)
+                no = run(arrays, lr, False, rule, args.offset)
+                yes = run(arrays, lr, True, rule, args.offset)
                 rows.append((no[0], yes[0]))
             a = np.array(rows)
             print(
