@@ -549,6 +549,13 @@ def _read_record(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def _common_notes(metrics: list[dict[str, Any]]) -> list[str]:
+    """The data notes every member shares (a member's own, e.g. its bias input, stay in its
+    metrics)."""
+    lists = [list(m.get("notes") or []) for m in metrics]
+    return [n for n in lists[0] if all(n in other for other in lists[1:])] if lists else []
+
+
 def comparability(exp: ExperimentSpec, metrics: dict[str, Any]) -> tuple[bool, str]:
     """Whether the run's data are the data of the published numbers, and why not."""
     wanted = exp.settings.get("dataset", "mnist")
@@ -629,7 +636,7 @@ def _record(
             "is_sample": first.get("is_sample"),
             "comparable": comparable,
             "not_comparable_because": why,
-            "notes": notes + first.get("notes", []),
+            "notes": notes + _common_notes([m["metrics"] for m in members]),
         },
         "members": members,
         "chosen": exp.members[best].label,

@@ -653,7 +653,8 @@ def draw_spread(exp: ExperimentRecord) -> Figure:
         lo = min(v.min(), mean - 2 * sd, published)
         hi = max(v.max(), mean + 2 * sd, published)
         pad = 0.1 * (hi - lo) or 0.01
-        ax.set(xlim=(lo - pad, hi + pad), ylim=(-0.8, 0.5), yticks=[], title=what[:60])
+        ax.set(xlim=(lo - pad, hi + pad), ylim=(-0.8, 0.5), yticks=[])
+        ax.set_title(what if len(what) <= 48 else what[:47] + "…", fontsize=8)
         if metric.endswith("_acc"):
             ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
         ax.set_xlabel(metric)
