@@ -52,12 +52,11 @@ def test_a_chained_member_starts_from_the_final_weights_of_the_other(tmp_path):
         ]
     }
     record = run_experiment(parse_experiment(spec, "rep.toml"), tmp_path, n_jobs=1)
-    folder = tmp_path / "rep"
-    first, second, alone = (params(folder / m["folder"]) for m in record["members"])
+    first, second, alone = (params(m.folder) for m in record.members)
     for k in first:
         np.testing.assert_allclose(second[k], first[k], atol=1e-6)
         assert not np.allclose(alone[k], first[k], atol=1e-3)  # its own N(0, 1) draw
-    assert record["members"][1]["engine"] == {"init_from": "first"}
+    assert record.members[1].engine == {"init_from": "first"}
 
 
 def test_a_chained_grid_links_its_members_in_order_with_a_prefix():
@@ -88,7 +87,7 @@ def test_bad_engine_keys_are_refused(members, words):
 def test_repeats_run_over_seeds_and_summarise_them(tmp_path):
     spec = BASE | {"repeats": 3, "members": [{"label": "m"}]}
     record = run_experiment(parse_experiment(spec, "rep.toml"), tmp_path, n_jobs=1)
-    rep = record["members"][0]["repeats"]
+    rep = record.members[0].repeats
     assert rep["n"] == 3 and rep["seeds"] == [0, 1, 2]
     accs = [r["test_acc"] for r in rep["runs"]]
     assert len(set(accs)) > 1  # different N(0, 1) draws
@@ -220,7 +219,7 @@ def test_a_second_run_continues_only_what_is_missing(tmp_path):
     assert seen == ["c"]
     assert not (folder / "c" / "partial.tmp").exists()
     assert (folder / "a" / "checkpoint.npz").stat().st_mtime_ns == stamp
-    assert [m["label"] for m in record["members"]] == ["a", "b", "c"]
+    assert [m.label for m in record.members] == ["a", "b", "c"]
     # a changed setting of 'a' reruns 'a' and the member chained to it, not 'c'
     changed = parse_experiment(
         spec | {"members": [{"label": "a", "lr": 0.1}, *spec["members"][1:]]}, "rep.toml"
@@ -241,7 +240,7 @@ def test_an_interrupted_reproduce_needs_no_clean_up(tmp_path):
     (tmp_path / "two" / MARK).write_text("x")
     (tmp_path / "two" / "run" / "config.toml").write_text("partial")
     records = run_experiments(exps, tmp_path, n_jobs=1)
-    assert [r["name"] for r in records] == ["one", "two"]
+    assert [r.name for r in records] == ["one", "two"]
     assert (tmp_path / "two" / "experiment.json").is_file()
     assert (tmp_path / "two" / "run" / DONE).is_file()
 
@@ -264,7 +263,7 @@ def test_validation_on_test_offset_evaluations_and_bias_input(tmp_path):
         ],
     }
     record = run_experiment(parse_experiment(spec, "rep.toml"), tmp_path, n_jobs=1)
-    m = record["members"][0]["metrics"]
+    m = record.members[0].metrics
     assert m["val_acc"] == m["test_acc"] and m["n_val"] == m["n_test"]
     rows = (tmp_path / "rep" / "m" / "history.csv").read_text().splitlines()
     col = rows[0].split(",").index("step")

@@ -11,6 +11,7 @@ import pytest
 from digitlab.checkpoint import load_checkpoint
 from digitlab.errors import ConfigError
 from digitlab.experiments import FIGURES, builtin_experiments, parse_experiment, run_experiment
+from digitlab.report import load_experiment
 
 TINY = {
     "name": "tiny",
@@ -66,7 +67,8 @@ def test_run_experiment_writes_the_report_contract(tmp_path):
     record = run_experiment(exp, tmp_path, n_jobs=2, on_done=lambda m, r: seen.append(m.label))
     assert sorted(seen) == ["l2=0.0", "l2=0.01", "l2=1.0"]
     on_disk = json.loads((tmp_path / "tiny" / "experiment.json").read_text())
-    assert on_disk["chosen"] == record["chosen"]
+    assert on_disk["chosen"] == record.chosen
+    assert on_disk == record.to_json() == load_experiment(tmp_path / "tiny").to_json()
     vals = {m["label"]: m["metrics"]["val_acc"] for m in on_disk["members"]}
     assert on_disk["chosen"] == max(vals, key=vals.get)
     assert on_disk["data"]["is_sample"] is True
@@ -115,13 +117,13 @@ def test_staged_training_resumes_between_stages(tmp_path):
         "figures": ["curves"], "extras": [],
     }  # fmt: skip
     record = run_experiment(parse_experiment(staged, "staged.toml"), tmp_path, n_jobs=1)
-    folder = tmp_path / "tiny" / record["members"][0]["folder"]
+    folder = record.members[0].folder
     _, first = load_checkpoint(folder / "stage-1" / "checkpoint.npz")
     _, second = load_checkpoint(folder / "stage-2" / "checkpoint.npz")
     assert first["progress"]["step"] == 200 and second["progress"]["step"] == 300
     assert first["schedule"]["eta0"] == 0.05 and second["schedule"]["eta0"] == 0.01
     assert second["model"]["l2"] == 1e-5
-    assert record["members"][0]["metrics"]["steps"] == 300
+    assert record.members[0].metrics["steps"] == 300
 
 
 def test_dask_cluster_gives_the_local_results(tmp_path):
@@ -133,11 +135,11 @@ def test_dask_cluster_gives_the_local_results(tmp_path):
         dashboard_address=None,
     ) as cluster:  # fmt: skip
         remote = run_experiment(exp, tmp_path / "dask", scheduler=cluster.scheduler_address)
-    for a, b in zip(local["members"], remote["members"], strict=True):
-        assert a["label"] == b["label"]
+    for a, b in zip(local.members, remote.members, strict=True):
+        assert a.label == b.label
         for key in ("train_acc", "val_acc", "test_acc"):
-            assert a["metrics"][key] == b["metrics"][key]
-        assert a["metrics"]["test_loss"] == pytest.approx(b["metrics"]["test_loss"], rel=1e-5)
+            assert a.metrics[key] == b.metrics[key]
+        assert a.metrics["test_loss"] == pytest.approx(b.metrics["test_loss"], rel=1e-5)
 
 
 def test_unreachable_scheduler_is_a_config_error(tmp_path):

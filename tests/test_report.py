@@ -23,12 +23,15 @@ from digitlab.checkpoint import load_checkpoint
 from digitlab.data import Dataset, load
 from digitlab.report import (
     FIGURE_KINDS,
+    ExperimentRecord,
+    MemberRecord,
     ReportError,
     compare,
     draw_experiment,
     figure_paths,
     load_experiment,
     write_report,
+    write_run_report,
 )
 from digitlab.runner import RunResult, Settings, load_run_checkpoint, prepare_data, run
 
@@ -38,12 +41,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 
 # ---------------------------------------------------------------------------------- fixture
-def _member(exp: Path, label: str, folder: str, settings: Settings, **overrides: object) -> dict:
-    """Train one member into ``exp/folder`` and return its experiment.json entry."""
-    result = _run(settings, folder=exp / folder)
-    return _entry(exp, label, folder, settings, result.data, overrides)
-
-
 @functools.cache
 def _dataset(name: str) -> Dataset:
     return load(name)
@@ -55,23 +52,20 @@ def _run(settings: Settings, folder: Path, **kwargs: Any) -> RunResult:
     return run(settings, folder=folder, data=data, **kwargs)
 
 
-def _entry(exp: Path, label: str, folder: str, settings: Settings, data, overrides) -> dict:
-    mfolder = exp / folder
-    metrics = json.loads((mfolder / "metrics.json").read_text())
-    if "confusion_test" not in metrics:  # the engine adds it; older runners do not
-        model, _, _ = load_run_checkpoint(mfolder / "checkpoint.npz")
-        pred = model.predict(data.test[0])
-        k = len(data.classes)
-        cm = np.bincount(data.test[1] * k + pred, minlength=k * k).reshape(k, k)
-        metrics["confusion_test"] = cm.tolist()
-        (mfolder / "metrics.json").write_text(json.dumps(metrics))
-    return {
-        "label": label,
-        "folder": folder,
-        "overrides": overrides,
-        "settings": settings.to_dict(),
-        "metrics": metrics,
-    }
+def _member(folder: Path, label: str, settings: Settings, **overrides: Any) -> MemberRecord:
+    """The record of a member whose run is in ``folder`` (trained first unless it exists)."""
+    if not (folder / "metrics.json").is_file():
+        _run(settings, folder=folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return MemberRecord(label, folder, overrides, settings.to_dict(), metrics)
+
+
+def _write(exp: Path, members: list[MemberRecord], **fields: Any) -> None:
+    """``experiment.json`` written through the engine's record (every text field given)."""
+    fields = {"section": "", "protocol": "", "choices": "", "data": DATA_SAMPLE} | fields
+    published = [{"member": "chosen"} | p for p in fields.pop("published")]
+    record = ExperimentRecord(exp, members=members, published=published, **fields)
+    (exp / "experiment.json").write_text(json.dumps(record.to_json(), indent=1))
 
 
 def _class_means(exp: Path, data, names: list[str], labels: list[int]) -> None:
@@ -80,153 +74,88 @@ def _class_means(exp: Path, data, names: list[str], labels: list[int]) -> None:
     np.savez(exp / "class_means.npz", means=means, classes=np.array(names))
 
 
-def _experiment_json(exp: Path, **fields: object) -> None:
-    (exp / "experiment.json").write_text(json.dumps(fields, indent=1))
+BASE = {"dataset": "mnist-5k", "n_train": 2000, "n_test": 500, "holdout": 0.2, "batch": 400,
+        "lr": 0.5, "epochs": 2}  # fmt: skip
+DATA_SAMPLE = {"dataset": "mnist-5k", "source": "embedded sample", "is_sample": True,
+               "notes": ["split scaled down"]}  # fmt: skip
+
+
+def _toy_logistic(exp: Path) -> None:
+    """Logistic 2 vs 3 and 2 vs 8 with an explicit bias column."""
+    members = [
+        _member(exp / f"2v{neg}", f"2 vs {neg}",
+                Settings(model="logistic", classes=[2, neg], bias_column=True, **BASE))
+        for neg in (3, 8)
+    ]  # fmt: skip
+    data = prepare_data(Settings(model="softmax", **BASE), dataset=_dataset("mnist-5k"))
+    _class_means(exp, data, ["2", "3", "8"], [2, 3, 8])
+    _write(exp, members, name="toy-logistic", source="000", section="2.2",
+           title="Logistic <2 vs 3> & 2 vs 8", protocol="Batch GD, lr 0.5.\nTwo epochs.",
+           choices="we picked <b>bold</b> defaults",
+           figures=["curves", "weights", "weight_diff", "table", "sweep"], chosen="2 vs 3",
+           published=[{"what": "test accuracy 2 vs 3", "metric": "test_acc", "value": 0.98},
+                      {"what": "test accuracy 2 vs 8", "member": "2 vs 8", "metric": "test_acc",
+                       "value": 0.2}],
+           seconds=1.5)  # fmt: skip
+
+
+def _toy_softmax(exp: Path) -> None:
+    """A softmax sweep with early stopping, L-BFGS files, class means and a gallery."""
+    members = []
+    for pen, lam in (("l2", 0.0001), ("l2", 0.01), ("l1", 0.001)):
+        s = Settings(model="softmax", **BASE | {"epochs": 4}, early_stopping=2, **{pen: lam})
+        m = _member(exp / f"{pen}-{lam:g}", f"{pen.upper()} {lam:g}", s, **{pen: lam})
+        members.append(m)
+        obj = m.metrics["train_objective"]
+        lbfgs = {"objective": obj * 0.9, "gd_objective": obj, "grad_norm": 1e-6,
+                 "train_acc": m.metrics["train_acc"] + 0.01, "val_acc": m.metrics["val_acc"],
+                 "test_acc": m.metrics["test_acc"], "seconds": 0.5}  # fmt: skip
+        (m.folder / "lbfgs.json").write_text(json.dumps(lbfgs))
+    data = prepare_data(Settings(model="softmax", **BASE), dataset=_dataset("mnist-5k"))
+    _class_means(exp, data, [str(i) for i in range(10)], list(range(10)))
+    model, _, _ = load_run_checkpoint(members[0].folder / "checkpoint.npz")
+    images, labels = data.splits.test
+    preds = model.predict(data.test[0])
+    right, wrong = np.flatnonzero(preds == labels)[:6], np.flatnonzero(preds != labels)[:5]
+    pick = np.concatenate([right, wrong])
+    classes = np.array([str(i) for i in range(10)])
+    np.savez(exp / "gallery.npz", images=images[pick], labels=labels[pick].astype(np.int64),
+             preds=preds[pick].astype(np.int64), classes=classes)  # fmt: skip
+    (exp / "kaggle.csv").write_text("Id,Category\n1,3\n")
+    best = max(members, key=lambda m: m.metrics["val_acc"])
+    _write(exp, members, name="toy-softmax", source="000", section="3.2-3.3",
+           title="Softmax sweep", protocol="lambda grid",
+           figures=["curves", "weights", "table", "confusion", "lbfgs", "sweep", "shuffle",
+                    "gallery"], chosen=best.label,
+           published=[{"what": "test accuracy", "metric": "test_acc", "value": 0.9355},
+                      {"what": "best epoch", "metric": "best_epoch", "value": 33}],
+           seconds=3.0)  # fmt: skip
+
+
+def _toy_mlp(exp: Path) -> None:
+    """A staged MLP (the source 003 protocol): stage-2 resumes stage-1 with a smaller lr."""
+    s1 = Settings(model="mlp", hidden=[12], **BASE | {"epochs": 1, "lr": 0.2})
+    r1 = _run(s1, folder=exp / "net" / "stage-1")
+    s2 = s1.replace(lr=0.05, epochs=2)
+    resume = load_checkpoint(r1.folder / "checkpoint.npz")
+    _run(s2, folder=exp / "net" / "stage-2", resume_from=resume)
+    for f in ("config.toml", "history.csv", "metrics.json", "checkpoint.npz"):
+        shutil.copy2(exp / "net" / "stage-2" / f, exp / "net" / f)
+    member = _member(exp / "net", "tanh 12", s2)
+    _write(exp, [member], name="toy-mlp", source="003", section="net", title="Staged network",
+           protocol="two stages", figures=["curves", "weights"],
+           data={"dataset": "mnist", "source": "x", "is_sample": False, "notes": []},
+           chosen="tanh 12",
+           published=[{"what": "validation accuracy", "metric": "val_acc",
+                       "value": member.metrics["val_acc"] - 0.005}],
+           seconds=2.0)  # fmt: skip
 
 
 def build_runs(root: Path) -> Path:
     """Three small experiments (logistic pair, softmax sweep, staged MLP) under ``root``."""
-    base = {
-        "dataset": "mnist-5k",
-        "n_train": 2000,
-        "n_test": 500,
-        "holdout": 0.2,
-        "batch": 400,
-        "lr": 0.5,
-        "epochs": 2,
-    }
-    data_sample = {
-        "dataset": "mnist-5k",
-        "source": "embedded sample",
-        "is_sample": True,
-        "notes": ["split scaled down"],
-    }
-
-    # logistic 2 vs 3 and 2 vs 8 with an explicit bias column
-    exp = root / "toy-logistic"
-    members = []
-    for neg in (3, 8):
-        s = Settings(model="logistic", classes=[2, neg], bias_column=True, **base)
-        members.append(_member(exp, f"2 vs {neg}", f"2v{neg}", s))
-    data = prepare_data(Settings(model="softmax", **base), dataset=_dataset("mnist-5k"))
-    _class_means(exp, data, ["2", "3", "8"], [2, 3, 8])
-    _experiment_json(
-        exp,
-        name="toy-logistic",
-        seed="000",
-        section="2.2",
-        title="Logistic <2 vs 3> & 2 vs 8",
-        protocol="Batch GD, lr 0.5.\nTwo epochs.",
-        choices="we picked <b>bold</b> defaults",
-        figures=["curves", "weights", "weight_diff", "table", "sweep"],
-        data=data_sample,
-        members=members,
-        chosen="2 vs 3",
-        published=[
-            {
-                "what": "test accuracy 2 vs 3",
-                "member": "chosen",
-                "metric": "test_acc",
-                "value": 0.98,
-            },
-            {
-                "what": "test accuracy 2 vs 8",
-                "member": "2 vs 8",
-                "metric": "test_acc",
-                "value": 0.2,
-            },
-        ],
-        seconds=1.5,
-    )
-
-    # softmax sweep with early stopping, L-BFGS files, class means and a gallery
-    exp = root / "toy-softmax"
-    members = []
-    for pen, lam in (("l2", 0.0001), ("l2", 0.01), ("l1", 0.001)):
-        s = Settings(model="softmax", **base | {"epochs": 4}, early_stopping=2, **{pen: lam})
-        members.append(_member(exp, f"{pen.upper()} {lam:g}", f"{pen}-{lam:g}", s, **{pen: lam}))
-        folder = exp / members[-1]["folder"]
-        m = members[-1]["metrics"]
-        lbfgs = {
-            "objective": m["train_objective"] * 0.9,
-            "gd_objective": m["train_objective"],
-            "grad_norm": 1e-6,
-            "train_acc": m["train_acc"] + 0.01,
-            "val_acc": m["val_acc"],
-            "test_acc": m["test_acc"],
-            "seconds": 0.5,
-        }
-        (folder / "lbfgs.json").write_text(json.dumps(lbfgs))
-    _class_means(exp, data, [str(i) for i in range(10)], list(range(10)))
-    model, _, _ = load_run_checkpoint(exp / members[0]["folder"] / "checkpoint.npz")
-    images, labels = data.splits.test
-    preds = model.predict(data.test[0])
-    pick = np.concatenate(
-        [np.flatnonzero(preds == labels)[:6], np.flatnonzero(preds != labels)[:5]]
-    )
-    np.savez(
-        exp / "gallery.npz",
-        images=images[pick],
-        labels=labels[pick].astype(np.int64),
-        preds=preds[pick].astype(np.int64),
-        classes=np.array([str(i) for i in range(10)]),
-    )
-    (exp / "kaggle.csv").write_text("Id,Category\n1,3\n")
-    best = max(members, key=lambda e: e["metrics"]["val_acc"])
-    _experiment_json(
-        exp,
-        name="toy-softmax",
-        seed="000",
-        section="3.2-3.3",
-        title="Softmax sweep",
-        protocol="lambda grid",
-        choices="",
-        data=data_sample,
-        figures=["curves", "weights", "table", "confusion", "lbfgs", "sweep", "shuffle", "gallery"],
-        members=members,
-        chosen=best["label"],
-        published=[
-            {"what": "test accuracy", "member": "chosen", "metric": "test_acc", "value": 0.9355},
-            {"what": "best epoch", "member": "chosen", "metric": "best_epoch", "value": 33},
-        ],
-        seconds=3.0,
-    )
-
-    # a staged MLP (the seed 003 protocol): stage-2 resumes stage-1 with a smaller lr
-    exp = root / "toy-mlp"
-    s1 = Settings(model="mlp", hidden=[12], **base | {"epochs": 1, "lr": 0.2})
-    r1 = _run(s1, folder=exp / "net" / "stage-1")
-    s2 = s1.replace(lr=0.05, epochs=2)
-    _run(
-        s2,
-        folder=exp / "net" / "stage-2",
-        resume_from=load_checkpoint(r1.folder / "checkpoint.npz"),
-    )
-    for f in ("config.toml", "history.csv", "metrics.json", "checkpoint.npz"):
-        shutil.copy2(exp / "net" / "stage-2" / f, exp / "net" / f)
-    entry = _entry(exp, "tanh 12", "net", s2, r1.data, {})
-    _experiment_json(
-        exp,
-        name="toy-mlp",
-        seed="003",
-        section="net",
-        title="Staged network",
-        protocol="two stages",
-        choices="",
-        figures=["curves", "weights"],
-        data={"dataset": "mnist", "source": "x", "is_sample": False, "notes": []},
-        members=[entry],
-        chosen="tanh 12",
-        published=[
-            {
-                "what": "validation accuracy",
-                "member": "chosen",
-                "metric": "val_acc",
-                "value": entry["metrics"]["val_acc"] - 0.005,
-            }
-        ],
-        seconds=2.0,
-    )
+    _toy_logistic(root / "toy-logistic")
+    _toy_softmax(root / "toy-softmax")
+    _toy_mlp(root / "toy-mlp")
     return root
 
 
@@ -332,6 +261,36 @@ def test_unknown_figure_kind_is_refused(runs: Path) -> None:
     path.write_text(json.dumps(raw | {"figures": ["curves", "histogram"]}))
     with pytest.raises(ReportError, match="histogram"):
         load_experiment(runs / "toy-mlp")
+
+
+def test_experiment_record_round_trips_and_reads_the_old_seed_key(built: Path) -> None:
+    raw = json.loads((built / "toy-softmax" / "experiment.json").read_text())
+    record = load_experiment(built / "toy-softmax")
+    assert record.to_json() == raw and record.source == "000"
+    assert [m.folder for m in record.members] == [built / "toy-softmax" / m["folder"]
+                                                  for m in raw["members"]]  # fmt: skip
+    old = {k: v for k, v in raw.items() if k != "source"} | {"seed": "007"}
+    assert ExperimentRecord.from_json(old, built / "toy-softmax").source == "007"
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"members": {"a": 1}}, "'members' must be a list"),
+        ({"members": [{"label": "a"}]}, "member 0 needs a label and a folder"),
+        ({"members": [{"label": "a", "folder": "../../etc"}]}, "plain folder name"),
+        ({"members": [{"label": "a", "folder": "a", "metrics": [1]}]}, "'metrics' must be"),
+        ({"title": 3}, "'title' must be a string"),
+        ({"seconds": "long"}, "'seconds' must be a number"),
+        ({"published": ["x"]}, "'published' must be a list of objects"),
+    ],
+)
+def test_malformed_experiment_json_is_one_report_error(runs: Path, change, words) -> None:
+    path = runs / "toy-mlp" / "experiment.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | change))
+    with pytest.raises(ReportError, match=re.escape(words)) as info:
+        load_experiment(runs / "toy-mlp")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 # ---------------------------------------------------------------------------------- report
@@ -468,10 +427,11 @@ def test_a_figure_that_cannot_be_drawn_is_reported_in_its_place(drawn: Path) -> 
     assert "could not be drawn" in md.read_text()
 
 
-def test_empty_runs_root(tmp_path: Path) -> None:
-    html, md = write_report(tmp_path)
-    assert "No experiments found" in html.read_text()
-    with pytest.raises(ReportError):
+def test_empty_runs_root_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match="no experiment folders"):
+        write_report(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ReportError, match="no such folder"):
         write_report(tmp_path / "nope")
 
 
@@ -498,3 +458,81 @@ def test_chromium_renders_every_figure(reported: Path, tmp_path: Path) -> None:
     done = _check(broken)
     assert done.returncode == 1
     assert "toy-logistic/curves" in done.stdout
+
+
+# ---------------------------------------------------------------------------------- run reports
+def _figure_ids(html: str) -> list[str]:
+    return re.findall(r'<img src="data:image/png;base64,[^"]+"[^>]*data-figure="([^"]+)"', html)
+
+
+def test_report_of_one_run_draws_curves_weights_confusion_settings(runs: Path) -> None:
+    run_dir = runs / "toy-softmax" / "l2-0.0001"
+    html, md = write_run_report([run_dir])
+    assert (html, md) == (run_dir / "report.html", run_dir / "report.md")
+    text = html.read_text()
+    assert _figure_ids(text) == ["l2-0.0001/curves", "l2-0.0001/weights", "l2-0.0001/confusion"]
+    assert 'data-figures="3"' in text
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert f'<td class="num">{100 * metrics["test_acc"]:.2f}%</td>' in text
+    assert '<tr><td>l2</td><td class="num">0.0001</td></tr>' in text  # every setting
+    assert "<td>model</td><td>softmax</td>" in text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md.read_text())
+    assert links == ["figures/curves.png", "figures/weights.png", "figures/confusion.png"]
+    assert all((run_dir / link).is_file() for link in links)
+
+
+def test_report_of_several_runs_overlays_curves_and_lists_what_differs(runs: Path) -> None:
+    dirs = [runs / "toy-softmax" / "l2-0.0001", runs / "toy-softmax" / "l2-0.01"]
+    html, _ = write_run_report(dirs, out=runs / "compare")
+    text = html.read_text()
+    assert html == runs / "compare" / "report.html"
+    assert _figure_ids(text) == ["compare/overlay"]
+    table = text[text.index("Settings that differ") :]
+    header = re.findall(r"<th>([^<]+)</th>", table.split("</thead>")[0])
+    assert header == ["run", "l2"]  # the lambda is the only setting that differs
+    assert "<td>l2-0.0001</td>" in table and "<td>l2-0.01</td>" in table
+    # the default folder for several runs: report/ in their common parent
+    html, _ = write_run_report([*dirs, runs / "toy-mlp" / "net"])
+    assert html == runs / "report" / "report.html"
+    assert "toy-mlp/net" in html.read_text()
+
+
+def test_run_report_of_a_run_in_progress_without_metrics(runs: Path) -> None:
+    run_dir = runs / "toy-softmax" / "l2-0.01"
+    for name in ("metrics.json", "checkpoint.npz"):
+        (run_dir / name).unlink()
+    html, _ = write_run_report([run_dir])
+    assert _figure_ids(html.read_text()) == ["l2-0.01/curves"]
+
+
+def test_bad_run_folders_are_one_line_errors_and_write_nothing(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from digitlab.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    good = runs / "toy-softmax" / "l2-0.01"
+    before = sorted(p.name for p in good.iterdir())
+    for args, words in (
+        ([str(good), str(empty)], "not a run folder"),
+        ([str(tmp_path / "nope")], "no such folder"),
+        (["--runs", str(good)], "no experiment folders"),
+    ):
+        assert main(["report", *args]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
+    assert sorted(p.name for p in good.iterdir()) == before and not list(empty.iterdir())
+    (good / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(ReportError, match="expected a JSON object"):
+        write_run_report([good])
+
+
+def test_cli_report_of_a_run_folder(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from digitlab.cli import main
+
+    run_dir = runs / "toy-logistic" / "2v3"
+    assert main(["report", str(run_dir)]) == 0
+    assert str(run_dir / "report.html") in capsys.readouterr().out
+    assert _figure_ids((run_dir / "report.html").read_text()) == ["2v3/curves", "2v3/weights",
+                                                                   "2v3/confusion"]  # fmt: skip

@@ -421,9 +421,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     )  # fmt: skip
     rows = []
     for exp, record in zip(experiments, records, strict=True):
-        for note in record["data"]["notes"]:
+        for note in record.data["notes"]:
             out(f"   {exp.name}: {note}")
-        rows.append([exp.name, exp.source, record["chosen"], f"{record['seconds']:.1f}"])
+        rows.append([exp.name, exp.source, str(record.chosen), f"{record.seconds:.1f}"])
     out("\n" + table(rows, ["experiment", "source", "chosen run", "seconds"]))
     out(f"total {time.perf_counter() - t_all:.1f} s; results in {args.out}/")
     if not args.no_report:
@@ -432,9 +432,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from digitlab.report import write_report
+    from digitlab.report import write_report, write_run_report
 
-    html, md = write_report(Path(args.runs), redraw=getattr(args, "redraw", False))
+    if getattr(args, "run_dirs", None):
+        html, md = write_run_report(args.run_dirs, out=args.out)
+    else:
+        html, md = write_report(Path(args.runs), redraw=getattr(args, "redraw", False))
     out(f"report: {html} and {md}")
     return 0
 
@@ -511,8 +514,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-report", action="store_true", help="skip writing runs/report.html")
     rp.set_defaults(func=cmd_reproduce)
 
-    rr = sub.add_parser("report", help="redraw figures and runs/report.html from saved runs")
-    rr.add_argument("--runs", default="runs", help="runs root folder (default: runs)")
+    rr = sub.add_parser(
+        "report", help="report of run folders, or of the experiments under runs/ (no RUN_DIR)"
+    )
+    rr.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                    help="run folders (digitlab train, experiment members): one drawn in full, "
+                    "several compared")  # fmt: skip
+    rr.add_argument("-o", "--out", default=None,
+                    help="folder for a RUN_DIR report (default: the run folder; for several, "
+                    "report/ in their common parent)")  # fmt: skip
+    rr.add_argument("--runs", default="runs", help="experiments root folder (default: runs)")
     rr.add_argument(
         "--redraw", action="store_true", help="redraw every figure, not only stale ones"
     )

@@ -38,3 +38,7 @@ class CheckpointError(DigitlabError):
 
 class DivergenceError(DigitlabError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
+
+
+class ReportError(DigitlabError):
+    """Saved run data needed for a figure or the report is missing or malformed."""

@@ -32,6 +32,7 @@ import numpy as np
 
 from digitlab.errors import ConfigError
 from digitlab.experiments.spec import ENGINE_KEYS, METRICS, ExperimentSpec, MemberSpec
+from digitlab.report.rundata import ExperimentRecord
 
 #: File marking a folder as an experiment folder written by this engine.
 MARK = ".digitlab-experiment"
@@ -473,7 +474,7 @@ def run_experiments(
     scheduler: str | None = None,
     overrides: dict[str, Any] | None = None,
     on_done: Callable[[ExperimentSpec, MemberSpec, dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[ExperimentRecord]:
     """Run every member of ``exps`` (all their jobs in one pool) and write each
     ``out/<name>/experiment.json``; jobs that finished in an earlier run are reused.
 
@@ -493,12 +494,11 @@ def run_experiments(
 
     Returns
     -------
-    list of dict
-        The experiment records written to ``experiment.json``, in the order of ``exps``.
+    list of ExperimentRecord
+        The records written to ``experiment.json``, in the order of ``exps``.
     """
     from digitlab.runner import write_json
 
-    t0 = time.perf_counter()
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     jobs, all_settings, all_notes = _jobs(exps, root, dict(overrides or {}))
@@ -516,10 +516,10 @@ def run_experiments(
         previous = _read_record(folder)
         if any(j.ran for j in mine):
             previous = None  # new results: extras are computed again
-        record = _record(exp, mine, all_settings[e], all_notes[e], folder, previous)
-        record["seconds"] = sum(float(j.metrics.get("seconds", 0.0)) for j in mine)
-        record["wall_seconds"] = time.perf_counter() - t0
-        write_json(folder / "experiment.json", json.loads(json.dumps(record, default=float)))
+        raw = _record(exp, mine, all_settings[e], all_notes[e], folder, previous)
+        raw["seconds"] = sum(float(j.metrics.get("seconds", 0.0)) for j in mine)
+        record = ExperimentRecord.from_json(json.loads(json.dumps(raw, default=float)), folder)
+        write_json(folder / "experiment.json", record.to_json())
         records.append(record)
     return records
 
@@ -532,7 +532,7 @@ def run_experiment(
     scheduler: str | None = None,
     overrides: dict[str, Any] | None = None,
     on_done: Callable[[MemberSpec, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+) -> ExperimentRecord:
     """Run every member of ``exp`` and write ``out/<name>/experiment.json`` (see
     :func:`run_experiments`); ``on_done(member, metrics)`` as each job finishes."""
     cb = None if on_done is None else (lambda e, m, metrics: on_done(m, metrics))
@@ -613,7 +613,7 @@ def _record(
     if (
         previous is not None
         and previous.get("chosen") == exp.members[best].label
-        and previous.get("extras") == list(exp.extras)
+        and previous.get("extras", []) == list(exp.extras)
         and (folder / "class_means.npz").is_file()
     ):
         info = {k: previous[k] for k in ("lbfgs",) if k in previous}

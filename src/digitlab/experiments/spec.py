@@ -223,30 +223,18 @@ def _grid_members(grid: dict[str, Any], where: str, default: dict[str, Any]) -> 
     return members
 
 
-def parse_experiment(data: dict[str, Any], path: str = "<experiment>") -> ExperimentSpec:
-    """Validate an experiment dict (from TOML) into an :class:`ExperimentSpec`."""
-    unknown = sorted(set(data) - KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}")
-    name = check_name(data.get("name") or Path(path).stem, path)
-    if "seed" in data:  # the old name of "source"
-        if "source" in data:
-            raise ConfigError(f"{path}: 'seed' is the old name of 'source'; give only 'source'")
-        data = {k: v for k, v in data.items() if k != "seed"} | {"source": data["seed"]}
-    for key in ("source", "section", "title", "protocol"):
-        if not isinstance(data.get(key), str) or not data[key].strip():
-            raise ConfigError(f"{path}: '{key}' must be a non-empty string")
-    figures = tuple(data.get("figures", ()))
-    bad = [f for f in figures if f not in FIGURES]
+def _names(data: dict[str, Any], key: str, known: tuple[str, ...], path: str) -> tuple[str, ...]:
+    """The list ``data[key]``, every entry one of ``known``."""
+    names = tuple(data.get(key, ()))
+    bad = [n for n in names if n not in known]
     if bad:
-        raise ConfigError(f"{path}: unknown figure(s) {bad}; known: {', '.join(FIGURES)}")
-    extras = tuple(data.get("extras", ()))
-    bad = [e for e in extras if e not in EXTRAS]
-    if bad:
-        raise ConfigError(f"{path}: unknown extra(s) {bad}; known: {', '.join(EXTRAS)}")
-    select = {"metric": "val_acc", "mode": "max"} | dict(data.get("select", {}))
-    if select["metric"] not in METRICS or select["mode"] not in ("max", "min"):
-        raise ConfigError(f"{path}: select must name a metric ({', '.join(METRICS)}) and max/min")
+        what = "figure(s)" if key == "figures" else "extra(s)"
+        raise ConfigError(f"{path}: unknown {what} {bad}; known: {', '.join(known)}")
+    return names
+
+
+def _members(data: dict[str, Any], path: str) -> list[MemberSpec]:
+    """Listed members, then grid products; one member "run" when there are none."""
     default = {"repeats": data.get("repeats", 1)}
     _engine_keys(default, path)
     members: list[MemberSpec] = [
@@ -260,15 +248,20 @@ def parse_experiment(data: dict[str, Any], path: str = "<experiment>") -> Experi
     ]
     if len(members) != len(data.get("members", [])):
         raise ConfigError(f"{path}: every [[members]] entry needs a label")
-    if "grid" in data:
-        members += _grid_members(data["grid"], path, default)
-    for grid in data.get("grids", []):
+    for grid in ([data["grid"]] if "grid" in data else []) + list(data.get("grids", [])):
         members += _grid_members(grid, path, default)
     if not members:
         members = [MemberSpec("run", {}, **default)]
     labels = [m.label for m in members]
     if len(set(labels)) != len(labels) or len({m.folder for m in members}) != len(members):
         raise ConfigError(f"{path}: member labels must be distinct: {labels}")
+    _check_chains(members, path)
+    return members
+
+
+def _check_chains(members: list[MemberSpec], path: str) -> None:
+    """Every ``init_from`` names an earlier member with the same number of repeats."""
+    labels = [m.label for m in members]
     for i, m in enumerate(members):
         if m.init_from is None:
             continue
@@ -277,16 +270,14 @@ def parse_experiment(data: dict[str, Any], path: str = "<experiment>") -> Experi
                 f"{path}: member {m.label!r} starts from {m.init_from!r}, which is not an "
                 "earlier member"
             )
-        src = members[labels.index(m.init_from)]
-        if src.repeats != m.repeats:
+        if members[labels.index(m.init_from)].repeats != m.repeats:
             raise ConfigError(
                 f"{path}: member {m.label!r} and {m.init_from!r} it starts from need the same "
                 "repeats"
             )
-    stages = tuple(dict(s) for s in data.get("stages", []))
-    for i, st in enumerate(stages, 1):
-        if not isinstance(st.get("steps"), int) or st["steps"] < 1:
-            raise ConfigError(f"{path}: stage {i} needs steps >= 1")
+
+
+def _published(data: dict[str, Any], labels: list[str], path: str) -> tuple[dict[str, Any], ...]:
     published = tuple(dict(p) for p in data.get("published", []))
     for p in published:
         if p.get("member", "chosen") not in ("chosen", *labels):
@@ -297,6 +288,39 @@ def parse_experiment(data: dict[str, Any], path: str = "<experiment>") -> Experi
             )
         if not isinstance(p.get("what"), str):
             raise ConfigError(f"{path}: published entries need 'what'")
+    return published
+
+
+def _texts(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """``data`` with the old key ``seed`` renamed ``source``; the text fields checked."""
+    unknown = sorted(set(data) - KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    if "seed" in data:  # the old name of "source"
+        if "source" in data:
+            raise ConfigError(f"{path}: 'seed' is the old name of 'source'; give only 'source'")
+        data = {k: v for k, v in data.items() if k != "seed"} | {"source": data["seed"]}
+    for key in ("source", "section", "title", "protocol"):
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            raise ConfigError(f"{path}: '{key}' must be a non-empty string")
+    return data
+
+
+def parse_experiment(data: dict[str, Any], path: str = "<experiment>") -> ExperimentSpec:
+    """Validate an experiment dict (from TOML) into an :class:`ExperimentSpec`."""
+    data = _texts(data, path)
+    name = check_name(data.get("name") or Path(path).stem, path)
+    figures = _names(data, "figures", FIGURES, path)
+    extras = _names(data, "extras", EXTRAS, path)
+    select = {"metric": "val_acc", "mode": "max"} | dict(data.get("select", {}))
+    if select["metric"] not in METRICS or select["mode"] not in ("max", "min"):
+        raise ConfigError(f"{path}: select must name a metric ({', '.join(METRICS)}) and max/min")
+    members = _members(data, path)
+    stages = tuple(dict(s) for s in data.get("stages", []))
+    for i, st in enumerate(stages, 1):
+        if not isinstance(st.get("steps"), int) or st["steps"] < 1:
+            raise ConfigError(f"{path}: stage {i} needs steps >= 1")
+    published = _published(data, [m.label for m in members], path)
     exp = ExperimentSpec(
         name=name,
         source=data["source"],

@@ -2,20 +2,23 @@
 
 - :func:`draw_experiment` draws the figures an ``experiment.json`` lists into ``figures/``.
 - :func:`write_report` writes ``report.html`` (self-contained) and ``report.md`` for a runs root.
+- :func:`write_run_report` writes the same pair for one or several run folders.
 """
 
 from __future__ import annotations
 
+from digitlab.errors import ReportError
 from digitlab.report.document import compare, write_report
 from digitlab.report.figures import DRAWERS, draw_experiment, draw_figure, figure_paths, is_stale
 from digitlab.report.rundata import (
     FIGURE_KINDS,
     ExperimentRecord,
     MemberRecord,
-    ReportError,
     find_experiments,
     load_experiment,
+    load_run,
 )
+from digitlab.report.runs import write_run_report
 
 __all__ = [
     "DRAWERS",
@@ -30,5 +33,7 @@ __all__ = [
     "find_experiments",
     "is_stale",
     "load_experiment",
+    "load_run",
     "write_report",
+    "write_run_report",
 ]

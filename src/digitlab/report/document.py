@@ -3,30 +3,44 @@
 ``write_report(runs_root)`` reads every ``runs_root/*/experiment.json``, (re)draws figures
 that are missing or older than their data, and writes ``runs_root/report.html`` (figures
 embedded as base64 PNG, CSS inline, no network) and ``runs_root/report.md`` (figures linked
-by relative path).
+by relative path). The report is built once as a :class:`~digitlab.report.render.Document`
+(the sections, tables and figures below) and rendered twice by :mod:`digitlab.report.render`.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 import os
 import platform
-import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from digitlab.report.figures import DPI, draw_figure, figure_paths, is_stale
-from digitlab.report.rundata import ExperimentRecord, ReportError, find_experiments
+from digitlab.errors import ReportError
+from digitlab.report.figures import draw_figure, figure_paths, is_stale
+from digitlab.report.render import (
+    Banner,
+    Block,
+    Code,
+    Document,
+    Figure,
+    Heading,
+    Link,
+    Mark,
+    Meta,
+    Paragraph,
+    Section,
+    Span,
+    Table,
+    to_html,
+    to_markdown,
+)
+from digitlab.report.rundata import ExperimentRecord, find_experiments
 
 #: Default tolerance of an accuracy, in percentage points below the published value.
 ACC_TOLERANCE_PP = 1.0
-#: Display size of figures: CSS pixels per figure inch (a page has 96; text 9 pt reads well).
-CSS_PX_PER_INCH = 110
 #: Default relative tolerance of any other metric.
 REL_TOLERANCE = 0.10
 SAMPLE_BANNER = (
@@ -46,6 +60,8 @@ CAPTIONS = {
     "the weights of every setting.",
     "shuffle": "Validation accuracy and loss over training of each setting; the legend gives "
     "where early stopping ended training and the best (restored) epoch.",
+    "overlay": "Loss and accuracy over training of each run, one colour per run: validation "
+    "(test where there is no validation set) solid, training dashed.",
     "confusion": "Confusion matrix of {chosen} on the test set: rows are true classes, columns "
     "predicted classes, counts in the cells, shading the fraction of the true class.",
     "lbfgs": "Gradient descent against the exact optimum of the same convex objective found by "
@@ -54,46 +70,6 @@ CAPTIONS = {
     "spread": "Published numbers (red line) among the results of the member's random seeds "
     "(dots: one per seed, e.g. per N(0, 1) draw of the initial weights; bar: mean ± 2 sd).",
 }
-
-CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
- margin:0 auto;max-width:1280px;padding:0 24px 48px;color:#1f2328;background:#fff}
-h1{font-size:26px;margin:24px 0 4px}h2{font-size:21px;margin:36px 0 4px;
- border-bottom:1px solid #d0d7de;padding-bottom:4px}h3{font-size:16px;margin:18px 0 6px}
-.meta,.where{color:#59636e;margin:2px 0}code{font-size:13px}
-table{border-collapse:collapse;margin:8px 0 12px;font-size:13.5px}
-th,td{border:1px solid #d0d7de;padding:3px 9px;text-align:left;vertical-align:top}
-th{background:#f6f8fa;white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.chosen td{background:#fff8c5}
-figure{margin:14px 0 22px}figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
-figcaption{color:#3d444d;font-size:13.5px;margin-top:4px;max-width:1000px}
-.banner{background:#fff1c2;border:1px solid #d4a72c;padding:8px 12px;border-radius:6px;
- margin:10px 0}
-.missing{background:#ffebe9;border:1px solid #cf222e;padding:8px 12px;border-radius:6px}
-.ok{color:#1a7f37;font-weight:600}.near{color:#9a6700;font-weight:600}
-.bad{color:#cf222e;font-weight:600}.note{color:#59636e;font-size:13px}
-p.text{max-width:1000px;margin:4px 0 8px}
-"""
-
-#: Marks every image with data-ok and appends #render-check (read by scripts/check_report.py).
-CHECK_SCRIPT = """
-window.addEventListener("load", function () {
-  var imgs = document.images, loaded = 0;
-  for (var i = 0; i < imgs.length; i++) {
-    var im = imgs[i], r = im.getBoundingClientRect();
-    var ok = im.complete && im.naturalWidth > 0 && r.width > 0 && r.height > 0;
-    im.setAttribute("data-ok", ok ? "1" : "0");
-    if (ok) loaded++;
-  }
-  var s = document.createElement("div");
-  s.id = "render-check"; s.hidden = true;
-  s.setAttribute("data-images", imgs.length);
-  s.setAttribute("data-loaded", loaded);
-  s.setAttribute("data-height", document.documentElement.scrollHeight);
-  document.body.appendChild(s);
-});
-"""
-
 
 # ---------------------------------------------------------------------------------- numbers
 #: Columns of the summary table at the top of the report (HTML and Markdown alike).
@@ -174,15 +150,16 @@ MARKS = {
 
 def repeats_summary(exp: ExperimentRecord, label: str, metric: str) -> dict[str, float] | None:
     """Mean, sd, min, max and n of ``metric`` over the seeds of member ``label``, or None."""
-    for entry in exp.raw.get("members") or []:
-        if isinstance(entry, dict) and entry.get("label") == label:
-            summary = (entry.get("repeats") or {}).get("summary") or {}
-            found = summary.get(metric)
-            ok = isinstance(found, dict) and all(
-                isinstance(found.get(k), int | float) for k in ("mean", "sd", "min", "max", "n")
-            )
-            return found if ok and found["n"] > 1 else None
-    return None
+    try:
+        member = exp.member(label)
+    except ReportError:
+        return None
+    summary = (member.repeats or {}).get("summary") or {}
+    found = summary.get(metric)
+    ok = isinstance(found, dict) and all(
+        isinstance(found.get(k), int | float) for k in ("mean", "sd", "min", "max", "n")
+    )
+    return found if ok and found["n"] > 1 else None
 
 
 def is_comparable(exp: ExperimentRecord) -> bool:
@@ -290,25 +267,19 @@ def machine() -> str:
 
 
 # ---------------------------------------------------------------------------------- content
-@dataclass
-class FigureEntry:
-    kind: str
-    number: str
-    caption: str
-    png: Path | None
-    error: str | None
-
-
 def _caption(exp: ExperimentRecord, kind: str) -> str:
-    chosen = exp.chosen or (exp.members[0].label if exp.members else "")
-    text = CAPTIONS[kind].format(chosen=f"the chosen setting ({chosen})" if chosen else "the run")
+    if exp.chosen:
+        chosen = f"the chosen setting ({exp.chosen})"
+    else:
+        chosen = f"the run ({exp.members[0].label})" if exp.members else "the run"
+    text = CAPTIONS[kind].format(chosen=chosen)
     if kind == "weight_diff" and len(exp.members) >= 2:
         text = text.replace("the first two", f"({exp.members[0].label}) − ({exp.members[1].label})")
     return text
 
 
-def prepare_figures(exp: ExperimentRecord, index: int, redraw: bool) -> list[FigureEntry]:
-    """Draw missing or stale figures of ``exp``; one entry per listed figure kind."""
+def prepare_figures(exp: ExperimentRecord, index: int, redraw: bool) -> list[Figure]:
+    """Draw missing or stale figures of ``exp``; one figure node per listed figure kind."""
     entries = []
     for j, kind in enumerate(exp.figure_kinds, start=1):
         png, _ = figure_paths(exp.folder, kind)
@@ -319,16 +290,25 @@ def prepare_figures(exp: ExperimentRecord, index: int, redraw: bool) -> list[Fig
             except ReportError as exc:
                 error = str(exc)
         entries.append(
-            FigureEntry(kind, f"{index}.{j}", _caption(exp, kind), None if error else png, error)
+            Figure(
+                number=f"{index}.{j}",
+                kind=kind,
+                caption=_caption(exp, kind),
+                png=None if error else png,
+                error=error,
+                alt=f"{exp.title}: {kind}",
+                figure_id=f"{exp.folder.name}/{kind}",
+            )
         )
     return entries
 
 
-def member_rows(exp: ExperimentRecord) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the members table (accuracies, best epoch, epochs, stop reason)."""
+def member_rows(exp: ExperimentRecord, first: str = "setting") -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the members table (accuracies, best epoch, epochs, stop reason);
+    ``first`` heads the column of member labels."""
     has_val = any("val_acc" in m.metrics for m in exp.members)
     has_best = any("best_epoch" in m.metrics for m in exp.members)
-    header = ["setting", "train acc"] + (["val acc"] if has_val else []) + ["test acc"]
+    header = [first, "train acc"] + (["val acc"] if has_val else []) + ["test acc"]
     header += (["best epoch"] if has_best else []) + ["epochs", "weight norm", "stopped because"]
     rows = []
     for m in exp.members:
@@ -361,44 +341,25 @@ def member_rows(exp: ExperimentRecord) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+LBFGS_COLUMNS = {
+    "GD objective": ("objective", "gd_objective"),
+    "L-BFGS objective": ("objective", "objective"),
+    "gradient norm": ("grad_norm", "grad_norm"),
+    "L-BFGS train": ("train_acc", "train_acc"),
+    "L-BFGS val": ("val_acc", "val_acc"),
+    "L-BFGS test": ("test_acc", "test_acc"),
+    "L-BFGS seconds": ("seconds", "seconds"),
+}
+
+
 def lbfgs_rows(exp: ExperimentRecord) -> tuple[list[str], list[list[str]]]:
-    header = [
-        "setting",
-        "GD objective",
-        "L-BFGS objective",
-        "gradient norm",
-        "L-BFGS train",
-        "L-BFGS val",
-        "L-BFGS test",
-        "L-BFGS seconds",
+    """Header and rows of the L-BFGS table: one row per member with an ``lbfgs.json``."""
+    rows = [
+        [m.label] + [fmt_value(metric, m.lbfgs.get(key)) for metric, key in LBFGS_COLUMNS.values()]
+        for m in exp.members
+        if m.lbfgs
     ]
-    rows = []
-    for m in exp.members:
-        lb = m.lbfgs
-        if not lb:
-            continue
-        rows.append(
-            [
-                m.label,
-                fmt_value("objective", lb.get("gd_objective")),
-                fmt_value("objective", lb.get("objective")),
-                fmt_value("grad_norm", lb.get("grad_norm")),
-                fmt_value("train_acc", lb.get("train_acc")),
-                fmt_value("val_acc", lb.get("val_acc")),
-                fmt_value("test_acc", lb.get("test_acc")),
-                fmt_value("seconds", lb.get("seconds")),
-            ]
-        )
-    return header, rows
-
-
-# ---------------------------------------------------------------------------------- HTML
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-class Raw(str):
-    """A table cell that is already HTML (escaped where needed)."""
+    return ["setting", *LBFGS_COLUMNS], rows
 
 
 def paragraphs(text: str) -> list[list[str]]:
@@ -412,165 +373,120 @@ def paragraphs(text: str) -> list[list[str]]:
     return [p for p in out if p]
 
 
-def _joined(lines: list[str], sep: str) -> str:
-    """Lines of one paragraph: kept apart when they are a list, else re-flowed."""
-    if any(line.startswith(("- ", "* ")) or line[:2].rstrip(".").isdigit() for line in lines):
-        return sep.join(lines)
-    return " ".join(lines)
+def prose(text: str) -> list[Paragraph]:
+    """Paragraphs of prose: re-flowed, or line by line where they are a list."""
+    out = []
+    for p in paragraphs(text):
+        listed = any(x.startswith(("- ", "* ")) or x[:2].rstrip(".").isdigit() for x in p)
+        out.append(Paragraph([[x] for x in p] if listed else [[" ".join(p)]], "text"))
+    return out
 
 
-def _paragraphs_html(text: str) -> str:
-    return "".join(
-        f'<p class="text">{_joined([_e(x) for x in p], "<br>")}</p>' for p in paragraphs(text)
-    )
-
-
-def _anchor(exp: ExperimentRecord) -> str:
+def anchor(exp: ExperimentRecord) -> str:
+    """The HTML id of an experiment's section."""
     return "exp-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in exp.folder.name)
 
 
-NUMBER = re.compile(r"[+-]?\d[\d.]*(e[+-]?\d+)?(%| pp| s)?")
+def where_line(*parts: list[Span]) -> Paragraph:
+    """Non-empty parts joined by " · "."""
+    spans: list[Span] = []
+    for part in (p for p in parts if p):
+        spans += ([" · "] if spans else []) + part
+    return Paragraph([spans], "where")
 
 
-def _html_table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
-    """A table; numbers (97.20%, +1.01 pp, 2.5e-06) are right-aligned."""
-    out = ["<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in header), "</tr></thead><tbody>"]
-    for i, row in enumerate(rows):
-        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
-        out.append(f"<tr{cls}>")
-        for cell in row:
-            num = ' class="num"' if NUMBER.fullmatch(cell) else ""
-            out.append(f"<td{num}>{cell if isinstance(cell, Raw) else _e(cell)}</td>")
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
+MARK_TITLES = {
+    "meets": "at or better than published",
+    "within": "within tolerance ({})",
+    "outside": "outside tolerance ({})",
+    "missing": "metric missing from the run",
+    "not comparable": "the run's data differ from the published numbers' data",
+}
 
 
-def png_size(data: bytes) -> tuple[int, int]:
-    """``(width, height)`` in pixels from a PNG's header."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 24:
-        raise ReportError("not a PNG file")
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
-def _img_tag(png: Path, alt: str, figure_id: str) -> str:
-    """An ``<img>`` with the PNG inline, shown at :data:`CSS_PX_PER_INCH` per figure inch."""
-    raw = png.read_bytes()
-    width = round(png_size(raw)[0] * CSS_PX_PER_INCH / DPI)
-    data = base64.b64encode(raw).decode("ascii")
-    return (
-        f'<img src="data:image/png;base64,{data}" width="{width}" alt="{_e(alt)}" '
-        f'data-figure="{_e(figure_id)}">'
-    )
-
-
-def _mark_html(c: Comparison) -> str:
-    mark, cls = MARKS[c.status]
-    titles = {
-        "meets": "at or better than published",
-        "within": f"within tolerance ({c.tolerance_text()})",
-        "outside": f"outside tolerance ({c.tolerance_text()})",
-        "missing": "metric missing from the run",
-        "not comparable": "the run's data differ from the published numbers' data",
-    }
-    if c.spread and c.status in ("within", "outside"):
-        titles[c.status] = f"published value {'inside' if c.status == 'within' else 'outside'} "
-        titles[c.status] += "the seeds' range or mean ± 2 sd"
-    return Raw(f'<span class="{cls}" title="{_e(titles[c.status])}">{mark} {_e(c.status)}</span>')
-
-
-def _published_html(exp: ExperimentRecord, comps: list[Comparison]) -> str:
-    rows = [
+def _published(exp: ExperimentRecord, comps: list[Comparison]) -> list[Block]:
+    rows: list[list[Span]] = [
         [
             c.what,
             c.member,
             fmt_value(c.metric, c.published),
             fmt_value(c.metric, c.reproduced) + (f" ({c.spread})" if c.spread else ""),
             c.difference_text(),
-            _mark_html(c),
+            Mark(*MARKS[c.status][:1], c.status, MARKS[c.status][1],
+                 MARK_TITLES[c.status].format(c.tolerance_text())),
         ]
         for c in comps
-    ]
+    ]  # fmt: skip
     header = ["what", "member", "published", "reproduced", "difference", "mark"]
     note = (
-        f'<p class="note">✓ reproduced at or better than published; ≈ within tolerance '
+        f"✓ reproduced at or better than published; ≈ within tolerance "
         f"({ACC_TOLERANCE_PP:g} pp for accuracies, {REL_TOLERANCE:.0%} otherwise, unless the "
         f"experiment sets one; for members run over several seeds: the published value inside "
         f"the seeds' range or mean ± 2 sd); ✗ outside it; – not comparable (other data than the "
-        f"published numbers').</p>"
+        f"published numbers')."
     )
-    return _html_table(header, rows) + note
-
-
-def _experiment_html(
-    exp: ExperimentRecord, figs: list[FigureEntry], comps: list[Comparison]
-) -> str:
-    parts = [f'<section class="experiment" id="{_anchor(exp)}">', f"<h2>{_e(exp.title)}</h2>"]
-    where = [
-        _e(f"source {exp.source}") if exp.source else "",
-        _e(f"section {exp.section}") if exp.section else "",
-        f"experiment <code>{_e(exp.name)}</code>",
-        _e(f"run time {fmt_seconds(exp.seconds)}") if exp.seconds else "",
+    blocks: list[Block] = [
+        Heading(3, "Published vs reproduced"),
+        Table(header, rows),
+        Paragraph.of(note, style="note"),
     ]
-    parts.append(f'<p class="where">{" · ".join(w for w in where if w)}</p>')
     if exp.is_sample:
-        parts.append(
-            f'<div class="banner" data-sample="1"><strong>Sample data.</strong> '
-            f"{_e(SAMPLE_BANNER)}</div>"
-        )
-    if exp.protocol:
-        parts.append(f"<h3>Protocol</h3>{_paragraphs_html(exp.protocol)}")
-    if exp.choices:
-        parts.append(f"<h3>Choices</h3>{_paragraphs_html(exp.choices)}")
-    data = exp.data
-    if data:
-        parts += [f'<p class="note">{_e(note)}</p>' for note in data_notes(data)]
-    fig_iter = {f.kind: f for f in figs}
-    table_done = False
-    for kind in exp.figures:
-        if kind == "table":
-            parts.append(_members_html(exp))
-            table_done = True
-            continue
-        f = fig_iter.get(kind)
-        if f is None:
-            continue
-        if f.png is None:
-            parts.append(
-                f'<p class="missing" data-missing-figure="{_e(exp.folder.name)}/{_e(kind)}">'
-                f"Figure {f.number} ({_e(kind)}) could not be drawn: {_e(f.error)}</p>"
-            )
-            continue
-        parts.append(
-            f"<figure>{_img_tag(f.png, f'{exp.title}: {kind}', f'{exp.folder.name}/{kind}')}"
-            f"<figcaption><strong>Figure {f.number}.</strong> {_e(f.caption)}</figcaption>"
-            "</figure>"
-        )
-        if kind == "lbfgs":
-            header, rows = lbfgs_rows(exp)
-            if rows:
-                parts.append(_html_table(header, rows))
-    if not table_done:
-        parts.append(_members_html(exp))
-    if comps:
-        parts.append("<h3>Published vs reproduced</h3>" + _published_html(exp, comps))
-        if exp.is_sample:
-            parts.append(
-                '<p class="note">Sample data: the rows are not comparable with the published '
-                "numbers and are not counted.</p>"
-            )
-    kaggle = exp.folder / "kaggle.csv"
-    if kaggle.is_file():
-        href = f"{exp.folder.name}/kaggle.csv"
-        parts.append(f'<p>Kaggle submission: <a href="{_e(href)}">{_e(href)}</a></p>')
-    parts.append("</section>")
-    return "\n".join(parts)
+        text = "Sample data: the rows are not comparable with the published numbers, not counted."
+        blocks.append(Paragraph.of(text, style="note"))
+    return blocks
 
 
-def _members_html(exp: ExperimentRecord) -> str:
+def members_table(exp: ExperimentRecord) -> list[Block]:
+    """The "Settings" heading and table, the chosen member highlighted."""
     header, rows = member_rows(exp)
     classes = ["chosen" if m.label == exp.chosen else "" for m in exp.members]
-    return "<h3>Settings</h3>" + _html_table(header, rows, classes=classes)
+    return [Heading(3, "Settings"), Table(header, list(rows), classes)]
+
+
+def _figures_and_tables(exp: ExperimentRecord, figs: list[Figure]) -> list[Block]:
+    """Figures and the members table in the listed order (the table last if not listed)."""
+    by_kind = {f.kind: f for f in figs}
+    blocks: list[Block] = []
+    for kind in exp.figures:
+        if kind == "table":
+            blocks += members_table(exp)
+        elif kind in by_kind:
+            blocks.append(by_kind[kind])
+            header, rows = lbfgs_rows(exp) if kind == "lbfgs" and by_kind[kind].png else ([], [])
+            if rows:
+                blocks.append(Table(header, list(rows)))
+    if "table" not in exp.figures:
+        blocks += members_table(exp)
+    return blocks
+
+
+def experiment_section(
+    exp: ExperimentRecord, figs: list[Figure], comps: list[Comparison]
+) -> Section:
+    """One experiment: where it comes from, protocol, choices, figures, tables, marks."""
+    blocks: list[Block] = [
+        Heading(2, exp.title),
+        where_line(
+            [f"source {exp.source}"] if exp.source else [],
+            [f"section {exp.section}"] if exp.section else [],
+            ["experiment ", Code(exp.name)],
+            [f"run time {fmt_seconds(exp.seconds)}"] if exp.seconds else [],
+        ),
+    ]
+    if exp.is_sample:
+        blocks.append(Banner("Sample data.", SAMPLE_BANNER, "sample"))
+    for title, text in (("Protocol", exp.protocol), ("Choices", exp.choices)):
+        if text:
+            blocks += [Heading(3, title), *prose(text)]
+    if exp.data:
+        blocks += [Paragraph.of(note, style="note") for note in data_notes(exp.data)]
+    blocks += _figures_and_tables(exp, figs)
+    if comps:
+        blocks += _published(exp, comps)
+    if (exp.folder / "kaggle.csv").is_file():
+        href = f"{exp.folder.name}/kaggle.csv"
+        blocks.append(Paragraph.of("Kaggle submission: ", Link(href, href)))
+    return Section(blocks, css="experiment", anchor=anchor(exp))
 
 
 def _headline(comps: list[Comparison]) -> tuple[str, str]:
@@ -586,177 +502,48 @@ def _headline(comps: list[Comparison]) -> tuple[str, str]:
     return first, f"{good}/{len(counted)}"
 
 
-def _summary_html(exps: list[ExperimentRecord], comps: dict[str, list[Comparison]]) -> str:
-    header = list(SUMMARY_COLUMNS)
-    rows = []
-    for exp in exps:
-        first, count = _headline(comps[exp.folder.name])
-        link = Raw(f'<a href="#{_anchor(exp)}">{_e(exp.title)}</a>')
-        data = "sample ⚠" if exp.is_sample else str(exp.data.get("dataset", "—"))
-        rows.append(
-            [
-                exp.source,
-                exp.section,
-                link,
-                str(len(exp.members)),
-                exp.chosen or "—",
-                first,
-                count,
-                data,
-                fmt_seconds(exp.seconds),
-            ]
-        )
-    return _html_table(header, rows)
-
-
-def render_html(
-    exps: list[ExperimentRecord],
-    figs: dict[str, list[FigureEntry]],
-    comps: dict[str, list[Comparison]],
-    header: dict[str, str],
-) -> str:
-    n_figs = sum(1 for f in (x for v in figs.values() for x in v) if f.png is not None)
-    parts = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(header['title'])}</title><style>{CSS}</style></head>",
-        f'<body data-figures="{n_figs}">',
-        f"<header><h1>{_e(header['title'])}</h1>",
-        *(
-            f'<p class="meta">{_e(k)}: {_e(header[k])}</p>'
-            for k in ("digitlab", "generated", "machine", "total run time")
-        ),
-        "</header>",
-        '<section id="summary"><h2>Summary</h2>',
-        _summary_html(exps, comps) if exps else "<p>No experiments found.</p>",
-        "</section>",
-        *(_experiment_html(e, figs[e.folder.name], comps[e.folder.name]) for e in exps),
-        f"<script>{CHECK_SCRIPT}</script>",
-        "</body></html>",
-    ]
-    return "\n".join(parts) + "\n"
-
-
-# ---------------------------------------------------------------------------------- Markdown
-def _md_text(text: Any) -> str:
-    """Text with HTML escaped (Markdown renderers pass raw HTML through)."""
-    return html.escape(str(text), quote=False)
-
-
-def _md(text: Any) -> str:
-    """Text safe inside a Markdown table cell."""
-    return _md_text(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def _paragraphs_md(text: str) -> list[str]:
-    out = []
-    for p in paragraphs(text):
-        out += [_joined([_md_text(x) for x in p], "  \n"), ""]
-    return out
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = [
-        "| " + " | ".join(_md(h) for h in header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-    ]
-    out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
-    return out + [""]
-
-
-def render_markdown(
-    exps: list[ExperimentRecord],
-    figs: dict[str, list[FigureEntry]],
-    comps: dict[str, list[Comparison]],
-    header: dict[str, str],
-    root: Path,
-) -> str:
-    lines = [f"# {header['title']}", ""]
-    lines += [
-        f"- {k}: {_md_text(header[k])}"
-        for k in ("digitlab", "generated", "machine", "total run time")
-    ]
-    lines += ["", "## Summary", ""]
-    rows = []
+def summary_section(exps: list[ExperimentRecord], comps: dict[str, list[Comparison]]) -> Section:
+    """The summary table: one row per experiment, linking to its section."""
+    rows: list[list[Span]] = []
     for exp in exps:
         first, count = _headline(comps[exp.folder.name])
         rows.append(
             [
                 exp.source,
                 exp.section,
-                exp.title,
+                Link(exp.title, f"#{anchor(exp)}", internal=True),
                 str(len(exp.members)),
                 exp.chosen or "—",
                 first,
                 count,
-                "sample" if exp.is_sample else str(exp.data.get("dataset", "—")),
+                "sample ⚠" if exp.is_sample else str(exp.data.get("dataset", "—")),
                 fmt_seconds(exp.seconds),
             ]
         )
-    lines += _md_table(
-        list(SUMMARY_COLUMNS),
-        rows,
+    return Section([Heading(2, "Summary"), Table(list(SUMMARY_COLUMNS), rows)], anchor="summary")
+
+
+def header_section(title: str, meta: dict[str, str]) -> Section:
+    """The page title and its ``name: value`` lines."""
+    return Section([Heading(1, title), Meta(list(meta.items()))], tag="header")
+
+
+def experiments_document(
+    exps: list[ExperimentRecord],
+    figs: dict[str, list[Figure]],
+    comps: dict[str, list[Comparison]],
+    meta: dict[str, str],
+) -> Document:
+    """The report of experiments: header, summary, one section per experiment."""
+    title = "digitlab: reproduced experiments"
+    return Document(
+        title,
+        [
+            header_section(title, meta),
+            summary_section(exps, comps),
+            *(experiment_section(e, figs[e.folder.name], comps[e.folder.name]) for e in exps),
+        ],
     )
-    for exp in exps:
-        lines += [f"## {_md_text(exp.title)}", ""]
-        where = [
-            _md_text(f"source {exp.source}") if exp.source else "",
-            _md_text(f"section {exp.section}") if exp.section else "",
-            f"experiment `{exp.name}`",
-            f"run time {fmt_seconds(exp.seconds)}" if exp.seconds else "",
-        ]
-        lines += [" · ".join(w for w in where if w), ""]
-        if exp.is_sample:
-            lines += [f"> **Sample data.** {SAMPLE_BANNER}", ""]
-        if exp.protocol:
-            lines += ["### Protocol", ""] + _paragraphs_md(exp.protocol)
-        if exp.choices:
-            lines += ["### Choices", ""] + _paragraphs_md(exp.choices)
-        for note in data_notes(exp.data):
-            lines += [f"*{_md(note)}*", ""]
-        entries = {f.kind: f for f in figs[exp.folder.name]}
-        table_done = False
-        for kind in exp.figures:
-            if kind == "table":
-                lines += ["### Settings", "", *_md_table(*member_rows(exp))]
-                table_done = True
-                continue
-            f = entries.get(kind)
-            if f is None:
-                continue
-            if f.png is None:
-                lines += [f"**Figure {f.number} ({kind}) could not be drawn:** {_md(f.error)}", ""]
-                continue
-            rel = f.png.relative_to(root).as_posix()
-            alt = _md_text(f"{exp.title}: {kind}").replace("[", "(").replace("]", ")")
-            lines += [f"![{alt}]({rel})", "", f"*Figure {f.number}.* {_md_text(f.caption)}", ""]
-            if kind == "lbfgs":
-                header_l, rows_l = lbfgs_rows(exp)
-                if rows_l:
-                    lines += _md_table(header_l, rows_l)
-        if not table_done:
-            lines += ["### Settings", "", *_md_table(*member_rows(exp))]
-        if comps[exp.folder.name]:
-            lines += ["### Published vs reproduced", ""]
-            lines += _md_table(
-                ["what", "member", "published", "reproduced", "difference", "mark"],
-                [
-                    [
-                        c.what,
-                        c.member,
-                        fmt_value(c.metric, c.published),
-                        fmt_value(c.metric, c.reproduced) + (f" ({c.spread})" if c.spread else ""),
-                        c.difference_text(),
-                        f"{MARKS[c.status][0]} {c.status}",
-                    ]
-                    for c in comps[exp.folder.name]
-                ],
-            )
-        if (exp.folder / "kaggle.csv").is_file():
-            rel = (exp.folder / "kaggle.csv").relative_to(root).as_posix()
-            lines += [f"Kaggle submission: [{rel}]({rel})", ""]
-    return "\n".join(lines).rstrip() + "\n"
 
 
 # ---------------------------------------------------------------------------------- entry
@@ -780,28 +567,45 @@ def write_report(
     Raises
     ------
     ReportError
-        When ``runs_root`` does not exist or an ``experiment.json`` is malformed. A figure that
+        When ``runs_root`` does not exist, holds no experiment or an ``experiment.json`` is
+        malformed (nothing is written then). A figure that
         cannot be drawn does not raise: the report says so in its place.
     """
-    from digitlab import __version__
-
     root = Path(runs_root)
     if not root.is_dir():
         raise ReportError(f"{root}: no such folder")
     exps = find_experiments(root)
+    if not exps:
+        raise ReportError(
+            f"{root}: no experiment folders (*/experiment.json) in it; "
+            "for run folders: digitlab report RUN_DIR..."
+        )
     figs = {e.folder.name: prepare_figures(e, i, redraw) for i, e in enumerate(exps, start=1)}
     comps = {e.folder.name: [compare(e, p) for p in e.published] for e in exps}
-    header = {
-        "title": "digitlab: reproduced experiments",
+    total = (
+        f"{fmt_seconds(sum(e.seconds for e in exps))} "
+        f"({len(exps)} experiments, {sum(len(e.members) for e in exps)} runs)"
+    )
+    doc = experiments_document(exps, figs, comps, report_meta(total))
+    return write_document(doc, root / "report.html", root / "report.md")
+
+
+def report_meta(total: str) -> dict[str, str]:
+    """The header lines: digitlab version, time generated, machine, total run time."""
+    from digitlab import __version__
+
+    return {
         "digitlab": __version__,
         "generated": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "machine": machine(),
-        "total run time": f"{fmt_seconds(sum(e.seconds for e in exps))} "
-        f"({len(exps)} experiments, {sum(len(e.members) for e in exps)} runs)",
+        "total run time": total,
     }
-    html_path, md_path = root / "report.html", root / "report.md"
-    _write_text(html_path, render_html(exps, figs, comps, header))
-    _write_text(md_path, render_markdown(exps, figs, comps, header, root))
+
+
+def write_document(doc: Document, html_path: Path, md_path: Path) -> tuple[Path, Path]:
+    """Render ``doc`` to both files (Markdown links relative to its own folder)."""
+    _write_text(html_path, to_html(doc))
+    _write_text(md_path, to_markdown(doc, md_path.parent))
     return html_path, md_path
 
 

@@ -20,10 +20,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import PercentFormatter
 
+from digitlab.errors import ReportError
 from digitlab.report.rundata import (
     ExperimentRecord,
     MemberRecord,
-    ReportError,
     load_experiment,
 )
 
@@ -347,18 +347,14 @@ def _sweep_groups(
     return groups, zero
 
 
-def draw_sweep(exp: ExperimentRecord) -> Figure:
-    """A penalty sweep: validation accuracy and weight norm over training per penalty type,
-    final test accuracy and weight norm against lambda, and every member's weight images."""
-    groups, zero = _sweep_groups(exp)
-    columns = dict(groups) if groups else {"no penalty": zero}
-    refs = zero if groups else []
-    ncols = len(columns) + 1
-    ordered = [*refs, *(m for ms in columns.values() for m in ms)]
-    weights = [(m, m.weight_images(max_units=10)) for m in ordered]
+def _sweep_tiles(
+    columns: dict[str, list[MemberRecord]], refs: list[MemberRecord], weights: list
+) -> tuple[list[list[Tile | None]], list[str]]:
+    """Weight tiles and row labels: a row per penalty type (one image per member), else a
+    row of images per member."""
     tiles: list[list[Tile | None]] = []
     labels = []
-    if all(len(w.images) == 1 for _, w in weights):  # one image per member: a row per penalty
+    if all(len(w.images) == 1 for _, w in weights):
         lookup = {id(m): w for m, w in weights}
         for row in ([refs] if refs else []) + list(columns.values()):
             tiles.append([])
@@ -368,65 +364,85 @@ def draw_sweep(exp: ExperimentRecord) -> Figure:
                 tiles[-1].append((lookup[id(m)].images[0], True, title))
             kind = row[0].penalty[0]
             labels.append(kind if kind != "none" else "no penalty")
-    else:  # a row of images per member
+    else:
         for r, (m, w) in enumerate(weights):
             titles = w.titles if r == 0 else [""] * len(w.titles)
             tiles.append([(img, True, t) for img, t in zip(w.images, titles, strict=True)])
             labels.append(m.label)
+    return tiles, labels
+
+
+def _sweep_curves(ax_acc: Axes, ax_norm: Axes, name: str, styled: list, by_lambda: bool) -> None:
+    """Validation accuracy and weight norm over training of one penalty type's members."""
+    accs, split, xlabel = [], "validation", "epoch"
+    for m, style in styled:
+        x, xlabel = m.x_axis()
+        kind, lam = m.penalty
+        label = f"λ = {_fmt(lam)}" if kind != "none" and by_lambda else m.label
+        acc = _series(m, "val_acc", "test_acc")
+        if acc is not None:
+            ax_acc.plot(x, acc[0], label=label, **style)
+            accs.append(acc[0])
+            split = "validation" if acc[1] == "val_acc" else "test"
+        norm = _series(m, "weight_norm")
+        if norm is not None:
+            ax_norm.plot(x, norm[0], label=label, **style)
+    _zoom(ax_acc, accs, higher_better=True)
+    ax_acc.set(title=f"{name}: {split} accuracy", xlabel=xlabel, ylabel=f"{split} accuracy")
+    _percent(ax_acc)
+    ax_norm.set(
+        title=f"{name}: length of the weight vector", xlabel=xlabel, ylabel="weight norm ‖w‖₂"
+    )
+    for ax in (ax_acc, ax_norm):
+        ax.legend(fontsize=7)
+
+
+def _sweep_finals(
+    ax: Axes, key: str, what: str, groups: dict[str, list[MemberRecord]], zero: list[MemberRecord]
+) -> None:
+    """A final metric against lambda (one line per penalty type), or per setting."""
+    if groups:  # one line per penalty type over lambda; unpenalised runs as references
+        for name, ms in groups.items():
+            values = [m.metrics.get(key, np.nan) for m in ms]
+            ax.plot([m.penalty[1] for m in ms], values, marker="o", label=name)
+        for m in zero:
+            if key in m.metrics:
+                ax.axhline(m.metrics[key], color="0.2", ls="--", lw=1,
+                           label=f"{m.label} (λ = 0)")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set(xlabel="λ (log scale)", title=f"{what[0].upper()}{what[1:]} vs λ")
+        ax.legend(fontsize=7)
+    else:  # nothing penalised: one bar per setting
+        ax.bar([m.label for m in zero], [m.metrics.get(key, np.nan) for m in zero])
+        ax.set(title=f"{what[0].upper()}{what[1:]} per setting")
+        ax.tick_params(axis="x", labelrotation=20 if len(zero) > 3 else 0)
+    ax.set_ylabel(what)
+
+
+def draw_sweep(exp: ExperimentRecord) -> Figure:
+    """A penalty sweep: validation accuracy and weight norm over training per penalty type,
+    final test accuracy and weight norm against lambda, and every member's weight images."""
+    groups, zero = _sweep_groups(exp)
+    columns = dict(groups) if groups else {"no penalty": zero}
+    refs = zero if groups else []
+    ncols = len(columns) + 1
+    ordered = [*refs, *(m for ms in columns.values() for m in ms)]
+    weights = [(m, m.weight_images(max_units=10)) for m in ordered]
+    tiles, labels = _sweep_tiles(columns, refs, weights)
     H, W = _tiles_layout(tiles)[:2]
     top_h, bottom_h = 5.8, H / TILE_PX_PER_INCH + 0.5
     width = max(3.6 * ncols, W / TILE_PX_PER_INCH + 1.2)
     fig = _figure(width, top_h + bottom_h)
     top, bottom = fig.subfigures(2, 1, height_ratios=[top_h, bottom_h])
     axes = top.subplots(2, ncols, squeeze=False)
-    xlabel = "epoch"
     for j, (name, ms) in enumerate(columns.items()):
-        ax_acc, ax_norm = axes[0, j], axes[1, j]
         colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, max(len(ms), 1)))
         styled = [(m, {"color": c}) for m, c in zip(ms, colors, strict=True)]
         styled += [(m, {"color": "0.2", "ls": "--"}) for m in refs]
-        accs, split = [], "validation"
-        for m, style in styled:
-            x, xlabel = m.x_axis()
-            kind, lam = m.penalty
-            label = f"λ = {_fmt(lam)}" if kind != "none" and groups else m.label
-            acc = _series(m, "val_acc", "test_acc")
-            if acc is not None:
-                ax_acc.plot(x, acc[0], label=label, **style)
-                accs.append(acc[0])
-                split = "validation" if acc[1] == "val_acc" else "test"
-            norm = _series(m, "weight_norm")
-            if norm is not None:
-                ax_norm.plot(x, norm[0], label=label, **style)
-        _zoom(ax_acc, accs, higher_better=True)
-        ax_acc.set(title=f"{name}: {split} accuracy", xlabel=xlabel, ylabel=f"{split} accuracy")
-        _percent(ax_acc)
-        ax_norm.set(
-            title=f"{name}: length of the weight vector", xlabel=xlabel, ylabel="weight norm ‖w‖₂"
-        )
-        for ax in (ax_acc, ax_norm):
-            ax.legend(fontsize=7)
-    ax_lam, ax_lnorm = axes[0, -1], axes[1, -1]
-    finals = (("test_acc", ax_lam, "final test accuracy"),
-              ("weight_norm", ax_lnorm, "final weight norm ‖w‖₂"))  # fmt: skip
-    for key, ax, what in finals:
-        if groups:  # one line per penalty type over lambda; unpenalised runs as references
-            for name, ms in groups.items():
-                values = [m.metrics.get(key, np.nan) for m in ms]
-                ax.plot([m.penalty[1] for m in ms], values, marker="o", label=name)
-            for m in zero:
-                if key in m.metrics:
-                    ax.axhline(m.metrics[key], color="0.2", ls="--", lw=1,
-                               label=f"{m.label} (λ = 0)")  # fmt: skip
-            ax.set_xscale("log")
-            ax.set(xlabel="λ (log scale)", title=f"{what[0].upper()}{what[1:]} vs λ")
-            ax.legend(fontsize=7)
-        else:  # nothing penalised: one bar per setting
-            ax.bar([m.label for m in zero], [m.metrics.get(key, np.nan) for m in zero])
-            ax.set(title=f"{what[0].upper()}{what[1:]} per setting")
-            ax.tick_params(axis="x", labelrotation=20 if len(zero) > 3 else 0)
-        ax.set_ylabel(what)
-    _percent(ax_lam)
+        _sweep_curves(axes[0, j], axes[1, j], name, styled, bool(groups))
+    _sweep_finals(axes[0, -1], "test_acc", "final test accuracy", groups, zero)
+    _sweep_finals(axes[1, -1], "weight_norm", "final weight norm ‖w‖₂", groups, zero)
+    _percent(axes[0, -1])
 
     _draw_tiles(bottom.subplots(), tiles, labels)
     bottom.suptitle("Weights of each setting (bright = positive)", fontsize=10)
@@ -467,6 +483,40 @@ def draw_shuffle(exp: ExperimentRecord) -> Figure:
     _percent(ax_acc)
     ax_acc.legend(loc="best")
     ax_loss.legend(loc="best")
+    fig.suptitle(exp.title)
+    return fig
+
+
+def draw_overlay(exp: ExperimentRecord) -> Figure:
+    """Loss and accuracy over training of every member on shared axes: validation (test
+    where there is none) solid, training dashed, one colour per member."""
+    fig = _figure(10, 3.9)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    xlabel = "epoch"
+    drawn: dict[str, list[np.ndarray]] = {"loss": [], "acc": []}
+    handles = []
+    for i, m in enumerate(exp.members):
+        x, xlabel = m.x_axis()
+        color = f"C{i % 10}"
+        handles.append(Line2D([], [], color=color, label=m.label))
+        for ax, what in ((ax_loss, "loss"), (ax_acc, "acc")):
+            for keys, style in (((f"val_{what}", f"test_{what}"), "-"), ((f"train_{what}",), "--")):
+                s = _series(m, *keys)
+                if s is not None:
+                    ax.plot(x, s[0], color=color, ls=style, lw=1.2, **_line_style(len(x)))
+                    drawn[what].append(s[0])
+    if not drawn["loss"] and not drawn["acc"]:
+        raise ReportError(f"{exp.folder}: no run has loss or accuracy curves")
+    handles += [
+        Line2D([], [], color="0.3", label="validation (or test)"),
+        Line2D([], [], color="0.3", ls="--", label="training"),
+    ]
+    _zoom(ax_loss, drawn["loss"], higher_better=False)
+    _zoom(ax_acc, drawn["acc"], higher_better=True)
+    ax_loss.set(title="Loss over training", xlabel=xlabel, ylabel="loss (mean cross-entropy)")
+    ax_acc.set(title="Accuracy over training", xlabel=xlabel, ylabel="accuracy (percent correct)")
+    _percent(ax_acc)
+    ax_acc.legend(handles=handles, loc="best")
     fig.suptitle(exp.title)
     return fig
 
@@ -618,15 +668,14 @@ def draw_gallery(exp: ExperimentRecord, max_each: int = 24) -> Figure:
 
 def seed_values(exp: ExperimentRecord, label: str, metric: str) -> list[float]:
     """The values of ``metric`` over the seeds of member ``label`` (empty: one run only)."""
-    if label == "chosen":
-        label = exp.chosen or label
-    for entry in exp.raw.get("members") or []:
-        if isinstance(entry, dict) and entry.get("label") == label:
-            runs = (entry.get("repeats") or {}).get("runs") or []
-            values = [r.get(metric) for r in runs if isinstance(r, dict)]
-            ok = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
-            return ok if len(ok) > 1 else []
-    return []
+    try:
+        member = exp.member(label)
+    except ReportError:
+        return []
+    runs = (member.repeats or {}).get("runs") or []
+    values = [r.get(metric) for r in runs if isinstance(r, dict)]
+    ok = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    return ok if len(ok) > 1 else []
 
 
 def draw_spread(exp: ExperimentRecord) -> Figure:
@@ -669,6 +718,7 @@ DRAWERS: dict[str, Callable[[ExperimentRecord], Figure]] = {
     "weight_diff": draw_weight_diff,
     "sweep": draw_sweep,
     "shuffle": draw_shuffle,
+    "overlay": draw_overlay,
     "confusion": draw_confusion,
     "lbfgs": draw_lbfgs,
     "gallery": draw_gallery,

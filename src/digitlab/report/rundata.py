@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import re
+import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from digitlab.errors import DigitlabError
+from digitlab.errors import DigitlabError, ReportError
 
 #: Figure kinds an experiment may list, in the order the report explains them.
 FIGURE_KINDS = (
@@ -25,6 +26,7 @@ FIGURE_KINDS = (
     "weight_diff",
     "sweep",
     "shuffle",
+    "overlay",
     "confusion",
     "lbfgs",
     "gallery",
@@ -32,10 +34,6 @@ FIGURE_KINDS = (
 )
 #: Kinds that are tables in the report, not figures.
 TABLE_KINDS = ("table",)
-
-
-class ReportError(DigitlabError):
-    """Saved run data needed for a figure or the report is missing or malformed."""
 
 
 def _read_json(path: Path) -> Any:
@@ -67,6 +65,36 @@ def read_history(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+_TEXT_FIELDS = ("name", "source", "section", "title", "protocol", "choices")
+
+
+def _string(raw: dict[str, Any], key: str, where: str) -> str:
+    value = raw.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ReportError(f"{where}: {key!r} must be a string")
+    return value
+
+
+def _list(raw: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = raw.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ReportError(f"{where}: {key!r} must be a list")
+    return value
+
+
+def _object(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ReportError(f"{where}: {key!r} must be an object")
+    return value
+
+
 def _stage_number(path: Path) -> int:
     match = re.fullmatch(r"stage-(\d+)", path.name)
     return int(match.group(1)) if match else -1
@@ -93,6 +121,42 @@ class MemberRecord:
     overrides: dict[str, Any]
     settings: dict[str, Any]
     metrics: dict[str, Any]
+    #: runs over several seeds: ``n``, ``seeds``, ``folders``, ``runs`` (each run's scalar
+    #: metrics) and ``summary`` (metric -> mean, sd, min, max, n); None for one run
+    repeats: dict[str, Any] | None = None
+    #: the experiment engine's keys that differ from their defaults (``init_from``, ...)
+    engine: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The member's entry in ``experiment.json`` (its folder relative to the experiment)."""
+        entry = {
+            "label": self.label,
+            "folder": self.folder.name,
+            "overrides": self.overrides,
+            "settings": self.settings,
+            "metrics": self.metrics,
+        }
+        if self.engine:
+            entry["engine"] = self.engine
+        if self.repeats is not None:
+            entry["repeats"] = self.repeats
+        return entry
+
+    @classmethod
+    def from_json(cls, entry: Any, experiment_folder: Path, where: str = "") -> MemberRecord:
+        """A member entry of ``experiment.json``; :class:`ReportError` if it is malformed."""
+        where = where or f"{experiment_folder / 'experiment.json'}: member"
+        if not isinstance(entry, dict):
+            raise ReportError(f"{where} must be an object")
+        label, sub = entry.get("label"), entry.get("folder")
+        if not isinstance(label, str) or not isinstance(sub, str):
+            raise ReportError(f"{where} needs a label and a folder (strings)")
+        if sub in ("", ".", "..") or Path(sub).name != sub or "\\" in sub:
+            raise ReportError(f"{where}: folder {sub!r} must be a plain folder name")
+        parts = {k: _object(entry, k, where) for k in ("overrides", "settings", "metrics")}
+        repeats = _object(entry, "repeats", where) if entry.get("repeats") is not None else None
+        engine = _object(entry, "engine", where) if entry.get("engine") is not None else {}
+        return cls(label, experiment_folder / sub, **parts, repeats=repeats, engine=engine)
 
     # ------------------------------------------------------------------ training record
     @cached_property
@@ -239,7 +303,83 @@ class ExperimentRecord:
     chosen: str | None
     published: list[dict[str, Any]]
     seconds: float
-    raw: dict[str, Any] = field(repr=False)
+    lbfgs: dict[str, Any] | None = None
+    #: the extras the engine wrote (``lbfgs``, ``gallery``, ``kaggle``)
+    extras: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """``experiment.json`` as a JSON-safe dict (NumPy scalars become floats)."""
+        record = {
+            "name": self.name,
+            "source": self.source,
+            "section": self.section,
+            "title": self.title,
+            "protocol": self.protocol,
+            "choices": self.choices,
+            "figures": list(self.figures),
+            "data": self.data,
+            "members": [m.to_json() for m in self.members],
+            "chosen": self.chosen,
+            "published": self.published,
+            "seconds": self.seconds,
+        }
+        if self.lbfgs is not None:
+            record["lbfgs"] = self.lbfgs
+        if self.extras:
+            record["extras"] = list(self.extras)
+        return json.loads(json.dumps(record, default=float))
+
+    @classmethod
+    def from_json(cls, raw: Any, folder: str | Path) -> ExperimentRecord:
+        """Validate a parsed ``experiment.json`` of the experiment in ``folder``.
+
+        Raises
+        ------
+        ReportError
+            One line naming the file and the field at fault.
+        """
+        folder = Path(folder)
+        where = str(folder / "experiment.json")
+        if not isinstance(raw, dict):
+            raise ReportError(f"{where}: expected a JSON object")
+        text = {k: _string(raw, k, where) for k in _TEXT_FIELDS}
+        if not text["source"]:  # "seed": the old name of "source"
+            text["source"] = _string(raw, "seed", where)
+        figures = _list(raw, "figures", where)
+        unknown = [k for k in figures if k not in FIGURE_KINDS + TABLE_KINDS]
+        if unknown:
+            raise ReportError(f"{folder}: unknown figure kind(s) {', '.join(map(str, unknown))}")
+        members = [
+            MemberRecord.from_json(entry, folder, f"{where}: member {i}")
+            for i, entry in enumerate(_list(raw, "members", where))
+        ]
+        published = _list(raw, "published", where)
+        if not all(isinstance(p, dict) for p in published):
+            raise ReportError(f"{where}: 'published' must be a list of objects")
+        chosen = raw.get("chosen")
+        if chosen is not None and not isinstance(chosen, str):
+            raise ReportError(f"{where}: 'chosen' must be a member label")
+        seconds = raw.get("seconds", 0.0)
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+            raise ReportError(f"{where}: 'seconds' must be a number")
+        lbfgs = raw.get("lbfgs")
+        return cls(
+            folder=folder,
+            name=text["name"] or folder.name,
+            source=text["source"],
+            section=text["section"],
+            title=text["title"] or text["name"] or folder.name,
+            protocol=text["protocol"],
+            choices=text["choices"],
+            figures=figures,
+            data=_object(raw, "data", where),
+            members=members,
+            chosen=chosen,
+            published=published,
+            seconds=float(seconds) if math.isfinite(seconds) else 0.0,
+            lbfgs=_object(raw, "lbfgs", where) if lbfgs is not None else None,
+            extras=[str(e) for e in _list(raw, "extras", where)] if "extras" in raw else [],
+        )
 
     @property
     def is_sample(self) -> bool:
@@ -292,7 +432,7 @@ class ExperimentRecord:
 
 
 def load_experiment(folder: str | Path) -> ExperimentRecord:
-    """Read ``folder/experiment.json`` and every member's ``metrics.json``.
+    """Read ``folder/experiment.json`` (and a member's ``metrics.json`` where it lacks metrics).
 
     Parameters
     ----------
@@ -302,52 +442,19 @@ def load_experiment(folder: str | Path) -> ExperimentRecord:
     Returns
     -------
     ExperimentRecord
+
+    Raises
+    ------
+    ReportError
+        The file is missing, not JSON, or not an experiment record.
     """
     folder = Path(folder)
-    raw = _read_json(folder / "experiment.json")
-    if not isinstance(raw, dict):
-        raise ReportError(f"{folder / 'experiment.json'}: expected a JSON object")
-    members = []
-    for i, entry in enumerate(raw.get("members") or []):
-        try:
-            label, sub = str(entry["label"]), str(entry["folder"])
-        except (KeyError, TypeError):
-            raise ReportError(f"{folder}: member {i} needs a label and a folder") from None
-        mfolder = folder / sub
-        metrics = entry.get("metrics")
-        if metrics is None and (mfolder / "metrics.json").is_file():
-            metrics = _read_json(mfolder / "metrics.json")
-        members.append(
-            MemberRecord(
-                label,
-                mfolder,
-                dict(entry.get("overrides") or {}),
-                dict(entry.get("settings") or {}),
-                dict(metrics or {}),
-            )
-        )
-    unknown = [k for k in raw.get("figures") or [] if k not in FIGURE_KINDS + TABLE_KINDS]
-    if unknown:
-        raise ReportError(f"{folder}: unknown figure kind(s) {', '.join(map(str, unknown))}")
-    seconds = raw.get("seconds")
-    return ExperimentRecord(
-        folder=folder,
-        name=str(raw.get("name") or folder.name),
-        source=str(raw.get("source") or raw.get("seed") or ""),  # "seed": the old name
-        section=str(raw.get("section") or ""),
-        title=str(raw.get("title") or raw.get("name") or folder.name),
-        protocol=str(raw.get("protocol") or ""),
-        choices=str(raw.get("choices") or ""),
-        figures=[str(k) for k in raw.get("figures") or []],
-        data=dict(raw.get("data") or {}),
-        members=members,
-        chosen=None if raw.get("chosen") is None else str(raw["chosen"]),
-        published=list(raw.get("published") or []),
-        seconds=float(seconds)
-        if isinstance(seconds, int | float) and math.isfinite(seconds)
-        else 0.0,
-        raw=raw,
-    )
+    record = ExperimentRecord.from_json(_read_json(folder / "experiment.json"), folder)
+    for m in record.members:
+        if not m.metrics and (m.folder / "metrics.json").is_file():
+            metrics = _read_json(m.folder / "metrics.json")
+            m.metrics = dict(metrics) if isinstance(metrics, dict) else {}
+    return record
 
 
 def find_experiments(runs_root: str | Path) -> list[ExperimentRecord]:
@@ -355,3 +462,35 @@ def find_experiments(runs_root: str | Path) -> list[ExperimentRecord]:
     root = Path(runs_root)
     exps = [load_experiment(p.parent) for p in root.glob("*/experiment.json")]
     return sorted(exps, key=lambda e: (e.source, e.name))
+
+
+def load_run(folder: str | Path, label: str | None = None) -> MemberRecord:
+    """A run folder (from ``digitlab train`` or an experiment member) as a :class:`MemberRecord`.
+
+    The run may still be training: ``history.csv`` is required, ``config.toml`` (settings),
+    ``metrics.json`` and ``checkpoint.npz`` are read where present.
+
+    Raises
+    ------
+    ReportError
+        ``folder`` is not a folder, has no ``history.csv`` (nor stages with one), or a file
+        in it is malformed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"{folder}: no such folder")
+    member = MemberRecord(label or folder.name, folder, {}, {}, {})
+    if not any((f / "history.csv").is_file() for f in [folder, *member.stages]):
+        raise ReportError(f"{folder}: not a run folder (no history.csv)")
+    config = folder / "config.toml"
+    if config.is_file():
+        try:
+            member.settings = tomllib.loads(config.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ReportError(f"{config}: not valid TOML ({exc})") from None
+    if (folder / "metrics.json").is_file():
+        metrics = _read_json(folder / "metrics.json")
+        if not isinstance(metrics, dict):
+            raise ReportError(f"{folder / 'metrics.json'}: expected a JSON object")
+        member.metrics = metrics
+    return member
