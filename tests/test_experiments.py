@@ -91,11 +91,15 @@ def test_run_experiment_writes_the_report_contract(tmp_path):
     )
 
 
-def test_rerun_replaces_the_experiment_folder_but_not_foreign_folders(tmp_path):
+def test_rerun_reuses_the_experiment_folder_but_not_foreign_folders(tmp_path):
+    # a second run continues the experiment folder (issue 11/10: reproduce is resumable)
     exp = parse_experiment(TINY | {"grid": {"l2": [0.0]}}, "tiny.toml")
     run_experiment(exp, tmp_path, n_jobs=1)
-    run_experiment(exp, tmp_path, n_jobs=1)
-    assert sorted(p.name for p in (tmp_path / "tiny").iterdir())[0] == "class_means.npz"
+    seen = []
+    run_experiment(exp, tmp_path, n_jobs=1, on_done=lambda m, r: seen.append(m.label))
+    assert seen == []  # the finished member was not run again
+    names = sorted(p.name for p in (tmp_path / "tiny").iterdir())
+    assert names[:2] == [".digitlab-experiment", "class_means.npz"]
     foreign = tmp_path / "other" / "tiny"
     foreign.mkdir(parents=True)
     (foreign / "keep.txt").write_text("mine")

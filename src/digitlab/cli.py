@@ -345,30 +345,33 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     import time
 
-    from digitlab.experiments import run_experiment, select_experiments
+    from digitlab.experiments import run_experiments, select_experiments
 
     experiments = select_experiments(args.names)
     overrides = {"data_root": args.data_root} if args.data_root else {}
-    rows = []
     t_all = time.perf_counter()
     for exp in experiments:
-        out(f"== {exp.name} (source {exp.source}, {exp.section}): {len(exp.members)} run(s)")
+        runs = sum(m.repeats for m in exp.members)
+        out(f"== {exp.name} (source {exp.source}, {exp.section}): {runs} run(s)")
 
-        def done(member: Any, metrics: dict[str, Any], name: str = exp.name) -> None:
-            accs = "  ".join(
-                f"{s} {metrics[f'{s}_acc']:.4f}"
-                for s in ("train", "val", "test")
-                if f"{s}_acc" in metrics
-            )
-            out(f"   {name} / {member.label}: {accs}  ({metrics['epochs']:g} epochs, "
-                f"{metrics['seconds']:.1f} s)")  # fmt: skip
+    def done(exp: Any, member: Any, metrics: dict[str, Any]) -> None:
+        accs = "  ".join(
+            f"{s} {metrics[f'{s}_acc']:.4f}"
+            for s in ("train", "val", "test")
+            if f"{s}_acc" in metrics
+        )
+        out(f"   {exp.name} / {member.label} (seed {metrics.get('seed', '-')}): {accs}  "
+            f"({metrics['epochs']:g} epochs, {metrics['seconds']:.1f} s)")  # fmt: skip
 
-        record = run_experiment(
-            exp, args.out, n_jobs=args.jobs, scheduler=args.scheduler, overrides=overrides,
-            on_done=done,
-        )  # fmt: skip
+    # every experiment's jobs in one pool: a long member never leaves cores idle
+    records = run_experiments(
+        experiments, args.out, n_jobs=args.jobs, scheduler=args.scheduler, overrides=overrides,
+        on_done=done,
+    )  # fmt: skip
+    rows = []
+    for exp, record in zip(experiments, records, strict=True):
         for note in record.data["notes"]:
-            out(f"   {note}")
+            out(f"   {exp.name}: {note}")
         rows.append([exp.name, exp.source, str(record.chosen), f"{record.seconds:.1f}"])
     out("\n" + table(rows, ["experiment", "source", "chosen run", "seconds"]))
     out(f"total {time.perf_counter() - t_all:.1f} s; results in {args.out}/")

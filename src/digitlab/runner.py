@@ -21,7 +21,7 @@ import numpy as np
 
 from digitlab.data import SEED_SPLIT, Augmenter, Dataset, Preprocessor, Splits, load, make_splits
 from digitlab.data.rows import ImageRows
-from digitlab.errors import ConfigError, DataError
+from digitlab.errors import CheckpointError, ConfigError, DataError
 from digitlab.models import MODELS, Model
 from digitlab.optim import make_optimizer
 from digitlab.runfiles import (  # noqa: F401  (re-exported: the runner's historical names)
@@ -149,6 +149,20 @@ def build_run_model(settings: Settings, n_features: int, n_classes: int) -> Mode
     return cls.from_settings(
         settings, n_features, n_classes, np.random.default_rng([settings.seed, 1])
     )
+
+
+def set_params(model: Model, params: dict[str, np.ndarray]) -> None:
+    """Copy ``params`` (name -> array) into ``model``; names and shapes must match."""
+    if set(params) != set(model.params):
+        raise CheckpointError(
+            f"parameters {sorted(params)} do not fit this model {sorted(model.params)}"
+        )
+    for k, v in params.items():
+        if v.shape != model.params[k].shape:
+            raise CheckpointError(
+                f"parameter {k} has shape {v.shape}, the model expects {model.params[k].shape}"
+            )
+        model.params[k][...] = v
 
 
 def build_trainer(
@@ -339,6 +353,8 @@ def run(
     folder: Path | None = None,
     resume_from: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
     handle_signals: bool = False,
+    init_params: dict[str, np.ndarray] | None = None,
+    eval_offset: int = 0,
 ) -> RunResult:
     """Train as ``settings`` say and write the run folder.
 
@@ -363,6 +379,12 @@ def run(
         A loaded checkpoint to continue from.
     handle_signals : bool
         Turn SIGINT/SIGTERM into a clean stop with a checkpoint (main thread only).
+    init_params : dict, optional
+        Start from these parameters (name -> array of the model's shapes) instead of the
+        settings' initialisation: a chained experiment member.
+    eval_offset : int
+        Evaluate after steps ``eval_offset + k * eval_every`` (the experiment engine's
+        ``eval_offset``; 0: after every ``eval_every`` steps).
 
     Returns
     -------
@@ -380,6 +402,9 @@ def run(
     trainer = build_trainer(settings, model, data, extra_cbs)
     if resume_from is not None:
         trainer.load_state_dict(*resume_from)
+    if init_params is not None:
+        set_params(model, init_params)
+    trainer.eval_offset = eval_offset
     keep = existing_ancestor(out)
     made = folder is None
     folder = folder if folder is not None else new_run_folder(out, name or settings.model)

@@ -9,8 +9,17 @@
 
 from __future__ import annotations
 
-from digitlab.experiments.engine import choose, run_experiment, run_member, run_members
+from digitlab.experiments.engine import (
+    Job,
+    choose,
+    run_experiment,
+    run_experiments,
+    run_jobs,
+    run_member,
+    summarize,
+)
 from digitlab.experiments.spec import (
+    ENGINE_KEYS,
     EXTRAS,
     FIGURES,
     METRICS,
@@ -24,8 +33,10 @@ from digitlab.experiments.spec import (
 )
 
 __all__ = [
+    "ENGINE_KEYS",
     "EXTRAS",
     "FIGURES",
+    "Job",
     "METRICS",
     "ExperimentSpec",
     "MemberSpec",
@@ -34,8 +45,10 @@ __all__ = [
     "load_experiment_file",
     "parse_experiment",
     "run_experiment",
+    "run_experiments",
+    "run_jobs",
     "run_member",
-    "run_members",
     "select_experiments",
     "slug",
+    "summarize",
 ]

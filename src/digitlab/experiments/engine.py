@@ -1,60 +1,211 @@
-"""The experiment engine: run the members of an :class:`ExperimentSpec` and record them.
+"""The experiment engine: run the members of :class:`ExperimentSpec` files and record them.
 
-Members run in parallel processes (joblib, all local cores by default) or on a Dask cluster,
-each writing a run folder under ``runs/<experiment>/<member>/``; the engine then writes
+Every member runs once per repeat (seed) as a *job* in a parallel worker process (joblib, all
+local cores by default, or a Dask cluster), writing a run folder under
+``<out>/<experiment>/<member>/`` (repeat 0) or ``<out>/<experiment>/repeats/<member>/seed-<s>/``.
+Jobs of chained members (``init_from``) wait for the job they start from. The engine then writes
 ``experiment.json`` (the contract the report reads, see :mod:`digitlab.report`) and the data
 the figures need.
+
+Resuming: a job that finished leaves ``job.json`` (its settings, stages, engine keys and the
+key of the job it started from); a later run skips it when that file matches, and removes and
+reruns a member folder without it (a failed or interrupted job). The experiment folder is
+marked by ``.digitlab-experiment``; a folder that exists without the mark (and without an
+``experiment.json`` of an older digitlab) is refused, never deleted. Nothing outside
+``<out>/<experiment>/`` is touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from digitlab.errors import ConfigError
-from digitlab.experiments.spec import ExperimentSpec, MemberSpec
-from digitlab.report.rundata import ExperimentRecord, MemberRecord
+from digitlab.experiments.spec import ENGINE_KEYS, METRICS, ExperimentSpec, MemberSpec
+from digitlab.report.rundata import ExperimentRecord
+
+#: File marking a folder as an experiment folder written by this engine.
+MARK = ".digitlab-experiment"
+#: File a finished job leaves in its folder.
+DONE = "job.json"
+#: Scalar metrics summarised over repeats.
+SUMMARY_METRICS = (*METRICS, "train_objective", "val_objective", "test_objective")
+
+
+def _load_params(folder: str) -> dict[str, np.ndarray]:
+    from digitlab.checkpoint import load_checkpoint
+
+    arrays, _ = load_checkpoint(Path(folder) / "checkpoint.npz")
+    return {k[len("model/") :]: v for k, v in arrays.items() if k.startswith("model/")}
+
+
+def _prepared(base: Any, bias_input: float, validation: str) -> Any:
+    """The member's data: the settings' splits, validation on test, scaled bias input."""
+    from digitlab.runner import prepare_data
+
+    if validation == "test":
+        data = prepare_data(base.replace(holdout=0.0, early_stopping=0))
+        note = "validation on the test split (no hold-out cut from the training images)"
+        data = replace(data, val=data.test, notes=[*data.notes, note])
+    else:
+        data = prepare_data(base)
+    if bias_input != 1.0:
+        if not base.bias_column:
+            raise ConfigError("bias_input needs bias_column = true")
+        parts = [data.train, data.val, data.test]
+        for i, pair in enumerate(parts):
+            if pair is not None:
+                x = pair[0].copy()
+                x[:, -1] = bias_input
+                parts[i] = (x, pair[1])
+        data = replace(data, train=parts[0], val=parts[1], test=parts[2])
+        data.notes.append(f"bias input {bias_input:.6g} instead of 1")
+    return data
+
+
+def stop_epoch(metrics: dict[str, Any]) -> int | None:
+    """The 0-based epoch in which training ended (what a notebook's ``epoch`` loop prints)."""
+    steps, epochs = metrics.get("steps"), metrics.get("epochs")
+    if not steps or not epochs:
+        return None
+    per_epoch = max(1, round(steps / epochs))
+    return int((steps - 1) // per_epoch)
 
 
 def run_member(
-    settings: dict[str, Any], stages: list[dict[str, Any]], folder: str
+    settings: dict[str, Any],
+    stages: list[dict[str, Any]],
+    folder: str,
+    *,
+    init_from: str | None = None,
+    bias_input: float = 1.0,
+    validation: str = "split",
+    eval_offset: int = 0,
 ) -> dict[str, Any]:
-    """Run one member (all its stages) into ``folder``; return its final metrics.
+    """Run one job (all stages of one member, one seed) into ``folder``; return its metrics.
 
-    A top-level function so that joblib and Dask can send it to worker processes.
+    ``init_from`` is the folder of a finished job whose final weights this one starts from.
+    A top-level function so that joblib and Dask can send it to worker processes. If it fails,
+    the folder (which it creates) is removed.
     """
     from digitlab.checkpoint import load_checkpoint
-    from digitlab.runner import Settings, prepare_data, run, write_json
+    from digitlab.runner import Settings, run, write_json
 
     base = Settings.from_dict(settings)
-    data = prepare_data(base)
+    data = _prepared(base, bias_input, validation)
+    init = _load_params(init_from) if init_from is not None else None
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    if not stages:
-        return run(base, folder=out, data=data).metrics
-    resume = None
-    total = 0
-    stage_dir = out
-    for i, stage in enumerate(stages, 1):
-        total += int(stage["steps"])
-        st = base.replace(
-            **{k: v for k, v in stage.items() if k != "steps"}, steps=total, epochs=None
-        )
-        stage_dir = out / f"stage-{i}"
-        stage_dir.mkdir(exist_ok=True)
-        result = run(st, folder=stage_dir, data=data, resume_from=resume)
-        resume = load_checkpoint(stage_dir / "checkpoint.npz")
-    for name in ("config.toml", "history.csv", "checkpoint.npz"):
-        shutil.copy2(stage_dir / name, out / name)
-    metrics = result.metrics | {"stages": len(stages)}
-    write_json(out / "metrics.json", metrics)
+    out.mkdir(parents=True)
+    try:
+        if not stages:
+            metrics = run(
+                base, folder=out, data=data, init_params=init, eval_offset=eval_offset
+            ).metrics
+        else:
+            resume = None
+            total = 0
+            stage_dir = out
+            for i, stage in enumerate(stages, 1):
+                total += int(stage["steps"])
+                st = base.replace(
+                    **{k: v for k, v in stage.items() if k != "steps"}, steps=total, epochs=None
+                )
+                stage_dir = out / f"stage-{i}"
+                stage_dir.mkdir()
+                result = run(
+                    st, folder=stage_dir, data=data, resume_from=resume,
+                    init_params=init if i == 1 else None, eval_offset=eval_offset,
+                )  # fmt: skip
+                resume = load_checkpoint(stage_dir / "checkpoint.npz")
+            for name in ("config.toml", "history.csv", "checkpoint.npz"):
+                shutil.copy2(stage_dir / name, out / name)
+            metrics = result.metrics | {"stages": len(stages)}
+        metrics["stop_epoch"] = stop_epoch(metrics)
+        metrics["seed"] = base.seed
+        write_json(out / "metrics.json", metrics)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     return metrics
+
+
+@dataclass
+class Job:
+    """One run of one member with one seed.
+
+    ``key`` identifies what the job computes (settings, stages, engine keys, the key of the
+    job it starts from); ``after`` is the index of that job in the job list, or None.
+    """
+
+    exp: int
+    member: int
+    repeat: int
+    settings: dict[str, Any]
+    stages: list[dict[str, Any]]
+    folder: str
+    bias_input: float = 1.0
+    validation: str = "split"
+    eval_offset: int = 0
+    after: int | None = None
+    key: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    ran: bool = False
+
+    def call(self, init_folder: str | None) -> dict[str, Any]:
+        return run_member(
+            self.settings, self.stages, self.folder, init_from=init_folder,
+            bias_input=self.bias_input, validation=self.validation, eval_offset=self.eval_offset,
+        )  # fmt: skip
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _finished(job: Job) -> dict[str, Any] | None:
+    """The metrics of a job that already finished with the same key, else None."""
+    folder = Path(job.folder)
+    try:
+        done = json.loads((folder / DONE).read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(done, dict) or done.get("key") != job.key or not isinstance(metrics, dict):
+        return None
+    return metrics
+
+
+def _check_inside(folder: Path, root: Path) -> None:
+    """Refuse a job folder that is not (or, through a link, would not be) inside ``root``."""
+    real_root = root.resolve()
+    for part in (folder, *folder.parents):
+        if part == root:
+            return
+        if part.is_symlink() and part != folder:
+            raise ConfigError(f"{part} is a link; job folders must lie inside {root}")
+        if part.exists() and real_root not in part.resolve().parents and part != folder:
+            raise ConfigError(f"{part} lies outside {root}")
+    raise ConfigError(f"{folder} is outside {root}")
+
+
+def _clear(folder: Path, root: Path) -> None:
+    """Remove a stale job folder inside the experiment folder ``root`` (a link: just the link)."""
+    _check_inside(folder, root)
+    if folder.is_symlink() or folder.is_file():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
 
 
 @contextlib.contextmanager
@@ -82,30 +233,64 @@ def _backend(scheduler: str | None) -> Iterator[None]:
         client.close()
 
 
-def run_members(
-    jobs: list[tuple[dict[str, Any], list[dict[str, Any]], str]],
+def run_jobs(
+    jobs: list[Job],
     n_jobs: int = -1,
     scheduler: str | None = None,
-    on_done: Callable[[int, dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Run member jobs in parallel; ``on_done(i, metrics)`` as each finishes (any order)."""
+    on_done: Callable[[Job], None] | None = None,
+) -> None:
+    """Run the jobs without metrics, in waves: a job waits for the job it starts from.
+
+    Each job's ``metrics`` is filled and ``on_done(job)`` called as it finishes (any order);
+    a job that finished in an earlier run keeps its metrics and is not run again.
+    """
     import joblib
 
-    results: list[dict[str, Any]] = [{}] * len(jobs)
+    from digitlab.runner import write_json
+
+    todo = [i for i, j in enumerate(jobs) if not j.metrics]
+    # a job's weight: its own size plus that of the chain waiting for it
+    weight = [_cost(j) for j in jobs]
+    for i in reversed(range(len(jobs))):
+        if jobs[i].after is not None:
+            weight[jobs[i].after] += weight[i]
     with _backend(scheduler):
-        parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-        tagged = parallel(joblib.delayed(_tagged)(i, *job) for i, job in enumerate(jobs))
-        for i, metrics in tagged:
-            results[i] = metrics
-            if on_done is not None:
-                on_done(i, metrics)
-    return results
+        while todo:
+            wave = [i for i in todo if jobs[i].after is None or jobs[jobs[i].after].metrics]
+            if not wave:
+                raise ConfigError("experiment members start from each other in a cycle")
+            wave.sort(key=lambda i: -weight[i])  # long jobs and chains first: no idle tail
+            parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+            calls = (
+                joblib.delayed(_tagged)(
+                    i, jobs[i], None if jobs[i].after is None else jobs[jobs[i].after].folder
+                )
+                for i in wave
+            )
+            for i, metrics in parallel(calls):
+                job = jobs[i]
+                job.metrics, job.ran = metrics, True
+                write_json(Path(job.folder) / DONE, {"key": job.key, "settings": job.settings})
+                if on_done is not None:
+                    on_done(job)
+            todo = [i for i in todo if i not in set(wave)]
 
 
-def _tagged(
-    i: int, settings: dict[str, Any], stages: list[dict[str, Any]], folder: str
-) -> tuple[int, dict[str, Any]]:
-    return i, run_member(settings, stages, folder)
+def _cost(job: Job) -> float:
+    """A rough size of a job: training rows processed (20,000 per epoch when not known)."""
+    s = job.settings
+    if s.get("steps"):
+        batch = s.get("batch")
+        rows = float(s["steps"]) * (
+            1 if batch == "sgd" else batch if isinstance(batch, int) else 1e3
+        )
+    else:
+        rows = float(s.get("epochs") or 1) * float(s.get("n_train") or 20000)
+    return rows
+
+
+def _tagged(i: int, job: Job, init_folder: str | None) -> tuple[int, dict[str, Any]]:
+    return i, job.call(init_folder)
 
 
 def choose(exp: ExperimentSpec, results: list[dict[str, Any]]) -> int:
@@ -118,12 +303,102 @@ def choose(exp: ExperimentSpec, results: list[dict[str, Any]]) -> int:
     return int(np.argmax(values) if exp.select["mode"] == "max" else np.argmin(values))
 
 
-def _prepare_folder(folder: Path) -> None:
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean, sample sd (0 for one run), min, max and n of every scalar metric over runs."""
+    out: dict[str, dict[str, float]] = {}
+    for name in SUMMARY_METRICS:
+        values = [r.get(name) for r in runs]
+        if not values or any(
+            not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v)
+            for v in values
+        ):
+            continue
+        a = np.asarray(values, dtype=np.float64)
+        out[name] = {
+            "mean": float(a.mean()),
+            "sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+            "min": float(a.min()),
+            "max": float(a.max()),
+            "n": len(a),
+        }
+    return out
+
+
+def _prepare_folder(folder: Path, out: Path) -> None:
+    """Create or adopt the experiment folder ``folder`` (directly under ``out``)."""
+    from digitlab.checkpoint import atomic_write_bytes
+
+    if folder.parent.resolve() != out.resolve() or folder.is_symlink():
+        raise ConfigError(f"{folder} is not a plain folder directly under {out}")
     if folder.exists():
-        if not (folder / "experiment.json").exists() and any(folder.iterdir()):
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} exists and is not a folder; move it away")
+        ours = (folder / MARK).exists() or (folder / "experiment.json").exists()
+        if not ours and any(folder.iterdir()):
             raise ConfigError(f"{folder} exists and is not an experiment folder; move it away")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    else:
+        folder.mkdir(parents=True)
+    if not (folder / MARK).exists():
+        atomic_write_bytes(folder / MARK, lambda f: f.write(b"digitlab experiment folder\n"))
+
+
+def _jobs(
+    exps: list[ExperimentSpec], out: Path, overrides: dict[str, Any]
+) -> tuple[list[Job], list[list[dict[str, Any]]], list[list[str]]]:
+    """Every job of ``exps`` (folders prepared, finished jobs' metrics loaded), each
+    experiment's member settings, and its notes."""
+    from digitlab.data import locate
+    from digitlab.errors import DatasetNotFoundError
+
+    jobs: list[Job] = []
+    all_settings: list[list[dict[str, Any]]] = []
+    all_notes: list[list[str]] = []
+    names = [e.name for e in exps]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"experiments given twice: {names}")
+    for e, exp in enumerate(exps):
+        folder = out / exp.name
+        extra = dict(overrides)
+        notes = []
+        dataset = extra.get("dataset", exp.settings.get("dataset", "mnist"))
+        if exp.fallback_dataset and "dataset" not in extra:
+            try:
+                locate(dataset, root=extra.get("data_root"))
+            except DatasetNotFoundError:
+                extra["dataset"] = exp.fallback_dataset
+                notes.append(
+                    f"{dataset} not found: the same protocol ran on {exp.fallback_dataset} instead"
+                )
+        settings = [exp.member_settings(m, **extra) for m in exp.members]
+        _prepare_folder(folder, out)
+        index: dict[tuple[int, int], int] = {}
+        labels = [m.label for m in exp.members]
+        for k, (m, s) in enumerate(zip(exp.members, settings, strict=True)):
+            for r in range(m.repeats):
+                seed = int(s["seed"]) + r
+                sub = (
+                    folder / m.folder if r == 0 else folder / "repeats" / m.folder / f"seed-{seed}"
+                )
+                after = None if m.init_from is None else index[(labels.index(m.init_from), r)]
+                job = Job(
+                    e, k, r, s | {"seed": seed}, [dict(st) for st in exp.stages], str(sub),
+                    m.bias_input, m.validation, m.eval_offset, after,
+                )  # fmt: skip
+                job.key = _digest(
+                    [job.settings, job.stages, job.bias_input, job.validation, job.eval_offset,
+                     None if after is None else jobs[after].key]
+                )  # fmt: skip
+                _check_inside(sub, folder)
+                done = None if sub.is_symlink() else _finished(job)
+                if done is not None:
+                    job.metrics = done
+                else:
+                    _clear(sub, folder)
+                index[(k, r)] = len(jobs)
+                jobs.append(job)
+        all_settings.append(settings)
+        all_notes.append(notes)
+    return jobs, all_settings, all_notes
 
 
 def write_extras(
@@ -191,6 +466,64 @@ def write_extras(
     return info
 
 
+def run_experiments(
+    exps: list[ExperimentSpec],
+    out: str | Path = "runs",
+    *,
+    n_jobs: int = -1,
+    scheduler: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    on_done: Callable[[ExperimentSpec, MemberSpec, dict[str, Any]], None] | None = None,
+) -> list[ExperimentRecord]:
+    """Run every member of ``exps`` (all their jobs in one pool) and write each
+    ``out/<name>/experiment.json``; jobs that finished in an earlier run are reused.
+
+    Parameters
+    ----------
+    exps : list of ExperimentSpec
+    out : path-like
+        Runs root; each experiment writes only inside ``out/<name>/``.
+    n_jobs : int
+        Parallel worker processes (-1: all cores).
+    scheduler : str, optional
+        Address of a Dask distributed scheduler to run the jobs on.
+    overrides : dict, optional
+        Settings applied to every member (e.g. ``data_root``, ``dataset``).
+    on_done : callable, optional
+        ``on_done(experiment, member, metrics)`` as each job finishes (repeats included).
+
+    Returns
+    -------
+    list of ExperimentRecord
+        The records written to ``experiment.json``, in the order of ``exps``.
+    """
+    from digitlab.runner import write_json
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    jobs, all_settings, all_notes = _jobs(exps, root, dict(overrides or {}))
+
+    def done(job: Job) -> None:
+        if on_done is not None:
+            exp = exps[job.exp]
+            on_done(exp, exp.members[job.member], job.metrics)
+
+    run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, on_done=done)
+    records = []
+    for e, exp in enumerate(exps):
+        folder = root / exp.name
+        mine = [j for j in jobs if j.exp == e]
+        previous = _read_record(folder)
+        if any(j.ran for j in mine):
+            previous = None  # new results: extras are computed again
+        raw = _record(exp, mine, all_settings[e], all_notes[e], folder, previous)
+        raw["seconds"] = sum(float(j.metrics.get("seconds", 0.0)) for j in mine)
+        record = ExperimentRecord.from_json(json.loads(json.dumps(raw, default=float)), folder)
+        write_json(folder / "experiment.json", record.to_json())
+        records.append(record)
+    return records
+
+
 def run_experiment(
     exp: ExperimentSpec,
     out: str | Path = "runs",
@@ -200,78 +533,112 @@ def run_experiment(
     overrides: dict[str, Any] | None = None,
     on_done: Callable[[MemberSpec, dict[str, Any]], None] | None = None,
 ) -> ExperimentRecord:
-    """Run every member of ``exp`` and write ``out/<name>/experiment.json``.
+    """Run every member of ``exp`` and write ``out/<name>/experiment.json`` (see
+    :func:`run_experiments`); ``on_done(member, metrics)`` as each job finishes."""
+    cb = None if on_done is None else (lambda e, m, metrics: on_done(m, metrics))
+    return run_experiments(
+        [exp], out, n_jobs=n_jobs, scheduler=scheduler, overrides=overrides, on_done=cb
+    )[0]
 
-    Parameters
-    ----------
-    exp : ExperimentSpec
-    out : path-like
-        Runs root.
-    n_jobs : int
-        Parallel worker processes (-1: all cores).
-    scheduler : str, optional
-        Address of a Dask distributed scheduler to run the members on.
-    overrides : dict, optional
-        Settings applied to every member (e.g. ``data_root``, ``dataset``).
-    on_done : callable, optional
-        ``on_done(member, metrics)`` as each member finishes.
 
-    Returns
-    -------
-    ExperimentRecord
-        The record written to ``experiment.json``.
-    """
-    from digitlab.data import locate
-    from digitlab.errors import DatasetNotFoundError
-    from digitlab.runner import write_json
+def _read_record(folder: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((folder / "experiment.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
-    t0 = time.perf_counter()
-    folder = Path(out) / exp.name
-    extra = dict(overrides or {})
-    notes = []
-    dataset = extra.get("dataset", exp.settings.get("dataset", "mnist"))
-    if exp.fallback_dataset and "dataset" not in extra:
-        try:
-            locate(dataset, root=extra.get("data_root"))
-        except DatasetNotFoundError:
-            extra["dataset"] = exp.fallback_dataset
-            notes.append(
-                f"{dataset} not found: the same protocol ran on {exp.fallback_dataset} instead"
-            )
-    settings = [exp.member_settings(m, **extra) for m in exp.members]
-    _prepare_folder(folder)
-    jobs = [
-        (s, [dict(st) for st in exp.stages], str(folder / m.folder))
-        for s, m in zip(settings, exp.members, strict=True)
-    ]
-    done = None if on_done is None else (lambda i, metrics: on_done(exp.members[i], metrics))
-    results = run_members(jobs, n_jobs=n_jobs, scheduler=scheduler, on_done=done)
-    best = choose(exp, results)
-    info = write_extras(exp, folder, exp.members[best], settings[best])
-    first = results[0]
-    record = ExperimentRecord(
-        folder=folder,
-        name=exp.name,
-        source=exp.source,
-        section=exp.section,
-        title=exp.title,
-        protocol=exp.protocol,
-        choices=exp.choices,
-        figures=list(exp.figures),
-        data={
+
+def _common_notes(metrics: list[dict[str, Any]]) -> list[str]:
+    """The data notes every member shares (a member's own, e.g. its bias input, stay in its
+    metrics)."""
+    lists = [list(m.get("notes") or []) for m in metrics]
+    return [n for n in lists[0] if all(n in other for other in lists[1:])] if lists else []
+
+
+def comparability(exp: ExperimentSpec, metrics: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the run's data are the data of the published numbers, and why not."""
+    wanted = exp.settings.get("dataset", "mnist")
+    got = metrics.get("dataset")
+    if metrics.get("is_sample"):
+        return False, f"ran on the embedded sample ({got}), not on the full {wanted}"
+    if got != wanted:
+        return False, f"the published numbers are on {wanted}; this ran on {got}"
+    return True, ""
+
+
+def _record(
+    exp: ExperimentSpec,
+    jobs: list[Job],
+    settings: list[dict[str, Any]],
+    notes: list[str],
+    folder: Path,
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The experiment record of finished ``jobs`` (extras written on the way, or taken from
+    ``previous``, the record of the same jobs, when it chose the same member)."""
+    members = []
+    headline = []
+    for k, m in enumerate(exp.members):
+        runs = sorted((j for j in jobs if j.member == k), key=lambda j: j.repeat)
+        first = runs[0].metrics
+        entry: dict[str, Any] = {
+            "label": m.label,
+            "folder": m.folder,
+            "overrides": m.overrides,
+            "settings": settings[k],
+            "metrics": first,
+        }
+        engine = {
+            "init_from": m.init_from,
+            "bias_input": m.bias_input,
+            "validation": m.validation,
+            "eval_offset": m.eval_offset,
+        }
+        entry["engine"] = {k2: v for k2, v in engine.items() if v != ENGINE_KEYS[k2]}
+        summary = summarize([j.metrics for j in runs])
+        if len(runs) > 1:
+            entry["repeats"] = {
+                "n": len(runs),
+                "seeds": [int(j.settings["seed"]) for j in runs],
+                "folders": [str(Path(j.folder).relative_to(folder)) for j in runs],
+                "runs": [
+                    {n: j.metrics[n] for n in SUMMARY_METRICS if n in j.metrics} for j in runs
+                ],
+                "summary": summary,
+            }
+        members.append(entry)
+        headline.append({n: v["mean"] for n, v in summary.items()})
+    best = choose(exp, headline)
+    if (
+        previous is not None
+        and previous.get("chosen") == exp.members[best].label
+        and previous.get("extras", []) == list(exp.extras)
+        and (folder / "class_means.npz").is_file()
+    ):
+        info = {k: previous[k] for k in ("lbfgs",) if k in previous}
+    else:
+        info = write_extras(exp, folder, exp.members[best], settings[best])
+    first = members[0]["metrics"]
+    comparable, why = comparability(exp, first)
+    return {
+        "name": exp.name,
+        "source": exp.source,
+        "section": exp.section,
+        "title": exp.title,
+        "protocol": exp.protocol,
+        "choices": exp.choices,
+        "figures": list(exp.figures),
+        "extras": list(exp.extras),
+        "data": {
             "dataset": first.get("dataset"),
             "source": first.get("source"),
             "is_sample": first.get("is_sample"),
-            "notes": notes + first.get("notes", []),
+            "comparable": comparable,
+            "not_comparable_because": why,
+            "notes": notes + _common_notes([m["metrics"] for m in members]),
         },
-        members=[
-            MemberRecord(m.label, folder / m.folder, m.overrides, s, r)
-            for m, s, r in zip(exp.members, settings, results, strict=True)
-        ],
-        chosen=exp.members[best].label,
-        published=[{"member": "chosen"} | p for p in exp.published],
-        seconds=time.perf_counter() - t0,
-        lbfgs=info.get("lbfgs"),
-    )
-    write_json(folder / "experiment.json", record.to_json())
-    return record
+        "members": members,
+        "chosen": exp.members[best].label,
+        "published": [{"member": "chosen"} | p for p in exp.published],
+    } | info

@@ -16,11 +16,30 @@ File layout::
     figures = ["curves", "table"]  # see FIGURES
     select = {metric = "val_acc", mode = "max"}   # which member is "chosen"
     extras = ["lbfgs", "gallery", "kaggle"]       # optional
+    repeats = 1                    # default number of seeds per member (see below)
     [settings]                     # digitlab.runner.Settings shared by all members
     [[members]]                    # label + overrides; or [grid] / [[grids]]: products of lists
     [[stages]]                     # optional: steps + overrides run one after the other,
                                    # checkpoint and resume in between (source 003)
     [[published]]                  # what = "...", member = "chosen" | label, metric, value
+
+Besides settings, a member (or a grid, for all its members) may give engine keys:
+
+- ``repeats = N``: run the member with seeds ``seed, seed + 1, ..., seed + N - 1``; the record
+  keeps every run's metrics and their mean, sd, min and max;
+- ``init_from = "<label>"``: start from the final weights of another member (of the same
+  repeat), with a fresh schedule: a *chain*, as when a notebook keeps updating one weight
+  array over a loop of settings. A grid with ``chain = true`` chains its members in order;
+  ``prefix = "..."`` puts a word before a grid's member labels (two grids over the same values);
+- ``bias_input = x``: the value of the bias input (1 by default; source 000's code
+  divides its bias input by 255 with the pixels);
+- ``validation = "test"``: validate on the test split (the training split is not cut; the
+  2021 TDT4265 starter code validates on the MNIST test images);
+- ``eval_offset = k``: evaluate after steps ``k, k + e, k + 2e, ...`` instead of
+  ``e, 2e, ...`` (``e`` the evaluation interval; the TDT4265 starter code: 1).
+
+``name`` must be a plain folder name (letters, digits, ``.``, ``_``, ``-``); member folders
+are slugs of the labels. A run never writes outside ``<out>/<name>/``.
 """
 
 from __future__ import annotations
@@ -49,7 +68,21 @@ METRICS = (
     "epochs",
     "weight_norm",
     "steps",
+    "stop_epoch",
 )
+#: Member keys the engine handles (not training settings): name -> default.
+ENGINE_KEYS: dict[str, Any] = {
+    "init_from": None,
+    "repeats": 1,
+    "bias_input": 1.0,
+    "validation": "split",
+    "eval_offset": 0,
+}
+#: Grid-only keys: chain its members in order, label prefix.
+GRID_KEYS = ("chain", "prefix")
+#: Largest ``repeats`` accepted.
+MAX_REPEATS = 100
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 KEYS = {
     "name",
     "source",
@@ -68,20 +101,45 @@ KEYS = {
     "stages",
     "published",
     "fallback_dataset",
+    "repeats",
 }
 
 
 def slug(text: str) -> str:
-    """A folder name for a member label."""
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "run"
+    """A folder name for a member label: ``[a-z0-9.-]``, never starting with a dot."""
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.") or "run"
+
+
+def check_name(name: Any, where: str) -> str:
+    """An experiment name usable as one folder under ``--out``, or ConfigError.
+
+    Absolute paths, separators, ``..`` and names starting with a dot are refused.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"{where}: name={name!r} must be a plain folder name "
+            "(letters, digits, '.', '_', '-'; no path separators or '..')"
+        )
+    return name
 
 
 @dataclass(frozen=True)
 class MemberSpec:
-    """One run of an experiment: a label and the settings it changes."""
+    """One run of an experiment: a label, the settings it changes and its engine keys.
+
+    ``init_from`` names the member whose final weights this one starts from (None: its own
+    initialisation); ``repeats`` is the number of seeds; ``bias_input`` the bias input value;
+    ``validation`` is ``"split"`` (the settings' hold-out) or ``"test"``; ``eval_offset`` shifts
+    the evaluation steps.
+    """
 
     label: str
     overrides: dict[str, Any]
+    init_from: str | None = None
+    repeats: int = 1
+    bias_input: float = 1.0
+    validation: str = "split"
+    eval_offset: int = 0
 
     @property
     def folder(self) -> str:
@@ -116,21 +174,53 @@ class ExperimentSpec:
         return Settings.from_dict(values, where=f"{self.name}/{member.label}").to_dict()
 
 
-def _grid_members(grid: dict[str, Any], where: str) -> list[MemberSpec]:
-    keys = list(grid)
+def _engine_keys(entry: dict[str, Any], where: str) -> dict[str, Any]:
+    """The engine keys of a member or grid entry, checked."""
+    out = {k: entry[k] for k in ENGINE_KEYS if k in entry}
+    if "init_from" in out and not isinstance(out["init_from"], str):
+        raise ConfigError(f"{where}: init_from must name a member label")
+    rep = out.get("repeats")
+    if rep is not None and (
+        isinstance(rep, bool) or not isinstance(rep, int) or not 1 <= rep <= MAX_REPEATS
+    ):
+        raise ConfigError(f"{where}: repeats must be a whole number in 1..{MAX_REPEATS}")
+    if "bias_input" in out:
+        b = out["bias_input"]
+        if isinstance(b, bool) or not isinstance(b, int | float) or not 0 < b <= 1:
+            raise ConfigError(f"{where}: bias_input must be a number in (0, 1]")
+        out["bias_input"] = float(b)
+    if out.get("validation", "split") not in ("split", "test"):
+        raise ConfigError(f"{where}: validation must be 'split' or 'test'")
+    off = out.get("eval_offset", 0)
+    if isinstance(off, bool) or not isinstance(off, int) or off < 0:
+        raise ConfigError(f"{where}: eval_offset must be a whole number >= 0")
+    return out
+
+
+def _grid_members(grid: dict[str, Any], where: str, default: dict[str, Any]) -> list[MemberSpec]:
+    engine = default | _engine_keys(grid, where)
+    if "init_from" in engine:
+        raise ConfigError(f"{where}: a grid chains with chain = true, not init_from")
+    chain = grid.get("chain", False)
+    prefix = grid.get("prefix", "")
+    if not isinstance(chain, bool) or not isinstance(prefix, str):
+        raise ConfigError(f"{where}: grid chain must be true/false and prefix a string")
+    keys = [k for k in grid if k not in ENGINE_KEYS and k not in GRID_KEYS]
     lists = []
     for k in keys:
         v = grid[k]
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{where}: grid entry {k} must be a non-empty list")
         lists.append(v)
-    return [
-        MemberSpec(
-            " ".join(f"{k}={v}" for k, v in zip(keys, combo, strict=True)),
-            dict(zip(keys, combo, strict=True)),
+    members: list[MemberSpec] = []
+    for combo in itertools.product(*lists):
+        label = " ".join(f"{k}={v}" for k, v in zip(keys, combo, strict=True))
+        label = f"{prefix} {label}".strip()
+        init = members[-1].label if chain and members else None
+        members.append(
+            MemberSpec(label, dict(zip(keys, combo, strict=True)), **(engine | {"init_from": init}))
         )
-        for combo in itertools.product(*lists)
-    ]
+    return members
 
 
 def _names(data: dict[str, Any], key: str, known: tuple[str, ...], path: str) -> tuple[str, ...]:
@@ -145,21 +235,46 @@ def _names(data: dict[str, Any], key: str, known: tuple[str, ...], path: str) ->
 
 def _members(data: dict[str, Any], path: str) -> list[MemberSpec]:
     """Listed members, then grid products; one member "run" when there are none."""
+    default = {"repeats": data.get("repeats", 1)}
+    _engine_keys(default, path)
     members: list[MemberSpec] = [
-        MemberSpec(str(m["label"]), {k: v for k, v in m.items() if k != "label"})
+        MemberSpec(
+            str(m["label"]),
+            {k: v for k, v in m.items() if k != "label" and k not in ENGINE_KEYS},
+            **(default | _engine_keys(m, f"{path}: member {m['label']!r}")),
+        )
         for m in data.get("members", [])
         if isinstance(m, dict) and "label" in m
     ]
     if len(members) != len(data.get("members", [])):
         raise ConfigError(f"{path}: every [[members]] entry needs a label")
     for grid in ([data["grid"]] if "grid" in data else []) + list(data.get("grids", [])):
-        members += _grid_members(grid, path)
+        members += _grid_members(grid, path, default)
     if not members:
-        members = [MemberSpec("run", {})]
+        members = [MemberSpec("run", {}, **default)]
     labels = [m.label for m in members]
     if len(set(labels)) != len(labels) or len({m.folder for m in members}) != len(members):
         raise ConfigError(f"{path}: member labels must be distinct: {labels}")
+    _check_chains(members, path)
     return members
+
+
+def _check_chains(members: list[MemberSpec], path: str) -> None:
+    """Every ``init_from`` names an earlier member with the same number of repeats."""
+    labels = [m.label for m in members]
+    for i, m in enumerate(members):
+        if m.init_from is None:
+            continue
+        if m.init_from not in labels[:i]:
+            raise ConfigError(
+                f"{path}: member {m.label!r} starts from {m.init_from!r}, which is not an "
+                "earlier member"
+            )
+        if members[labels.index(m.init_from)].repeats != m.repeats:
+            raise ConfigError(
+                f"{path}: member {m.label!r} and {m.init_from!r} it starts from need the same "
+                "repeats"
+            )
 
 
 def _published(data: dict[str, Any], labels: list[str], path: str) -> tuple[dict[str, Any], ...]:
@@ -194,7 +309,7 @@ def _texts(data: dict[str, Any], path: str) -> dict[str, Any]:
 def parse_experiment(data: dict[str, Any], path: str = "<experiment>") -> ExperimentSpec:
     """Validate an experiment dict (from TOML) into an :class:`ExperimentSpec`."""
     data = _texts(data, path)
-    name = data.get("name") or Path(path).stem
+    name = check_name(data.get("name") or Path(path).stem, path)
     figures = _names(data, "figures", FIGURES, path)
     extras = _names(data, "extras", EXTRAS, path)
     select = {"metric": "val_acc", "mode": "max"} | dict(data.get("select", {}))

@@ -67,6 +67,8 @@ CAPTIONS = {
     "lbfgs": "Gradient descent against the exact optimum of the same convex objective found by "
     "L-BFGS: training objective and train/validation/test accuracy.",
     "gallery": "Right (green) and wrong (red) predictions, each titled true / predicted class.",
+    "spread": "Published numbers (red line) among the results of the member's random seeds "
+    "(dots: one per seed, e.g. per N(0, 1) draw of the initial weights; bar: mean ± 2 sd).",
 }
 
 # ---------------------------------------------------------------------------------- numbers
@@ -111,7 +113,9 @@ class Comparison:
 
     ``difference`` is reproduced - published, in percentage points for accuracies;
     ``status`` is ``"meets"`` (at or better than published), ``"within"`` (within
-    ``tolerance``), ``"outside"`` or ``"missing"``.
+    ``tolerance``; for a member run over several seeds: inside the observed range or
+    mean ± 2 sd), ``"outside"``, ``"missing"`` or ``"not comparable"`` (the run's data are
+    not the published numbers' data). ``spread`` describes the seeds' values, if any.
     """
 
     what: str
@@ -122,6 +126,7 @@ class Comparison:
     difference: float | None
     tolerance: float
     status: str
+    spread: str = ""
 
     def difference_text(self) -> str:
         if self.difference is None:
@@ -139,7 +144,28 @@ MARKS = {
     "within": ("≈", "near"),
     "outside": ("✗", "bad"),
     "missing": ("?", "bad"),
+    "not comparable": ("–", "na"),
 }
+
+
+def repeats_summary(exp: ExperimentRecord, label: str, metric: str) -> dict[str, float] | None:
+    """Mean, sd, min, max and n of ``metric`` over the seeds of member ``label``, or None."""
+    try:
+        member = exp.member(label)
+    except ReportError:
+        return None
+    summary = (member.repeats or {}).get("summary") or {}
+    found = summary.get(metric)
+    ok = isinstance(found, dict) and all(
+        isinstance(found.get(k), int | float) for k in ("mean", "sd", "min", "max", "n")
+    )
+    return found if ok and found["n"] > 1 else None
+
+
+def is_comparable(exp: ExperimentRecord) -> bool:
+    """Whether the run's data are the data of the published numbers (not the sample, not a
+    stand-in dataset)."""
+    return bool(exp.data.get("comparable", not exp.is_sample)) and not exp.is_sample
 
 
 def compare(exp: ExperimentRecord, entry: dict[str, Any]) -> Comparison:
@@ -170,6 +196,15 @@ def compare(exp: ExperimentRecord, entry: dict[str, Any]) -> Comparison:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         return Comparison(what, label, metric, published, None, None, tolerance, "missing")
     reproduced = float(value)
+    seeds = repeats_summary(exp, label, metric)
+    spread = ""
+    if seeds is not None:  # several seeds: the mean is the reproduced value
+        reproduced = float(seeds["mean"])
+        lo, hi, sd = float(seeds["min"]), float(seeds["max"]), float(seeds["sd"])
+        spread = (
+            f"mean ± sd {fmt_value(metric, reproduced)} ± {fmt_value(metric, sd)}, "
+            f"range {fmt_value(metric, lo)}–{fmt_value(metric, hi)} over {seeds['n']} seeds"
+        )
     diff = (reproduced - published) * (100.0 if acc else 1.0)
     if acc:
         meets = reproduced >= published
@@ -177,13 +212,19 @@ def compare(exp: ExperimentRecord, entry: dict[str, Any]) -> Comparison:
         meets = reproduced <= published
     else:  # no better direction (best epoch, weight norm): only equal meets
         meets = reproduced == published
-    if meets:
+    if seeds is not None:
+        near = lo <= published <= hi or abs(published - reproduced) <= 2 * sd + 1e-12
+    else:
+        near = abs(diff) <= tolerance + 1e-9
+    if not is_comparable(exp):
+        status = "not comparable"
+    elif meets:
         status = "meets"
-    elif abs(diff) <= tolerance + 1e-9:
+    elif near:
         status = "within"
     else:
         status = "outside"
-    return Comparison(what, label, metric, published, reproduced, diff, tolerance, status)
+    return Comparison(what, label, metric, published, reproduced, diff, tolerance, status, spread)
 
 
 def data_notes(data: dict[str, Any]) -> list[str]:
@@ -272,11 +313,23 @@ def member_rows(exp: ExperimentRecord, first: str = "setting") -> tuple[list[str
     rows = []
     for m in exp.members:
         g = m.metrics.get
+
+        def cell(metric: str, label: str = m.label, get: Any = g) -> str:
+            # a member run over several seeds: mean ± sd (min–max, n)
+            seeds = repeats_summary(exp, label, metric)
+            if seeds is None:
+                return fmt_value(metric, get(metric))
+            return (
+                f"{fmt_value(metric, seeds['mean'])} ± {fmt_value(metric, seeds['sd'])} "
+                f"({fmt_value(metric, seeds['min'])}–{fmt_value(metric, seeds['max'])}, "
+                f"{seeds['n']} seeds)"
+            )
+
         row = [m.label + (" (chosen)" if m.label == exp.chosen else "")]
-        row.append(fmt_value("train_acc", g("train_acc")))
+        row.append(cell("train_acc"))
         if has_val:
-            row.append(fmt_value("val_acc", g("val_acc")))
-        row.append(fmt_value("test_acc", g("test_acc")))
+            row.append(cell("val_acc"))
+        row.append(cell("test_acc"))
         if has_best:
             row.append(fmt_value("best_epoch", g("best_epoch")))
         row += [
@@ -347,6 +400,7 @@ MARK_TITLES = {
     "within": "within tolerance ({})",
     "outside": "outside tolerance ({})",
     "missing": "metric missing from the run",
+    "not comparable": "the run's data differ from the published numbers' data",
 }
 
 
@@ -356,7 +410,7 @@ def _published(exp: ExperimentRecord, comps: list[Comparison]) -> list[Block]:
             c.what,
             c.member,
             fmt_value(c.metric, c.published),
-            fmt_value(c.metric, c.reproduced),
+            fmt_value(c.metric, c.reproduced) + (f" ({c.spread})" if c.spread else ""),
             c.difference_text(),
             Mark(*MARKS[c.status][:1], c.status, MARKS[c.status][1],
                  MARK_TITLES[c.status].format(c.tolerance_text())),
@@ -367,7 +421,9 @@ def _published(exp: ExperimentRecord, comps: list[Comparison]) -> list[Block]:
     note = (
         f"✓ reproduced at or better than published; ≈ within tolerance "
         f"({ACC_TOLERANCE_PP:g} pp for accuracies, {REL_TOLERANCE:.0%} otherwise, unless the "
-        f"experiment sets one); ✗ outside it."
+        f"experiment sets one; for members run over several seeds: the published value inside "
+        f"the seeds' range or mean ± 2 sd); ✗ outside it; – not comparable (other data than the "
+        f"published numbers')."
     )
     blocks: list[Block] = [
         Heading(3, "Published vs reproduced"),
@@ -375,7 +431,7 @@ def _published(exp: ExperimentRecord, comps: list[Comparison]) -> list[Block]:
         Paragraph.of(note, style="note"),
     ]
     if exp.is_sample:
-        text = "Sample data: the marks compare numbers that are not comparable."
+        text = "Sample data: the rows are not comparable with the published numbers, not counted."
         blocks.append(Paragraph.of(text, style="note"))
     return blocks
 
@@ -439,8 +495,11 @@ def _headline(comps: list[Comparison]) -> tuple[str, str]:
         return "—", "—"
     c = comps[0]
     first = f"{fmt_value(c.metric, c.published)} → {fmt_value(c.metric, c.reproduced)}"
-    good = sum(x.status in ("meets", "within") for x in comps)
-    return first, f"{good}/{len(comps)}"
+    counted = [x for x in comps if x.status != "not comparable"]
+    good = sum(x.status in ("meets", "within") for x in counted)
+    if not counted:
+        return first, "not comparable"
+    return first, f"{good}/{len(counted)}"
 
 
 def summary_section(exps: list[ExperimentRecord], comps: dict[str, list[Comparison]]) -> Section:

@@ -666,6 +666,52 @@ def draw_gallery(exp: ExperimentRecord, max_each: int = 24) -> Figure:
     return fig
 
 
+def seed_values(exp: ExperimentRecord, label: str, metric: str) -> list[float]:
+    """The values of ``metric`` over the seeds of member ``label`` (empty: one run only)."""
+    try:
+        member = exp.member(label)
+    except ReportError:
+        return []
+    runs = (member.repeats or {}).get("runs") or []
+    values = [r.get(metric) for r in runs if isinstance(r, dict)]
+    ok = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    return ok if len(ok) > 1 else []
+
+
+def draw_spread(exp: ExperimentRecord) -> Figure:
+    """Where each published number falls among the results of a member's random seeds."""
+    panels = []
+    for p in exp.published:
+        label, metric = str(p.get("member", "chosen")), str(p.get("metric"))
+        values = seed_values(exp, label, metric)
+        if values and isinstance(p.get("value"), int | float):
+            panels.append((str(p.get("what") or metric), metric, values, float(p["value"])))
+    if not panels:
+        raise ReportError(f"{exp.folder}: no published number has a member run over seeds")
+    panels = panels[:4]
+    fig = _figure(max(7.0, 4.2 * len(panels)), 3.2)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (what, metric, values, published) in zip(axes, panels, strict=True):
+        v = np.asarray(values)
+        jitter = np.linspace(-0.15, 0.15, len(v))
+        ax.scatter(v, jitter, color="C0", zorder=3, label=f"{len(v)} seeds")
+        mean, sd = v.mean(), v.std(ddof=1)
+        ax.errorbar(mean, -0.4, xerr=2 * sd, fmt="o", color="C0", capsize=4,
+                    label="mean ± 2 sd")  # fmt: skip
+        ax.axvline(published, color="C3", lw=2, label="published")
+        lo = min(v.min(), mean - 2 * sd, published)
+        hi = max(v.max(), mean + 2 * sd, published)
+        pad = 0.1 * (hi - lo) or 0.01
+        ax.set(xlim=(lo - pad, hi + pad), ylim=(-0.8, 0.5), yticks=[])
+        ax.set_title(what if len(what) <= 48 else what[:47] + "…", fontsize=8)
+        if metric.endswith("_acc"):
+            ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+        ax.set_xlabel(metric)
+        ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle(exp.title, fontsize=9)
+    return fig
+
+
 DRAWERS: dict[str, Callable[[ExperimentRecord], Figure]] = {
     "curves": draw_curves,
     "weights": draw_weights,
@@ -676,6 +722,7 @@ DRAWERS: dict[str, Callable[[ExperimentRecord], Figure]] = {
     "confusion": draw_confusion,
     "lbfgs": draw_lbfgs,
     "gallery": draw_gallery,
+    "spread": draw_spread,
 }
 
 

@@ -10,7 +10,7 @@ import json
 import math
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ FIGURE_KINDS = (
     "confusion",
     "lbfgs",
     "gallery",
+    "spread",
 )
 #: Kinds that are tables in the report, not figures.
 TABLE_KINDS = ("table",)
@@ -123,16 +124,26 @@ class MemberRecord:
     overrides: dict[str, Any]
     settings: dict[str, Any]
     metrics: dict[str, Any]
+    #: runs over several seeds: ``n``, ``seeds``, ``folders``, ``runs`` (each run's scalar
+    #: metrics) and ``summary`` (metric -> mean, sd, min, max, n); None for one run
+    repeats: dict[str, Any] | None = None
+    #: the experiment engine's keys that differ from their defaults (``init_from``, ...)
+    engine: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The member's entry in ``experiment.json`` (its folder relative to the experiment)."""
-        return {
+        entry = {
             "label": self.label,
             "folder": self.folder.name,
             "overrides": self.overrides,
             "settings": self.settings,
             "metrics": self.metrics,
         }
+        if self.engine:
+            entry["engine"] = self.engine
+        if self.repeats is not None:
+            entry["repeats"] = self.repeats
+        return entry
 
     @classmethod
     def from_json(cls, entry: Any, experiment_folder: Path, where: str = "") -> MemberRecord:
@@ -146,7 +157,9 @@ class MemberRecord:
         if sub in ("", ".", "..") or Path(sub).name != sub or "\\" in sub:
             raise ReportError(f"{where}: folder {sub!r} must be a plain folder name")
         parts = {k: _object(entry, k, where) for k in ("overrides", "settings", "metrics")}
-        return cls(label, experiment_folder / sub, **parts)
+        repeats = _object(entry, "repeats", where) if entry.get("repeats") is not None else None
+        engine = _object(entry, "engine", where) if entry.get("engine") is not None else {}
+        return cls(label, experiment_folder / sub, **parts, repeats=repeats, engine=engine)
 
     # ------------------------------------------------------------------ training record
     @cached_property
@@ -300,6 +313,8 @@ class ExperimentRecord:
     published: list[dict[str, Any]]
     seconds: float
     lbfgs: dict[str, Any] | None = None
+    #: the extras the engine wrote (``lbfgs``, ``gallery``, ``kaggle``)
+    extras: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """``experiment.json`` as a JSON-safe dict (NumPy scalars become floats)."""
@@ -319,6 +334,8 @@ class ExperimentRecord:
         }
         if self.lbfgs is not None:
             record["lbfgs"] = self.lbfgs
+        if self.extras:
+            record["extras"] = list(self.extras)
         return json.loads(json.dumps(record, default=float))
 
     @classmethod
@@ -370,6 +387,7 @@ class ExperimentRecord:
             published=published,
             seconds=float(seconds) if math.isfinite(seconds) else 0.0,
             lbfgs=_object(raw, "lbfgs", where) if lbfgs is not None else None,
+            extras=[str(e) for e in _list(raw, "extras", where)] if "extras" in raw else [],
         )
 
     @property

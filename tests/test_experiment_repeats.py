@@ -1,0 +1,323 @@
+"""Issue 11 (and 10, path safety / resumable reproduce): chained members, repeats over seeds,
+the comparability rule, folders that never escape ``--out``, and reruns that continue.
+
+Everything runs on the embedded 5,000-digit sample with tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from digitlab.checkpoint import load_checkpoint
+from digitlab.errors import ConfigError
+from digitlab.experiments import parse_experiment, run_experiment, run_experiments, slug
+from digitlab.experiments.engine import DONE, MARK, comparability, run_member, stop_epoch
+from digitlab.report import load_experiment
+from digitlab.report.document import compare, is_comparable
+
+BASE = {
+    "name": "rep",
+    "source": "000",
+    "section": "test",
+    "title": "repeats and chains",
+    "protocol": "softmax on the embedded sample",
+    "figures": ["table"],
+    "settings": {
+        "model": "softmax",
+        "dataset": "mnist-5k",
+        "batch": 256,
+        "lr": 0.3,
+        "epochs": 1,
+        "init": "normal",
+    },
+}
+
+
+def params(folder) -> dict[str, np.ndarray]:
+    arrays, _ = load_checkpoint(folder / "checkpoint.npz")
+    return {k: v for k, v in arrays.items() if k.startswith("model/")}
+
+
+# ------------------------------------------------------------------------------- chains
+def test_a_chained_member_starts_from_the_final_weights_of_the_other(tmp_path):
+    spec = BASE | {
+        "members": [
+            {"label": "first", "l2": 0.01},
+            # a step too small to move the weights: its result is its starting point
+            {"label": "second", "init_from": "first", "lr": 1e-12},
+            {"label": "alone", "lr": 1e-12},
+        ]
+    }
+    record = run_experiment(parse_experiment(spec, "rep.toml"), tmp_path, n_jobs=1)
+    first, second, alone = (params(m.folder) for m in record.members)
+    for k in first:
+        np.testing.assert_allclose(second[k], first[k], atol=1e-6)
+        assert not np.allclose(alone[k], first[k], atol=1e-3)  # its own N(0, 1) draw
+    assert record.members[1].engine == {"init_from": "first"}
+
+
+def test_a_chained_grid_links_its_members_in_order_with_a_prefix():
+    spec = BASE | {"grids": [{"l2": [0.1, 0.01, 0.001], "chain": True, "prefix": "coded"}]}
+    exp = parse_experiment(spec, "rep.toml")
+    assert [m.label for m in exp.members] == ["coded l2=0.1", "coded l2=0.01", "coded l2=0.001"]
+    assert [m.init_from for m in exp.members] == [None, "coded l2=0.1", "coded l2=0.01"]
+
+
+@pytest.mark.parametrize(
+    ("members", "words"),
+    [
+        ([{"label": "a", "init_from": "b"}, {"label": "b"}], "not an earlier member"),
+        ([{"label": "a", "init_from": "a"}], "not an earlier member"),
+        ([{"label": "a"}, {"label": "b", "init_from": "a", "repeats": 2}], "same repeats"),
+        ([{"label": "a", "repeats": 0}], "repeats"),
+        ([{"label": "a", "bias_input": 2.0}], "bias_input"),
+        ([{"label": "a", "validation": "train"}], "validation"),
+        ([{"label": "a", "eval_offset": -1}], "eval_offset"),
+    ],
+)
+def test_bad_engine_keys_are_refused(members, words):
+    with pytest.raises(ConfigError, match=words):
+        parse_experiment(BASE | {"members": members}, "rep.toml")
+
+
+# ------------------------------------------------------------------------------ repeats
+def test_repeats_run_over_seeds_and_summarise_them(tmp_path):
+    spec = BASE | {"repeats": 3, "members": [{"label": "m"}]}
+    record = run_experiment(parse_experiment(spec, "rep.toml"), tmp_path, n_jobs=1)
+    rep = record.members[0].repeats
+    assert rep["n"] == 3 and rep["seeds"] == [0, 1, 2]
+    accs = [r["test_acc"] for r in rep["runs"]]
+    assert len(set(accs)) > 1  # different N(0, 1) draws
+    s = rep["summary"]["test_acc"]
+    assert s["mean"] == pytest.approx(np.mean(accs))
+    assert s["sd"] == pytest.approx(np.std(accs, ddof=1))
+    assert (s["min"], s["max"]) == (min(accs), max(accs))
+    # repeat 0 is the member folder the report reads; the others have their own folders
+    for seed, folder in zip(rep["seeds"], rep["folders"], strict=True):
+        meta = json.loads((tmp_path / "rep" / folder / "metrics.json").read_text())
+        assert meta["seed"] == seed
+    assert rep["folders"][0] == "m"
+
+
+def _record_with(tmp_path, runs, published, **data):
+    """A minimal experiment folder whose member 'm' ran over the given test accuracies."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    summary = {
+        "mean": float(np.mean(runs)),
+        "sd": float(np.std(runs, ddof=1)),
+        "min": min(runs),
+        "max": max(runs),
+        "n": len(runs),
+    }
+    raw = {
+        "name": "exp",
+        "members": [
+            {
+                "label": "m",
+                "folder": "m",
+                "metrics": {"test_acc": runs[0]},
+                "repeats": {"n": len(runs), "runs": [{"test_acc": r} for r in runs],
+                            "summary": {"test_acc": summary}},
+            }
+        ],
+        "chosen": "m",
+        "data": {"dataset": "mnist", "is_sample": False, "comparable": True} | data,
+        "published": [{"member": "m", "metric": "test_acc", "value": published}],
+    }  # fmt: skip
+    (folder / "experiment.json").write_text(json.dumps(raw))
+    exp = load_experiment(folder)
+    return compare(exp, exp.published[0])
+
+
+@pytest.mark.parametrize(
+    ("published", "status"),
+    [
+        (0.90, "meets"),  # below the mean
+        (0.93, "within"),  # inside the observed range
+        (0.96, "outside"),  # above max and beyond mean + 2 sd
+    ],
+)
+def test_a_published_number_is_within_only_inside_the_seeds_range(tmp_path, published, status):
+    c = _record_with(tmp_path, [0.91, 0.92, 0.935], published)
+    assert c.status == status
+    assert c.reproduced == pytest.approx(np.mean([0.91, 0.92, 0.935]))
+    assert "3 seeds" in c.spread
+
+
+# --------------------------------------------------------------------------- comparable
+def test_runs_on_other_data_are_not_comparable(tmp_path):
+    c = _record_with(tmp_path, [0.91, 0.92, 0.935], 0.90, comparable=False)
+    assert c.status == "not comparable"  # although the mean is above the published value
+    exp = parse_experiment(BASE | {"settings": BASE["settings"] | {"dataset": "emnist-letters"}})
+    ok, why = comparability(exp, {"dataset": "mnist", "is_sample": False})
+    assert not ok and "emnist-letters" in why
+    ok, why = comparability(parse_experiment(BASE), {"dataset": "mnist-5k", "is_sample": True})
+    assert not ok and "sample" in why
+
+
+def test_a_sample_run_is_marked_not_comparable_and_not_counted(tmp_path):
+    from digitlab.report.document import _headline
+
+    spec = BASE | {"published": [{"what": "acc", "metric": "test_acc", "value": 0.01}]}
+    run_experiment(parse_experiment(spec, "rep.toml"), tmp_path, n_jobs=1)
+    exp = load_experiment(tmp_path / "rep")
+    assert not is_comparable(exp)
+    comps = [compare(exp, p) for p in exp.published]
+    assert [c.status for c in comps] == ["not comparable"]  # never "meets" on the sample
+    assert _headline(comps)[1] == "not comparable"
+
+
+# ---------------------------------------------------------------------------- paths
+@pytest.mark.parametrize("name", ["/tmp/elsewhere", "../up", "a/b", "..", ".hidden", "a\\b", ""])
+def test_experiment_names_that_leave_the_runs_root_are_refused(name):
+    with pytest.raises(ConfigError, match="plain folder name"):
+        parse_experiment(BASE | {"name": name} if name else BASE | {"name": "a b/c"}, "x.toml")
+
+
+def test_member_folders_are_plain_names():
+    for label in ("..", ".", "../../etc", "/abs/path", "a/../b"):
+        folder = slug(label)
+        assert "/" not in folder and not folder.startswith(".") and folder not in ("", "..")
+
+
+def test_a_symlinked_experiment_folder_is_refused_and_its_target_untouched(tmp_path):
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    out = tmp_path / "runs"
+    out.mkdir()
+    os.symlink(target, out / "rep")
+    with pytest.raises(ConfigError, match="not a plain folder"):
+        run_experiment(parse_experiment(BASE, "rep.toml"), out, n_jobs=1)
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+
+
+def test_nothing_is_written_outside_the_experiment_folder(tmp_path):
+    out = tmp_path / "runs"
+    run_experiment(parse_experiment(BASE, "rep.toml"), out, n_jobs=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    assert sorted(p.name for p in out.iterdir()) == ["rep"]
+
+
+# ---------------------------------------------------------------------------- resume
+def test_a_second_run_continues_only_what_is_missing(tmp_path):
+    spec = BASE | {"members": [{"label": "a"}, {"label": "b", "init_from": "a"}, {"label": "c"}]}
+    exp = parse_experiment(spec, "rep.toml")
+    run_experiment(exp, tmp_path, n_jobs=1)
+    folder = tmp_path / "rep"
+    assert (folder / MARK).is_file()
+    # 'c' failed half-way (no job.json, a stray file), 'a' finished: only 'c' reruns
+    (folder / "c" / DONE).unlink()
+    (folder / "c" / "partial.tmp").write_text("x")
+    stamp = (folder / "a" / "checkpoint.npz").stat().st_mtime_ns
+    seen = []
+    record = run_experiment(exp, tmp_path, n_jobs=1, on_done=lambda m, r: seen.append(m.label))
+    assert seen == ["c"]
+    assert not (folder / "c" / "partial.tmp").exists()
+    assert (folder / "a" / "checkpoint.npz").stat().st_mtime_ns == stamp
+    assert [m.label for m in record.members] == ["a", "b", "c"]
+    # a changed setting of 'a' reruns 'a' and the member chained to it, not 'c'
+    changed = parse_experiment(
+        spec | {"members": [{"label": "a", "lr": 0.1}, *spec["members"][1:]]}, "rep.toml"
+    )
+    seen.clear()
+    run_experiment(changed, tmp_path, n_jobs=1, on_done=lambda m, r: seen.append(m.label))
+    assert sorted(seen) == ["a", "b"]
+
+
+def test_an_interrupted_reproduce_needs_no_clean_up(tmp_path):
+    exps = [
+        parse_experiment(BASE | {"name": "one"}, "one.toml"),
+        parse_experiment(BASE | {"name": "two"}, "two.toml"),
+    ]
+    run_experiments(exps[:1], tmp_path, n_jobs=1)
+    # 'two' was interrupted after creating its folder and half a member
+    (tmp_path / "two" / "run").mkdir(parents=True)
+    (tmp_path / "two" / MARK).write_text("x")
+    (tmp_path / "two" / "run" / "config.toml").write_text("partial")
+    records = run_experiments(exps, tmp_path, n_jobs=1)
+    assert [r.name for r in records] == ["one", "two"]
+    assert (tmp_path / "two" / "experiment.json").is_file()
+    assert (tmp_path / "two" / "run" / DONE).is_file()
+
+
+def test_a_failing_job_leaves_no_folder(tmp_path):
+    exp = parse_experiment(BASE, "rep.toml")
+    # fails at the first evaluation, after the job folder was made
+    settings = exp.member_settings(exp.members[0]) | {"early_stopping": 2, "monitor": "val_bogus"}
+    with pytest.raises(ConfigError, match="val_bogus"):
+        run_member(settings, [], str(tmp_path / "job"))
+    assert not (tmp_path / "job").exists()
+
+
+# ----------------------------------------------------------------- protocol engine keys
+def test_validation_on_test_offset_evaluations_and_bias_input(tmp_path):
+    spec = BASE | {
+        "settings": BASE["settings"] | {"bias_column": True, "eval_every": 5},
+        "members": [
+            {"label": "m", "validation": "test", "eval_offset": 1, "bias_input": 0.5},
+        ],
+    }
+    record = run_experiment(parse_experiment(spec, "rep.toml"), tmp_path, n_jobs=1)
+    m = record.members[0].metrics
+    assert m["val_acc"] == m["test_acc"] and m["n_val"] == m["n_test"]
+    rows = (tmp_path / "rep" / "m" / "history.csv").read_text().splitlines()
+    col = rows[0].split(",").index("step")
+    steps = [int(float(r.split(",")[col])) for r in rows[1:]]
+    assert steps[:3] == [1, 6, 11]
+    assert any("bias input 0.5" in n for n in m["notes"])
+
+
+def test_stop_epoch_is_the_zero_based_epoch_of_the_last_step():
+    assert stop_epoch({"steps": 31 * 33 + 6, "epochs": (31 * 33 + 6) / 31}) == 33
+    assert stop_epoch({"steps": 62, "epochs": 2.0}) == 1
+    assert stop_epoch({}) is None
+
+
+# ------------------------------------------------------------------------------- CLI
+def _toml(path, name: str) -> str:
+    path.write_text(
+        f'name = "{name}"\nsource = "000"\nsection = "s"\ntitle = "t"\nprotocol = "p"\n'
+        'figures = ["table"]\nrepeats = 2\n[settings]\nmodel = "softmax"\n'
+        'dataset = "mnist-5k"\nbatch = 256\nlr = 0.3\nepochs = 1\n'
+    )
+    return str(path)
+
+
+def test_reproduce_twice_continues_and_an_escaping_name_is_one_line(tmp_path, capsys):
+    from digitlab.cli import main
+
+    out = tmp_path / "runs"
+    args = ["reproduce", _toml(tmp_path / "ok.toml", "ok"), "--out", str(out), "--no-report"]
+    assert main([*args, "--jobs", "1"]) == 0
+    first = capsys.readouterr().out
+    assert first.count("ok / run (seed") == 2  # two repeats ran
+    assert main([*args, "--jobs", "1"]) == 0
+    assert "ok / run (seed" not in capsys.readouterr().out  # nothing left to run
+    bad = _toml(tmp_path / "bad.toml", str(tmp_path / "victim"))
+    assert main(["reproduce", bad, "--out", str(out), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "plain folder name" in err[0]
+    assert not (tmp_path / "victim").exists() and sorted(p.name for p in out.iterdir()) == ["ok"]
+
+
+def test_a_linked_repeats_folder_is_refused_and_its_target_untouched(tmp_path):
+    spec = BASE | {"repeats": 2}
+    exp = parse_experiment(spec, "rep.toml")
+    out = tmp_path / "runs"
+    run_experiment(exp, out, n_jobs=1)
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    repeats = out / "rep" / "repeats"
+    import shutil
+
+    shutil.rmtree(repeats)
+    os.symlink(target, repeats)
+    with pytest.raises(ConfigError, match="link"):
+        run_experiment(exp, out, n_jobs=1)
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
