@@ -65,7 +65,7 @@ def _prepared(base: Any, bias_input: float, validation: str) -> Any:
         parts = [data.train, data.val, data.test]
         for i, pair in enumerate(parts):
             if pair is not None:
-                x = pair[0].copy()
+                x = np.array(pair[0])  # the features (n, d + 1) as a new array
                 x[:, -1] = bias_input
                 parts[i] = (x, pair[1])
         data = replace(data, train=parts[0], val=parts[1], test=parts[2])
