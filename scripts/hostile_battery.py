@@ -113,15 +113,22 @@ def png(arr: np.ndarray, mode: str | None = None) -> bytes:
 
 
 def csv_ok(path: Path) -> str | None:
-    """The prediction CSV: header and one numbered row per image."""
+    """A prediction CSV: ``file,class[,p_<class>...]`` with one named row per image (the
+    default of ``digitlab predict``), or ``Id,Category`` with numbered rows (``--kaggle``)."""
     try:
         lines = path.read_text().splitlines()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         return f"cannot read {path.name}: {e}"
-    if not lines or lines[0] != "Id,Category":
+    if lines and lines[0] == "Id,Category":
+        for i, line in enumerate(lines[1:], start=1):
+            if not line.startswith(f"{i},"):
+                return f"{path.name}: row {i} is {line!r}"
+        return None
+    if not lines or not lines[0].startswith("file,class"):
         return f"{path.name}: bad header {lines[:1]}"
+    width = lines[0].count(",")
     for i, line in enumerate(lines[1:], start=1):
-        if not line.startswith(f"{i},"):
+        if line.count(",") < width or not line.rsplit(",", width)[1 if width else 0]:
             return f"{path.name}: row {i} is {line!r}"
     return None
 
@@ -412,7 +419,8 @@ def csv_cases(base: Base) -> list[Case]:
 def png_cases(base: Base) -> list[Case]:
     ck = str(base.checkpoints["mlp"])
     rng = np.random.default_rng(5)
-    img = rng.integers(0, 256, (IMG, IMG), dtype=np.uint8)
+    img = rng.integers(0, 40, (IMG, IMG), dtype=np.uint8)  # a dark, noisy background ...
+    img[1:-1, IMG // 2 - 1 : IMG // 2 + 1] = 230  # ... with a bright stroke: a "1"
     cases: list[Case] = []
 
     def folder(name, files: dict[str, bytes], *, ok=None, quick=False):

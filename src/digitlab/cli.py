@@ -221,12 +221,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_overwriting_inputs(inputs: list[str], outputs: list[str | None]) -> None:
+    """An output path that names one of the inputs would destroy it: refuse (OutputError)."""
+    from digitlab.errors import OutputError
+
+    read = {Path(p).resolve() for p in inputs}
+    for out in outputs:
+        if out and out != "-" and Path(out).resolve() in read:
+            raise OutputError(f"{out}: is one of the inputs; write the output elsewhere")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from digitlab.errors import ConfigError
     from digitlab.predict import contact_sheet, kaggle_csv, predict, predictions_csv, write_text
 
     if args.kaggle and args.proba:
         raise ConfigError("--proba adds columns to the default CSV; a --kaggle file has none")
+    _refuse_overwriting_inputs([args.checkpoint, *args.inputs], [args.output, args.contact_sheet])
     pred = predict(args.checkpoint, args.inputs, raw=args.raw)
     if args.kaggle:
         offset = pred.label_offset

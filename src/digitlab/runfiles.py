@@ -35,6 +35,17 @@ __all__ = [
 ]
 
 
+def check_run_name(name: str) -> None:
+    """Refuse (ConfigError) a run name that is not one plain, printable folder name."""
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts or len(parts) != 1:
+        raise ConfigError(f"run name {name!r}: give a plain folder name (no / or ..)")
+    if not name.isprintable() or name.startswith("."):
+        raise ConfigError(
+            f"run name {name!r}: give a plain folder name (printable, not starting with a dot)"
+        )
+
+
 def new_run_folder(root: str | os.PathLike, name: str) -> Path:
     """``root/name/<timestamp>`` (made unique), created.
 
@@ -44,9 +55,7 @@ def new_run_folder(root: str | os.PathLike, name: str) -> Path:
         ``name`` is empty, absolute or climbs out of ``root``; ``root`` is a file or cannot be
         written.
     """
-    parts = Path(name).parts
-    if not name or Path(name).is_absolute() or ".." in parts or len(parts) != 1:
-        raise ConfigError(f"run name {name!r}: give a plain folder name (no / or ..)")
+    check_run_name(name)
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"{root}: the runs root is a file, not a folder")

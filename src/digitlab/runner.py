@@ -25,6 +25,7 @@ from digitlab.errors import CheckpointError, ConfigError, DataError
 from digitlab.models import MODELS, Model
 from digitlab.optim import make_optimizer
 from digitlab.runfiles import (  # noqa: F401  (re-exported: the runner's historical names)
+    check_run_name,
     checkpoint_progress,
     existing_ancestor,
     load_run_checkpoint,
@@ -392,6 +393,8 @@ def run(
     """
     from digitlab.train import graceful_interrupts
 
+    name = settings.model if name is None else name
+    check_run_name(name)
     data = data if data is not None else prepare_data(settings)
     if len(data.train[1]) == 0:
         raise DataError(f"{data.dataset.name}: the training split is empty")
@@ -407,7 +410,7 @@ def run(
     trainer.eval_offset = eval_offset
     keep = existing_ancestor(out)
     made = folder is None
-    folder = folder if folder is not None else new_run_folder(out, name or settings.model)
+    folder = folder if folder is not None else new_run_folder(out, name)
     try:
         checkpoint = Checkpoint(folder / "checkpoint.npz", settings.checkpoint_every)
         trainer.callbacks += [checkpoint, HistoryFile(folder / "history.csv")]

@@ -635,7 +635,14 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: nested too deeply") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    return data.get("train", data)
+    if "train" not in data:
+        return data
+    others = sorted(set(data) - {"train"})
+    if others:
+        raise ConfigError(
+            f"{path}: {', '.join(others)} outside the [train] table; put every setting in it"
+        )
+    return data["train"]
 
 
 # ------------------------------------------------------------------------------ generated

@@ -226,6 +226,8 @@ def _backend(scheduler: str | None) -> Iterator[None]:
         client = Client(scheduler, timeout=10)
     except OSError as exc:
         raise ConfigError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+    except (ValueError, TypeError) as exc:  # e.g. an unknown address scheme
+        raise ConfigError(f"--scheduler {scheduler!r}: not a Dask address ({exc})") from None
     try:
         with joblib.parallel_config(backend="dask"):
             yield

@@ -378,11 +378,24 @@ class Trainer:
             self.steps_per_epoch = max(1, n // self.batch_size)
         else:
             self.steps_per_epoch = math.ceil(n / self.batch_size)
+        self._check_resumed_position(n)
         self._buf = np.empty((self.batch_size, X.shape[1]), dtype=X.dtype)
         self._ybuf = np.empty(self.batch_size, dtype=y.dtype)
         if self._weight is not None:
             self._wbuf = np.empty(self.batch_size, dtype=self._weight.dtype)
         return splits
+
+    def _check_resumed_position(self, n: int) -> None:
+        """A loaded checkpoint's place in the epoch must fit this training set of ``n`` rows."""
+        if not 0 <= self.pos <= self.steps_per_epoch:
+            raise CheckpointError(
+                f"checkpoint position {self.pos} is outside an epoch of "
+                f"{self.steps_per_epoch} steps on this training set"
+            )
+        if self.order is not None and not self.replacement and self.order.shape != (n,):
+            raise CheckpointError(
+                f"checkpoint shuffle order has {self.order.size} rows, the training set {n}"
+            )
 
     def _loop(self, splits: dict[str, ArrayPair], total_steps: int) -> History:
         """Train until ``total_steps`` steps in all (or a stop request)."""
