@@ -81,6 +81,7 @@ def test_a_resumed_position_outside_the_epoch_is_refused():
 
 def test_a_resumed_shuffle_order_of_another_length_is_refused():
     trainer, data = _trainer()
+    trainer.pos = 2  # mid-epoch: the stored order is used for the rest of the epoch
     trainer.order = np.arange(5)  # a valid permutation, of the wrong training set
     with pytest.raises(CheckpointError, match="order has 5 rows, the training set 40"):
         trainer.fit(data, epochs=1)

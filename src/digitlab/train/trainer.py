@@ -392,7 +392,13 @@ class Trainer:
                 f"checkpoint position {self.pos} is outside an epoch of "
                 f"{self.steps_per_epoch} steps on this training set"
             )
-        if self.order is not None and not self.replacement and self.order.shape != (n,):
+        mid_epoch = self.pos > 0  # at an epoch's start the order is drawn anew
+        if (
+            mid_epoch
+            and self.order is not None
+            and not self.replacement
+            and self.order.shape != (n,)
+        ):
             raise CheckpointError(
                 f"checkpoint shuffle order has {self.order.size} rows, the training set {n}"
             )
