@@ -443,7 +443,8 @@ def png_cases(base: Base) -> list[Case]:
 
     folder("valid-two", {"a.png": png(img), "b.PNG": png(img)}, ok=2, quick=True)
     folder("valid-rgb", {"a.png": png(np.stack([img] * 3, -1))}, ok=1)
-    folder("valid-rgba", {"a.png": png(np.stack([img] * 4, -1))}, ok=1)
+    opaque = np.full_like(img, 255)
+    folder("valid-rgba", {"a.png": png(np.stack([img, img, img, opaque], -1))}, ok=1)
     folder("valid-16bit", {"a.png": png(img.astype(np.uint16) * 257)}, ok=1)
     folder("empty-folder", {})
     folder("only-txt", {"a.txt": b"hello"})

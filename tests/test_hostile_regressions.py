@@ -61,6 +61,20 @@ def test_reproduce_with_a_scheme_dask_does_not_know_is_one_line(tmp_path, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "not a Dask address" in err and "\n" not in err
+    assert list(tmp_path.iterdir()) == []  # refused before any experiment folder
+
+
+def test_predict_on_an_input_that_is_a_symlink_loop_is_one_line(tmp_path, capsys):
+    (tmp_path / "loop.idx").symlink_to(tmp_path / "loop.idx")
+    runs = tmp_path / "runs"
+    argv = ["train", "--dataset", "digits-8x8", "--model", "softmax", "--epochs", "1"]
+    assert main([*argv, "--out", str(runs)]) == 0
+    ck = next(runs.glob("*/*/checkpoint.npz"))
+    capsys.readouterr()
+    assert main(["predict", str(ck), str(tmp_path / "loop.idx"), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "loop.idx" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def _trainer(shuffle: bool = True) -> tuple[Trainer, tuple[np.ndarray, np.ndarray]]:

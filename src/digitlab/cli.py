@@ -7,6 +7,7 @@ line ``digitlab: error: ...`` to stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -225,9 +226,9 @@ def _refuse_overwriting_inputs(inputs: list[str], outputs: list[str | None]) -> 
     """An output path that names one of the inputs would destroy it: refuse (OutputError)."""
     from digitlab.errors import OutputError
 
-    read = {Path(p).resolve() for p in inputs}
+    read = {os.path.realpath(p) for p in inputs}  # realpath: no error on a symlink loop
     for out in outputs:
-        if out and out != "-" and Path(out).resolve() in read:
+        if out and out != "-" and os.path.realpath(out) in read:
             raise OutputError(f"{out}: is one of the inputs; write the output elsewhere")
 
 

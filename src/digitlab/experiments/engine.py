@@ -502,15 +502,16 @@ def run_experiments(
     from digitlab.runner import write_json
 
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    jobs, all_settings, all_notes = _jobs(exps, root, dict(overrides or {}))
 
     def done(job: Job) -> None:
         if on_done is not None:
             exp = exps[job.exp]
             on_done(exp, exp.members[job.member], job.metrics)
 
-    run_jobs(jobs, n_jobs=n_jobs, scheduler=scheduler, on_done=done)
+    with _backend(scheduler):  # a scheduler that cannot be reached fails before any folder
+        root.mkdir(parents=True, exist_ok=True)
+        jobs, all_settings, all_notes = _jobs(exps, root, dict(overrides or {}))
+        run_jobs(jobs, n_jobs=n_jobs, on_done=done)
     records = []
     for e, exp in enumerate(exps):
         folder = root / exp.name
