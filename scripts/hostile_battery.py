@@ -1060,6 +1060,7 @@ EITHER = {
     ("csv", "header-only"),  # no images: predict may refuse an empty batch
     ("idx", "empty-images"),
     ("checkpoint", "order-short [predict]"),  # predict and evaluate do not use the order
+    ("checkpoint", "order-short [resume]"),  # saved at an epoch's end: the order is drawn anew
     ("checkpoint", "order-short [evaluate]"),
     ("checkpoint", "extra-preprocessor-method-bad [resume]"),  # refitted from the settings
     ("png", "truncated-at-128"),
