@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from digitlab.errors import DigitlabError, ServeError
+from digitlab.models import MODELS
+from digitlab.runfiles import load_run_checkpoint
 from digitlab.serve.png import diverging, encode_png, tile
 from digitlab.serve.runs import RunFiles, RunIndex, read_metrics, read_settings
 
@@ -55,19 +57,12 @@ class LoadedModel:
 
     def weights(self) -> np.ndarray | None:
         """First-layer weights on the pixels (h*w, m) (bias row dropped), None if absent."""
-        W = self.model.params.get("W1" if self.kind == "mlp" else "W")
+        name = MODELS[self.kind].image_weights if self.kind in MODELS else None
+        W = None if name is None else self.model.params.get(name)
         if W is None:
             return None
         d = self.image_shape[0] * self.image_shape[1]
         return W[:d] if W.shape[0] in (d, d + 1) else None
-
-
-def _load_run_checkpoint(path: Any) -> tuple[Any, Any, dict[str, Any]]:
-    try:  # the run-folder helpers move to digitlab.runfiles (helper B); either place works
-        from digitlab.runfiles import load_run_checkpoint  # type: ignore[import-not-found]
-    except ImportError:
-        from digitlab.runner import load_run_checkpoint
-    return load_run_checkpoint(path)
 
 
 class ModelCache:
@@ -89,7 +84,7 @@ class ModelCache:
                 self._items.move_to_end(key)
                 return self._items[key]
         try:
-            model, prep, meta = _load_run_checkpoint(path)
+            model, prep, meta = load_run_checkpoint(path)
         except DigitlabError as exc:
             raise ServeError(f"run {run.id}: {exc}", 422) from None
         extra = meta.get("extra", {})
@@ -112,10 +107,11 @@ def weight_titles(loaded: LoadedModel) -> list[str]:
     W = loaded.weights()
     if W is None:
         return []
-    if loaded.kind == "logistic":
+    columns = MODELS[loaded.kind].image_columns
+    if columns == "pair":
         neg, pos = loaded.classes[:2]
         return [f"{pos} vs {neg}"]
-    if loaded.kind == "mlp":
+    if columns == "unit":
         return [f"unit {i + 1}" for i in range(min(MAX_UNITS, W.shape[1]))]
     return list(loaded.classes)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -39,23 +38,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitlab.errors import DigitlabError, ServeError
+from digitlab.runfiles import json_safe
 from digitlab.serve import api
 from digitlab.serve.runs import RunIndex
 
 STATIC = Path(__file__).parent / "static"
 #: Host names accepted when the server listens on the loopback interface (DNS rebinding guard).
 LOCAL_HOSTS = ["127.0.0.1", "localhost"]
-
-
-def _clean(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by None, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 class JSON(JSONResponse):
@@ -66,7 +55,7 @@ class JSON(JSONResponse):
         try:
             text = json.dumps(content, allow_nan=False, separators=(",", ":"))
         except ValueError:
-            text = json.dumps(_clean(content), allow_nan=False, separators=(",", ":"))
+            text = json.dumps(json_safe(content), allow_nan=False, separators=(",", ":"))
         return text.encode()
 
     def render(self, content: Any) -> bytes:
