@@ -182,6 +182,7 @@ class Trainer:
         self.batch_size = 0
         self.batch_rows = 0  # rows in the latest step's batch
         self._weight: np.ndarray | None = None  # this fit's training-row weights
+        self._source = False  # whether this fit's training rows are a BatchSource
         self.diverged = False
         self.interrupted = False
         self.stop_reason: str | None = None
@@ -235,7 +236,7 @@ class Trainer:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The next batch's rows ``(X (b, d), y (b,), weights (b,) or None)``."""
         n, bs = X.shape[0], self.batch_size
-        source = is_source(X)
+        source = self._source
         if self.pos == 0:
             if self.replacement:
                 self.order = self.rng.integers(0, n, size=self.steps_per_epoch * bs)
@@ -374,6 +375,7 @@ class Trainer:
         if is_source(X) and self.batch_size >= n and not self.replacement:
             X = X.take(slice(None))  # full batch: the batch is the whole set, made once
             splits["train"] = (X, y)
+        self._source = is_source(X)  # fixed for the fit; the protocol check costs ~10 us
         if self.drop_last and not self.replacement:
             self.steps_per_epoch = max(1, n // self.batch_size)
         else:
