@@ -233,7 +233,7 @@ class Checkpoint(Callback):
             The parameters are not finite: the last good checkpoint is kept and the run is
             marked diverged (a checkpoint is never skipped silently).
         """
-        bad = [k for k, v in trainer.model.params.items() if not np.isfinite(v).all()]
+        bad = trainer.nonfinite_params()
         if bad:
             trainer.diverged = True
             raise DivergenceError(

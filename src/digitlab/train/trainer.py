@@ -460,11 +460,15 @@ class Trainer:
                 cb.on_train_end(self)
         return self.history
 
-    def _check_finite_params(self, lr: float) -> None:
-        """Raise DivergenceError (and mark the run diverged) if a parameter is not finite."""
-        bad = [
+    def nonfinite_params(self) -> list[str]:
+        """Names of the model's parameters holding a NaN or an infinity."""
+        return [
             k for k, v in self.model.params.items() if not _all_finite(v.reshape(v.shape[0], -1))
         ]
+
+    def _check_finite_params(self, lr: float) -> None:
+        """Raise DivergenceError (and mark the run diverged) if a parameter is not finite."""
+        bad = self.nonfinite_params()
         if bad:
             self.diverged = True
             raise DivergenceError(
