@@ -8,7 +8,7 @@ from typing import Any
 from digitlab.errors import ConfigError
 from digitlab.optim.adam import Adam
 from digitlab.optim.adamw import AdamW
-from digitlab.optim.base import Optimizer
+from digitlab.optim.base import Optimizer, check_hyperparameters
 from digitlab.optim.nesterov import Nesterov
 from digitlab.optim.rmsprop import RMSprop
 from digitlab.optim.sgd import SGD
@@ -40,10 +40,5 @@ def make_optimizer(config: Mapping[str, Any]) -> Optimizer:
     cls = OPTIMIZERS.get(name) if isinstance(name, str) else None
     if cls is None:
         raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    unknown = sorted(set(cfg) - set(cls.hyperparameters))
-    if unknown:
-        raise ConfigError(
-            f"optimizer {name!r} has no hyperparameter {', '.join(map(repr, unknown))}; "
-            f"it takes {', '.join(cls.hyperparameters)}"
-        )
+    check_hyperparameters(cls, cfg)  # unknown names as a ConfigError, not a TypeError
     return cls(**cfg)
