@@ -321,3 +321,96 @@ def test_a_linked_repeats_folder_is_refused_and_its_target_untouched(tmp_path):
     with pytest.raises(ConfigError, match="link"):
         run_experiment(exp, out, n_jobs=1)
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
+
+
+# ---------------------------------------------------------------- repeats trained together
+FULL = BASE | {
+    "settings": BASE["settings"]
+    | {"batch": "full", "lr": 0.002, "reduction": "sum", "epochs": 6, "n_train": 1500,
+       "eval_every": 2, "bias_column": True}
+}
+
+
+def chain_spec(repeats: int) -> dict:
+    return FULL | {
+        "members": [
+            {"label": "first", "l1": 0.01, "repeats": repeats},
+            {"label": "second", "l2": 0.005, "init_from": "first", "repeats": repeats,
+             "bias_input": 0.5},
+        ]
+    }
+
+
+def test_repeats_of_a_full_batch_chain_form_one_task_of_groups(tmp_path):
+    from digitlab.experiments.engine import _jobs, plan_tasks
+
+    exp = parse_experiment(chain_spec(3), "rep.toml")
+    jobs, _, _ = _jobs([exp], tmp_path, {})
+    tasks = plan_tasks(jobs)
+    assert len(tasks) == 1
+    assert [[jobs[i].member for i in g] for g in tasks[0]] == [[0, 0, 0], [1, 1, 1]]
+    assert [jobs[i].repeat for i in tasks[0][1]] == [0, 1, 2]
+    # mini-batches (shuffled per seed): one chain per repeat
+    mini = chain_spec(2)
+    mini["settings"] = FULL["settings"] | {"batch": 100}
+    jobs, _, _ = _jobs([parse_experiment(mini, "rep.toml")], tmp_path / "m", {})
+    assert [[[jobs[i].repeat for i in g] for g in t] for t in plan_tasks(jobs)] == [
+        [[0], [0]],
+        [[1], [1]],
+    ]
+
+
+def test_repeats_trained_together_equal_repeats_trained_alone(tmp_path):
+    """The lock-step path (shared products) gives each seed the run it would have alone."""
+    record = run_experiment(parse_experiment(chain_spec(3), "rep.toml"), tmp_path, n_jobs=1)
+    alone = tmp_path / "alone"
+    for member in record.members:
+        assert member.repeats is not None
+        for seed, folder, run in zip(
+            member.repeats["seeds"], member.repeats["folders"], member.repeats["runs"],
+            strict=True,
+        ):  # fmt: skip
+            folder = tmp_path / "rep" / folder
+            settings = json.loads((folder / DONE).read_text())["settings"]
+            second = member.label == "second"
+            out = alone / f"{member.label}-{seed}"
+            metrics = run_member(
+                settings, [], str(out), init_from=str(alone / f"first-{seed}") if second else None,
+                bias_input=0.5 if second else 1.0,
+            )  # fmt: skip: the chain alone, link by link
+            together, single = params(folder), params(out)
+            for k in single:
+                np.testing.assert_allclose(together[k], single[k], rtol=2e-4, atol=2e-5)
+            assert metrics["test_acc"] == pytest.approx(run["test_acc"], abs=1e-3)
+            assert metrics["steps"] == 6
+            history = (folder / "history.csv").read_text().splitlines()
+            assert len(history) == 1 + 3  # header + an evaluation every 2 epochs
+    # the three seeds really are different runs
+    folders = record.members[0].repeats["folders"]
+    w = [params(tmp_path / "rep" / f)["model/W"] for f in folders]
+    assert len(folders) == 3 and not np.allclose(w[0], w[1], atol=1e-2)
+
+
+def test_fit_together_keeps_each_trainers_stopping_rule():
+    from digitlab.models import SoftmaxModel
+    from digitlab.train import EarlyStopping, Trainer, fit_together
+
+    rng = np.random.default_rng(0)
+    X = rng.random((900, 30)).astype(np.float32)
+    y = (X[:, :3].argmax(1)).astype(np.int64)
+    Xv, yv = X[:200], y[:200]
+
+    def trainer(seed: int, stop: bool) -> Trainer:
+        model = SoftmaxModel(30, 3, init="normal", rng=seed, reduction="sum")
+        cbs = [EarlyStopping("val_acc", patience=1, start_epoch=0)] if stop else []
+        return Trainer(model, schedule=0.01, batch_size="full", callbacks=cbs, rng=seed)
+
+    pair = [trainer(1, False), trainer(2, True)]
+    fit_together(pair, (X, y), (Xv, yv), epochs=40)
+    alone = [trainer(1, False), trainer(2, True)]
+    for t in alone:
+        t.fit((X, y), (Xv, yv), epochs=40)
+    for a, b in zip(pair, alone, strict=True):
+        assert a.step == b.step and a.stop_reason == b.stop_reason
+        np.testing.assert_allclose(a.model.params["W"], b.model.params["W"], rtol=1e-4, atol=1e-4)
+    assert pair[0].step == 40 and pair[1].step < 40  # one stopped early, the other went on

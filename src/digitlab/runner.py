@@ -393,6 +393,114 @@ def run(
     """
     from digitlab.train import graceful_interrupts
 
+    r = _open_run(
+        settings, out, name, data, progress, callbacks, folder, resume_from, init_params,
+        eval_offset,
+    )  # fmt: skip
+    try:
+        guard = graceful_interrupts(r.trainer) if handle_signals else contextlib.nullcontext()
+        try:
+            with guard:
+                r.trainer.fit(
+                    r.data.train, r.data.val, r.data.test,
+                    epochs=settings.epochs, steps=settings.steps,
+                )  # fmt: skip
+        finally:
+            r.keep_history()
+    except BaseException:
+        r.discard()
+        raise
+    return r.result()
+
+
+def run_together(
+    settings: list[Settings],
+    folders: list[Path],
+    *,
+    data: PreparedData,
+    init_params: list[dict[str, np.ndarray] | None] | None = None,
+    eval_offset: int = 0,
+) -> list[RunResult]:
+    """:func:`run` for several settings on the same data, trained in lock-step.
+
+    The settings must agree on the length of training (``epochs``/``steps``); repeats of an
+    experiment member that differ only in their seed (their random start) share each step's
+    matrix products (:func:`~digitlab.train.fit_together`), other combinations train one
+    after another. Each run writes its own folder, as :func:`run` does; if any fails, the
+    folders without a checkpoint are removed.
+    """
+    from digitlab.train import fit_together
+
+    if len({(s.epochs, s.steps) for s in settings}) > 1:
+        raise ConfigError("runs trained together need the same epochs/steps")
+    inits = init_params if init_params is not None else [None] * len(settings)
+    runs: list[_OpenRun] = []
+    try:
+        for s, folder, init in zip(settings, folders, inits, strict=True):
+            runs.append(
+                _open_run(s, folder.parent, None, data, None, None, folder, None, init, eval_offset)
+            )
+        try:
+            fit_together(
+                [r.trainer for r in runs], data.train, data.val, data.test,
+                epochs=settings[0].epochs, steps=settings[0].steps,
+            )  # fmt: skip
+        finally:
+            for r in runs:
+                r.keep_history()
+    except BaseException:
+        for r in runs:
+            r.discard()
+        raise
+    return [r.result() for r in runs]
+
+
+@dataclass
+class _OpenRun:
+    """A run whose folder, model and trainer are in place, before or while it trains."""
+
+    settings: Settings
+    data: PreparedData
+    trainer: Trainer
+    checkpoint: Checkpoint
+    folder: Path
+    made: bool
+    keep: Path | None
+
+    def keep_history(self) -> None:
+        """Rewrite ``history.csv`` whole once a checkpoint exists (it matches that)."""
+        if self.checkpoint.saved:
+            self.trainer.history.to_csv(self.folder / "history.csv")
+
+    def discard(self) -> None:
+        """Remove a folder this run made if training failed before its first checkpoint."""
+        if self.made and not checkpoint_saved(self.folder):
+            remove_run_folder(self.folder, self.keep)
+
+    def result(self) -> RunResult:
+        """Final metrics, written to ``metrics.json``."""
+        trainer, data = self.trainer, self.data
+        metrics = final_metrics(trainer, data)
+        metrics |= {"dataset": data.dataset.name, "source": data.dataset.source,
+                    "is_sample": data.dataset.is_sample, "notes": data.notes,
+                    "interrupted": trainer.interrupted}  # fmt: skip
+        write_json(self.folder / "metrics.json", metrics)
+        return RunResult(self.folder, metrics, trainer, data)
+
+
+def _open_run(
+    settings: Settings,
+    out: str | os.PathLike,
+    name: str | None,
+    data: PreparedData | None,
+    progress: Callable[[int, int, dict[str, float]], None] | None,
+    callbacks: list[Callback] | None,
+    folder: Path | None,
+    resume_from: tuple[dict[str, np.ndarray], dict[str, Any]] | None,
+    init_params: dict[str, np.ndarray] | None,
+    eval_offset: int,
+) -> _OpenRun:
+    """Data, model, trainer and resume state, then the folder with ``config.toml``."""
     name = settings.model if name is None else name
     check_run_name(name)
     data = data if data is not None else prepare_data(settings)
@@ -411,30 +519,16 @@ def run(
     keep = existing_ancestor(out)
     made = folder is None
     folder = folder if folder is not None else new_run_folder(out, name)
+    checkpoint = Checkpoint(folder / "checkpoint.npz", settings.checkpoint_every)
+    opened = _OpenRun(settings, data, trainer, checkpoint, folder, made, keep)
     try:
-        checkpoint = Checkpoint(folder / "checkpoint.npz", settings.checkpoint_every)
         trainer.callbacks += [checkpoint, HistoryFile(folder / "history.csv")]
         _attach(trainer, settings, data)
         write_toml(folder / "config.toml", settings.to_dict())
-        guard = graceful_interrupts(trainer) if handle_signals else contextlib.nullcontext()
-        try:
-            with guard:
-                trainer.fit(
-                    data.train, data.val, data.test, epochs=settings.epochs, steps=settings.steps
-                )
-        finally:
-            if checkpoint.saved:
-                trainer.history.to_csv(folder / "history.csv")
     except BaseException:
-        if made and not checkpoint_saved(folder):
-            remove_run_folder(folder, keep)
+        opened.discard()
         raise
-    metrics = final_metrics(trainer, data)
-    metrics |= {"dataset": data.dataset.name, "source": data.dataset.source,
-                "is_sample": data.dataset.is_sample, "notes": data.notes,
-                "interrupted": trainer.interrupted}  # fmt: skip
-    write_json(folder / "metrics.json", metrics)
-    return RunResult(folder, metrics, trainer, data)
+    return opened
 
 
 def checkpoint_saved(folder: Path) -> bool:

@@ -49,16 +49,16 @@ def _load_params(folder: str) -> dict[str, np.ndarray]:
     return {k[len("model/") :]: v for k, v in arrays.items() if k.startswith("model/")}
 
 
-def _prepared(base: Any, bias_input: float, validation: str) -> Any:
+def _prepared(base: Any, bias_input: float, validation: str, dataset: Any = None) -> Any:
     """The member's data: the settings' splits, validation on test, scaled bias input."""
     from digitlab.runner import prepare_data
 
     if validation == "test":
-        data = prepare_data(base.replace(holdout=0.0, early_stopping=0))
+        data = prepare_data(base.replace(holdout=0.0, early_stopping=0), dataset)
         note = "validation on the test split (no hold-out cut from the training images)"
         data = replace(data, val=data.test, notes=[*data.notes, note])
     else:
-        data = prepare_data(base)
+        data = prepare_data(base, dataset)
     if bias_input != 1.0:
         if not base.bias_column:
             raise ConfigError("bias_input needs bias_column = true")
@@ -168,6 +168,61 @@ class Job:
         )  # fmt: skip
 
 
+def run_together(jobs: list[Job], init_folders: list[str | None]) -> list[dict[str, Any]]:
+    """Run the repeats of one member (same settings but the seed) and return their metrics.
+
+    When their data come out the same (the seed drew only the initial weights) and the
+    trainer can share their steps (:func:`~digitlab.train.fit_together`: full-batch linear
+    models), they train in lock-step, each into its own folder, the result of each equal to
+    :func:`run_member`'s up to float rounding; otherwise one after another.
+    """
+    from digitlab.data import load
+    from digitlab.runner import Settings, write_json
+    from digitlab.runner import run_together as run_runs
+
+    if len(jobs) == 1 or any(j.stages for j in jobs):
+        return [j.call(f) for j, f in zip(jobs, init_folders, strict=True)]
+    bases = [Settings.from_dict(j.settings) for j in jobs]
+    first = jobs[0]
+    dataset = load(bases[0].dataset, root=bases[0].data_root)
+    datas = [_prepared(b, first.bias_input, first.validation, dataset) for b in bases]
+    if not all(_same_data(datas[0], d) for d in datas[1:]):
+        return [j.call(f) for j, f in zip(jobs, init_folders, strict=True)]
+    inits = [None if f is None else _load_params(f) for f in init_folders]
+    folders = [Path(j.folder) for j in jobs]
+    for f in folders:
+        f.mkdir(parents=True)
+    try:
+        results = run_runs(
+            bases, folders, data=datas[0], init_params=inits, eval_offset=first.eval_offset
+        )
+        out = []
+        for base, folder, result in zip(bases, folders, results, strict=True):
+            metrics = result.metrics
+            metrics["stop_epoch"] = stop_epoch(metrics)
+            metrics["seed"] = base.seed
+            write_json(folder / "metrics.json", metrics)
+            out.append(metrics)
+    except BaseException:
+        for f in folders:
+            shutil.rmtree(f, ignore_errors=True)
+        raise
+    return out
+
+
+def _same_data(a: Any, b: Any) -> bool:
+    """Whether two prepared datasets hold the same rows in every split."""
+    for pa, pb in ((a.train, b.train), (a.val, b.val), (a.test, b.test)):
+        if (pa is None) != (pb is None):
+            return False
+        if pa is None:
+            continue
+        xa, xb = (getattr(p[0], "pixels", p[0]) for p in (pa, pb))
+        if not (np.array_equal(pa[1], pb[1]) and np.array_equal(xa, xb)):
+            return False
+    return True
+
+
 def _digest(value: Any) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -241,41 +296,100 @@ def run_jobs(
     scheduler: str | None = None,
     on_done: Callable[[Job], None] | None = None,
 ) -> None:
-    """Run the jobs without metrics, in waves: a job waits for the job it starts from.
+    """Run the jobs without metrics in parallel tasks; a job runs after the job it starts from.
 
-    Each job's ``metrics`` is filled and ``on_done(job)`` called as it finishes (any order);
-    a job that finished in an earlier run keeps its metrics and is not run again.
+    A task is a chain (a member, the members that start from it, and so on) run in order in
+    one worker, for one repeat or, when the repeats can share their steps (see
+    :func:`run_together`), for all repeats at once; tasks start longest first. Each job's
+    ``metrics`` is filled and ``on_done(job)`` called as its task finishes; a job that
+    finished in an earlier run keeps its metrics and is not run again.
     """
     import joblib
 
+    tasks = [t for t in plan_tasks(jobs) if any(not jobs[i].metrics for g in t for i in g)]
+    if not tasks:
+        return
+    cost = [sum(_cost(jobs[g[0]]) * (1 + 0.45 * (len(g) - 1)) for g in t) for t in tasks]
+    order = sorted(range(len(tasks)), key=lambda k: -cost[k])  # long tasks first: no idle tail
+    with _backend(scheduler):
+        parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+        calls = (
+            joblib.delayed(_run_task)(
+                [[(i, jobs[i], _init_folder(jobs, i)) for i in g] for g in tasks[k]]
+            )
+            for k in order
+        )
+        for results in parallel(calls):
+            for i, metrics in results:
+                jobs[i].metrics, jobs[i].ran = metrics, True
+                if on_done is not None:
+                    on_done(jobs[i])
+
+
+def _init_folder(jobs: list[Job], i: int) -> str | None:
+    after = jobs[i].after
+    return None if after is None else jobs[after].folder
+
+
+def plan_tasks(jobs: list[Job]) -> list[list[list[int]]]:
+    """The jobs as tasks: each a list of groups (job indices run together), run in order.
+
+    A group holds one member's repeats; a chain's members follow the member they start
+    from. Repeats of a chain whose every member can share steps across repeats (no stages,
+    full-batch descent, no augmentation, a linear model) form one task; other chains run one
+    task per repeat.
+    """
+    from digitlab.models import MODELS
+    from digitlab.models.linear import LinearModel
+
+    def shareable(job: Job) -> bool:
+        st = job.settings
+        linear = issubclass(MODELS[st["model"]], LinearModel)
+        return not job.stages and st.get("batch") == "full" and not st.get("augment") and linear
+
+    members: dict[tuple[int, int], list[int]] = {}
+    for i, j in enumerate(jobs):
+        members.setdefault((j.exp, j.member), []).append(i)
+    follows: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    roots = []
+    for key, idx in members.items():
+        after = jobs[idx[0]].after
+        if after is None:
+            roots.append(key)
+        else:
+            follows.setdefault((jobs[after].exp, jobs[after].member), []).append(key)
+    tasks = []
+    for root in roots:
+        chain, todo = [], [root]
+        while todo:  # breadth first: a member after the one it starts from
+            key = todo.pop(0)
+            chain.append(key)
+            todo += follows.get(key, [])
+        if all(shareable(jobs[i]) for key in chain for i in members[key]):
+            tasks.append([members[key] for key in chain])
+        else:
+            n = len(members[root])
+            tasks += [[[members[key][r]] for key in chain] for r in range(n)]
+    return tasks
+
+
+def _run_task(
+    groups: list[list[tuple[int, Job, str | None]]],
+) -> list[tuple[int, dict[str, Any]]]:
+    """Run a task's groups in order (jobs that finished before are skipped); each job's
+    ``job.json`` is written as soon as it finishes."""
     from digitlab.runner import write_json
 
-    todo = [i for i, j in enumerate(jobs) if not j.metrics]
-    # a job's weight: its own size plus that of the chain waiting for it
-    weight = [_cost(j) for j in jobs]
-    for i in reversed(range(len(jobs))):
-        if jobs[i].after is not None:
-            weight[jobs[i].after] += weight[i]
-    with _backend(scheduler):
-        while todo:
-            wave = [i for i in todo if jobs[i].after is None or jobs[jobs[i].after].metrics]
-            if not wave:
-                raise ConfigError("experiment members start from each other in a cycle")
-            wave.sort(key=lambda i: -weight[i])  # long jobs and chains first: no idle tail
-            parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-            calls = (
-                joblib.delayed(_tagged)(
-                    i, jobs[i], None if jobs[i].after is None else jobs[jobs[i].after].folder
-                )
-                for i in wave
-            )
-            for i, metrics in parallel(calls):
-                job = jobs[i]
-                job.metrics, job.ran = metrics, True
-                write_json(Path(job.folder) / DONE, {"key": job.key, "settings": job.settings})
-                if on_done is not None:
-                    on_done(job)
-            todo = [i for i in todo if i not in set(wave)]
+    out = []
+    for group in groups:
+        todo = [(i, job, init) for i, job, init in group if not job.metrics]
+        if not todo:
+            continue
+        results = run_together([job for _, job, _ in todo], [init for _, _, init in todo])
+        for (i, job, _), metrics in zip(todo, results, strict=True):
+            write_json(Path(job.folder) / DONE, {"key": job.key, "settings": job.settings})
+            out.append((i, metrics))
+    return out
 
 
 def _cost(job: Job) -> float:
@@ -289,10 +403,6 @@ def _cost(job: Job) -> float:
     else:
         rows = float(s.get("epochs") or 1) * float(s.get("n_train") or 20000)
     return rows
-
-
-def _tagged(i: int, job: Job, init_folder: str | None) -> tuple[int, dict[str, Any]]:
-    return i, job.call(init_folder)
 
 
 def choose(exp: ExperimentSpec, results: list[dict[str, Any]]) -> int:

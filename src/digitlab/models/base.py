@@ -252,7 +252,9 @@ class Model:
             Same keys and shapes as ``params``.
         """
         if chunk_rows is not None and np.shape(X)[0] > chunk_rows:
-            return self._chunked_loss_and_grad(X, y, int(chunk_rows), sample_weight)
+            return self._chunked_loss_and_grad(
+                X, y, int(chunk_rows), sample_weight, weight_total
+            )
         return self._loss_and_grad(X, y, False, sample_weight, weight_total)
 
     def loss_and_grad_factored(
@@ -307,14 +309,19 @@ class Model:
         return 1.0 / total if total > 0 else 0.0
 
     def _chunked_loss_and_grad(
-        self, X: np.ndarray, y: np.ndarray, chunk: int, sample_weight: Any = None
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        chunk: int,
+        sample_weight: Any = None,
+        weight_total: float | None = None,
     ) -> tuple[float, dict[str, np.ndarray]]:
         X = np.asarray(X)
         self.check_X(X[:1])  # shape checks without converting all of X
         n = X.shape[0]
         y = self.check_y(y, n)
         w = self.check_weight(sample_weight, n)
-        scale = self._scale(n, w)
+        scale = self._scale(n, w, weight_total)
         loss_sum, grads = 0.0, {k: np.zeros_like(v) for k, v in self.params.items()}
         for start in range(0, n, chunk):
             Xb = self.check_X(X[start : start + chunk])
@@ -323,7 +330,13 @@ class Model:
             loss_sum += part
             for k, v in g.items():
                 grads[k] += v
-        loss = loss_sum * scale
+        return self.add_penalty(loss_sum * scale, grads)
+
+    def add_penalty(self, loss: float, grads: dict[str, np.ndarray]) -> tuple[float, dict]:
+        """``loss`` plus the penalty, and the penalty's gradient added to ``grads`` in place.
+
+        ``grads`` holds plain arrays (not factored), shaped like ``params``.
+        """
         if self.l1 or self.l2:
             for k in self.penalized:
                 penalty_grad_(grads[k], self.params[k], self.l1, self.l2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from digitlab.models.functional import (
 )
 
 
-class _Linear(Model):
+class LinearModel(Model):
     """Shared constructor and affine map ``z = X W + b`` of the two linear models."""
 
     def __init__(
@@ -46,6 +47,13 @@ class _Linear(Model):
             z += self.params["b"]
         return z
 
+    def _logit_loss_and_grad(
+        self, z: np.ndarray, y: np.ndarray, scale: float, weight: np.ndarray | None = None
+    ) -> tuple[float, np.ndarray]:  # pragma: no cover - abstract
+        """Summed cross-entropy of the logits ``z (n, k)`` and ``scale`` times its gradient
+        ``dL/dz (n, k)``, written into ``z``."""
+        raise NotImplementedError
+
     def _grads(self, X: np.ndarray, g: np.ndarray, factored: bool) -> dict[str, Any]:
         """Parameter gradients from the logit gradient ``g (n, k)``: dW = X^T g, db = sum g."""
         grads: dict[str, Any] = {"W": LinearGrad(X, g) if factored else outer_sum(X, g)}
@@ -57,7 +65,7 @@ class _Linear(Model):
         return super().config() | {"init": self.init, "bias": self.bias}
 
 
-class LogisticModel(_Linear):
+class LogisticModel(LinearModel):
     """Binary logistic regression: ``P(y=1 | x) = sigmoid(x W + b)``.
 
     Parameters
@@ -110,7 +118,12 @@ class LogisticModel(_Linear):
         factored: bool = False,
         weight: np.ndarray | None = None,
     ) -> tuple[float, dict[str, Any]]:
-        z = self._affine(X)  # (n, 1)
+        loss_sum, g = self._logit_loss_and_grad(self._affine(X), y, scale, weight)
+        return loss_sum, self._grads(X, g, factored)
+
+    def _logit_loss_and_grad(
+        self, z: np.ndarray, y: np.ndarray, scale: float, weight: np.ndarray | None = None
+    ) -> tuple[float, np.ndarray]:
         loss_sum = binary_cross_entropy(z[:, 0], y, weight)
         # dE/dz = sigmoid(z) - t, the report's (y^n - t^n)
         g = expit(z, out=z)
@@ -119,10 +132,10 @@ class LogisticModel(_Linear):
             g[:, 0] *= weight * scale
         elif scale != 1.0:
             g *= scale
-        return loss_sum, self._grads(X, g, factored)
+        return loss_sum, g
 
 
-class SoftmaxModel(_Linear):
+class SoftmaxModel(LinearModel):
     """Softmax (multinomial logistic) regression: ``P(y | x) = softmax(x W + b)``.
 
     Parameters
@@ -172,5 +185,88 @@ class SoftmaxModel(_Linear):
         factored: bool = False,
         weight: np.ndarray | None = None,
     ) -> tuple[float, dict[str, Any]]:
-        loss_sum, g = softmax_cross_entropy_(self._affine(X), y, scale, weight)  # p - onehot
+        loss_sum, g = self._logit_loss_and_grad(self._affine(X), y, scale, weight)
         return loss_sum, self._grads(X, g, factored)
+
+    def _logit_loss_and_grad(
+        self, z: np.ndarray, y: np.ndarray, scale: float, weight: np.ndarray | None = None
+    ) -> tuple[float, np.ndarray]:
+        return softmax_cross_entropy_(z, y, scale, weight)  # p - onehot, in z
+
+
+def stacked_loss_and_grad(
+    models: Sequence[LinearModel], X: np.ndarray, y: np.ndarray, chunk_rows: int = 512
+) -> list[tuple[float, dict[str, np.ndarray]]]:
+    """``[m.loss_and_grad(X, y) for m in models]`` with the matrix products shared.
+
+    The models (same class and shapes: see :func:`can_stack`) differ in their parameters
+    and penalties, not in their data. Their weight matrices are set side by side, ``(d, R k)``,
+    so that each block of rows of ``X`` is read once for all ``R`` models, in the forward
+    product and again, still in cache, in the gradient's: ``R`` runs that differ only in their
+    random start (repeats with other seeds) cost little more than one, as a full-batch step's
+    skinny products are bound by reading ``X``. Each model's loss and gradient equal its own
+    ``loss_and_grad`` up to the order of float summation.
+
+    Parameters
+    ----------
+    models : sequence of linear models
+    X : ndarray (n, d)
+        In the models' dtype.
+    y : ndarray of int (n,)
+    chunk_rows : int
+        Rows per block.
+
+    Returns
+    -------
+    list of (loss, grads)
+        Per model, as :meth:`~digitlab.models.base.Model.loss_and_grad` returns them.
+    """
+    first = models[0]
+    X = first.check_X(X)
+    n = X.shape[0]
+    y = first.check_y(y, n)
+    k = first.params["W"].shape[1]
+    R = len(models)
+    W = np.concatenate([m.params["W"] for m in models], axis=1)  # (d, R k)
+    b = np.concatenate([m.params["b"] for m in models]) if first.bias else None
+    scale = first._scale(n, None)
+    losses = [0.0] * R
+    gW = np.zeros((R * k, X.shape[1]), dtype=first.dtype)  # the gradients, transposed
+    gb = np.zeros(R * k, dtype=first.dtype)
+    for start in range(0, n, chunk_rows):
+        Xc, yc = X[start : start + chunk_rows], y[start : start + chunk_rows]
+        Z = Xc @ W
+        if b is not None:
+            Z += b
+        for r, m in enumerate(models):
+            block = Z[:, r * k : (r + 1) * k]
+            part, g = m._logit_loss_and_grad(block, yc, scale)
+            if g is not block:  # the gradient is meant to be written in place
+                block[...] = g
+            losses[r] += part
+        gW += Z.T @ Xc
+        if b is not None:
+            gb += np.add.reduce(Z, axis=0)
+    out = []
+    for r, m in enumerate(models):
+        grads = {"W": np.ascontiguousarray(gW[r * k : (r + 1) * k].T)}
+        if b is not None:
+            grads["b"] = gb[r * k : (r + 1) * k].copy()
+        out.append(m.add_penalty(losses[r] * scale, grads))
+    return out
+
+
+def can_stack(models: Sequence[Model]) -> bool:
+    """Whether :func:`stacked_loss_and_grad` applies: linear models of one class with the
+    same shapes, bias, reduction and dtype, whose gradient method is the class's own."""
+    first = models[0]
+    if not isinstance(first, LinearModel):
+        return False
+    same = (type(first), first.params["W"].shape, first.bias, first.reduction, first.dtype)
+    return all(
+        isinstance(m, LinearModel)
+        and (type(m), m.params["W"].shape, m.bias, m.reduction, m.dtype) == same
+        and "loss_and_grad" not in vars(m)
+        and type(m).loss_and_grad is Model.loss_and_grad
+        for m in models
+    )

@@ -23,6 +23,7 @@ feature array for the fit (that batch is the whole set anyway).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import time
@@ -43,6 +44,9 @@ from digitlab.train.callbacks import Callback, History
 BatchSpec = int | float | str
 EvalSpec = int | float | str
 EVAL_CHUNK = 16384
+#: Rows per block of a large batch's gradient (:meth:`Model.loss_and_grad`'s ``chunk_rows``):
+#: a block of features is still in cache when the gradient's product reads it again.
+CHUNK_ROWS = 1024
 
 
 @runtime_checkable
@@ -408,57 +412,77 @@ class Trainer:
     def _loop(self, splits: dict[str, ArrayPair], total_steps: int) -> History:
         """Train until ``total_steps`` steps in all (or a stop request)."""
         X, y = splits["train"]
-        eval_steps = resolve_eval_every(self.eval_spec, self.steps_per_epoch)
-        self.total_steps = total_steps
         loss_and_grad = self._gradient_function_for(self.batch_size)
-        self._stop, self.stop_reason, self.diverged = False, None, False
-        lr = self.schedule(self.step, self.epoch)
-
-        for cb in self.callbacks:
-            cb.on_train_begin(self)
-        t0 = time.perf_counter() - self.elapsed
-        # overflow in a diverging run is reported once, by the DivergenceError below
-        errstate = np.errstate(over="ignore", invalid="ignore")
-        errstate.__enter__()
+        self._begin(splits, total_steps)
         try:
-            while self.step < self.total_steps and not self._stop:
+            while self.active:
                 Xb, yb, wb = self._next_batch(X, y)
                 self.batch_rows = Xb.shape[0]
-                lr = self.schedule(self.step, self.epoch)
                 if wb is None:
                     loss, grads = loss_and_grad(Xb, yb)
                 else:  # an unbiased estimate of the weighted mean over all rows
                     total = wb.shape[0] * self._mean_weight
                     loss, grads = loss_and_grad(Xb, yb, sample_weight=wb, weight_total=total)
-                if not math.isfinite(loss):
-                    self.diverged = True
-                    raise DivergenceError(
-                        f"loss became {loss} at step {self.step} (epoch {self.epoch}, lr {lr:g}); "
-                        "lower the learning rate or the penalty"
-                    )
-                self.optimizer.step(self.model.params, grads, lr)
-                self.step += 1
-                self.pos += 1
-                if self.pos >= self.steps_per_epoch:
-                    self.pos, self.epoch = 0, self.epoch + 1
-                self.elapsed = time.perf_counter() - t0
-                # evaluate first, so that a checkpoint written at this step (on_step_end)
-                # holds this step's evaluation and the stopping rule's state after it
-                if (self.step - self.eval_offset) % eval_steps == 0:
-                    self._evaluate_splits(splits, lr)
-                for cb in self.callbacks:
-                    cb.on_step_end(self, loss)
-            self._check_finite_params(lr)  # the loss of the last step's result is never seen
-            if self.stop_reason is None:
-                self.stop_reason = (
-                    f"finished {self.step} steps ({self.step / self.steps_per_epoch:g} epochs)"
-                )
+                self._apply(loss, grads)
+            self._finish()
         finally:
-            errstate.__exit__(None, None, None)
-            self.elapsed = time.perf_counter() - t0
-            for cb in self.callbacks:
-                cb.on_train_end(self)
+            self._end()
         return self.history
+
+    @property
+    def active(self) -> bool:
+        """Whether the current fit has steps left and no stop was requested."""
+        return self.step < self.total_steps and not self._stop
+
+    def _begin(self, splits: dict[str, ArrayPair], total_steps: int) -> None:
+        """Start a fit's loop: its end, evaluation period, stop state and callbacks."""
+        self._splits = splits
+        self._eval_steps = resolve_eval_every(self.eval_spec, self.steps_per_epoch)
+        self.total_steps = total_steps
+        self._stop, self.stop_reason, self.diverged = False, None, False
+        self._lr = self.schedule(self.step, self.epoch)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        self._t0 = time.perf_counter() - self.elapsed
+        # overflow in a diverging run is reported once, by the DivergenceError in _apply
+        self._errstate = np.seterr(over="ignore", invalid="ignore")
+
+    def _apply(self, loss: float, grads: dict[str, Any]) -> None:
+        """One step from the batch's loss and gradient: update, count, evaluate, callbacks."""
+        lr = self._lr = self.schedule(self.step, self.epoch)
+        if not math.isfinite(loss):
+            self.diverged = True
+            raise DivergenceError(
+                f"loss became {loss} at step {self.step} (epoch {self.epoch}, lr {lr:g}); "
+                "lower the learning rate or the penalty"
+            )
+        self.optimizer.step(self.model.params, grads, lr)
+        self.step += 1
+        self.pos += 1
+        if self.pos >= self.steps_per_epoch:
+            self.pos, self.epoch = 0, self.epoch + 1
+        self.elapsed = time.perf_counter() - self._t0
+        # evaluate first, so that a checkpoint written at this step (on_step_end)
+        # holds this step's evaluation and the stopping rule's state after it
+        if (self.step - self.eval_offset) % self._eval_steps == 0:
+            self._evaluate_splits(self._splits, lr)
+        for cb in self.callbacks:
+            cb.on_step_end(self, loss)
+
+    def _finish(self) -> None:
+        """After the last step: the parameters' check and the stop reason."""
+        self._check_finite_params(self._lr)  # the loss of the last step's result is never seen
+        if self.stop_reason is None:
+            self.stop_reason = (
+                f"finished {self.step} steps ({self.step / self.steps_per_epoch:g} epochs)"
+            )
+
+    def _end(self) -> None:
+        """Close the loop, finished or not: error state, time, ``on_train_end``."""
+        np.seterr(**self._errstate)
+        self.elapsed = time.perf_counter() - self._t0
+        for cb in self.callbacks:
+            cb.on_train_end(self)
 
     def nonfinite_params(self) -> list[str]:
         """Names of the model's parameters holding a NaN or an infinity."""
@@ -486,7 +510,8 @@ class Trainer:
         weight matrix instead of writing out a ``(d, h)`` gradient and reading it back, the
         arithmetic of ``loss_and_grad`` + its array step to float rounding). A model whose
         ``loss_and_grad`` is replaced (a subclass or an instance attribute that inspects
-        batches, say) is called as is.
+        batches, say) is called as is. A batch of more than ``2 * CHUNK_ROWS`` rows (full-batch
+        descent) is worked through in blocks of :data:`CHUNK_ROWS` rows.
         """
         model = self.model
         if (
@@ -496,6 +521,10 @@ class Trainer:
             and getattr(self.optimizer, "supports_rank1", False)
         ):
             return model.loss_and_grad_factored
+        own = "loss_and_grad" not in vars(model)
+        own = own and type(model).loss_and_grad is Model.loss_and_grad
+        if batch_size > 2 * CHUNK_ROWS and own:
+            return functools.partial(model.loss_and_grad, chunk_rows=CHUNK_ROWS)
         return model.loss_and_grad
 
     def _check_pair(self, name: str, pair: ArrayPair) -> ArrayPair:
@@ -608,6 +637,71 @@ class Trainer:
                 cb.load_state_dict(split_prefixed(arrays, f"cb{j}"), saved[j]["state"])
         self.extra_meta = dict(meta.get("extra", {}))
         self.extra_arrays = split_prefixed(arrays, "extra")
+
+
+def fit_together(
+    trainers: Sequence[Trainer],
+    train: ArrayPair,
+    val: ArrayPair | None = None,
+    test: ArrayPair | None = None,
+    *,
+    epochs: int | None = None,
+    steps: int | None = None,
+) -> list[History]:
+    """:meth:`Trainer.fit` of several trainers on the same data, in lock-step.
+
+    For full-batch descent of linear models of one shape (the repeats of an experiment that
+    differ only in their random start, say) each step's matrix products are shared
+    (:func:`~digitlab.models.linear.stacked_loss_and_grad`): ``R`` fits cost little more than
+    one. Every trainer keeps its own optimiser, schedule, evaluations, callbacks and stopping
+    rule; one that stops leaves the others going. Trainers this does not apply to (mini-batches,
+    shuffling, augmentation, other models, different positions) are fitted one after another.
+
+    Parameters
+    ----------
+    trainers : sequence of Trainer
+    train, val, test, epochs, steps
+        As for :meth:`Trainer.fit` (no sample weights).
+
+    Returns
+    -------
+    list of History
+        One per trainer, in order.
+    """
+    from digitlab.models.linear import can_stack, stacked_loss_and_grad
+
+    if len(trainers) < 2 or not can_stack([t.model for t in trainers]):
+        return [t.fit(train, val, test, epochs=epochs, steps=steps) for t in trainers]
+    if epochs is None and steps is None:
+        raise ConfigError("give epochs or steps to train for")
+    lead = trainers[0]
+    splits = lead._prepare(train, val, test)  # a source becomes one feature array, once
+    X, y = splits["train"]
+    each = [splits]
+    for t in trainers[1:]:
+        each.append(t._prepare(splits["train"], splits.get("val"), splits.get("test")))
+    state = {(t.batch_size, t.steps_per_epoch, t.step, t.pos) for t in trainers}
+    full = lead.batch_size >= X.shape[0] and not lead.replacement and not lead._source
+    if len(state) > 1 or not full or any(t.batch_transform is not None for t in trainers):
+        return [t.fit(train, val, test, epochs=epochs, steps=steps) for t in trainers]
+    spe = lead.steps_per_epoch
+    total = min(t for t in (epochs and epochs * spe, steps) if t is not None)
+    begun: list[Trainer] = []
+    try:
+        for t, t_splits in zip(trainers, each, strict=True):
+            t._begin(t_splits, total)
+            begun.append(t)
+            t.order, t.batch_rows = None, X.shape[0]  # the full batch in its stored order
+        while running := [t for t in trainers if t.active]:
+            results = stacked_loss_and_grad([t.model for t in running], X, y)
+            for t, (loss, grads) in zip(running, results, strict=True):
+                t._apply(loss, grads)
+        for t in trainers:
+            t._finish()
+    finally:
+        for t in reversed(begun):
+            t._end()
+    return [t.history for t in trainers]
 
 
 def _all_finite(X: np.ndarray) -> bool:
