@@ -54,6 +54,22 @@ class LinearModel(Model):
         ``dL/dz (n, k)``, written into ``z``."""
         raise NotImplementedError
 
+    def _grouped_logit_loss_and_grad(
+        self, z: np.ndarray, y: np.ndarray, scale: float
+    ) -> np.ndarray:
+        """:meth:`_logit_loss_and_grad` of ``R`` models' logits, class-major ``z (R, k, n)``.
+
+        Returns the summed cross-entropy of each model, float64 ``(R,)``; the gradients are
+        written into ``z``.
+        """
+        losses = np.zeros(z.shape[0])
+        for r in range(z.shape[0]):
+            block = z[r].T  # (n, k), a view
+            losses[r], g = self._logit_loss_and_grad(block, y, scale)
+            if g is not block:  # the gradient is meant to be written in place
+                block[...] = g
+        return losses
+
     def _grads(self, X: np.ndarray, g: np.ndarray, factored: bool) -> dict[str, Any]:
         """Parameter gradients from the logit gradient ``g (n, k)``: dW = X^T g, db = sum g."""
         grads: dict[str, Any] = {"W": LinearGrad(X, g) if factored else outer_sum(X, g)}
@@ -193,6 +209,24 @@ class SoftmaxModel(LinearModel):
     ) -> tuple[float, np.ndarray]:
         return softmax_cross_entropy_(z, y, scale, weight)  # p - onehot, in z
 
+    def _grouped_logit_loss_and_grad(
+        self, z: np.ndarray, y: np.ndarray, scale: float
+    ) -> np.ndarray:
+        # softmax_cross_entropy_'s operations on all R models at once (one call each, not R),
+        # reducing over the class axis of (R, k, n): elementwise across k rows of n values
+        rows = np.arange(z.shape[2])
+        z -= np.maximum.reduce(z, axis=1, keepdims=True)
+        z_y = z[:, y, rows]  # (R, n), a copy
+        np.exp(z, out=z)
+        s = np.add.reduce(z, axis=1)  # (R, n)
+        losses = np.add.reduce(np.log(s), axis=1, dtype=np.float64)
+        losses -= np.add.reduce(z_y, axis=1, dtype=np.float64)
+        z /= s[:, None, :]
+        z[:, y, rows] -= 1.0
+        if scale != 1.0:
+            z *= scale
+        return losses
+
 
 def stacked_loss_and_grad(
     models: Sequence[LinearModel], X: np.ndarray, y: np.ndarray, chunk_rows: int = 512
@@ -227,32 +261,27 @@ def stacked_loss_and_grad(
     y = first.check_y(y, n)
     k = first.params["W"].shape[1]
     R = len(models)
-    W = np.concatenate([m.params["W"] for m in models], axis=1)  # (d, R k)
-    b = np.concatenate([m.params["b"] for m in models]) if first.bias else None
+    WT = np.concatenate([m.params["W"].T for m in models])  # (R k, d)
+    b = np.concatenate([m.params["b"] for m in models])[:, None] if first.bias else None
     scale = first._scale(n, None)
-    losses = [0.0] * R
+    losses = np.zeros(R)
     gW = np.zeros((R * k, X.shape[1]), dtype=first.dtype)  # the gradients, transposed
     gb = np.zeros(R * k, dtype=first.dtype)
     for start in range(0, n, chunk_rows):
         Xc, yc = X[start : start + chunk_rows], y[start : start + chunk_rows]
-        Z = Xc @ W
+        Z = WT @ Xc.T  # (R k, c): class-major, so the softmax reduces across rows of Z
         if b is not None:
             Z += b
-        for r, m in enumerate(models):
-            block = Z[:, r * k : (r + 1) * k]
-            part, g = m._logit_loss_and_grad(block, yc, scale)
-            if g is not block:  # the gradient is meant to be written in place
-                block[...] = g
-            losses[r] += part
-        gW += Z.T @ Xc
+        losses += first._grouped_logit_loss_and_grad(Z.reshape(R, k, -1), yc, scale)
+        gW += Z @ Xc
         if b is not None:
-            gb += np.add.reduce(Z, axis=0)
+            gb += np.add.reduce(Z, axis=1)
     out = []
     for r, m in enumerate(models):
         grads = {"W": np.ascontiguousarray(gW[r * k : (r + 1) * k].T)}
         if b is not None:
             grads["b"] = gb[r * k : (r + 1) * k].copy()
-        out.append(m.add_penalty(losses[r] * scale, grads))
+        out.append(m.add_penalty(float(losses[r]) * scale, grads))
     return out
 
 
