@@ -385,6 +385,14 @@ def test_repeats_trained_together_equal_repeats_trained_alone(tmp_path):
             assert metrics["steps"] == 6
             history = (folder / "history.csv").read_text().splitlines()
             assert len(history) == 1 + 3  # header + an evaluation every 2 epochs
+            assert json.loads((folder / "metrics.json").read_text())["trained_together"] == 3
+    # the experiment's time counts the shared training time once, not three times
+    shared = [
+        json.loads((tmp_path / "rep" / f / "metrics.json").read_text())["seconds"]
+        for m in record.members
+        for f in m.repeats["folders"]
+    ]
+    assert record.seconds == pytest.approx(sum(shared) / 3)
     # the three seeds really are different runs
     folders = record.members[0].repeats["folders"]
     w = [params(tmp_path / "rep" / f)["model/W"] for f in folders]

@@ -201,6 +201,7 @@ def run_together(jobs: list[Job], init_folders: list[str | None]) -> list[dict[s
             metrics = result.metrics
             metrics["stop_epoch"] = stop_epoch(metrics)
             metrics["seed"] = base.seed
+            metrics["trained_together"] = len(jobs)  # its seconds are shared by that many
             write_json(folder / "metrics.json", metrics)
             out.append(metrics)
     except BaseException:
@@ -647,7 +648,10 @@ def run_experiments(
         if any(j.ran for j in mine):
             previous = None  # new results: extras are computed again
         raw = _record(exp, mine, all_settings[e], all_notes[e], folder, previous)
-        raw["seconds"] = sum(float(j.metrics.get("seconds", 0.0)) for j in mine)
+        raw["seconds"] = sum(
+            float(j.metrics.get("seconds", 0.0)) / int(j.metrics.get("trained_together", 1))
+            for j in mine
+        )  # runs trained in lock-step share one training time
         record = ExperimentRecord.from_json(json.loads(json.dumps(raw, default=float)), folder)
         write_json(folder / "experiment.json", record.to_json())
         records.append(record)
