@@ -222,6 +222,12 @@ def test_synth_refuses_hostile_arguments_and_writes_nothing(tmp_path, source):
         (tmp_path / "mine" / TRAIN_X).write_bytes(b"precious")
         synthesize(tmp_path / "mine", x, y, tests, 10)
     assert (tmp_path / "mine" / TRAIN_X).read_bytes() == b"precious"
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / (TRAIN_X + ".part")).symlink_to(tmp_path / "victim")
+    (tmp_path / "victim").write_bytes(b"keep")
+    with pytest.raises(OutputError, match="symbolic link"):
+        synthesize(tmp_path / "link", x, y, tests, 10)
+    assert (tmp_path / "victim").read_bytes() == b"keep"
 
 
 def test_deform_draws_from_the_generator_only():

@@ -347,6 +347,10 @@ def _synthesize_locked(
     state = folder / PROGRESS
     parts = [folder / (f + ".part") for f in TRAIN_FILES]
     finals = [folder / f for f in TRAIN_FILES]
+    ours = [*parts, *finals, state, folder / RECORD, *(folder / t.name for t in tests)]
+    for p in ours + [p.with_name(p.name + ".tmp") for p in (state, folder / RECORD)]:
+        if p.is_symlink():  # writing through it would overwrite whatever it points to
+            raise OutputError(f"{p}: is a symbolic link; data synth writes only regular files")
     done = _resume_point(folder, plan, finals)
     if done is None:
         if progress is not None:
