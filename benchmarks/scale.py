@@ -14,8 +14,8 @@ With ``--repeat k`` every size runs k times (round-robin over the sizes) and kee
 epoch; all rounds are in the JSON. Per size it records the epoch's wall and CPU time, time
 per image, the peak RSS (``VmHWM``: it counts the mapped file's pages the process touched)
 and the peak anonymous memory (``RssAnon`` sampled every 20 ms: what the process allocated
-itself, which must stay O(batch) + model + the shuffle order, 8 bytes per image). Writes ``scale-results.json`` and
-``scale.png`` beside this script. See benchmarks/README.md.
+itself, which must stay O(batch) + model + the shuffle order, 8 bytes per image). Writes
+``scale-results.json`` and ``scale.png`` beside this script. See benchmarks/README.md.
 """
 
 from __future__ import annotations
