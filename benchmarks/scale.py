@@ -73,6 +73,7 @@ def child(n: int, root: str | None, batch: int) -> dict:
     from digitlab.train import Trainer
 
     base_anon, base_hwm = _status("RssAnon"), _status("VmHWM")
+    load_before = os.getloadavg()[0]
     with AnonPeak() as anon:
         settings = Settings.from_dict({
             "dataset": "mnist-8m", "data_root": root, "n_train": n, "holdout": 0.0,
@@ -98,21 +99,24 @@ def child(n: int, root: str | None, batch: int) -> dict:
         "peak_rss_bytes": _status("VmHWM"), "baseline_rss_bytes": base_hwm,
         "peak_anon_bytes": anon.peak, "baseline_anon_bytes": base_anon,
         "uint8_bytes": n * 784, "float32_bytes": n * 785 * 4, "pixel_sum": checksum,
+        "load_before": load_before, "load_after": os.getloadavg()[0],
     }  # fmt: skip
 
 
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n = [r["n"] / 1e6 for r in results]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(n, [r["epoch_s"] for r in results], "o-", label="measured")
-    slope = results[0]["epoch_s"] / results[0]["n"]
-    ax1.plot(n, [slope * r["n"] for r in results], "--", color="grey",
-             label="linear through the smallest n")  # fmt: skip
+    ax1.plot(n, [r["epoch_s"] for r in results], "o-", label="measured (best round)")
+    x, t = (np.array([r[k] for r in results], dtype=float) for k in ("n", "epoch_s"))
+    slope = float(x @ t / (x @ x))  # least squares through the origin: t = slope * n
+    ax1.plot(n, slope * x, "--", color="grey",
+             label=f"t = {slope * 1e6:.2f} us x n (least squares)")  # fmt: skip
     ax1.set(xlabel="training images (millions)", ylabel="one epoch (s)",
             title="softmax, batch 1000, one epoch")  # fmt: skip
     ax1.legend()
@@ -157,7 +161,8 @@ def main() -> None:
                   f"{r['us_per_image']:.3f} us/image  peak RSS "
                   f"{r['peak_rss_bytes'] / 2**20:7.0f} MiB  peak anon "
                   f"{r['peak_anon_bytes'] / 2**20:5.0f} MiB  uint8 data "
-                  f"{r['uint8_bytes'] / 2**20:6.0f} MiB  first read {r['first_read_s']:.1f} s",
+                  f"{r['uint8_bytes'] / 2**20:6.0f} MiB  first read {r['first_read_s']:.1f} s"
+                  f"  load {r['load_before']:.1f}->{r['load_after']:.1f}",
                   flush=True)  # fmt: skip
     results = []
     for n in sizes:
