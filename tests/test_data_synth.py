@@ -230,6 +230,22 @@ def test_synth_refuses_hostile_arguments_and_writes_nothing(tmp_path, source):
     assert (tmp_path / "victim").read_bytes() == b"keep"
 
 
+def test_two_synths_cannot_write_one_folder(tmp_path, source):
+    import fcntl
+
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running synth holds it
+        with pytest.raises(OutputError, match="another digitlab data synth"):
+            _make(folder, source, n=150)
+        assert list(folder.iterdir()) == []
+    finally:
+        os.close(fd)
+    assert _make(folder, source, n=150).written == 150
+
+
 def test_deform_draws_from_the_generator_only():
     x = load("mnist-5k").x_train[:5]
     a = deform(x, np.random.default_rng(0))
