@@ -10,11 +10,13 @@ into float32 features a batch at a time) and the run's ``Trainer`` (shuffled bat
 0.5), for one epoch without evaluations. Before the timed epoch the prefix is read once, so
 the epoch reads the page cache, not the disk (the first read is timed and reported too).
 
-With ``--repeat k`` every size runs k times (round-robin over the sizes) and keeps its fastest
-epoch; all rounds are in the JSON. Per size it records the epoch's wall and CPU time, time
-per image, the peak RSS (``VmHWM``: it counts the mapped file's pages the process touched)
-and the peak anonymous memory (``RssAnon`` sampled every 20 ms: what the process allocated
-itself, which must stay O(batch) + model + the shuffle order, 8 bytes per image). Writes
+``--threads 1`` keeps the epoch on one core, which a shared machine disturbs less than two
+threads that must meet at every BLAS call. With ``--repeat k`` every size runs k times
+(round-robin over the sizes) and keeps its fastest epoch; all rounds are in the JSON. Per
+size it records the epoch's wall and CPU time, time per image, the peak RSS (``VmHWM``: it
+counts the mapped file's pages the process touched) and the peak anonymous memory
+(``RssAnon`` sampled every 20 ms: what the process allocated itself, which must stay
+O(batch) + model + the shuffle order, 8 bytes per image). Writes
 ``scale-results.json`` and ``scale.png`` beside this script. See benchmarks/README.md.
 """
 
@@ -64,9 +66,13 @@ class AnonPeak:
         self.peak = max(self.peak, _status("RssAnon"))
 
 
-def child(n: int, root: str | None, batch: int) -> dict:
+def child(n: int, root: str | None, batch: int, threads: int | None) -> dict:
     """One size: prepare the data, read it once, time one epoch. Runs in its own process."""
     import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    if threads:
+        threadpool_limits(threads)  # NumPy's OpenBLAS
 
     from digitlab.runner import build_run_model, prepare_data
     from digitlab.settings import Settings
@@ -99,7 +105,7 @@ def child(n: int, root: str | None, batch: int) -> dict:
         "peak_rss_bytes": _status("VmHWM"), "baseline_rss_bytes": base_hwm,
         "peak_anon_bytes": anon.peak, "baseline_anon_bytes": base_anon,
         "uint8_bytes": n * 784, "float32_bytes": n * 785 * 4, "pixel_sum": checksum,
-        "load_before": load_before, "load_after": os.getloadavg()[0],
+        "load_before": load_before, "load_after": os.getloadavg()[0], "threads": threads,
     }  # fmt: skip
 
 
@@ -139,11 +145,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds over the sizes; each keeps its fastest epoch")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None,
+                        help="BLAS threads (default: the library's, all cores)")  # fmt: skip
     parser.add_argument("--out", default=str(HERE / "scale-results.json"))
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.root, args.batch)))
+        print(json.dumps(child(args.child, args.root, args.batch, args.threads)))
         return
     sizes = [int(s) for s in args.sizes.split(",") if s]
     rounds: dict[int, list[dict]] = {n: [] for n in sizes}
@@ -152,6 +160,8 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", str(n), "--batch", str(args.batch)]
             if args.root:
                 cmd += ["--root", args.root]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 raise SystemExit(f"n={n}: {proc.stderr.strip().splitlines()[-1]}")
