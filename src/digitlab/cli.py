@@ -312,7 +312,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    """``data synth``: a tqdm bar on stderr, SIGTERM stops like Ctrl-C (resumable)."""
+    """``data synth``: a tqdm bar on a terminal's stderr; SIGTERM stops like Ctrl-C (resumable)."""
     import signal
 
     from tqdm import tqdm
@@ -327,7 +327,8 @@ def _synth(args: argparse.Namespace) -> int:
             if done:
                 out(f"{args.name}: continuing at row {done:,} of {n:,}")
             bar = tqdm(total=n, initial=done, desc=args.name, unit="img", unit_scale=True,
-                       dynamic_ncols=True, mininterval=0.5, leave=False)  # fmt: skip
+                       dynamic_ncols=True, mininterval=0.5, leave=False,
+                       disable=not sys.stderr.isatty())  # fmt: skip
         bar.n = done
         bar.refresh()
 
