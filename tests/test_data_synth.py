@@ -199,7 +199,22 @@ def test_synth_resumes_after_an_interruption_byte_for_byte(tmp_path, source):
         _make(part, source, n=780, seed=9)
 
 
-def test_synth_refuses_hostile_arguments_and_writes_nothing(tmp_path, source):
+@pytest.fixture
+def small_disk(monkeypatch):
+    """The disk reports 1 GiB free, whatever its real size (a 3.4 TB request must fail)."""
+    import shutil
+
+    from digitlab.data import synth as synth_module
+
+    real = shutil.disk_usage
+
+    def usage(path):
+        return real(path)._replace(free=min(real(path).free, 2**30))
+
+    monkeypatch.setattr(synth_module.shutil, "disk_usage", usage)
+
+
+def test_synth_refuses_hostile_arguments_and_writes_nothing(tmp_path, source, small_disk):
     x, y, *_ = source
     tests = _test_files(tmp_path / "t", source)
     for n in (0, -5, 2**32, 1.5, True):
@@ -214,7 +229,7 @@ def test_synth_refuses_hostile_arguments_and_writes_nothing(tmp_path, source):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="not a folder"):
         synthesize(tmp_path / "file", x, y, tests, 10)
-    with pytest.raises(OutputError, match="needs .* only"):  # 4 TB asked for
+    with pytest.raises(OutputError, match=r"needs 3140.0 GiB more, only 1.0 GiB free"):  # 3.4 TB
         synthesize(tmp_path / "o", x, y, tests, 2**32 - 1)
     assert not (tmp_path / "o").exists()
     with pytest.raises(DataError, match="not made by digitlab data synth"):
@@ -302,7 +317,9 @@ def test_cli_synth_then_train(tmp_path, mnist_folder, capsys):
         (["--n", str(2**32 - 1)], "only .* free"),
     ],
 )
-def test_cli_synth_hostile_options_one_line_exit_2(tmp_path, mnist_folder, capsys, args, words):
+def test_cli_synth_hostile_options_one_line_exit_2(
+    tmp_path, mnist_folder, small_disk, capsys, args, words
+):
     root = tmp_path / "r"
     assert main(["data", "synth", "mnist-8m", "--root", str(root), *args]) == 2
     err = capsys.readouterr().err
