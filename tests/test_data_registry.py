@@ -59,6 +59,7 @@ def test_list_datasets_names_all_registered():
         "kmnist",
         "emnist-letters",
         "emnist-digits",
+        "mnist-8m",
         "mnist-5k",
         "digits-8x8",
     ]

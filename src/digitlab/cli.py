@@ -281,6 +281,8 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from digitlab.data import download, list_datasets, load, locate
 
+    if args.action != "synth" and (args.n is not None or args.seed is not None):
+        raise UsageError("--n and --seed apply to data synth only")
     if args.action == "list":
         rows = []
         for name in list_datasets():
@@ -302,8 +304,54 @@ def cmd_data(args: argparse.Namespace) -> int:
         counts = np.bincount(ds.y_train, minlength=ds.n_classes)
         out("train counts per class: " + " ".join(str(c) for c in counts))
         return 0
+    if args.action == "synth":
+        return _synth(args)
     path = download(args.name, root=args.root)
     out(f"{args.name}: files verified in {path}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    """``data synth``: a tqdm bar on a terminal's stderr; SIGTERM stops like Ctrl-C (resumable)."""
+    import signal
+
+    from tqdm import tqdm
+
+    from digitlab.data.registry import synth
+
+    bar: Any = None
+
+    def progress(done: int, n: int) -> None:
+        nonlocal bar
+        if bar is None:
+            if done:
+                out(f"{args.name}: continuing at row {done:,} of {n:,}")
+            bar = tqdm(total=n, initial=done, desc=args.name, unit="img", unit_scale=True,
+                       dynamic_ncols=True, mininterval=0.5, leave=False,
+                       disable=not sys.stderr.isatty())  # fmt: skip
+        bar.n = done
+        bar.refresh()
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        result = synth(args.name, root=args.root, n=args.n, seed=args.seed or 0,
+                       progress=progress)  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"digitlab: {args.name}: stopped; rerun the same command to continue",
+              file=sys.stderr, flush=True)  # fmt: skip
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if bar is not None:
+            bar.close()
+    if result.already_complete:
+        out(f"{args.name}: already complete, {result.n:,} training images in {result.folder}")
+    else:
+        out(f"{args.name}: {result.n:,} training images (seed {args.seed or 0}) in "
+            f"{result.folder}")  # fmt: skip
     return 0
 
 
@@ -529,10 +577,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-root", default=None)
     g.set_defaults(func=cmd_gradcheck)
 
-    d = sub.add_parser("data", help="list, inspect or download datasets")
-    d.add_argument("action", choices=["list", "info", "download"])
+    d = sub.add_parser(
+        "data", help="list, inspect, download or synthesise datasets",
+        description="synth NAME writes a synthesised dataset (mnist-8m: MNIST's training "
+        "digits then elastically distorted, scaled, rotated and shifted copies, as "
+        "uncompressed IDX files) into ROOT/NAME, the first $DIGITLAB_DATA folder or the "
+        "cache; rerunning an interrupted synth continues it.",
+    )  # fmt: skip
+    d.add_argument("action", choices=["list", "info", "download", "synth"])
     d.add_argument("name", nargs="?")
     d.add_argument("--root", default=None, help="folder for the files (default: sources in order)")
+    d.add_argument("--n", type=_positive_int, default=None,
+                   help="synth: training images (default: the dataset's, 8,100,000)")  # fmt: skip
+    d.add_argument("--seed", type=_nonnegative_int, default=None,
+                   help="synth: seed of the deformations (default: 0)")  # fmt: skip
     d.set_defaults(func=cmd_data)
 
     x = sub.add_parser("experiments", help="list the experiments of the source documents")
@@ -574,6 +632,16 @@ def build_parser() -> argparse.ArgumentParser:
     runs_options(m)
     m.set_defaults(func=cmd_demo)
     return p
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
 
 
 def _jobs(text: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import stat
 import zlib
 from pathlib import Path
 from typing import BinaryIO
@@ -54,7 +55,9 @@ def _read_exact(f: BinaryIO, buf: memoryview) -> int:
     return got
 
 
-def read_idx(path: str | os.PathLike[str], max_bytes: int | None = None) -> np.ndarray:
+def read_idx(
+    path: str | os.PathLike[str], max_bytes: int | None = None, *, mmap: bool = False
+) -> np.ndarray:
     """Read an IDX file, gzip-compressed or raw, with bounded memory.
 
     The size the header declares is checked before anything is allocated: against
@@ -62,19 +65,27 @@ def read_idx(path: str | os.PathLike[str], max_bytes: int | None = None) -> np.n
     field (compressed files; a disagreement is settled by counting the decompressed stream
     without keeping it). A small file that claims a huge array therefore fails at once.
 
+    With ``mmap=True`` an uncompressed regular file of one-byte elements (uint8, int8) is
+    memory-mapped read-only instead of read: it costs no memory until its pages are touched
+    (then page cache, shared and reclaimable), so ``max_bytes`` does not apply to it; its
+    declared size must still match the file size exactly. Other files are read as usual.
+
     Parameters
     ----------
     path
         File to read. Compression is detected from the first two bytes.
     max_bytes
         Largest data size accepted; default :func:`digitlab.limits.max_bytes`
-        (``$DIGITLAB_MAX_BYTES``, 1 GiB).
+        (``$DIGITLAB_MAX_BYTES``, 1 GiB). Not applied to a memory-mapped file.
+    mmap
+        Memory-map an uncompressed file of one-byte elements instead of reading it.
 
     Returns
     -------
     numpy.ndarray
         Array of the file's shape ``(d0, d1, ...)`` (rank 1 to :data:`MAX_RANK`) and element
-        type (uint8, int8, int16, int32, float32 or float64), native byte order, writable.
+        type (uint8, int8, int16, int32, float32 or float64), native byte order; writable,
+        or a read-only :class:`numpy.memmap` when mapped.
 
     Raises
     ------
@@ -100,18 +111,10 @@ def read_idx(path: str | os.PathLike[str], max_bytes: int | None = None) -> np.n
         with raw:
             compressed = raw.read(2) == _GZIP_MAGIC
             raw.seek(0)
-            file_size = os.fstat(raw.fileno()).st_size
+            info = os.fstat(raw.fileno())
+            file_size = info.st_size
             if not compressed:
-                shape, dtype, expected = _read_header(raw, name)
-                header = 4 + 4 * len(shape)
-                if file_size - header != expected:
-                    problem = "truncated" if file_size - header < expected else "trailing bytes"
-                    raise DataError(
-                        f"{name}: {problem}: header {shape} of {dtype.name} needs {expected} "
-                        f"data bytes, file has {file_size - header}"
-                    )
-                _check_cap(name, shape, expected, cap)
-                return _read_body(raw, name, shape, dtype, expected)
+                return _read_raw(raw, name, cap, mmap and stat.S_ISREG(info.st_mode))
             isize = _gzip_isize(raw, file_size)
             with gzip.GzipFile(fileobj=raw, mode="rb") as f:
                 shape, dtype, expected = _read_header(f, name)
@@ -143,6 +146,23 @@ def read_idx(path: str | os.PathLike[str], max_bytes: int | None = None) -> np.n
         raise DataError(f"{name}: not enough memory to read it") from None
     except OSError as e:
         raise DataError(f"{name}: cannot read ({e.strerror or e})") from None
+
+
+def _read_raw(raw: BinaryIO, name: str, cap: int, mmap: bool) -> np.ndarray:
+    """An uncompressed IDX file: size checked against the header, then mapped or read."""
+    file_size = os.fstat(raw.fileno()).st_size
+    shape, dtype, expected = _read_header(raw, name)
+    header = 4 + 4 * len(shape)
+    if file_size - header != expected:
+        problem = "truncated" if file_size - header < expected else "trailing bytes"
+        raise DataError(
+            f"{name}: {problem}: header {shape} of {dtype.name} needs {expected} "
+            f"data bytes, file has {file_size - header}"
+        )
+    if mmap and dtype.itemsize == 1:
+        return _map_body(raw, shape, dtype, header)
+    _check_cap(name, shape, expected, cap)
+    return _read_body(raw, name, shape, dtype, expected)
 
 
 def _gzip_isize(raw: BinaryIO, file_size: int) -> int:
@@ -212,6 +232,17 @@ def _read_body(
     if not dtype.isnative:
         out.byteswap(inplace=True)
     return out.view(dtype.newbyteorder("="))
+
+
+def _map_body(raw: BinaryIO, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> np.ndarray:
+    """The data of an open uncompressed IDX file (size already checked) as a read-only
+    memmap; the mapping outlives the file object."""
+    native = dtype.newbyteorder("=")
+    if math.prod(shape) == 0:  # mmap cannot map zero bytes
+        empty = np.zeros(shape, dtype=native)
+        empty.setflags(write=False)
+        return empty
+    return np.memmap(raw, dtype=native, mode="r", offset=offset, shape=shape)
 
 
 def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> Path:

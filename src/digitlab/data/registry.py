@@ -12,7 +12,13 @@ Sources are tried in this order (:func:`locate`):
 5. a verified download into the cache, only when ``download=True``;
 6. for ``mnist`` only, the embedded 5,000-digit sample (``mnist-5k``) when ``allow_sample``.
 
-A folder counts only when it holds all four files (gzip-compressed or not).
+A folder counts only when it holds all four files (gzip-compressed or not). Uncompressed
+image files are memory-mapped (:func:`~digitlab.data.idx.read_idx` with ``mmap=True``): a
+multi-gigabyte training set costs page cache as it is read, not a copy in memory.
+
+Synthesised datasets (``mnist-8m``) are made on this machine by :func:`synth`
+(``digitlab data synth``) from their source dataset, into ``root/<name>/``, the first
+``$DIGITLAB_DATA`` folder, or the cache, and found like any other.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 
 from digitlab.data.download import fetch, sha256_file
 from digitlab.data.idx import read_idx
+from digitlab.data.synth import SynthResult, synthesize
 from digitlab.errors import (
     ConfigError,
     DataError,
@@ -46,6 +53,8 @@ __all__ = [
     "list_datasets",
     "load",
     "locate",
+    "synth",
+    "synth_folder",
 ]
 
 #: Folders searched for system-installed datasets (each holds ``<name>/``).
@@ -251,6 +260,9 @@ class DatasetSpec:
         Loader for datasets that come from an installed package instead of files.
     fallback
         Name of an embedded dataset to stand in when this one is not found.
+    synth
+        ``(source dataset, default number of training rows)`` for a dataset made by
+        :func:`synth` (``digitlab data synth``); None otherwise.
     """
 
     name: str
@@ -266,6 +278,7 @@ class DatasetSpec:
     manual: str = ""
     builtin: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]] | None = None
     fallback: str | None = None
+    synth: tuple[str, int] | None = None
 
 
 def _emnist_files(split: str) -> tuple[str, str, str, str]:
@@ -388,6 +401,19 @@ DATASETS: dict[str, DatasetSpec] = {
         transpose=True,
         folders=("emnist", "emnist/gzip"),
         manual=_EMNIST_MANUAL.format(split="digits"),
+    ),
+    "mnist-8m": DatasetSpec(
+        name="mnist-8m",
+        description=(
+            "infinite-MNIST-style: MNIST's 60,000 training digits then deformed copies, "
+            "8,100,000 in all (digitlab data synth); MNIST's 10,000 test digits"
+        ),
+        classes=_DIGITS,
+        manual=(
+            "run `digitlab data synth mnist-8m` (writes 8,100,000 deformed MNIST digits, "
+            "6.4 GB, from full MNIST; --root chooses the folder)"
+        ),
+        synth=("mnist", 8_100_000),
     ),
     "mnist-5k": DatasetSpec(
         name="mnist-5k",
@@ -575,7 +601,7 @@ def _load_files(spec: DatasetSpec, files: tuple[Path, ...], description: str) ->
     f_xtr, f_ytr, f_xte, f_yte = files
     parts = []
     for f_x, f_y in ((f_xtr, f_ytr), (f_xte, f_yte)):
-        x, y = read_idx(f_x), read_idx(f_y)
+        x, y = read_idx(f_x, mmap=True), read_idx(f_y)
         if x.ndim != 3 or x.dtype != np.uint8:
             raise DataError(f"{f_x}: expected uint8 images (n, h, w), got {x.dtype} {x.shape}")
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
@@ -737,3 +763,72 @@ def _download_files(spec: DatasetSpec, root: Path | None) -> Path:
             why = " | ".join(reasons)
             raise DownloadError(f"{spec.name}: every mirror failed for {fname}: {why}")
     return folder
+
+
+# ------------------------------------------------------------------------------------------
+# synthesised datasets
+
+
+def synth_folder(name: str, root: str | os.PathLike[str] | None = None) -> Path:
+    """Where :func:`synth` writes ``name``: ``root/<name>``, else ``<first $DIGITLAB_DATA
+    folder>/<name>``, else ``cache_root()/<name>``."""
+    spec = _spec(name)
+    if root is not None:
+        return Path(root).expanduser() / spec.name
+    first = next((b for b in os.environ.get(ENV_VAR, "").split(os.pathsep) if b), None)
+    base = Path(first).expanduser() if first else cache_root()
+    return base / spec.name
+
+
+def synth(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> SynthResult:
+    """Write the synthesised dataset ``name`` (``mnist-8m``) from its source dataset.
+
+    The source (full MNIST; never the embedded sample) is found as :func:`load` finds it,
+    from ``$DIGITLAB_DATA``, the cache or system folders; ``root`` is only the destination.
+    See :func:`digitlab.data.synth.synthesize` for the rows, resumption and files.
+
+    Parameters
+    ----------
+    name
+        A synthesised dataset (:attr:`DatasetSpec.synth` set).
+    root
+        Base folder; the files go to :func:`synth_folder`.
+    n
+        Training rows (default: the spec's, 8,100,000 for ``mnist-8m``).
+    seed
+        Seed of the deformations.
+    progress
+        ``progress(rows_done, n)``.
+
+    Raises
+    ------
+    ConfigError
+        ``name`` is not a synthesised dataset, or a bad ``n``/``seed``.
+    DatasetNotFoundError
+        The source dataset is not found.
+    DataError, OutputError
+        See :func:`~digitlab.data.synth.synthesize`.
+    """
+    spec = _spec(name)
+    if spec.synth is None:
+        made = ", ".join(k for k, v in DATASETS.items() if v.synth is not None)
+        raise ConfigError(f"{spec.name} is not a synthesised dataset (synth makes: {made})")
+    source_name, default_n = spec.synth
+    source_spec = _spec(source_name)
+    source, notes = _find(source_spec, None)
+    if source is None or source.folder is None:
+        raise _not_found(source_spec, None, notes)
+    ds = _load_files(source_spec, source.files, source.description)
+    folder = synth_folder(spec.name, root)
+    if folder.resolve() == source.folder.resolve():
+        raise ConfigError(f"{folder}: is the source dataset's own folder; choose another --root")
+    return synthesize(
+        folder, ds.x_train, ds.y_train, source.files[2:], default_n if n is None else n, seed,
+        name=spec.name, progress=progress,
+    )  # fmt: skip
