@@ -542,8 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_experiments)
 
     rp = sub.add_parser("reproduce", help="run experiments of the source documents and the report")
-    rp.add_argument("names", nargs="*",
-                    help="experiment names or TOML files (default: all but the on-request ones)")  # fmt: skip
+    rp.add_argument(
+        "names", nargs="*", help="experiment names or TOML files (default: all but on-request ones)"
+    )
     rp.add_argument("--out", default="runs", help="runs root folder (default: runs)")
     rp.add_argument("--jobs", type=_jobs, default=-1,
                     help="parallel processes, -1 for all cores (default: -1)")  # fmt: skip
