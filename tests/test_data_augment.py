@@ -208,6 +208,20 @@ def test_displacement_fields_are_centred_smooth_and_of_the_expected_size():
     assert abs(corr(raw[:, :, :-1], raw[:, :, 1:])) < 0.05  # the noise before smoothing
 
 
+@pytest.mark.parametrize(("shape", "sigma"), [((28, 28), 4.0), ((10, 7), 4.0), ((5, 40), 0.7)])
+def test_displacement_fields_are_the_gaussian_filter_of_the_noise(shape, sigma):
+    # the two matrix products compute scipy's zero-padded, 4-sigma Gaussian filter
+    from scipy import ndimage
+
+    f = elastic_fields(30, shape, 2.5, sigma, np.random.default_rng(3))
+    noise = np.random.default_rng(3).random((30, 2, *shape), dtype=np.float32) * 2 - 1
+    ref = 2.5 * ndimage.gaussian_filter(
+        noise.astype(np.float64), sigma=(0, 0, sigma, sigma), mode="constant", cval=0.0
+    )
+    assert f.shape == (30, 2, *shape) and f.dtype == np.float32 and f.flags.c_contiguous
+    np.testing.assert_allclose(f, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+
+
 def test_elastic_keeps_the_ink_roughly_and_moves_it():
     x = np.zeros((64, 28, 28), np.uint8)
     rng = np.random.default_rng(0)

@@ -10,7 +10,13 @@ import pytest
 
 from digitlab.checkpoint import load_checkpoint
 from digitlab.errors import ConfigError
-from digitlab.experiments import FIGURES, builtin_experiments, parse_experiment, run_experiment
+from digitlab.experiments import (
+    FIGURES,
+    builtin_experiments,
+    parse_experiment,
+    run_experiment,
+    select_experiments,
+)
 from digitlab.report import load_experiment
 
 TINY = {
@@ -29,7 +35,10 @@ TINY = {
 
 def test_shipped_experiments_validate_and_cover_every_seed():
     exps = builtin_experiments()
-    assert {e.source for e in exps.values()} == {"000", "001", "002", "003", "004"}
+    default = {e.source for e in exps.values() if not e.on_request}
+    assert default == {"000", "001", "002", "003", "004"}
+    # the MLP rows of LeCun's MNIST table run only when named
+    assert {n for n, e in exps.items() if e.on_request} == {"lecun-mlp", "lecun-mlp-elastic"}
     for e in exps.values():
         assert e.title and e.protocol and e.section
         assert set(e.figures) <= set(FIGURES)
@@ -40,6 +49,43 @@ def test_shipped_experiments_validate_and_cover_every_seed():
     published = {(e.name, p["metric"], p["value"]) for e in exps.values() for p in e.published}
     assert ("ucsd-softmax", "test_acc", 0.9355) in published
     assert ("tdt4265-task2", "val_acc", 0.9575) in published
+    assert ("lecun-mlp", "test_acc", 0.984) in published
+    assert ("lecun-mlp-elastic", "test_acc", 0.993) in published
+    elastic = exps["lecun-mlp-elastic"].member_settings(exps["lecun-mlp-elastic"].members[0])
+    assert elastic["hidden"] == [800] and elastic["augment"] is True
+    assert (elastic["elastic_alpha"], elastic["elastic_sigma"]) == (34.0, 4.0)
+
+
+def test_on_request_experiments_run_only_when_named():
+    names = [e.name for e in select_experiments([])]
+    assert "lecun-mlp-elastic" not in names and "lecun-mlp" not in names
+    assert "ucsd-softmax" in names and len(names) == len(builtin_experiments()) - 2
+    assert [e.name for e in select_experiments(["lecun-mlp-elastic"])] == ["lecun-mlp-elastic"]
+    assert parse_experiment(TINY | {"on_request": True}, "tiny.toml").on_request is True
+    assert parse_experiment(TINY, "tiny.toml").on_request is False
+    with pytest.raises(ConfigError, match="on_request must be true or false"):
+        parse_experiment(TINY | {"on_request": "yes"}, "tiny.toml")
+
+
+def test_an_on_request_experiment_file_runs_when_named(tmp_path, capsys):
+    from digitlab.cli import main
+
+    path = tmp_path / "later.toml"
+    path.write_text(
+        'on_request = true\nsource = "x"\nsection = "s"\ntitle = "t"\nprotocol = "p"\n'
+        '[settings]\nmodel = "softmax"\ndataset = "mnist-5k"\nepochs = 1\nbatch = 500\n'
+    )
+    out = tmp_path / "runs"
+    assert main(["reproduce", str(path), "--out", str(out), "--no-report"]) == 0
+    assert (out / "later" / "experiment.json").exists()
+    capsys.readouterr()
+    assert main(["experiments"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    header = next(r for r in rows if r[:1] == ["experiment"])
+    col = header.index("reproduce")
+    when = {r[0]: r[col : col + 2] for r in rows if len(r) > col + 1}
+    assert when["lecun-mlp-elastic"] == ["on", "request"]
+    assert when["ucsd-softmax"][0] == "default"
 
 
 @pytest.mark.parametrize(

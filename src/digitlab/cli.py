@@ -396,9 +396,12 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     from digitlab.experiments import builtin_experiments
 
     rows = [
-        [e.name, e.source, str(len(e.members)), e.section] for e in builtin_experiments().values()
-    ]
-    out(table(rows, ["experiment", "source", "runs", "section"]))
+        [e.name, e.source, str(len(e.members)), "on request" if e.on_request else "default",
+         e.section]
+        for e in builtin_experiments().values()
+    ]  # fmt: skip
+    out(table(rows, ["experiment", "source", "runs", "reproduce", "section"]))
+    out("'digitlab reproduce' runs the default ones; name an on-request one to run it")
     return 0
 
 
@@ -597,7 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_experiments)
 
     rp = sub.add_parser("reproduce", help="run experiments of the source documents and the report")
-    rp.add_argument("names", nargs="*", help="experiment names or TOML files (default: all)")
+    rp.add_argument(
+        "names", nargs="*", help="experiment names or TOML files (default: all but on-request ones)"
+    )
     rp.add_argument("--out", default="runs", help="runs root folder (default: runs)")
     rp.add_argument("--jobs", type=_jobs, default=-1,
                     help="parallel processes, -1 for all cores (default: -1)")  # fmt: skip

@@ -17,6 +17,7 @@ File layout::
     select = {metric = "val_acc", mode = "max"}   # which member is "chosen"
     extras = ["lbfgs", "gallery", "kaggle"]       # optional
     repeats = 1                    # default number of seeds per member (see below)
+    on_request = false             # true: only run when named (``digitlab reproduce NAME``)
     [settings]                     # digitlab.runner.Settings shared by all members
     [[members]]                    # label + overrides; or [grid] / [[grids]]: products of lists
     [[stages]]                     # optional: steps + overrides run one after the other,
@@ -37,6 +38,9 @@ Besides settings, a member (or a grid, for all its members) may give engine keys
   2021 TDT4265 starter code validates on the MNIST test images);
 - ``eval_offset = k``: evaluate after steps ``k, k + e, k + 2e, ...`` instead of
   ``e, 2e, ...`` (``e`` the evaluation interval; the TDT4265 starter code: 1).
+
+``on_request = true`` leaves a long experiment out of the default ``digitlab reproduce``
+(every experiment): it runs only when named, and ``digitlab experiments`` marks it so.
 
 ``name`` must be a plain folder name (letters, digits, ``.``, ``_``, ``-``); member folders
 are slugs of the labels. A run never writes outside ``<out>/<name>/``.
@@ -102,6 +106,7 @@ KEYS = {
     "published",
     "fallback_dataset",
     "repeats",
+    "on_request",
 }
 
 
@@ -165,6 +170,7 @@ class ExperimentSpec:
     published: tuple[dict[str, Any], ...] = ()
     path: str = ""
     fallback_dataset: str | None = None
+    on_request: bool = False
 
     def member_settings(self, member: MemberSpec, **changes: Any) -> dict[str, Any]:
         """The full, validated settings of one member as a dict."""
@@ -321,6 +327,9 @@ def parse_experiment(data: dict[str, Any], path: str = "<experiment>") -> Experi
         if not isinstance(st.get("steps"), int) or st["steps"] < 1:
             raise ConfigError(f"{path}: stage {i} needs steps >= 1")
     published = _published(data, [m.label for m in members], path)
+    on_request = data.get("on_request", False)
+    if not isinstance(on_request, bool):
+        raise ConfigError(f"{path}: on_request must be true or false, got {on_request!r}")
     exp = ExperimentSpec(
         name=name,
         source=data["source"],
@@ -337,6 +346,7 @@ def parse_experiment(data: dict[str, Any], path: str = "<experiment>") -> Experi
         published=published,
         path=path,
         fallback_dataset=data.get("fallback_dataset"),
+        on_request=on_request,
     )
     for m in exp.members:  # every member's settings must be valid
         exp.member_settings(m)
@@ -369,10 +379,11 @@ def builtin_experiments() -> dict[str, ExperimentSpec]:
 
 
 def select_experiments(names: list[str] | None) -> list[ExperimentSpec]:
-    """Shipped experiments by name (or file path); all when ``names`` is empty."""
+    """Shipped experiments by name (or file path); when ``names`` is empty, all but those
+    marked ``on_request`` (which run only when named)."""
     known = builtin_experiments()
     if not names:
-        return list(known.values())
+        return [e for e in known.values() if not e.on_request]
     chosen = []
     for n in names:
         if n in known:

@@ -145,10 +145,19 @@ def softmax_cross_entropy_(
         loss_sum, z = _softmax_cross_entropy_row_(z, int(y[0]), scale * w0)
         return loss_sum * w0, z
     # ufunc.reduce is what z.max / z.sum / np.sum call, without their Python wrappers (a few
-    # microseconds each: they matter for single-sample SGD's (1, k) logits)
-    rows = np.arange(z.shape[0])
+    # microseconds each: they matter for single-sample SGD's (1, k) logits); the labels'
+    # entries of a C-ordered z are read and written by flat position (take/put cost less than
+    # fancy indexing)
+    n, k = z.shape
+    flat_ok = z.flags.c_contiguous
+    if flat_ok:
+        at = np.arange(0, n * k, k)
+        at += y  # (n,) flat positions of z[i, y_i]
+        zf = z.reshape(-1)  # a view of z
+    else:
+        at = np.arange(n)
     z -= np.maximum.reduce(z, axis=1, keepdims=True)
-    z_y = z[rows, y]  # fancy indexing copies, so z may be overwritten below
+    z_y = zf.take(at) if flat_ok else z[at, y]  # a copy, so z may be overwritten below
     np.exp(z, out=z)
     s = np.add.reduce(z, axis=1)
     log_s = np.log(s)
@@ -160,7 +169,10 @@ def softmax_cross_entropy_(
         log_s -= z_y  # each row's cross-entropy
         loss_sum = float(np.dot(log_s.astype(np.float64), weight.astype(np.float64)))
     z /= s[:, None]
-    z[rows, y] -= 1.0
+    if flat_ok:
+        zf.put(at, zf.take(at) - 1.0)
+    else:
+        z[at, y] -= 1.0
     if weight is not None:
         z *= (weight * scale)[:, None]
     elif scale != 1.0:
