@@ -558,7 +558,7 @@ def write_extras(
         folder / "class_means.npz", means=means.astype(np.float32), classes=np.array(data.classes)
     )
     model, _, _ = load_run_checkpoint(folder / chosen.folder / "checkpoint.npz")
-    if "lbfgs" in exp.extras and model.kind in ("logistic", "softmax") and not model.l1:
+    if "lbfgs" in exp.extras and model.convex and not model.l1:
         t0 = time.perf_counter()
         res = lbfgs(model, *data.train, max_iter=500)
         record = {
