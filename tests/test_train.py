@@ -540,3 +540,53 @@ def test_wrong_shape_optimizer_state_is_refused_at_load(tmp_path):
     arrays["optim/W1"] = np.zeros((2, 2), dtype=np.float32)
     with pytest.raises(CheckpointError, match="optimizer state W1 has shape"):
         _crash_trainer().load_state_dict(arrays, meta)
+
+
+# ------------------------------------------------------------- numpy's legacy shuffles
+def test_legacy_shuffle_draws_the_orders_of_np_random_shuffle_and_resumes(tmp_path):
+    """``shuffle_rng``: each epoch's order is what ``np.random.seed(s)`` followed by one
+    ``np.random.shuffle`` per epoch gives (the TDT4265 starter code), and a checkpoint carries
+    that stream's state, so a resumed run goes on with the same orders."""
+    from digitlab.checkpoint import check_meta
+
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    seen = []
+
+    def trainer(**kw) -> Trainer:
+        model = SoftmaxModel(6, 3, rng=0)
+        orig = model.loss_and_grad
+        model.loss_and_grad = lambda Xb, yb, **k: (seen.append(Xb.copy()), orig(Xb, yb, **k))[1]
+        return Trainer(model, schedule=0.1, batch_size=40 // 4, rng=1, **kw)
+
+    t = trainer(shuffle_rng=np.random.RandomState(7))
+    t.fit((X, y), epochs=3)
+    np.random.seed(7)  # noqa: NPY002 (the legacy global stream, as the source's code)
+    expected = []
+    for _ in range(3):
+        idx = np.arange(40)
+        np.random.shuffle(idx)  # noqa: NPY002
+        expected += [X[idx[b * 10 : (b + 1) * 10]] for b in range(4)]
+    assert len(seen) == 12
+    for got, want in zip(seen, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # a checkpoint after 1.5 epochs resumes to the same weights as the run straight through
+    first = trainer(shuffle_rng=np.random.RandomState(7))
+    first.fit((X, y), steps=6)
+    first.save(tmp_path / "half.npz")
+    arrays, meta = load_checkpoint(tmp_path / "half.npz")  # checked by check_meta
+    again = trainer(shuffle_rng=np.random.RandomState(99))  # the checkpoint's state wins
+    again.load_state_dict(arrays, meta)
+    again.fit((X, y), epochs=3)
+    np.testing.assert_array_equal(again.model.params["W"], t.model.params["W"])
+    # without the state, or with a broken one, the checkpoint is refused
+    del meta["legacy_rng"]
+    with pytest.raises(CheckpointError, match="legacy shuffle state"):
+        trainer(shuffle_rng=np.random.RandomState(7)).load_state_dict(arrays, meta)
+    for bad in ({"keys": [1] * 3, "pos": 0, "has_gauss": 0, "gauss": 0.0},
+                {"keys": [2**32] * 624, "pos": 0, "has_gauss": 0, "gauss": 0.0},
+                {"keys": [1] * 624, "pos": 700, "has_gauss": 0, "gauss": 0.0},
+                "state"):  # fmt: skip
+        with pytest.raises(CheckpointError, match="legacy_rng"):
+            check_meta(meta | {"legacy_rng": bad})

@@ -404,6 +404,23 @@ def _check_rng(meta: dict, path: str | os.PathLike) -> None:
         ) from None
 
 
+def _check_legacy_rng(meta: dict, path: str | os.PathLike) -> None:
+    """``legacy_rng`` (optional): a state numpy's legacy ``RandomState`` accepts."""
+    if "legacy_rng" not in meta:
+        return
+    legacy = _need(path, meta, "legacy_rng", dict, "")
+    keys = _need(path, legacy, "keys", list, "legacy_rng.")
+    if len(keys) != 624 or not all(
+        isinstance(k, int) and not isinstance(k, bool) and 0 <= k < 2**32 for k in keys
+    ):
+        raise CheckpointError(f"{path}: metadata legacy_rng.keys must be 624 uint32 numbers")
+    pos = _need(path, legacy, "pos", int, "legacy_rng.")
+    has_gauss = _need(path, legacy, "has_gauss", int, "legacy_rng.")
+    gauss = _need(path, legacy, "gauss", (int, float), "legacy_rng.")
+    if not (0 <= pos <= 624 and has_gauss in (0, 1) and math.isfinite(gauss)):
+        raise CheckpointError(f"{path}: metadata legacy_rng is not a valid MT19937 state")
+
+
 def _check_history_records(state: dict, path: str | os.PathLike, where: str) -> None:
     """A History state's ``records``: a list of objects whose values are numbers or None."""
     records = _need(path, state, "records", list, f"{where}state.")
@@ -448,7 +465,8 @@ def check_meta(meta: object, path: str | os.PathLike = "checkpoint") -> None:
 
     Checks what :meth:`digitlab.train.Trainer.load_state_dict` and the run commands read:
     the format marker, ``model`` (a dict with ``kind``), ``optimizer``, ``progress`` (whole
-    numbers >= 0 and ``has_order``), ``rng`` (a valid PCG64 state), ``callbacks`` (a list of
+    numbers >= 0 and ``has_order``), ``rng`` (a valid PCG64 state), ``legacy_rng`` if present
+    (an MT19937 state), ``callbacks`` (a list of
     ``{"class", "state"}``; EarlyStopping and History states field by field) and ``extra``.
     The sections are checked in that order, each by its own ``_check_*`` validator.
     """
@@ -465,6 +483,7 @@ _META_CHECKS = (
     _check_optimizer,
     _check_progress,
     _check_rng,
+    _check_legacy_rng,
     _check_callbacks,
     _check_extra,
 )

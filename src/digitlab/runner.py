@@ -206,6 +206,7 @@ def build_trainer(
         callbacks=cbs,
         batch_transform=transform,
         rng=np.random.default_rng([s.seed, 2]),
+        shuffle_rng=np.random.RandomState(s.seed) if s.legacy_shuffle else None,
     )
 
 

@@ -322,6 +322,10 @@ class Settings:
     shuffle: bool = setting(
         True, "shuffle the training set every epoch", "optimisation", fixed=True
     )
+    legacy_shuffle: bool = setting(
+        False, "draw each epoch's order as np.random.seed(SEED) then np.random.shuffle would "
+        "(numpy's legacy stream, as the sources' own code did)", "optimisation", fixed=True,
+    )  # fmt: skip
     drop_last: bool = setting(
         False, "skip the last, smaller mini-batch of an epoch", "optimisation", fixed=True
     )

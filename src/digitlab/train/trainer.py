@@ -138,6 +138,10 @@ class Trainer:
         ``f(X_batch, rng) -> X_batch`` applied to each training batch (augmentation).
     rng : Generator or int or None
         Source of every random draw of the run (order, sampling, augmentation).
+    shuffle_rng : numpy.random.RandomState, optional
+        If given, each epoch's order is ``shuffle_rng.permutation(n)`` instead of ``rng``'s:
+        numpy's legacy stream, the order a source's own code drew with ``np.random.seed(s)``
+        then ``np.random.shuffle`` (the one use of ``RandomState``: to reproduce such code).
     """
 
     def __init__(
@@ -154,8 +158,10 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         batch_transform: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
         rng: np.random.Generator | int | None = None,
+        shuffle_rng: np.random.RandomState | None = None,
     ) -> None:
         self.model = model
+        self.shuffle_rng = shuffle_rng
         self.optimizer: Optimizer = optimizer if optimizer is not None else SGD()
         self.schedule = Constant(float(schedule)) if isinstance(schedule, int | float) else schedule
         resolve_batch_size(batch_size, 1)  # validate early
@@ -245,7 +251,8 @@ class Trainer:
             if self.replacement:
                 self.order = self.rng.integers(0, n, size=self.steps_per_epoch * bs)
             elif self.shuffle and bs < n:
-                self.order = self.rng.permutation(n)
+                draw = self.rng if self.shuffle_rng is None else self.shuffle_rng
+                self.order = draw.permutation(n)
             else:
                 self.order = None
         start = self.pos * bs
@@ -581,6 +588,10 @@ class Trainer:
             "callbacks": cb_meta,
             "extra": self.extra_meta,
         }
+        if self.shuffle_rng is not None:
+            _, keys, pos, has_gauss, gauss = self.shuffle_rng.get_state(legacy=True)
+            meta["legacy_rng"] = {"keys": keys.tolist(), "pos": int(pos),
+                                  "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
         return arrays, meta
 
     def save(self, path: str | Path) -> Path:
@@ -629,6 +640,14 @@ class Trainer:
         self.elapsed = float(prog["elapsed"])
         self.order = arrays["trainer/order"] if prog["has_order"] else None
         self.rng.bit_generator.state = meta["rng"]
+        if self.shuffle_rng is not None:
+            legacy = meta.get("legacy_rng")
+            if not isinstance(legacy, dict):
+                raise CheckpointError("checkpoint has no legacy shuffle state to resume from")
+            keys = np.array(legacy["keys"], dtype=np.uint32)
+            self.shuffle_rng.set_state(
+                ("MT19937", keys, legacy["pos"], legacy["has_gauss"], legacy["gauss"])
+            )
         saved = meta.get("callbacks", [])
         for i, cb in enumerate(self.callbacks):
             same = [j for j, s in enumerate(saved) if s["class"] == type(cb).__name__]
