@@ -411,6 +411,13 @@ class Model:
         """Fraction of rows whose predicted class equals ``y``."""
         return float(np.mean(self.predict(X) == np.asarray(y)))
 
+    @property
+    def own_gradient(self) -> bool:
+        """Whether :meth:`loss_and_grad` is this class's own (not replaced on the instance or
+        overridden by a subclass): callers may then use its faster relatives (factored or
+        stacked gradients) knowing they compute the same thing."""
+        return "loss_and_grad" not in vars(self) and type(self).loss_and_grad is Model.loss_and_grad
+
     def copy(self) -> Model:
         """A deep copy (parameters copied)."""
         from digitlab.models import build_model

@@ -295,7 +295,6 @@ def can_stack(models: Sequence[Model]) -> bool:
     return all(
         isinstance(m, LinearModel)
         and (type(m), m.params["W"].shape, m.bias, m.reduction, m.dtype) == same
-        and "loss_and_grad" not in vars(m)
-        and type(m).loss_and_grad is Model.loss_and_grad
+        and m.own_gradient
         for m in models
     )

@@ -523,14 +523,11 @@ class Trainer:
         model = self.model
         if (
             batch_size == 1
-            and "loss_and_grad" not in vars(model)
-            and type(model).loss_and_grad is Model.loss_and_grad
+            and model.own_gradient
             and getattr(self.optimizer, "supports_rank1", False)
         ):
             return model.loss_and_grad_factored
-        own = "loss_and_grad" not in vars(model)
-        own = own and type(model).loss_and_grad is Model.loss_and_grad
-        if batch_size > 2 * CHUNK_ROWS and own:
+        if batch_size > 2 * CHUNK_ROWS and model.own_gradient:
             return functools.partial(model.loss_and_grad, chunk_rows=CHUNK_ROWS)
         return model.loss_and_grad
 
