@@ -310,9 +310,13 @@ class Trainer:
         if epochs is None and steps is None:
             raise ConfigError("give epochs or steps to train for")
         splits = self._prepare(train, val, test, sample_weight)
+        return self._loop(splits, self._end_step(epochs, steps))
+
+    def _end_step(self, epochs: int | None, steps: int | None) -> int:
+        """The total step count at which a fit for ``epochs`` or ``steps`` ends (the earlier
+        of the two; at least one given), once :meth:`_prepare` set the steps per epoch."""
         spe = self.steps_per_epoch
-        targets = [t for t in (epochs and epochs * spe, steps) if t is not None]
-        return self._loop(splits, min(targets))
+        return min(t for t in (epochs and epochs * spe, steps) if t is not None)
 
     def continue_fit(
         self,
@@ -700,8 +704,7 @@ def fit_together(
     full = lead.batch_size >= X.shape[0] and not lead.replacement and not lead._source
     if len(state) > 1 or not full or any(t.batch_transform is not None for t in trainers):
         return [t.fit(train, val, test, epochs=epochs, steps=steps) for t in trainers]
-    spe = lead.steps_per_epoch
-    total = min(t for t in (epochs and epochs * spe, steps) if t is not None)
+    total = lead._end_step(epochs, steps)
     begun: list[Trainer] = []
     try:
         for t, t_splits in zip(trainers, each, strict=True):
