@@ -422,3 +422,14 @@ def test_fit_together_keeps_each_trainers_stopping_rule():
         assert a.step == b.step and a.stop_reason == b.stop_reason
         np.testing.assert_allclose(a.model.params["W"], b.model.params["W"], rtol=1e-4, atol=1e-4)
     assert pair[0].step == 40 and pair[1].step < 40  # one stopped early, the other went on
+
+
+def test_repeats_whose_seed_changes_the_data_run_one_by_one(tmp_path):
+    """A random hold-out differs per seed: the repeats cannot share steps and run alone."""
+    spec = chain_spec(2)
+    spec["settings"] = FULL["settings"] | {"holdout": 0.1, "holdout_mode": "random"}
+    record = run_experiment(parse_experiment(spec, "rep.toml"), tmp_path, n_jobs=1)
+    for member in record.members:
+        for folder in member.repeats["folders"]:
+            metrics = json.loads((tmp_path / "rep" / folder / "metrics.json").read_text())
+            assert "trained_together" not in metrics and metrics["steps"] == 6

@@ -99,7 +99,7 @@ def run_member(
     the folder (which it creates) is removed.
     """
     from digitlab.checkpoint import load_checkpoint
-    from digitlab.runner import Settings, run, write_json
+    from digitlab.runner import Settings, run
 
     base = Settings.from_dict(settings)
     data = _prepared(base, bias_input, validation)
@@ -130,13 +130,20 @@ def run_member(
             for name in ("config.toml", "history.csv", "checkpoint.npz"):
                 shutil.copy2(stage_dir / name, out / name)
             metrics = result.metrics | {"stages": len(stages)}
-        metrics["stop_epoch"] = stop_epoch(metrics)
-        metrics["seed"] = base.seed
-        write_json(out / "metrics.json", metrics)
+        _record_job(metrics, base.seed, out)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
     return metrics
+
+
+def _record_job(metrics: dict[str, Any], seed: int, folder: Path, **extra: Any) -> None:
+    """Add what the engine knows of a finished job (its stop epoch, seed, ``extra``) to its
+    metrics and write them to ``folder/metrics.json``."""
+    from digitlab.runner import write_json
+
+    metrics |= {"stop_epoch": stop_epoch(metrics), "seed": seed, **extra}
+    write_json(folder / "metrics.json", metrics)
 
 
 @dataclass
@@ -177,33 +184,34 @@ def run_together(jobs: list[Job], init_folders: list[str | None]) -> list[dict[s
     :func:`run_member`'s up to float rounding; otherwise one after another.
     """
     from digitlab.data import load
-    from digitlab.runner import Settings, write_json
+    from digitlab.runner import Settings
     from digitlab.runner import run_together as run_runs
 
-    if len(jobs) == 1 or any(j.stages for j in jobs):
+    def one_by_one() -> list[dict[str, Any]]:
         return [j.call(f) for j, f in zip(jobs, init_folders, strict=True)]
+
+    if len(jobs) == 1 or any(j.stages for j in jobs):
+        return one_by_one()
     bases = [Settings.from_dict(j.settings) for j in jobs]
     first = jobs[0]
     dataset = load(bases[0].dataset, root=bases[0].data_root)
-    datas = [_prepared(b, first.bias_input, first.validation, dataset) for b in bases]
-    if not all(_same_data(datas[0], d) for d in datas[1:]):
-        return [j.call(f) for j, f in zip(jobs, init_folders, strict=True)]
+    data = _prepared(bases[0], first.bias_input, first.validation, dataset)
+    for b in bases[1:]:  # each compared and dropped: one extra copy of the features at a time
+        if not _same_data(data, _prepared(b, first.bias_input, first.validation, dataset)):
+            return one_by_one()
     inits = [None if f is None else _load_params(f) for f in init_folders]
     folders = [Path(j.folder) for j in jobs]
     for f in folders:
         f.mkdir(parents=True)
     try:
         results = run_runs(
-            bases, folders, data=datas[0], init_params=inits, eval_offset=first.eval_offset
+            bases, folders, data=data, init_params=inits, eval_offset=first.eval_offset
         )
         out = []
         for base, folder, result in zip(bases, folders, results, strict=True):
-            metrics = result.metrics
-            metrics["stop_epoch"] = stop_epoch(metrics)
-            metrics["seed"] = base.seed
-            metrics["trained_together"] = len(jobs)  # its seconds are shared by that many
-            write_json(folder / "metrics.json", metrics)
-            out.append(metrics)
+            # trained_together: the run's seconds are shared by that many runs
+            _record_job(result.metrics, base.seed, folder, trained_together=len(jobs))
+            out.append(result.metrics)
     except BaseException:
         for f in folders:
             shutil.rmtree(f, ignore_errors=True)
