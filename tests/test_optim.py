@@ -25,7 +25,7 @@ def test_momentum_two_steps_by_hand():
     np.testing.assert_allclose(p["w"], [0.8])
     opt.step(p, {"w": np.array([1.0])}, lr=0.1)  # v = 0.9*2 + 1 = 2.8, p = 0.8 - 0.28
     np.testing.assert_allclose(p["w"], [0.52])
-    np.testing.assert_allclose(opt.state_dict()["w"], [2.8])
+    np.testing.assert_allclose(opt.state_dict()["velocity/w"], [2.8])
 
 
 def test_momentum_state_round_trip():

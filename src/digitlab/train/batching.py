@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from digitlab.errors import ConfigError
+from digitlab.errors import ConfigError, ShapeError
 
 BatchSpec = int | float | str
 EvalSpec = int | float | str
@@ -114,3 +114,60 @@ def row_chunks(X: Rows) -> Iterator[tuple[int, np.ndarray]]:
         return
     for start in range(0, X.shape[0], EVAL_CHUNK):
         yield start, X[start : start + EVAL_CHUNK]
+
+
+def check_pair(model: Any, name: str, pair: ArrayPair) -> ArrayPair:
+    """A split ``(X (n, d), y (n,))`` checked against ``model`` (a
+    :class:`~digitlab.models.Model`): an array converted to the model's dtype once, here, and
+    free of NaN and inf; a :class:`BatchSource` set to hand out rows in that dtype."""
+    X, y = pair
+    if is_source(X):  # rows made per batch, in the model's dtype
+        if len(X.shape) != 2 or X.shape[1] != model.n_features:
+            raise ShapeError(
+                f"{name} rows have shape {tuple(X.shape)}, this {model.kind} model "
+                f"needs (n, {model.n_features})"
+            )
+        return X.astype(model.dtype), model.check_y(y, len(X))
+    X = model.check_X(X)
+    if not all_finite(X):
+        raise ShapeError(f"{name} features contain NaN or inf")
+    return X, model.check_y(y, X.shape[0])
+
+
+class Batches:
+    """The training rows of one fit and the preallocated buffers its batches are gathered into.
+
+    Parameters
+    ----------
+    X : ndarray (n, d) or BatchSource
+    y : ndarray of int (n,)
+    weight : ndarray (n,) or None
+        Row weights, gathered with each batch.
+    batch_size : int
+    """
+
+    def __init__(self, X: Rows, y: np.ndarray, weight: np.ndarray | None, batch_size: int) -> None:
+        self.X, self.y, self.weight = X, y, weight
+        self.source = is_source(X)  # fixed for the fit; the protocol check costs ~10 us
+        self.Xbuf = np.empty((batch_size, X.shape[1]), dtype=X.dtype)
+        self.ybuf = np.empty(batch_size, dtype=y.dtype)
+        self.wbuf = None if weight is None else np.empty(batch_size, dtype=weight.dtype)
+
+    def take(
+        self, order: np.ndarray | None, start: int, size: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Rows ``start:start + size`` of ``order`` (None: the stored order) as
+        ``(X (b, d), y (b,), weights (b,) or None)``."""
+        X, y, w = self.X, self.y, self.weight
+        if order is None:  # stored order: a view, no copy (a source converts the rows)
+            rows = slice(start, start + size)
+            Xb = X.take(rows, out=self.Xbuf) if self.source else X[rows]
+            return Xb, y[rows], None if w is None else w[rows]
+        idx = order[start : start + size]  # one take each into the buffers
+        if self.source:
+            Xb = X.take(idx, out=self.Xbuf)
+        else:
+            Xb = X.take(idx, axis=0, out=self.Xbuf[: idx.size])
+        yb = y.take(idx, out=self.ybuf[: idx.size])
+        wb = None if w is None or self.wbuf is None else w.take(idx, out=self.wbuf[: idx.size])
+        return Xb, yb, wb

@@ -97,9 +97,7 @@ def restore_trainer(trainer: Any, arrays: dict[str, np.ndarray], meta: dict[str,
     trainer.extra_arrays = split_prefixed(arrays, "extra")
 
 
-def _restore_optimizer(
-    trainer: Any, state: dict[str, np.ndarray], meta: dict[str, Any]
-) -> None:
+def _restore_optimizer(trainer: Any, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """The optimiser's state, checked for its name and for shapes that fit the parameters
     (a wrong shape would only fail mid-training)."""
     name = trainer.optimizer.config()["name"]
@@ -114,7 +112,35 @@ def _restore_optimizer(
         expected = () if param is None else param.shape
         if np.shape(value) != expected:
             raise CheckpointError(
-                f"checkpoint optimizer state {key} has shape {np.shape(value)}, "
-                f"expected {expected}"
+                f"checkpoint optimizer state {key} has shape {np.shape(value)}, expected {expected}"
             )
     trainer.optimizer.load_state_dict(state)
+    same_rule = meta.get("optimizer") == trainer.optimizer.config()
+    missing = trainer.optimizer.missing_state(params) if same_rule else []
+    if missing and int(meta["progress"]["step"]) > 0:
+        raise CheckpointError(
+            f"checkpoint lacks optimizer state {', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''}: resuming would restart the {name} "
+            "rule's running averages (momentum) from zero"
+        )
+
+
+def check_position(trainer: Any, n: int) -> None:
+    """A resumed trainer's place in the epoch must fit a training set of ``n`` rows.
+
+    Raises
+    ------
+    CheckpointError
+        The position lies outside an epoch, or the saved row order has another length.
+    """
+    if not 0 <= trainer.pos <= trainer.steps_per_epoch:
+        raise CheckpointError(
+            f"checkpoint position {trainer.pos} is outside an epoch of "
+            f"{trainer.steps_per_epoch} steps on this training set"
+        )
+    # at an epoch's start the order is drawn anew
+    mid_epoch, order = trainer.pos > 0, trainer.order
+    if mid_epoch and order is not None and not trainer.replacement and order.shape != (n,):
+        raise CheckpointError(
+            f"checkpoint shuffle order has {order.size} rows, the training set {n}"
+        )

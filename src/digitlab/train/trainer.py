@@ -1,22 +1,16 @@
 """One trainer for every model: batching, shuffling, evaluation schedule, callbacks, resume.
 
-Batching modes (``batch_size``):
-- ``"full"``: full-batch gradient descent (one step per epoch);
-- an int ``m``: mini-batches of ``m`` rows (the last one smaller unless ``drop_last``);
-- a float ``f`` in (0, 1): mini-batches of ``round(f * n)`` rows;
-- ``1`` with ``replacement=True``: single-sample SGD drawing rows at random with replacement;
-  an "epoch" is then ``n`` draws.
+Batching (``batch_size``): ``"full"`` (one step per epoch); an int ``m`` (mini-batches of ``m``
+rows, the last one smaller unless ``drop_last``); a float ``f`` in (0, 1) (``round(f * n)``
+rows); ``1`` with ``replacement=True`` (single-sample SGD drawing rows with replacement; an
+epoch is ``n`` draws). Evaluation (``eval_every``): ``"epoch"``, a fraction of an epoch, or a
+number of steps. Each evaluation records the step, epoch, learning rate, weight norm and, for
+every split, ``<split>_loss`` (mean cross-entropy), ``<split>_objective`` (what is optimised:
+cross-entropy with the model's reduction plus the penalty) and ``<split>_acc``, and the columns
+the callbacks' :meth:`~digitlab.train.Callback.measure` return.
 
-Evaluation (``eval_every``): ``"epoch"``; a float fraction of an epoch (0.2: every
-``steps_per_epoch // 5`` steps); or an int number of steps. Each evaluation records, for every
-split given to :meth:`Trainer.fit`, the mean cross-entropy (``<split>_loss``), the objective
-that is optimised (``<split>_objective``: cross-entropy with the model's reduction, plus the
-penalty) and the accuracy (``<split>_acc``), with the step, epoch, learning rate and the L2 norm
-of the weights, and the columns the callbacks' :meth:`~digitlab.train.Callback.measure` return.
-
-The loop (:meth:`Trainer.fit`) reads top to bottom: draw a batch, compute the gradient, apply it.
-Lock-step training of several trainers (:func:`digitlab.train.fit_together`) drives the same
-public steps: :meth:`Trainer.prepare`, :meth:`Trainer.running`, :meth:`Trainer.apply`.
+:meth:`Trainer.fit` reads top to bottom: draw a batch, compute the gradient, apply it. Lock-step
+training (:func:`digitlab.train.fit_together`) drives the same public steps.
 """
 
 from __future__ import annotations
@@ -32,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from digitlab.checkpoint import save_checkpoint
-from digitlab.errors import CheckpointError, ConfigError, DivergenceError, ShapeError
+from digitlab.errors import ConfigError, DivergenceError, ShapeError
 from digitlab.models.base import Model, as_generator
 from digitlab.optim.base import Optimizer
 from digitlab.optim.schedules import Constant, Schedule
@@ -41,9 +35,11 @@ from digitlab.train import state
 from digitlab.train.batching import (
     CHUNK_ROWS,
     ArrayPair,
+    Batches,
     BatchSpec,
     EvalSpec,
     all_finite,
+    check_pair,
     is_source,
     resolve_batch_size,
     resolve_eval_every,
@@ -85,8 +81,7 @@ class Trainer:
         numpy's legacy stream, the order that code seeding ``np.random.seed(s)`` and calling
         ``np.random.shuffle`` draws (the one use of ``RandomState``: to reproduce such code).
     eval_offset : int
-        Evaluations fall on steps ``eval_offset + k * eval_steps`` (1: after steps 1, 7, 13,
-        ... when evaluating every 6 steps, as some published training loops do).
+        Evaluations fall on steps ``eval_offset + k * eval_steps``.
     """
 
     def __init__(
@@ -108,7 +103,8 @@ class Trainer:
     ) -> None:
         resolve_batch_size(batch_size, 1)  # validate early
         resolve_eval_every(eval_every, 1)
-        self.model, self.schedule = model, _as_schedule(schedule)
+        self.model = model
+        self.schedule = Constant(float(schedule)) if isinstance(schedule, int | float) else schedule
         self.optimizer: Optimizer = optimizer if optimizer is not None else SGD()
         self.batch_spec, self.eval_spec, self.eval_offset = batch_size, eval_every, eval_offset
         self.shuffle, self.drop_last, self.replacement = shuffle, drop_last, replacement
@@ -133,11 +129,10 @@ class Trainer:
         self.stop_reason: str | None = None
         self._stop = False
         self._weight: np.ndarray | None = None  # the training rows' weights
-        self._source = False  # whether the training rows are a BatchSource
         self._mean_weight = 1.0
         self._eval_steps = 1
         self._grad_fn: Callable[..., tuple[float, Any]] = model.loss_and_grad
-        self._buffers: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
+        self._batches: Batches | None = None
         self._t0 = 0.0
 
     # ------------------------------------------------------------------ the loop
@@ -224,7 +219,7 @@ class Trainer:
 
         A :class:`BatchSource` trained full-batch becomes one feature array here, once.
         """
-        X, y = self._check_pair("train", train)
+        X, y = check_pair(self.model, "train", train)
         self._weight = self.model.check_weight(sample_weight, X.shape[0])
         if self._weight is not None:
             self._mean_weight = float(np.add.reduce(self._weight, dtype=np.float64)) / X.shape[0]
@@ -237,18 +232,13 @@ class Trainer:
         self.splits = {"train": (X, y)}
         for name, pair in (("val", val), ("test", test)):
             if pair is not None:
-                self.splits[name] = self._check_pair(name, pair)
+                self.splits[name] = check_pair(self.model, name, pair)
         if self.drop_last and not self.replacement:
             self.steps_per_epoch = max(1, n // self.batch_size)
         else:
             self.steps_per_epoch = math.ceil(n / self.batch_size)
-        self._source = is_source(X)  # fixed for the fit; the protocol check costs ~10 us
-        self._check_resumed_position(n)
-        self._buffers = (
-            np.empty((self.batch_size, X.shape[1]), dtype=X.dtype),
-            np.empty(self.batch_size, dtype=y.dtype),
-            None if self._weight is None else np.empty(self.batch_size, self._weight.dtype),
-        )
+        state.check_position(self, n)
+        self._batches = Batches(X, y, self._weight, self.batch_size)
         self._grad_fn = self.gradient_function(self.batch_size)
         return self.splits
 
@@ -292,27 +282,12 @@ class Trainer:
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The next batch's rows ``(X (b, d), y (b,), weights (b,) or None)``."""
-        X, y = self.splits["train"]
-        n, bs = X.shape[0], self.batch_size
         if self.pos == 0:
-            self.order = self._draw_order(n)
-        start, (Xbuf, ybuf, wbuf) = self.pos * bs, self._buffers
-        w = self._weight
-        if self.order is None:  # stored order: a view, no copy (a source converts the rows)
-            rows = slice(start, start + bs)
-            Xb = X.take(rows, out=Xbuf) if self._source else X[rows]
-            yb, wb = y[rows], None if w is None else w[rows]
-        else:  # gather the batch's rows with one take into preallocated buffers
-            idx = self.order[start : start + bs]
-            if self._source:
-                Xb = X.take(idx, out=Xbuf)
-            else:
-                Xb = X.take(idx, axis=0, out=Xbuf[: idx.size])
-            yb = y.take(idx, out=ybuf[: idx.size])
-            wb = None if w is None else w.take(idx, out=wbuf[: idx.size])
+            self.order = self._draw_order(self.splits["train"][0].shape[0])
+        X, y, w = self._batches.take(self.order, self.pos * self.batch_size, self.batch_size)
         if self.batch_transform is not None:
-            Xb = self.batch_transform(Xb, self.rng)
-        return Xb, yb, wb
+            X = self.batch_transform(X, self.rng)
+        return X, y, w
 
     def gradient(
         self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None
@@ -374,14 +349,10 @@ class Trainer:
         self._stop = True
         self.stop_reason = self.stop_reason or reason
 
-    def nonfinite_params(self) -> list[str]:
-        """Names of the model's parameters holding a NaN or an infinity."""
-        params = self.model.params
-        return [k for k, v in params.items() if not all_finite(v.reshape(v.shape[0], -1))]
-
     def require_finite(self, consequence: str) -> None:
         """Raise DivergenceError (the run marked diverged) if a parameter is not finite."""
-        bad = self.nonfinite_params()
+        params = self.model.params
+        bad = [k for k, v in params.items() if not all_finite(v.reshape(v.shape[0], -1))]
         if bad:
             self.diverged = True
             raise DivergenceError(
@@ -414,48 +385,15 @@ class Trainer:
             return functools.partial(model.loss_and_grad, chunk_rows=CHUNK_ROWS)
         return model.loss_and_grad
 
-    def _check_pair(self, name: str, pair: ArrayPair) -> ArrayPair:
-        X, y = pair
-        if is_source(X):  # rows made per batch, in the model's dtype
-            if len(X.shape) != 2 or X.shape[1] != self.model.n_features:
-                raise ShapeError(
-                    f"{name} rows have shape {tuple(X.shape)}, this {self.model.kind} model "
-                    f"needs (n, {self.model.n_features})"
-                )
-            return X.astype(self.model.dtype), self.model.check_y(y, len(X))
-        X = self.model.check_X(X)  # converted to the model's dtype once, here
-        if not all_finite(X):
-            raise ShapeError(f"{name} features contain NaN or inf")
-        return X, self.model.check_y(y, X.shape[0])
-
-    def _check_resumed_position(self, n: int) -> None:
-        """A loaded checkpoint's place in the epoch must fit this training set of ``n`` rows."""
-        if not 0 <= self.pos <= self.steps_per_epoch:
-            raise CheckpointError(
-                f"checkpoint position {self.pos} is outside an epoch of "
-                f"{self.steps_per_epoch} steps on this training set"
-            )
-        # at an epoch's start the order is drawn anew
-        mid_epoch, order = self.pos > 0, self.order
-        if mid_epoch and order is not None and not self.replacement and order.shape != (n,):
-            raise CheckpointError(
-                f"checkpoint shuffle order has {order.size} rows, the training set {n}"
-            )
-
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Everything needed to resume bit-identically: arrays and JSON-able metadata."""
         return state.trainer_state(self)
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        """Restore progress, model state, optimiser, RNG and callback state (see
-        :func:`digitlab.train.state.restore_trainer`)."""
+        """Restore what :meth:`state_dict` saved (:func:`~digitlab.train.state.restore_trainer`)."""
         state.restore_trainer(self, arrays, meta)
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint (atomic; see :mod:`digitlab.checkpoint`)."""
         return save_checkpoint(path, *self.state_dict())
-
-
-def _as_schedule(schedule: Schedule | float) -> Schedule:
-    return Constant(float(schedule)) if isinstance(schedule, int | float) else schedule
