@@ -170,7 +170,7 @@ class EarlyStopping(Callback):
         End with the model state (parameters and buffers) of the best evaluation.
     start_epoch : float
         Evaluations before this epoch update the best value but never count towards the
-        patience (a curve that first rises, as seed 000's does, is not stopped at its start).
+        patience (a curve that first rises, as source 000's does, is not stopped at its start).
     """
 
     def __init__(
