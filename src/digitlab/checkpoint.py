@@ -485,6 +485,11 @@ _MODEL_FIELDS: dict[str, type | tuple] = {
     "init": str,
     "bias": bool,
     "hidden": list,
+    "dropout": list,
+    "batch_norm": bool,
+    "bn_momentum": (int, float),
+    "bn_eps": (int, float),
+    "leaky_slope": (int, float),
 }
 #: Fields of callback states, by callback class, checked before a trainer reads them.
 _CALLBACK_STATE: dict[str, dict[str, type | tuple]] = {

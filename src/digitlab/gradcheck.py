@@ -20,11 +20,21 @@ def numerical_grad(
     p = model.params[key]
     old = p[index].copy()
     p[index] = old + eps
-    plus = model.loss(X, y)
+    plus = training_loss(model, X, y)
     p[index] = old - eps
-    minus = model.loss(X, y)
+    minus = training_loss(model, X, y)
     p[index] = old
     return (plus - minus) / (2.0 * eps)
+
+
+#: Seed of the dropout masks of a gradient check: every evaluation draws the same masks.
+MASK_SEED = 0
+
+
+def training_loss(model: Model, X: np.ndarray, y: np.ndarray) -> float:
+    """The objective that :meth:`Model.loss_and_grad` differentiates (batch statistics, the
+    dropout masks of :data:`MASK_SEED`)."""
+    return model.loss(X, y, training=True, rng=np.random.default_rng(MASK_SEED))
 
 
 def gradcheck(
@@ -63,7 +73,8 @@ def gradcheck(
     m = model.astype(dtype)
     X = np.asarray(X, dtype=dtype)
     gen = as_generator(rng)
-    _, grads = m.loss_and_grad(X, y)
+    kw = {"rng": np.random.default_rng(MASK_SEED)} if m.uses_rng else {}
+    _, grads = m.loss_and_grad(X, y, **kw)
     worst = 0.0
     for key, p in m.params.items():
         flat = np.arange(p.size)

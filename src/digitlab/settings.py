@@ -77,7 +77,7 @@ _optimizers = _registry("digitlab.optim", "OPTIMIZERS")
 class Spec:
     """The declaration of one setting.
 
-    ``kind`` is ``"str"``, ``"int"``, ``"float"``, ``"bool"``, ``"ints"`` (list of whole
+    ``kind`` is ``"str"``, ``"int"``, ``"float"``, ``"bool"``, ``"ints"``/``"floats"`` (lists of
     numbers), ``"batch"`` or ``"eval_every"``. ``low``/``high`` bound numbers (and list
     entries); ``open_low``/``open_high`` exclude the bound. ``optional`` allows None (TOML and
     the command line: ``"none"``). ``by_model`` gives per-model defaults (model name -> value,
@@ -186,7 +186,8 @@ def setting(
     return field(default=default, metadata=meta)
 
 
-_KINDS = {"str": "str", "int": "int", "float": "float", "bool": "bool", "list[int]": "ints"}
+_KINDS = {"str": "str", "int": "int", "float": "float", "bool": "bool", "list[int]": "ints",
+          "list[float]": "floats"}  # fmt: skip
 
 
 @dataclass
@@ -213,6 +214,18 @@ class Settings:
     init: str | None = setting(
         None, "weight init (none: zeros for the linear models, fan_in for the MLP)", "model",
         choices=_inits, optional=True, fixed=True,
+    )  # fmt: skip
+    dropout: list[float] = setting(
+        [0.0], "MLP: probability of dropping a hidden unit in training (inverted dropout), one "
+        "rate or one per hidden layer, e.g. 0.5 or 0.2,0.5", "model", low=0, high=1,
+        open_high=True, max_len=MAX_HIDDEN_LAYERS,
+    )  # fmt: skip
+    batch_norm: bool = setting(
+        False, "MLP: batch-normalise each hidden layer's pre-activations", "model", fixed=True
+    )
+    leaky_slope: float = setting(
+        0.01, "negative-side slope of leaky_relu (and He init's a)", "model", low=0, high=1,
+        open_low=True, open_high=True, fixed=True,
     )  # fmt: skip
     l1: float = setting(0.0, "L1 strength lambda: + l1 * sum |w|", "model", low=0)
     l2: float = setting(0.0, "L2 strength lambda: + l2 * sum w^2", "model", low=0)
@@ -492,8 +505,9 @@ def _parse_text(spec: Spec, text: Any) -> Any:
             return int(text)
         if kind == "float":
             return float(text)
-        if kind == "ints":
-            return [int(t) for t in text.replace(" ", "").split(",") if t]
+        if kind in ("ints", "floats"):
+            typ = int if kind == "ints" else float
+            return [typ(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
         raise _Bad(_expected(spec)) from None
     return text
@@ -502,14 +516,14 @@ def _parse_text(spec: Spec, text: Any) -> Any:
 def _expected(spec: Spec) -> str:
     what = {
         "int": "a whole number", "float": "a finite number", "bool": "true or false",
-        "ints": "a list of whole numbers", "str": "a string",
+        "ints": "a list of whole numbers", "floats": "a list of numbers", "str": "a string",
         "batch": "full, sgd, a size >= 1 or a fraction in (0, 1)",
         "eval_every": "epoch, a fraction in (0, 1] or a step count >= 1",
     }[spec.kind]  # fmt: skip
     rng = spec.range_text()
     if spec.choices is not None:
         what = f"one of {rng.replace(' | ', ', ')}"
-    elif rng and spec.kind in ("int", "float", "ints"):
+    elif rng and spec.kind in ("int", "float", "ints", "floats"):
         what += f" ({rng})"
     return what + (" or none" if spec.optional else "")
 
@@ -532,12 +546,12 @@ def _check(spec: Spec, value: Any) -> Any:
         if not isinstance(value, str) or (spec.choices and value not in spec.choice_names()):
             raise _Bad(_expected(spec))
         return value
-    if kind == "ints":
+    if kind in ("ints", "floats"):
         if not isinstance(value, list | tuple) or not value:
             raise _Bad(_expected(spec))
         if spec.max_len is not None and len(value) > spec.max_len:
             raise _Bad(f"at most {spec.max_len} entries")
-        return [_number(spec, v, int) for v in value]
+        return [_number(spec, v, int if kind == "ints" else float) for v in value]
     return _number(spec, value, int if kind == "int" else float)
 
 
@@ -613,6 +627,13 @@ def _check_rules(s: Settings) -> None:
             )
     elif s.classes is not None:
         raise ConfigError("classes (a binary pair) applies to the logistic model only")
+    if s.model != "mlp" and (any(s.dropout) or s.batch_norm):
+        raise ConfigError("dropout and batch_norm apply to the MLP's hidden layers only")
+    if s.model == "mlp" and len(s.dropout) not in (1, len(s.hidden)):
+        raise ConfigError(
+            f"dropout: give one rate or one per hidden layer ({len(s.hidden)}), "
+            f"got {len(s.dropout)}"
+        )
 
 
 def _with_sources(message: str, sources: Mapping[str, str]) -> str:

@@ -38,6 +38,11 @@ INITS: dict[str, str] = {
     "normal": "N(0, 1)",
     "fan_in": "N(0, 1/fan_in)",
     "uniform": "U(-1, 1)",
+    "lecun_normal": "N(0, 1/fan_in) (LeCun et al. 1998; the same draw as fan_in)",
+    "glorot_uniform": "U(-r, r), r = sqrt(6/(fan_in + fan_out)) (Glorot & Bengio 2010)",
+    "glorot_normal": "N(0, 2/(fan_in + fan_out)) (Glorot & Bengio 2010)",
+    "he_uniform": "U(-r, r), r = sqrt(6/((1 + a^2) fan_in)), a the leaky slope (He et al. 2015)",
+    "he_normal": "N(0, 2/((1 + a^2) fan_in)), a the leaky slope (He et al. 2015)",
 }
 #: Floating-point precisions of the parameters: name -> use.
 DTYPES: dict[str, str] = {"float32": "the fast path", "float64": "gradient checks, exact optima"}
@@ -51,30 +56,45 @@ def as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
 
 
 def init_weight(
-    shape: tuple[int, int], method: str, rng: np.random.Generator, dtype: np.dtype
+    shape: tuple[int, int],
+    method: str,
+    rng: np.random.Generator,
+    dtype: np.dtype,
+    slope: float = 0.0,
 ) -> np.ndarray:
     """Draw an initial weight matrix.
 
     Parameters
     ----------
     shape : (fan_in, fan_out)
-    method : {"zeros", "normal", "fan_in", "uniform"}
-        All zeros; standard normal; normal with std ``1/sqrt(fan_in)``; uniform on [-1, 1].
+    method : str
+        A key of :data:`INITS`.
     rng : numpy.random.Generator
     dtype : numpy dtype
+    slope : float
+        The negative slope ``a`` of a leaky ReLU after the layer (He initialisation's gain
+        ``sqrt(2 / (1 + a^2))``; 0 for a ReLU).
 
     Returns
     -------
     ndarray (fan_in, fan_out)
     """
+    fan_in, fan_out = shape
     if method == "zeros":
         return np.zeros(shape, dtype=dtype)
     if method == "normal":
         return rng.standard_normal(shape).astype(dtype)
-    if method == "fan_in":
-        return (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(dtype)
+    if method in ("fan_in", "lecun_normal"):
+        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(dtype)
     if method == "uniform":
         return rng.uniform(-1.0, 1.0, shape).astype(dtype)
+    glorot, he = 2.0 / (fan_in + fan_out), 2.0 / ((1.0 + slope**2) * fan_in)
+    variance = {"glorot_uniform": glorot, "glorot_normal": glorot}.get(method, he)
+    if method in ("glorot_normal", "he_normal"):
+        return (rng.standard_normal(shape) * np.sqrt(variance)).astype(dtype)
+    if method in ("glorot_uniform", "he_uniform"):  # U(-r, r) has variance r^2 / 3
+        r = np.sqrt(3.0 * variance)
+        return rng.uniform(-r, r, shape).astype(dtype)
     raise ConfigError(f"init={method!r} is not one of {', '.join(INITS)}")
 
 
@@ -191,18 +211,36 @@ class Model:
         scale: float,
         factored: bool = False,
         weight: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
     ) -> tuple[float, dict[str, Any]]:  # pragma: no cover - abstract
-        """Summed cross-entropy over the batch and ``scale`` times its gradient.
+        """Summed cross-entropy over the batch (training mode) and ``scale`` times its gradient.
 
         With ``factored`` the weight matrices' entries are :class:`LinearGrad` (no penalty).
-        With ``weight (n,)`` each row's term is multiplied by its weight.
+        With ``weight (n,)`` each row's term is multiplied by its weight. ``rng`` draws what
+        training draws (dropout masks); None: nothing is dropped.
         """
         raise NotImplementedError
 
     def _data_loss_sum(
-        self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        weight: np.ndarray | None = None,
+        training: bool = False,
+        rng: np.random.Generator | None = None,
     ) -> float:  # pragma: no cover
         raise NotImplementedError
+
+    @property
+    def batch_coupled(self) -> bool:
+        """Whether a row's output depends on the other rows of its training batch (batch
+        normalisation): such a batch cannot be split into blocks or stacked with others."""
+        return False
+
+    @property
+    def uses_rng(self) -> bool:
+        """Whether training draws random numbers (dropout): pass ``rng`` to the gradient."""
+        return False
 
     def config(self) -> dict[str, Any]:
         """JSON-able hyperparameters from which :func:`digitlab.models.build_model` rebuilds."""
@@ -273,8 +311,9 @@ class Model:
         chunk_rows: int | None = None,
         sample_weight: np.ndarray | None = None,
         weight_total: float | None = None,
+        rng: np.random.Generator | None = None,
     ) -> tuple[float, dict[str, np.ndarray]]:
-        """The regularised objective and its gradient.
+        """The regularised objective and its gradient, in training mode.
 
         Parameters
         ----------
@@ -296,6 +335,9 @@ class Model:
             by instead of ``sum(sample_weight)``: the trainer passes ``rows * mean weight of
             the training set``, making a mini-batch's loss an unbiased estimate of the
             weighted mean over all rows (equal to it for the full batch).
+        rng : Generator, optional
+            Draws the dropout masks of a model with dropout (None: nothing dropped). A model
+            with batch normalisation also updates its running statistics here.
 
         Returns
         -------
@@ -304,11 +346,11 @@ class Model:
         grads : dict of ndarray
             Same keys and shapes as ``params``.
         """
-        if chunk_rows is not None and np.shape(X)[0] > chunk_rows:
+        if chunk_rows is not None and np.shape(X)[0] > chunk_rows and not self.batch_coupled:
             return self._chunked_loss_and_grad(
-                X, y, int(chunk_rows), sample_weight, weight_total
+                X, y, int(chunk_rows), sample_weight, weight_total, rng
             )
-        return self._loss_and_grad(X, y, False, sample_weight, weight_total)
+        return self._loss_and_grad(X, y, False, sample_weight, weight_total, rng)
 
     def loss_and_grad_factored(
         self,
@@ -316,6 +358,7 @@ class Model:
         y: np.ndarray,
         sample_weight: np.ndarray | None = None,
         weight_total: float | None = None,
+        rng: np.random.Generator | None = None,
     ) -> tuple[float, dict[str, np.ndarray | LinearGrad]]:
         """:meth:`loss_and_grad` with the weight matrices' gradients left in factored form.
 
@@ -325,7 +368,7 @@ class Model:
         penalty every entry is an array. The factors reference ``X``: use them before ``X``
         is overwritten (the trainer applies them at once, see :class:`~digitlab.optim.SGD`).
         """
-        return self._loss_and_grad(X, y, not self.l1, sample_weight, weight_total)
+        return self._loss_and_grad(X, y, not self.l1, sample_weight, weight_total, rng)
 
     def _loss_and_grad(
         self,
@@ -334,12 +377,13 @@ class Model:
         factored: bool,
         sample_weight: Any = None,
         weight_total: float | None = None,
+        rng: np.random.Generator | None = None,
     ) -> tuple[float, dict[str, Any]]:
         X = self.check_X(X)
         y = self.check_y(y, X.shape[0])
         w = self.check_weight(sample_weight, X.shape[0])
         scale = self._scale(X.shape[0], w, weight_total)
-        loss_sum, grads = self._data_loss_and_grad(X, y, scale, factored, w)
+        loss_sum, grads = self._data_loss_and_grad(X, y, scale, factored, w, rng)
         loss = loss_sum * scale
         if self.l1 or self.l2:
             for k in self.penalized:
@@ -368,6 +412,7 @@ class Model:
         chunk: int,
         sample_weight: Any = None,
         weight_total: float | None = None,
+        rng: np.random.Generator | None = None,
     ) -> tuple[float, dict[str, np.ndarray]]:
         X = np.asarray(X)
         self.check_X(X[:1])  # shape checks without converting all of X
@@ -379,7 +424,7 @@ class Model:
         for start in range(0, n, chunk):
             Xb = self.check_X(X[start : start + chunk])
             wb = None if w is None else w[start : start + chunk]
-            part, g = self._data_loss_and_grad(Xb, y[start : start + chunk], scale, False, wb)
+            part, g = self._data_loss_and_grad(Xb, y[start : start + chunk], scale, False, wb, rng)
             loss_sum += part
             for k, v in g.items():
                 grads[k] += v
@@ -403,15 +448,19 @@ class Model:
         *,
         penalty: bool = True,
         sample_weight: np.ndarray | None = None,
+        training: bool = False,
+        rng: np.random.Generator | None = None,
     ) -> float:
         """The objective without its gradient (``penalty=False``: cross-entropy alone).
 
-        ``sample_weight (n,)`` weights the rows as in :meth:`loss_and_grad`.
+        ``sample_weight (n,)`` weights the rows as in :meth:`loss_and_grad`. ``training``
+        computes what :meth:`loss_and_grad` optimises (batch statistics, dropout masks drawn
+        from ``rng``) without updating running statistics; else the evaluation-mode value.
         """
         X = self.check_X(X)
         y = self.check_y(y, X.shape[0])
         w = self.check_weight(sample_weight, X.shape[0])
-        value = self._data_loss_sum(X, y, w)
+        value = self._data_loss_sum(X, y, w, training, rng)
         if self.reduction == "mean":
             value = value / X.shape[0] if w is None else value * self._scale(X.shape[0], w)
         return value + (self.penalty() if penalty else 0.0)

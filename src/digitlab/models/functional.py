@@ -13,24 +13,35 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy.linalg.blas import dger, sger
-from scipy.special import expit
+from scipy.special import erf, expit
 
 #: Hidden-layer activations: name -> formula (implemented in activate_ / activation_backward_).
 ACTIVATIONS: dict[str, str] = {
     "tanh": "tanh(z)",
     "sigmoid": "1 / (1 + exp(-z))",
     "relu": "max(z, 0)",
+    "scaled_tanh": "1.7159 tanh(2z/3) (LeCun's improved sigmoid)",
+    "leaky_relu": "max(z, slope z)",
+    "elu": "z if z > 0 else exp(z) - 1",
+    "gelu": "z Phi(z), Phi the standard normal CDF",
 }
+#: Activations whose derivative needs the pre-activation ``z``, not only the output.
+NEEDS_INPUT = frozenset({"gelu"})
+#: LeCun's scaled tanh: ``A tanh(S z)``, so that unit-variance inputs give unit-variance outputs.
+SCALED_TANH = (1.7159, 2.0 / 3.0)
 
 
-def activate_(z: np.ndarray, name: str) -> np.ndarray:
+def activate_(z: np.ndarray, name: str, slope: float = 0.01) -> np.ndarray:
     """Apply a hidden activation in place.
 
     Parameters
     ----------
     z : ndarray (n, h)
         Pre-activations; overwritten by the activations.
-    name : {"tanh", "sigmoid", "relu"}
+    name : str
+        A key of :data:`ACTIVATIONS`.
+    slope : float
+        The negative-side slope of ``leaky_relu``.
 
     Returns
     -------
@@ -43,14 +54,34 @@ def activate_(z: np.ndarray, name: str) -> np.ndarray:
         return expit(z, out=z)
     if name == "relu":
         return np.maximum(z, 0, out=z)
+    if name == "scaled_tanh":
+        z *= SCALED_TANH[1]
+        np.tanh(z, out=z)
+        z *= SCALED_TANH[0]
+        return z
+    if name == "leaky_relu":
+        return np.maximum(z, slope * z, out=z)  # slope in (0, 1)
+    if name == "elu":
+        neg = z < 0
+        z[neg] = np.expm1(z[neg])
+        return z
+    if name == "gelu":
+        cdf = erf(z * np.sqrt(0.5).astype(z.dtype))
+        cdf += 1.0
+        cdf *= 0.5
+        return np.multiply(z, cdf, out=z)
     raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
 
 
-def activation_backward_(delta: np.ndarray, a: np.ndarray, name: str) -> np.ndarray:
+def activation_backward_(
+    delta: np.ndarray, a: np.ndarray, name: str, z: np.ndarray | None = None, slope: float = 0.01
+) -> np.ndarray:
     """Multiply an upstream gradient by the activation's derivative, in place.
 
-    The derivative is written in terms of the activation's *output* ``a``:
-    tanh' = 1 - a**2, sigmoid' = a (1 - a), relu' = [a > 0].
+    The derivative is written in terms of the activation's *output* ``a`` where it can be:
+    tanh' = 1 - a**2, sigmoid' = a (1 - a), relu' = [a > 0], scaled tanh' = S (A - a**2 / A),
+    leaky' = 1 if a > 0 else slope, elu' = 1 if a > 0 else a + 1; gelu' = Phi(z) + z phi(z)
+    needs the pre-activation ``z``.
 
     Parameters
     ----------
@@ -58,7 +89,10 @@ def activation_backward_(delta: np.ndarray, a: np.ndarray, name: str) -> np.ndar
         dLoss/da; overwritten by dLoss/dz.
     a : ndarray (n, h)
         The activation output of the forward pass.
-    name : {"tanh", "sigmoid", "relu"}
+    name : str
+    z : ndarray (n, h), optional
+        The pre-activation (required for the activations in :data:`NEEDS_INPUT`).
+    slope : float
 
     Returns
     -------
@@ -72,9 +106,96 @@ def activation_backward_(delta: np.ndarray, a: np.ndarray, name: str) -> np.ndar
         delta *= a * (1.0 - a)
     elif name == "relu":
         delta *= a > 0
+    elif name == "scaled_tanh":
+        A, S = SCALED_TANH
+        delta *= S * (A - a * a / A)
+    elif name == "leaky_relu":
+        delta *= np.where(a > 0, 1.0, slope).astype(delta.dtype)
+    elif name == "elu":
+        delta *= np.where(a > 0, 1.0, a + 1.0).astype(delta.dtype)
+    elif name == "gelu":
+        if z is None:
+            raise ValueError("the gelu derivative needs the pre-activation z")
+        pdf = np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi)
+        cdf = 0.5 * (1.0 + erf(z * np.sqrt(0.5)))
+        delta *= (cdf + z * pdf).astype(delta.dtype)
     else:
         raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
     return delta
+
+
+def batch_norm_forward_(
+    z: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Batch normalisation of pre-activations in training, in place.
+
+    ``zhat = (z - mean) / sqrt(var + eps)`` over the batch (biased variance), then
+    ``u = gamma zhat + beta``.
+
+    Parameters
+    ----------
+    z : ndarray (n, h)
+        Overwritten by ``u``.
+    gamma, beta : ndarray (h,)
+    eps : float
+
+    Returns
+    -------
+    u : ndarray (n, h)
+        ``z`` itself.
+    zhat : ndarray (n, h)
+    inv_std : ndarray (h,)
+        ``1 / sqrt(var + eps)``.
+    mean, var : ndarray (h,)
+        The batch mean and (biased) variance.
+    """
+    mean = z.mean(axis=0)
+    z -= mean
+    var = np.einsum("ij,ij->j", z, z) / z.shape[0]
+    inv_std = 1.0 / np.sqrt(var + eps)
+    zhat = z * inv_std
+    np.multiply(zhat, gamma, out=z)
+    z += beta
+    return z, zhat, inv_std, mean, var
+
+
+def batch_norm_backward(
+    du: np.ndarray, zhat: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients through :func:`batch_norm_forward_`.
+
+    Parameters
+    ----------
+    du : ndarray (n, h)
+        dLoss/du.
+    zhat : ndarray (n, h)
+    inv_std, gamma : ndarray (h,)
+
+    Returns
+    -------
+    dz : ndarray (n, h)
+        ``inv_std / n * (n dzhat - sum(dzhat) - zhat sum(dzhat zhat))``, ``dzhat = du gamma``.
+    dgamma, dbeta : ndarray (h,)
+        ``sum(du zhat)`` and ``sum(du)`` over the batch.
+    """
+    n = du.shape[0]
+    dbeta = np.add.reduce(du, axis=0)
+    dgamma = np.einsum("ij,ij->j", du, zhat)
+    dzhat = du * gamma
+    dz = dzhat * n
+    dz -= np.add.reduce(dzhat, axis=0)
+    dz -= zhat * np.einsum("ij,ij->j", dzhat, zhat)
+    dz *= inv_std / n
+    return dz, dgamma, dbeta
+
+
+def dropout_mask(
+    shape: tuple[int, int], rate: float, rng: np.random.Generator, dtype: np.dtype
+) -> np.ndarray:
+    """Inverted dropout: ``1 / (1 - rate)`` where a unit is kept (probability ``1 - rate``,
+    drawn as ``rng.random(shape) >= rate``), else 0; shape ``(n, h)``."""
+    keep = rng.random(shape) >= rate
+    return keep.astype(dtype) * np.asarray(1.0 / (1.0 - rate), dtype=dtype)
 
 
 def softmax_(z: np.ndarray) -> np.ndarray:

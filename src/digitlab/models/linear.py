@@ -69,6 +69,7 @@ class LinearModel(Model):
         scale: float,
         factored: bool = False,
         weight: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
     ) -> tuple[float, dict[str, Any]]:
         # dE/dz from the logits, then dE/dW = X^T dE/dz and dE/db = sum of dE/dz
         loss_sum, g = self._logit_loss_and_grad(self._affine(X), y, scale, weight)
@@ -154,7 +155,7 @@ class LogisticModel(LinearModel):
         """``P(y=1 | x)`` for each row, shape (n,)."""
         return expit(self.logits(X))
 
-    def _data_loss_sum(self, X: np.ndarray, y: np.ndarray, weight: Any = None) -> float:
+    def _data_loss_sum(self, X: np.ndarray, y: np.ndarray, weight: Any = None, *_: Any) -> float:
         return binary_cross_entropy(self._affine(X)[:, 0], y, weight)
 
     def _logit_loss_and_grad(
@@ -214,7 +215,7 @@ class SoftmaxModel(LinearModel):
         """Class probabilities, shape (n, k), rows summing to one."""
         return softmax_(self.logits(X))
 
-    def _data_loss_sum(self, X: np.ndarray, y: np.ndarray, weight: Any = None) -> float:
+    def _data_loss_sum(self, X: np.ndarray, y: np.ndarray, weight: Any = None, *_: Any) -> float:
         return softmax_cross_entropy(self._affine(X), y, weight)
 
     def _logit_loss_and_grad(

@@ -292,11 +292,13 @@ class Trainer:
     def gradient(
         self, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None
     ) -> tuple[float, Any]:
-        """The batch's objective and gradient, by the model method chosen for this fit."""
+        """The batch's objective and gradient, by the model method chosen for this fit (a
+        model that draws in training, dropout, draws from the run's generator)."""
+        kw: dict[str, Any] = {"rng": self.rng} if self.model.uses_rng else {}
         if weight is None:
-            return self._grad_fn(X, y)
+            return self._grad_fn(X, y, **kw)
         total = weight.shape[0] * self._mean_weight  # an unbiased estimate of the weighted mean
-        return self._grad_fn(X, y, sample_weight=weight, weight_total=total)
+        return self._grad_fn(X, y, sample_weight=weight, weight_total=total, **kw)
 
     def apply(self, loss: float, grads: dict[str, Any], X: np.ndarray, y: np.ndarray) -> None:
         """One step from the batch ``X (b, d), y (b,)``, its loss and gradient: update, count,
