@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from digitlab import limits
-from digitlab.checkpoint import new_file_mode
+from digitlab.fileio import new_file_mode
 from digitlab.errors import ConfigError, DownloadError
 
 __all__ = ["fetch", "sha256_file"]

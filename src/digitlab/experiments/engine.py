@@ -464,7 +464,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def _prepare_folder(folder: Path, out: Path) -> None:
     """Create or adopt the experiment folder ``folder`` (directly under ``out``)."""
-    from digitlab.checkpoint import atomic_write_bytes
+    from digitlab.fileio import atomic_write_bytes
 
     if folder.parent.resolve() != out.resolve() or folder.is_symlink():
         raise ConfigError(f"{folder} is not a plain folder directly under {out}")
@@ -594,7 +594,7 @@ def write_extras(
             classes=np.array(data.classes),
         )
     if "kaggle" in exp.extras:
-        from digitlab.checkpoint import atomic_write_bytes
+        from digitlab.fileio import atomic_write_bytes
         from digitlab.runner import LABEL_OFFSET
 
         offset = LABEL_OFFSET.get(data.dataset.name, 0)
