@@ -39,6 +39,7 @@ from digitlab.models.base import Model, as_generator
 from digitlab.optim.base import Optimizer
 from digitlab.optim.schedules import Constant, Schedule
 from digitlab.optim.sgd import SGD
+from digitlab.runfiles import evaluation_record
 from digitlab.train.callbacks import Callback, History
 
 BatchSpec = int | float | str
@@ -224,17 +225,12 @@ class Trainer:
 
     def _evaluate_splits(self, splits: dict[str, ArrayPair], lr: float) -> dict[str, float]:
         spe = max(self.steps_per_epoch, 1)
-        record: dict[str, float] = {
-            "step": self.step,
-            "epoch": self.step / spe,
-            "lr": lr,
-            "weight_norm": self.model.weight_norm(),
-            "time": self.elapsed,
+        state = {"step": self.step, "epoch": self.step / spe, "lr": lr, "time": self.elapsed}
+        results = {
+            name: evaluate(self.model, X, y, self._weight if name == "train" else None)
+            for name, (X, y) in splits.items()
         }
-        for name, (X, y) in splits.items():
-            w = self._weight if name == "train" else None
-            for key, value in evaluate(self.model, X, y, w).items():
-                record[f"{name}_{key}"] = value
+        record = evaluation_record(self.model, state, results)
         self.last_eval_step = self.step
         for cb in self.callbacks:
             cb.on_evaluate(self, record)
