@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from digitlab import limits
-from digitlab.fileio import new_file_mode
 from digitlab.errors import ConfigError, DownloadError
+from digitlab.fileio import new_file_mode
 
 __all__ = ["fetch", "sha256_file"]
 
