@@ -384,13 +384,15 @@ class HistoryWriter:
             raise OutputError(f"{self.path}: not a regular file; not appended to")
         os.set_blocking(fd, True)
         f = os.fdopen(fd, "a", newline="")
-        self._names = list(record)
         if st.st_size == 0:
+            self._names = list(record)
             f.write(_csv_lines([self._names]))
+        elif not self._names:  # appending to rows written before: their columns
+            self._names = _header(self.path, _history_lines(self.path)) or list(record)
         return f
 
     def append(self, record: Mapping[str, float]) -> None:
-        """Append one evaluation (columns of the first row appended; others left out)."""
+        """Append one evaluation (in the file's columns; other keys are left out)."""
         if self._file is None:
             self._file = self._open(record)
         self._file.write(_csv_lines([[_cell(record.get(k, "")) for k in self._names]]))
@@ -400,6 +402,7 @@ class HistoryWriter:
         """Replace the file with ``records`` (later rows are appended to the new file)."""
         self.close()
         write_history(self.path, records)
+        self._names = list(dict.fromkeys(k for r in records for k in r))
 
     def close(self) -> None:
         if self._file is not None:
@@ -585,13 +588,13 @@ def check_confusion(matrix: Any, where: str, n_classes: int | None) -> None:
 
     The sizes are checked before anything proportional to them is built.
     """
-    k = n_classes if n_classes is not None else MAX_CLASSES
-    if not isinstance(matrix, list) or not matrix or len(matrix) > k:
-        exp = f"{n_classes} classes" if n_classes is not None else f"at most {MAX_CLASSES}"
-        raise FileReadError(f"{where}: confusion_test is not a square table of counts ({exp})")
+    if not isinstance(matrix, list) or not matrix:
+        raise FileReadError(f"{where}: confusion_test is not a table of counts")
     size = len(matrix)
     if n_classes is not None and size != n_classes:
         raise FileReadError(f"{where}: confusion_test has {size} rows, the run {n_classes} classes")
+    if size > MAX_CLASSES:
+        raise FileReadError(f"{where}: confusion_test has {size} rows, at most {MAX_CLASSES} read")
     if not all(isinstance(r, list) and len(r) == size and all(map(_whole, r)) for r in matrix):
         raise FileReadError(f"{where}: confusion_test is not a square table of whole counts")
 

@@ -76,7 +76,7 @@ class RunFiles:
         except OSError:
             st = None
         if st is not None and stat.S_ISLNK(st.st_mode):  # the folder is resolved: links only
-            real = Path(path).resolve()
+            real = Path(os.path.realpath(path))  # a link loop: not a file, never raises
             if not real.is_relative_to(self.root):
                 raise ServeError(f"{self.id}/{name}: points outside the runs root", 403)
             if real.is_file():
@@ -144,7 +144,7 @@ class RunIndex:
         parts = run_id.split("/")
         if run_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise ServeError(f"run id {run_id!r} is not a path inside the runs root", 403)
-        real = self.root.joinpath(*parts).resolve()
+        real = Path(os.path.realpath(self.root.joinpath(*parts)))
         if not real.is_relative_to(self.root):
             raise ServeError(f"run id {run_id!r} points outside the runs root", 403)
         if not (real / "config.toml").is_file():
@@ -222,7 +222,7 @@ class RunIndex:
             return cached[1]
         labels: dict[str, str] = {}
         try:
-            if path.resolve().is_relative_to(self.root):
+            if Path(os.path.realpath(path)).is_relative_to(self.root):
                 record = read_json(path)
                 members = record.get("members") if isinstance(record, dict) else None
                 labels = {str(m["folder"]): str(m["label"]) for m in members or []}
