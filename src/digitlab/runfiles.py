@@ -115,26 +115,24 @@ def _weight_norm(model: Any) -> float:
     return model.weight_norm()
 
 
+def _by_name(*columns: Column) -> dict[str, Column]:
+    return {c.name: c for c in columns}
+
+
 #: Columns of every evaluation row, in file order (the trainer's state or ``value(model)``).
-COLUMNS: dict[str, Column] = {
-    c.name: c
-    for c in (
-        Column("step", "optimisation steps taken"),
-        Column("epoch", "passes over the training split (steps / steps per epoch)"),
-        Column("lr", "learning rate of the last step"),
-        Column("weight_norm", "L2 norm of all weight matrices (biases excluded)", _weight_norm),
-        Column("time", "seconds of training so far"),
-    )
-}
+COLUMNS: dict[str, Column] = _by_name(
+    Column("step", "optimisation steps taken"),
+    Column("epoch", "passes over the training split (steps / steps per epoch)"),
+    Column("lr", "learning rate of the last step"),
+    Column("weight_norm", "L2 norm of all weight matrices (biases excluded)", _weight_norm),
+    Column("time", "seconds of training so far"),
+)
 #: Columns of each evaluated split, named ``<split>_<name>``, in file order.
-SPLIT_COLUMNS: dict[str, Column] = {
-    c.name: c
-    for c in (
-        Column("loss", "mean cross-entropy"),
-        Column("objective", "what the model optimises: cross-entropy plus penalty"),
-        Column("acc", "accuracy (fraction correct)"),
-    )
-}
+SPLIT_COLUMNS: dict[str, Column] = _by_name(
+    Column("loss", "mean cross-entropy"),
+    Column("objective", "what the model optimises: cross-entropy plus penalty"),
+    Column("acc", "accuracy (fraction correct)"),
+)
 #: The splits a run evaluates, in file order.
 SPLITS = ("train", "val", "test")
 
