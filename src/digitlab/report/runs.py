@@ -28,6 +28,7 @@ from digitlab.report.document import (
 )
 from digitlab.report.render import Block, Code, Document, Heading, Paragraph, Section, Table
 from digitlab.report.rundata import ExperimentRecord, MemberRecord, load_run
+from digitlab.runfiles import find_checkpoint
 
 
 def _labels(folders: list[Path]) -> tuple[list[str], Path]:
@@ -70,7 +71,7 @@ def runs_record(
     if one:
         m = members[0]
         kinds = ["curves"]
-        kinds += ["weights"] if (m.folder / "checkpoint.npz").is_file() else []
+        kinds += ["weights"] if find_checkpoint(m.folder) is not None else []
         kinds += ["confusion"] if "confusion_test" in m.metrics else []
         title = "digitlab run"
     else:

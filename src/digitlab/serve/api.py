@@ -21,7 +21,7 @@ import numpy as np
 
 from digitlab.errors import DigitlabError, ServeError
 from digitlab.models import MODELS
-from digitlab.runfiles import load_run_checkpoint
+from digitlab.runfiles import CHECKPOINT, load_run_checkpoint
 from digitlab.serve.png import diverging, encode_png, tile
 from digitlab.serve.runs import RunFiles, RunIndex, metrics_of, settings_of
 
@@ -74,7 +74,7 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, run: RunFiles) -> LoadedModel:
-        path = run.file("checkpoint.npz")
+        path = run.file(CHECKPOINT)
         if path is None:
             raise ServeError(f"run {run.id} has no checkpoint.npz (yet)", 404)
         st = path.stat()
@@ -218,7 +218,7 @@ def confusion(
     """
     run = index.resolve(run_id)
     loaded = models.get(run)
-    path = run.file("checkpoint.npz")
+    path = run.file(CHECKPOINT)
     assert path is not None  # models.get checked it
     st = path.stat()
     ckey = (str(path), st.st_mtime_ns, st.st_size)

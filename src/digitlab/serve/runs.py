@@ -147,7 +147,7 @@ class RunIndex:
         real = Path(os.path.realpath(self.root.joinpath(*parts)))
         if not real.is_relative_to(self.root):
             raise ServeError(f"run id {run_id!r} points outside the runs root", 403)
-        if not (real / "config.toml").is_file():
+        if not (real / CONFIG).is_file():
             raise ServeError(f"no run {run_id!r} under {self.root}", 404)
         return RunFiles(run_id, real, self.root)
 
@@ -166,7 +166,7 @@ class RunIndex:
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(entry.name)
-                elif entry.name == "config.toml":
+                elif entry.name == CONFIG:
                     is_run = True
         subdirs.sort()
         self._dirs[key] = (st.st_mtime_ns, subdirs, is_run)
@@ -233,7 +233,7 @@ class RunIndex:
         return labels
 
     def _summary(self, folder: Path, rel: str, dir_mtime: int) -> dict[str, Any]:
-        hist = folder / "history.csv"
+        hist = folder / HISTORY
         try:
             hst = hist.stat()
             hkey: tuple[int, int] = (hst.st_mtime_ns, hst.st_size)
@@ -261,7 +261,7 @@ class RunIndex:
 
     def history(self, run: RunFiles) -> dict[str, list[float | None]]:
         """The columns of the run's ``history.csv`` (empty before the first evaluation)."""
-        path = run.file("history.csv")
+        path = run.file(HISTORY)
         if path is None:
             return {}
         st = path.stat()
