@@ -3,8 +3,8 @@
 Every file digitlab writes goes through :func:`atomic_write_bytes`: the bytes go to a
 randomly named temporary file created in the target folder with ``O_EXCL | O_NOFOLLOW``
 (:func:`tempfile.mkstemp`), are flushed to disk, then renamed over the target. A planted
-symbolic link is never written through: a target that is a link, or a folder between
-``inside`` and the target that is a link, is refused; concurrent writers never share a
+symbolic link is never written through: a target that is a link, or a folder below the
+caller's folder (``inside``) that is a link, is refused; concurrent writers never share a
 temporary name.
 
 Every file digitlab parses is read with :func:`read_bytes`: opened with ``O_NONBLOCK`` (a
@@ -48,17 +48,17 @@ MAX_NESTING = 64
 
 # ---------------------------------------------------------------------------------- writes
 def check_folder(folder: Path, inside: Path | None = None) -> None:
-    """Refuse (OutputError) a write into ``folder`` through a symbolic link.
+    """Refuse (OutputError) a write into ``folder`` through a symbolic link planted below
+    ``inside``.
 
-    ``folder`` itself, and every folder between ``inside`` (exclusive; the caller chose it)
-    and ``folder``, must be a real folder or not exist yet (it is then created by the write).
+    Every folder below ``inside`` (the folder the caller chose, which may itself be a link)
+    down to ``folder`` must be a real folder or not exist yet (the write creates it). Without
+    ``inside`` there is nothing to check: the caller chose ``folder``.
     """
-    folder = Path(folder)
-    chain = [folder]
-    if inside is not None and folder.is_relative_to(inside):
-        rel = folder.relative_to(inside).parts
-        chain = [Path(inside, *rel[: i + 1]) for i in range(len(rel))]
-    for part in chain:
+    if inside is None or not Path(folder).is_relative_to(inside):
+        return
+    rel = Path(folder).relative_to(inside).parts
+    for part in (Path(inside, *rel[: i + 1]) for i in range(len(rel))):
         if part.is_symlink():
             raise OutputError(f"{part}: is a symbolic link; not writing through it")
 
@@ -102,8 +102,8 @@ def atomic_write_bytes(
     write : callable
         Writes the content to the binary file object it is given.
     inside : Path, optional
-        The folder the caller chose: no folder below it on the way to ``path`` may be a
-        symbolic link (default: only ``path``'s own folder is checked).
+        The folder the caller chose (e.g. a run folder): no folder below it on the way to
+        ``path`` may be a symbolic link (default: the caller chose ``path``'s folder).
 
     Raises
     ------

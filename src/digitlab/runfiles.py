@@ -37,7 +37,6 @@ from digitlab.checkpoint import load_checkpoint
 from digitlab.errors import CheckpointError, ConfigError, FileReadError, OutputError
 from digitlab.fileio import (
     atomic_write_bytes,
-    check_folder,
     open_regular,
     parse_json,
     parse_toml,
@@ -370,7 +369,6 @@ class HistoryWriter:
         self._names: list[str] = []
 
     def _open(self, record: Mapping[str, float]) -> IO[str]:
-        check_folder(self.path.parent)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
             fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
