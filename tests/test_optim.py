@@ -273,6 +273,6 @@ def test_trainer_fast_path_keyed_on_declared_capability():
             super().step(params, grads, lr)
 
     assert SGD.supports_rank1 and not Spy.supports_rank1
-    fast = Trainer(model, optimizer=SGD(), batch_size=1)._gradient_function_for(1)
-    slow = Trainer(model, optimizer=Spy(), batch_size=1)._gradient_function_for(1)
+    fast = Trainer(model, optimizer=SGD(), batch_size=1).gradient_function(1)
+    slow = Trainer(model, optimizer=Spy(), batch_size=1).gradient_function(1)
     assert fast == model.loss_and_grad_factored and slow == model.loss_and_grad

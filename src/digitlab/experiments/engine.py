@@ -99,7 +99,8 @@ def run_member(
     the folder (which it creates) is removed.
     """
     from digitlab.checkpoint import load_checkpoint
-    from digitlab.runner import Settings, run
+    from digitlab.runner import run
+    from digitlab.settings import Settings
 
     base = Settings.from_dict(settings)
     data = _prepared(base, bias_input, validation)
@@ -140,7 +141,7 @@ def run_member(
 def _record_job(metrics: dict[str, Any], seed: int, folder: Path, **extra: Any) -> None:
     """Add what the engine knows of a finished job (its stop epoch, seed, ``extra``) to its
     metrics and write them to ``folder/metrics.json``."""
-    from digitlab.runner import write_json
+    from digitlab.runfiles import write_json
 
     metrics |= {"stop_epoch": stop_epoch(metrics), "seed": seed, **extra}
     write_json(folder / "metrics.json", metrics)
@@ -184,8 +185,8 @@ def run_together(jobs: list[Job], init_folders: list[str | None]) -> list[dict[s
     :func:`run_member`'s up to float rounding; otherwise one after another.
     """
     from digitlab.data import load
-    from digitlab.runner import Settings
     from digitlab.runner import run_together as run_runs
+    from digitlab.settings import Settings
 
     def one_by_one() -> list[dict[str, Any]]:
         return [j.call(f) for j, f in zip(jobs, init_folders, strict=True)]
@@ -387,7 +388,7 @@ def _run_task(
 ) -> list[tuple[int, dict[str, Any]]]:
     """Run a task's groups in order (jobs that finished before are skipped); each job's
     ``job.json`` is written as soon as it finishes."""
-    from digitlab.runner import write_json
+    from digitlab.runfiles import write_json
 
     out = []
     for group in groups:
@@ -544,13 +545,9 @@ def write_extras(
 ) -> dict[str, Any]:
     """Class means, L-BFGS optimum, gallery and Kaggle CSV, as the experiment asks."""
     from digitlab.optim import lbfgs
-    from digitlab.runner import (
-        Settings,
-        load_run_checkpoint,
-        prepare_data,
-        split_metrics,
-        write_json,
-    )
+    from digitlab.runfiles import load_run_checkpoint, write_json
+    from digitlab.runner import prepare_data, split_metrics
+    from digitlab.settings import Settings
 
     info: dict[str, Any] = {}
     data = prepare_data(Settings.from_dict(settings))
@@ -595,9 +592,8 @@ def write_extras(
         )
     if "kaggle" in exp.extras:
         from digitlab.fileio import atomic_write_bytes
-        from digitlab.runner import LABEL_OFFSET
 
-        offset = LABEL_OFFSET.get(data.dataset.name, 0)
+        offset = data.dataset.label_offset
         pred = model.predict(data.test[0]) + offset
         text = "Id,Category\n" + "".join(f"{i},{p}\n" for i, p in enumerate(pred.tolist(), 1))
         atomic_write_bytes(folder / "kaggle.csv", lambda f: f.write(text.encode()))
@@ -635,7 +631,7 @@ def run_experiments(
     list of ExperimentRecord
         The records written to ``experiment.json``, in the order of ``exps``.
     """
-    from digitlab.runner import write_json
+    from digitlab.runfiles import write_json
 
     root = Path(out)
 

@@ -172,7 +172,7 @@ class ExperimentSpec:
 
     def member_settings(self, member: MemberSpec, **changes: Any) -> dict[str, Any]:
         """The full, validated settings of one member as a dict."""
-        from digitlab.runner import Settings
+        from digitlab.settings import Settings
 
         values = self.settings | member.overrides | changes
         return Settings.from_dict(values, where=f"{self.name}/{member.label}").to_dict()
