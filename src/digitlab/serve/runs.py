@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from digitlab.errors import DigitlabError, FileReadError, ServeError
 from digitlab.runfiles import (
     CHECKPOINT,
@@ -41,6 +43,8 @@ from digitlab.runfiles import (
 #: A run without ``metrics.json`` whose files changed within this many seconds is "running";
 #: older ones are "failed" (the process died before writing its metrics).
 RUNNING_WINDOW_S = 900.0
+#: Histories kept parsed (float64 columns, each at most MAX_HISTORY_ROWS rows).
+MAX_CACHED_HISTORIES = 64
 #: How deep below the root run folders are looked for.
 MAX_DEPTH = 4
 RUN_FILES = (CONFIG, HISTORY, METRICS, CHECKPOINT)
@@ -125,7 +129,7 @@ class RunIndex:
         self._dirs: dict[str, tuple[int, list[str], bool]] = {}
         self._summaries: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._experiments: dict[str, tuple[int, dict[str, str]]] = {}
-        self._histories: dict[str, tuple[tuple[int, int], dict[str, list[float | None]]]] = {}
+        self._histories: dict[str, tuple[tuple[int, int], dict[str, np.ndarray]]] = {}
         self._generation = 0  # bumped whenever a cached listing, summary or label is rebuilt
         self._last: tuple[Any, list[dict[str, Any]]] = (None, [])
 
@@ -260,21 +264,24 @@ class RunIndex:
         return out
 
     def history(self, run: RunFiles) -> dict[str, list[float | None]]:
-        """The columns of the run's ``history.csv`` (empty before the first evaluation)."""
+        """The columns of the run's ``history.csv`` (empty before the first evaluation), at
+        most :data:`~digitlab.runfiles.MAX_HISTORY_ROWS` rows spread over the run; NaN and
+        infinities as None."""
         path = run.file(HISTORY)
         if path is None:
             return {}
         st = path.stat()
         key = (st.st_mtime_ns, st.st_size)
         cached = self._histories.get(str(path))
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        found = run.read(HISTORY, read_history) or {}
-        cols = {k: [float(x) if math.isfinite(x) else None for x in v] for k, v in found.items()}
-        if len(self._histories) > 256:
-            self._histories.clear()
-        self._histories[str(path)] = (key, cols)
-        return cols
+        if cached is None or cached[0] != key:
+            if len(self._histories) >= MAX_CACHED_HISTORIES:
+                self._histories.clear()
+            cached = (key, run.read(HISTORY, read_history) or {})
+            self._histories[str(path)] = cached
+        return {
+            k: [float(x) if math.isfinite(x) else None for x in v.tolist()]
+            for k, v in cached[1].items()
+        }
 
 
 # ---------------------------------------------------------------------------------- summaries
