@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 
 import hostile_files as hf
-from digitlab.checkpoint import (
-    FORMAT,
-    FORMAT_VERSION,
-    atomic_write_bytes,
-    load_checkpoint,
-    new_file_mode,
-    save_checkpoint,
-)
+from digitlab.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from digitlab.errors import CheckpointError
+from digitlab.fileio import atomic_write_bytes, new_file_mode
 from test_fuzz_readers import REAL_ARRAYS, REAL_META, TRAINER_META, _resume_with
 
 

@@ -11,13 +11,13 @@ import pytest
 from digitlab.checkpoint import load_checkpoint
 from digitlab.errors import ConfigError
 from digitlab.experiments import (
-    FIGURES,
     builtin_experiments,
     parse_experiment,
     run_experiment,
     select_experiments,
 )
 from digitlab.report import load_experiment
+from digitlab.report.kinds import listed_kinds
 
 TINY = {
     "name": "tiny",
@@ -41,7 +41,7 @@ def test_shipped_experiments_validate_and_cover_every_seed():
     assert {n for n, e in exps.items() if e.on_request} == {"lecun-mlp", "lecun-mlp-elastic"}
     for e in exps.values():
         assert e.title and e.protocol and e.section
-        assert set(e.figures) <= set(FIGURES)
+        assert set(e.figures) <= set(listed_kinds())
         for m in e.members:  # every member's settings are valid Settings
             settings = e.member_settings(m)
             assert settings["model"] in ("logistic", "softmax", "mlp")

@@ -24,10 +24,10 @@ with warnings.catch_warnings():  # starlette's notice about httpx vs httpx2
 
 from digitlab.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from digitlab.cli import main  # noqa: E402
+from digitlab.runfiles import read_history  # noqa: E402
 from digitlab.serve import create_app  # noqa: E402
 from digitlab.serve.api import MAX_UPLOAD_BYTES  # noqa: E402
 from digitlab.serve.png import encode_png  # noqa: E402
-from digitlab.serve.runs import parse_history  # noqa: E402
 
 BASE = "http://127.0.0.1"
 
@@ -65,7 +65,7 @@ def test_runs_lists_every_run_with_status_and_experiment_member(client, trained)
     assert mlp["status"] == "finished" and mlp["has_checkpoint"]
     assert mlp["test_acc"] == metrics["test_acc"]
     assert mlp["settings"]["model"] == "mlp" and mlp["settings"]["hidden"] == [64]
-    history = parse_history((root / ids["mlp"] / "history.csv").read_text())
+    history = read_history(root / ids["mlp"] / "history.csv")
     assert mlp["best_val_acc"] == max(history["val_acc"])
     assert mlp["n_evals"] == 6
     member = runs["my-exp/lr-0.5"]

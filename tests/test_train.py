@@ -17,11 +17,11 @@ from digitlab import MLPModel, SoftmaxModel
 from digitlab.checkpoint import load_checkpoint
 from digitlab.errors import CheckpointError, ConfigError, DivergenceError
 from digitlab.optim import SGD, InverseTime
+from digitlab.runfiles import read_history, write_history
 from digitlab.train import (
     Callback,
     Checkpoint,
     EarlyStopping,
-    History,
     Trainer,
     evaluate,
     resolve_batch_size,
@@ -302,9 +302,11 @@ def test_history_csv_round_trip(tmp_path):
     X, y = _data()
     trainer = Trainer(SoftmaxModel(8, 3), schedule=0.3)
     hist = trainer.fit((X, y), epochs=3)
-    hist.to_csv(tmp_path / "history.csv")
-    back = History.from_csv(tmp_path / "history.csv")
-    assert back.records == hist.records
+    write_history(tmp_path / "history.csv", hist.records)
+    back = read_history(tmp_path / "history.csv")
+    assert list(back) == hist.columns and len(hist) == 3
+    for key in hist.columns:
+        np.testing.assert_array_equal(back[key], hist.series(key), strict=True)
 
 
 SCRIPT = textwrap.dedent(

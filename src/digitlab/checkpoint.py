@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from digitlab import limits
-from digitlab.errors import CheckpointError, ConfigError, DigitlabError, OutputError
+from digitlab.errors import CheckpointError, ConfigError, DigitlabError
+from digitlab.fileio import atomic_write_bytes
 
 META_KEY = "meta.json"
 FORMAT = "digitlab-checkpoint"
@@ -31,61 +31,6 @@ MAX_META_BYTES = 16 << 20
 MAX_MEMBERS = 10_000
 # The members a trainer writes; anything else in the file is never read.
 _EXPECTED = re.compile(r"(model|optim|extra|cb[0-9]+)/.+|trainer/order")
-
-
-def atomic_write_bytes(path: str | os.PathLike, write: Any) -> Path:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it into place.
-
-    Raises
-    ------
-    OutputError
-        ``path`` is a folder or another non-regular file (a device is never replaced), or it
-        cannot be written (its parent is a file, no permission, disk full); the temporary
-        file is removed first.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder; give a file name to write")
-    if path.exists() and not path.is_file():
-        raise OutputError(f"{path}: exists and is not a regular file; not replaced")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise OutputError(f"{path}: cannot write there ({e.strerror or e})") from None
-    try:
-        os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, DigitlabError):
-            raise
-        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def new_file_mode() -> int:
-    """The mode ``open(path, "w")`` gives a new file: ``0o666`` less the process umask.
-
-    (:func:`tempfile.mkstemp` always creates ``0o600``; files renamed into place get this.)
-    """
-    try:  # Linux: read the umask without changing it (os.umask is process-wide, racy)
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def save_checkpoint(

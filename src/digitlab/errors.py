@@ -55,3 +55,8 @@ class ServeError(DigitlabError):
 
 class OutputError(DigitlabError, OSError):
     """An output path cannot be written (it is a folder, its parent is a file, no space...)."""
+
+
+class FileReadError(DigitlabError, ValueError):
+    """A file cannot be read safely or is malformed: not a regular file (a FIFO, socket or
+    device), a link loop, over its size cap, nested too deep, or not what it should hold."""

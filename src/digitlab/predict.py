@@ -216,7 +216,7 @@ def kaggle_csv(categories: Sequence[object]) -> str:
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) atomically: the file appears complete or not at all."""
-    from digitlab.checkpoint import atomic_write_bytes
+    from digitlab.fileio import atomic_write_bytes
 
     return atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
@@ -251,7 +251,7 @@ def contact_sheet(
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    from digitlab.checkpoint import atomic_write_bytes
+    from digitlab.fileio import atomic_write_bytes
 
     n = min(len(images), max_images)
     if n == 0:

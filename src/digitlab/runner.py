@@ -9,7 +9,6 @@ It never prints; progress goes to the callbacks a caller passes.
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -25,12 +24,19 @@ from digitlab.errors import ConfigError, DataError
 from digitlab.models import MODELS, Model
 from digitlab.optim import make_optimizer
 from digitlab.runfiles import (
+    CHECKPOINT,
+    CONFIG,
+    HISTORY,
+    METRICS,
+    HistoryWriter,
     check_run_name,
     checkpoint_progress,
     existing_ancestor,
+    find_checkpoint,
     new_run_folder,
     remove_run_folder,
     run_settings,
+    write_history,
     write_json,
     write_toml,
 )
@@ -208,34 +214,22 @@ class HistoryFile(Callback):
     """Append each evaluation to ``history.csv`` and flush, so a run can be followed live.
 
     The file is (re)written with the records already in the trainer's history when training
-    begins (a resumed run keeps its earlier rows) and rewritten atomically at the end.
+    begins (a resumed run keeps its earlier rows); :class:`~digitlab.runfiles.HistoryWriter`
+    writes it.
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: Any = None
-        self._writer: Any = None
+        self.writer = HistoryWriter(path)
 
     def on_train_begin(self, trainer: Trainer) -> None:
-        records = trainer.history.records
-        if records:
-            trainer.history.to_csv(self.path)
+        if trainer.history.records:
+            self.writer.rewrite(trainer.history.records)
 
     def on_evaluate(self, trainer: Trainer, record: dict[str, float]) -> None:
-        if self._writer is None:
-            fresh = not self.path.exists()
-            self._file = open(self.path, "a", newline="")  # noqa: SIM115 (closed at train end)
-            self._writer = csv.DictWriter(self._file, fieldnames=list(record), lineterminator="\n")
-            if fresh:
-                self._writer.writeheader()
-        row = {k: repr(v) if isinstance(v, float) else v for k, v in record.items()}
-        self._writer.writerow({k: row.get(k, "") for k in self._writer.fieldnames})
-        self._file.flush()
+        self.writer.append(record)
 
     def on_train_end(self, trainer: Trainer) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = self._writer = None
+        self.writer.close()
 
 
 def split_metrics(model: Model, data: PreparedData) -> dict[str, Any]:
@@ -446,7 +440,7 @@ class _OpenRun:
     def keep_history(self) -> None:
         """Rewrite ``history.csv`` whole once a checkpoint exists (it matches that)."""
         if self.checkpoint.saved:
-            self.trainer.history.to_csv(self.folder / "history.csv")
+            write_history(self.folder / HISTORY, self.trainer.history.records)
 
     def discard(self) -> None:
         """Remove a folder this run made if training failed before its first checkpoint."""
@@ -460,7 +454,7 @@ class _OpenRun:
         metrics |= {"dataset": data.dataset.name, "source": data.dataset.source,
                     "is_sample": data.dataset.is_sample, "notes": data.notes,
                     "interrupted": trainer.interrupted}  # fmt: skip
-        write_json(self.folder / "metrics.json", metrics)
+        write_json(self.folder / METRICS, metrics)
         return RunResult(self.folder, metrics, trainer, data)
 
 
@@ -481,12 +475,12 @@ def _open_run(settings: Settings, opts: RunOptions) -> _OpenRun:
     keep = existing_ancestor(opts.out)
     made = opts.folder is None
     folder = opts.folder if opts.folder is not None else new_run_folder(opts.out, name)
-    checkpoint = Checkpoint(folder / "checkpoint.npz", settings.checkpoint_every)
+    checkpoint = Checkpoint(folder / CHECKPOINT, settings.checkpoint_every)
     opened = _OpenRun(settings, data, trainer, checkpoint, folder, made, keep)
     try:
-        trainer.callbacks += [checkpoint, HistoryFile(folder / "history.csv")]
+        trainer.callbacks += [checkpoint, HistoryFile(folder / HISTORY)]
         _attach(trainer, settings, data)
-        write_toml(folder / "config.toml", settings.to_dict())
+        write_toml(folder / CONFIG, settings.to_dict())
     except BaseException:
         opened.discard()
         raise
@@ -494,7 +488,7 @@ def _open_run(settings: Settings, opts: RunOptions) -> _OpenRun:
 
 
 def checkpoint_saved(folder: Path) -> bool:
-    return (folder / "checkpoint.npz").is_file()
+    return find_checkpoint(folder) is not None
 
 
 # ---------------------------------------------------------------------------------- resume

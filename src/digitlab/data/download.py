@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from digitlab import limits
-from digitlab.checkpoint import new_file_mode
 from digitlab.errors import ConfigError, DownloadError
+from digitlab.fileio import new_file_mode
 
 __all__ = ["fetch", "sha256_file"]
 

@@ -21,7 +21,6 @@ from digitlab.experiments.engine import (
 from digitlab.experiments.spec import (
     ENGINE_KEYS,
     EXTRAS,
-    FIGURES,
     METRICS,
     ExperimentSpec,
     MemberSpec,
@@ -35,7 +34,6 @@ from digitlab.experiments.spec import (
 __all__ = [
     "ENGINE_KEYS",
     "EXTRAS",
-    "FIGURES",
     "Job",
     "METRICS",
     "ExperimentSpec",

@@ -465,7 +465,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def _prepare_folder(folder: Path, out: Path) -> None:
     """Create or adopt the experiment folder ``folder`` (directly under ``out``)."""
-    from digitlab.checkpoint import atomic_write_bytes
+    from digitlab.fileio import atomic_write_bytes
 
     if folder.parent.resolve() != out.resolve() or folder.is_symlink():
         raise ConfigError(f"{folder} is not a plain folder directly under {out}")
@@ -591,7 +591,8 @@ def write_extras(
             classes=np.array(data.classes),
         )
     if "kaggle" in exp.extras:
-        from digitlab.checkpoint import atomic_write_bytes
+        from digitlab.fileio import atomic_write_bytes
+
         offset = data.dataset.label_offset
         pred = model.predict(data.test[0]) + offset
         text = "Id,Category\n" + "".join(f"{i},{p}\n" for i, p in enumerate(pred.tolist(), 1))

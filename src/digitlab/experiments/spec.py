@@ -13,7 +13,7 @@ File layout::
     title = "..."
     protocol = "..."               # a few lines
     choices = "..."                # where the text leaves a choice, what we picked and why
-    figures = ["curves", "table"]  # see FIGURES
+    figures = ["curves", "table"]  # see digitlab.report.kinds
     select = {metric = "val_acc", mode = "max"}   # which member is "chosen"
     extras = ["lbfgs", "gallery", "kaggle"]       # optional
     repeats = 1                    # default number of seeds per member (see below)
@@ -57,9 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from digitlab.errors import ConfigError
-from digitlab.report.rundata import FIGURE_KINDS, TABLE_KINDS
 
-FIGURES = (*FIGURE_KINDS, *TABLE_KINDS)
 EXTRAS = ("lbfgs", "gallery", "kaggle")
 METRICS = (
     "train_acc",
@@ -314,9 +312,11 @@ def _texts(data: dict[str, Any], path: str) -> dict[str, Any]:
 
 def parse_experiment(data: dict[str, Any], path: str = "<experiment>") -> ExperimentSpec:
     """Validate an experiment dict (from TOML) into an :class:`ExperimentSpec`."""
+    from digitlab.report.kinds import listed_kinds  # the registry of figure kinds
+
     data = _texts(data, path)
     name = check_name(data.get("name") or Path(path).stem, path)
-    figures = _names(data, "figures", FIGURES, path)
+    figures = _names(data, "figures", listed_kinds(), path)
     extras = _names(data, "extras", EXTRAS, path)
     select = {"metric": "val_acc", "mode": "max"} | dict(data.get("select", {}))
     if select["metric"] not in METRICS or select["mode"] not in ("max", "min"):

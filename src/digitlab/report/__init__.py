@@ -9,9 +9,16 @@ from __future__ import annotations
 
 from digitlab.errors import ReportError
 from digitlab.report.document import compare, write_report
-from digitlab.report.figures import DRAWERS, draw_experiment, draw_figure, figure_paths, is_stale
-from digitlab.report.rundata import (
+from digitlab.report.figures import figure_paths
+from digitlab.report.kinds import (
     FIGURE_KINDS,
+    FigureKind,
+    draw_experiment,
+    draw_figure,
+    is_stale,
+    register_figure,
+)
+from digitlab.report.rundata import (
     ExperimentRecord,
     MemberRecord,
     find_experiments,
@@ -21,9 +28,9 @@ from digitlab.report.rundata import (
 from digitlab.report.runs import write_run_report
 
 __all__ = [
-    "DRAWERS",
     "FIGURE_KINDS",
     "ExperimentRecord",
+    "FigureKind",
     "MemberRecord",
     "ReportError",
     "compare",
@@ -34,6 +41,7 @@ __all__ = [
     "is_stale",
     "load_experiment",
     "load_run",
+    "register_figure",
     "write_report",
     "write_run_report",
 ]

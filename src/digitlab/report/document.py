@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from digitlab.errors import ReportError
-from digitlab.report.figures import draw_figure, figure_paths, is_stale
+from digitlab.fileio import atomic_write_text
+from digitlab.report.figures import figure_paths
+from digitlab.report.kinds import caption, draw_figure, is_stale
 from digitlab.report.render import (
     Banner,
     Block,
@@ -47,29 +49,6 @@ SAMPLE_BANNER = (
     "Run on the embedded 5,000-digit sample with scaled-down splits; "
     "numbers are not comparable to the published ones."
 )
-
-CAPTIONS = {
-    "curves": "Loss (mean cross-entropy) and accuracy over training for the training, "
-    "validation (hold-out) and test sets; {chosen}.",
-    "weights": "Weights of {chosen} drawn as images (bright = positive, dark = negative), "
-    "beside the average training image of each class where saved.",
-    "weight_diff": "Weight images of each logistic classifier and the difference of the first "
-    "two, which separates the two negative classes.",
-    "sweep": "Regularisation sweep: validation accuracy and length of the weight vector over "
-    "training per penalty type, final test accuracy and weight length against lambda, and "
-    "the weights of every setting.",
-    "shuffle": "Validation accuracy and loss over training of each setting; the legend gives "
-    "where early stopping ended training and the best (restored) epoch.",
-    "overlay": "Loss and accuracy over training of each run, one colour per run: validation "
-    "(test where there is no validation set) solid, training dashed.",
-    "confusion": "Confusion matrix of {chosen} on the test set: rows are true classes, columns "
-    "predicted classes, counts in the cells, shading the fraction of the true class.",
-    "lbfgs": "Gradient descent against the exact optimum of the same convex objective found by "
-    "L-BFGS: training objective and train/validation/test accuracy.",
-    "gallery": "Right (green) and wrong (red) predictions, each titled true / predicted class.",
-    "spread": "Published numbers (red line) among the results of the member's random seeds "
-    "(dots: one per seed, e.g. per N(0, 1) draw of the initial weights; bar: mean ± 2 sd).",
-}
 
 # ---------------------------------------------------------------------------------- numbers
 #: Columns of the summary table at the top of the report (HTML and Markdown alike).
@@ -267,17 +246,6 @@ def machine() -> str:
 
 
 # ---------------------------------------------------------------------------------- content
-def _caption(exp: ExperimentRecord, kind: str) -> str:
-    if exp.chosen:
-        chosen = f"the chosen setting ({exp.chosen})"
-    else:
-        chosen = f"the run ({exp.members[0].label})" if exp.members else "the run"
-    text = CAPTIONS[kind].format(chosen=chosen)
-    if kind == "weight_diff" and len(exp.members) >= 2:
-        text = text.replace("the first two", f"({exp.members[0].label}) − ({exp.members[1].label})")
-    return text
-
-
 def prepare_figures(exp: ExperimentRecord, index: int, redraw: bool) -> list[Figure]:
     """Draw missing or stale figures of ``exp``; one figure node per listed figure kind."""
     entries = []
@@ -293,7 +261,7 @@ def prepare_figures(exp: ExperimentRecord, index: int, redraw: bool) -> list[Fig
             Figure(
                 number=f"{index}.{j}",
                 kind=kind,
-                caption=_caption(exp, kind),
+                caption=caption(exp, kind),
                 png=None if error else png,
                 error=error,
                 alt=f"{exp.title}: {kind}",
@@ -603,13 +571,10 @@ def report_meta(total: str) -> dict[str, str]:
 
 
 def write_document(doc: Document, html_path: Path, md_path: Path) -> tuple[Path, Path]:
-    """Render ``doc`` to both files (Markdown links relative to its own folder)."""
-    _write_text(html_path, to_html(doc))
-    _write_text(md_path, to_markdown(doc, md_path.parent))
+    """Render ``doc`` to both files (Markdown links relative to its own folder).
+
+    Each is written atomically into its folder, never through a link planted there.
+    """
+    atomic_write_text(html_path, to_html(doc))
+    atomic_write_text(md_path, to_markdown(doc, md_path.parent))
     return html_path, md_path
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -1,6 +1,7 @@
 """Figures of an experiment, drawn from its saved run data into ``<experiment>/figures/``.
 
-Every drawer takes an :class:`~digitlab.report.rundata.ExperimentRecord` and returns a
+The drawers of the figure kinds that :mod:`digitlab.report.kinds` registers. Every drawer
+takes an :class:`~digitlab.report.rundata.ExperimentRecord` and returns a
 :class:`matplotlib.figure.Figure`; nothing touches pyplot, so no global figure state is kept.
 Each kind is saved as ``<kind>.png`` (150 dpi) and ``<kind>.svg``.
 """
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -20,12 +22,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import PercentFormatter
 
-from digitlab.errors import ReportError
-from digitlab.report.rundata import (
-    ExperimentRecord,
-    MemberRecord,
-    load_experiment,
-)
+from digitlab.errors import FileReadError, ReportError
+from digitlab.fileio import atomic_write_bytes
+from digitlab.runfiles import check_confusion
+
+if TYPE_CHECKING:
+    from digitlab.report.rundata import ExperimentRecord, MemberRecord
 
 DPI = 150
 #: Split keys in history/metrics, their names in figures, and their colours.
@@ -539,9 +541,15 @@ def draw_confusion(exp: ExperimentRecord) -> Figure:
     m = exp.member("chosen")
     if "confusion_test" not in m.metrics:
         raise ReportError(f"{m.folder}: metrics.json has no confusion_test")
+    try:
+        classes = len(m.classes) or None
+    except ReportError:
+        classes = None
+    try:
+        check_confusion(m.metrics["confusion_test"], f"{m.folder}", classes)
+    except FileReadError as exc:
+        raise ReportError(str(exc)) from None
     cm = np.asarray(m.metrics["confusion_test"], dtype=np.int64)
-    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-        raise ReportError(f"{m.folder}: confusion_test is not a square matrix")
     k = cm.shape[0]
     names = _class_names(exp, m, k)
     rows = np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -712,20 +720,6 @@ def draw_spread(exp: ExperimentRecord) -> Figure:
     return fig
 
 
-DRAWERS: dict[str, Callable[[ExperimentRecord], Figure]] = {
-    "curves": draw_curves,
-    "weights": draw_weights,
-    "weight_diff": draw_weight_diff,
-    "sweep": draw_sweep,
-    "shuffle": draw_shuffle,
-    "overlay": draw_overlay,
-    "confusion": draw_confusion,
-    "lbfgs": draw_lbfgs,
-    "gallery": draw_gallery,
-    "spread": draw_spread,
-}
-
-
 # ---------------------------------------------------------------------------------- saving
 def figure_paths(exp_folder: str | os.PathLike, kind: str) -> tuple[Path, Path]:
     """``(png, svg)`` paths of one figure kind of an experiment."""
@@ -733,113 +727,19 @@ def figure_paths(exp_folder: str | os.PathLike, kind: str) -> tuple[Path, Path]:
     return folder / f"{kind}.png", folder / f"{kind}.svg"
 
 
-def _save(fig: Figure, path: Path, fmt: str) -> None:
-    """Save atomically (a temporary name, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+def _save(fig: Figure, path: Path, fmt: str, inside: Path) -> None:
+    """Save atomically (a new temporary file, then rename; no link followed below ``inside``)."""
     metadata = {"Date": None} if fmt == "svg" else {"Software": None}
-    try:
-        fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(
+        path, lambda f: fig.savefig(f, format=fmt, dpi=DPI, metadata=metadata), inside=inside
+    )
 
 
-def save_figure(fig: Figure, png: Path, svg: Path) -> None:
-    """Save ``fig`` as PNG, then as SVG with the layout the PNG computed (laid out once)."""
-    _save(fig, png, "png")
+def save_figure(fig: Figure, png: Path, svg: Path, inside: Path) -> None:
+    """Save ``fig`` as PNG, then as SVG with the layout the PNG computed (laid out once).
+
+    ``inside`` is the experiment folder: no folder below it on the way may be a link.
+    """
+    _save(fig, png, "png", inside)
     fig.set_layout_engine("none")
-    _save(fig, svg, "svg")
-
-
-def draw_figure(exp: ExperimentRecord, kind: str) -> list[Path]:
-    """Draw one figure kind of ``exp`` and save it as PNG and SVG.
-
-    Returns
-    -------
-    list of Path
-        ``[png, svg]``.
-
-    Raises
-    ------
-    ReportError
-        When the saved data the figure needs are missing or malformed.
-    """
-    if kind not in DRAWERS:
-        raise ReportError(f"unknown figure kind {kind!r}; known: {', '.join(DRAWERS)}")
-    png, svg = figure_paths(exp.folder, kind)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    with matplotlib.rc_context(STYLE):
-        try:
-            fig = DRAWERS[kind](exp)
-        except ReportError:
-            raise
-        except (KeyError, ValueError, IndexError, OSError) as exc:
-            raise ReportError(
-                f"{exp.folder}: figure {kind!r}: {type(exc).__name__}: {exc}"
-            ) from exc
-        try:
-            save_figure(fig, png, svg)
-        finally:
-            fig.clear()
-    return [png, svg]
-
-
-def code_files() -> list[Path]:
-    """This package's source files (a figure older than them is redrawn)."""
-    return sorted(Path(__file__).parent.glob("*.py"))
-
-
-def _inputs_missing(exp: ExperimentRecord, kind: str) -> bool:
-    """Whether a file the figure kind is drawn from has gone (the figure must not stay)."""
-    if kind == "gallery":
-        return not (exp.folder / "gallery.npz").is_file()
-    if kind == "lbfgs":
-        return not any((m.folder / "lbfgs.json").is_file() for m in exp.members)
-    if kind in ("weights", "weight_diff", "sweep"):
-        return not all((m.folder / "checkpoint.npz").is_file() for m in exp.members)
-    return False
-
-
-def is_stale(exp: ExperimentRecord, kind: str) -> bool:
-    """Whether a figure is missing or older than the data (or code) it is drawn from."""
-    outputs = figure_paths(exp.folder, kind)
-    if not all(p.is_file() for p in outputs) or _inputs_missing(exp, kind):
-        return True
-    newest_input = max(p.stat().st_mtime for p in [*exp.inputs(), *code_files()])
-    return min(p.stat().st_mtime for p in outputs) < newest_input
-
-
-def draw_experiment(exp_folder: str | os.PathLike, *, only_stale: bool = False) -> list[Path]:
-    """Draw every figure kind listed in ``exp_folder/experiment.json`` into ``figures/``.
-
-    Parameters
-    ----------
-    exp_folder : path-like
-        ``runs/<experiment>``.
-    only_stale : bool
-        Skip figures that exist and are newer than their data.
-
-    Returns
-    -------
-    list of Path
-        The PNG and SVG of each kind drawn (or kept), in the listed order.
-
-    Raises
-    ------
-    ReportError
-        After drawing every other figure, when one or more could not be drawn.
-    """
-    exp = load_experiment(exp_folder)
-    paths: list[Path] = []
-    problems: list[str] = []
-    for kind in exp.figure_kinds:
-        if only_stale and not is_stale(exp, kind):
-            paths += figure_paths(exp.folder, kind)
-            continue
-        try:
-            paths += draw_figure(exp, kind)
-        except ReportError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise ReportError("; ".join(problems))
-    return paths
+    _save(fig, svg, "svg", inside)

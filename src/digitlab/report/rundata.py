@@ -5,11 +5,10 @@ Nothing here trains or evaluates a model; a member's weights are read from its c
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,52 +16,31 @@ from typing import Any
 
 import numpy as np
 
-from digitlab.errors import DigitlabError, ReportError
-
-#: Figure kinds an experiment may list, in the order the report explains them.
-FIGURE_KINDS = (
-    "curves",
-    "weights",
-    "weight_diff",
-    "sweep",
-    "shuffle",
-    "overlay",
-    "confusion",
-    "lbfgs",
-    "gallery",
-    "spread",
+from digitlab.errors import DigitlabError, FileReadError, ReportError
+from digitlab.runfiles import (
+    CHECKPOINT,
+    CONFIG,
+    HISTORY,
+    METRICS,
+    check_metrics,
+    find_checkpoint,
+    load_run_checkpoint,
+    read_config,
+    read_history,
+    read_json,
+    read_metrics,
+    run_class_count,
 )
-#: Kinds that are tables in the report, not figures.
-TABLE_KINDS = ("table",)
 
 
-def _read_json(path: Path) -> Any:
+def _read(reader: Callable[..., Any], path: Path, *args: Any) -> Any:
+    """``reader(path, *args)`` (a :mod:`digitlab.runfiles` reader), its errors as ReportError."""
     try:
-        return json.loads(path.read_text())
+        return reader(path, *args)
     except FileNotFoundError:
         raise ReportError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{path}: not valid JSON ({exc})") from None
-
-
-def read_history(path: Path) -> dict[str, np.ndarray]:
-    """Columns of a ``history.csv``, each float64 (n_evals,), NaN where a cell is empty."""
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise ReportError(f"{path}: no such file") from None
-    cols: dict[str, None] = {}
-    for row in rows:
-        cols.update(dict.fromkeys(row))
-    out = {}
-    for c in cols:
-        values = [row.get(c) or "nan" for row in rows]
-        try:
-            out[c] = np.array(values, dtype=np.float64)
-        except ValueError:
-            raise ReportError(f"{path}: column {c!r} is not numeric") from None
-    return out
+    except FileReadError as exc:
+        raise ReportError(str(exc)) from None
 
 
 _TEXT_FIELDS = ("name", "source", "section", "title", "protocol", "choices")
@@ -157,6 +135,10 @@ class MemberRecord:
         if sub in ("", ".", "..") or Path(sub).name != sub or "\\" in sub:
             raise ReportError(f"{where}: folder {sub!r} must be a plain folder name")
         parts = {k: _object(entry, k, where) for k in ("overrides", "settings", "metrics")}
+        try:
+            check_metrics(parts["metrics"], where, run_class_count(parts["settings"]))
+        except FileReadError as exc:
+            raise ReportError(str(exc)) from None
         repeats = _object(entry, "repeats", where) if entry.get("repeats") is not None else None
         engine = _object(entry, "engine", where) if entry.get("engine") is not None else {}
         return cls(label, experiment_folder / sub, **parts, repeats=repeats, engine=engine)
@@ -170,7 +152,7 @@ class MemberRecord:
 
     @cached_property
     def _stage_histories(self) -> list[dict[str, np.ndarray]]:
-        return [read_history(f / "history.csv") for f in self.stages or [self.folder]]
+        return [_read(read_history, f / HISTORY) for f in self.stages or [self.folder]]
 
     @cached_property
     def history(self) -> dict[str, np.ndarray]:
@@ -234,16 +216,14 @@ class MemberRecord:
     def lbfgs(self) -> dict[str, Any] | None:
         """The member's ``lbfgs.json`` or None."""
         path = self.folder / "lbfgs.json"
-        return _read_json(path) if path.is_file() else None
+        return _read(read_json, path) if path.is_file() else None
 
     @cached_property
     def checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``(params, meta)`` of the member's final checkpoint (read, never trained)."""
-        from digitlab.runfiles import load_run_checkpoint
-
-        path = self.folder / "checkpoint.npz"
-        if not path.is_file():
-            raise ReportError(f"{path}: no such file")
+        path = find_checkpoint(self.folder)
+        if path is None:
+            raise ReportError(f"{self.folder / CHECKPOINT}: no such file")
         try:
             model, _prep, meta = load_run_checkpoint(path)
         except DigitlabError as exc:
@@ -354,8 +334,10 @@ class ExperimentRecord:
         text = {k: _string(raw, k, where) for k in _TEXT_FIELDS}
         if not text["source"]:  # "seed": the old name of "source"
             text["source"] = _string(raw, "seed", where)
+        from digitlab.report.kinds import listed_kinds
+
         figures = _list(raw, "figures", where)
-        unknown = [k for k in figures if k not in FIGURE_KINDS + TABLE_KINDS]
+        unknown = [k for k in figures if k not in listed_kinds()]
         if unknown:
             raise ReportError(f"{folder}: unknown figure kind(s) {', '.join(map(str, unknown))}")
         members = [
@@ -410,6 +392,8 @@ class ExperimentRecord:
     @property
     def figure_kinds(self) -> list[str]:
         """Listed kinds that are figures, in display order."""
+        from digitlab.report.kinds import FIGURE_KINDS
+
         return [k for k in self.figures if k in FIGURE_KINDS]
 
     def inputs(self) -> list[Path]:
@@ -419,7 +403,7 @@ class ExperimentRecord:
             paths.append(self.folder / name)
         for m in self.members:
             for folder in [m.folder, *m.stages]:
-                for name in ("history.csv", "metrics.json", "checkpoint.npz", "lbfgs.json"):
+                for name in (HISTORY, METRICS, CHECKPOINT, "lbfgs.json"):
                     paths.append(folder / name)
         return [p for p in paths if p.is_file()]
 
@@ -458,11 +442,10 @@ def load_experiment(folder: str | Path) -> ExperimentRecord:
         The file is missing, not JSON, or not an experiment record.
     """
     folder = Path(folder)
-    record = ExperimentRecord.from_json(_read_json(folder / "experiment.json"), folder)
+    record = ExperimentRecord.from_json(_read(read_json, folder / "experiment.json"), folder)
     for m in record.members:
-        if not m.metrics and (m.folder / "metrics.json").is_file():
-            metrics = _read_json(m.folder / "metrics.json")
-            m.metrics = dict(metrics) if isinstance(metrics, dict) else {}
+        if not m.metrics and (m.folder / METRICS).is_file():
+            m.metrics = _read(read_metrics, m.folder / METRICS, run_class_count(m.settings))
     return record
 
 
@@ -489,17 +472,10 @@ def load_run(folder: str | Path, label: str | None = None) -> MemberRecord:
     if not folder.is_dir():
         raise ReportError(f"{folder}: no such folder")
     member = MemberRecord(label or folder.name, folder, {}, {}, {})
-    if not any((f / "history.csv").is_file() for f in [folder, *member.stages]):
-        raise ReportError(f"{folder}: not a run folder (no history.csv)")
-    config = folder / "config.toml"
-    if config.is_file():
-        try:
-            member.settings = tomllib.loads(config.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ReportError(f"{config}: not valid TOML ({exc})") from None
-    if (folder / "metrics.json").is_file():
-        metrics = _read_json(folder / "metrics.json")
-        if not isinstance(metrics, dict):
-            raise ReportError(f"{folder / 'metrics.json'}: expected a JSON object")
-        member.metrics = metrics
+    if not any((f / HISTORY).is_file() for f in [folder, *member.stages]):
+        raise ReportError(f"{folder}: not a run folder (no {HISTORY})")
+    if (folder / CONFIG).is_file():
+        member.settings = _read(read_config, folder / CONFIG)
+    if (folder / METRICS).is_file():
+        member.metrics = _read(read_metrics, folder / METRICS, run_class_count(member.settings))
     return member

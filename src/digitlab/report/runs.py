@@ -28,6 +28,7 @@ from digitlab.report.document import (
 )
 from digitlab.report.render import Block, Code, Document, Heading, Paragraph, Section, Table
 from digitlab.report.rundata import ExperimentRecord, MemberRecord, load_run
+from digitlab.runfiles import find_checkpoint
 
 
 def _labels(folders: list[Path]) -> tuple[list[str], Path]:
@@ -70,7 +71,7 @@ def runs_record(
     if one:
         m = members[0]
         kinds = ["curves"]
-        kinds += ["weights"] if (m.folder / "checkpoint.npz").is_file() else []
+        kinds += ["weights"] if find_checkpoint(m.folder) is not None else []
         kinds += ["confusion"] if "confusion_test" in m.metrics else []
         title = "digitlab run"
     else:
@@ -139,24 +140,11 @@ def runs_document(record: ExperimentRecord) -> Document:
 def write_run_report(
     run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None
 ) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` of one or several run folders.
+    """Write ``report.html`` and ``report.md`` of one or several run folders; return both paths.
 
-    Parameters
-    ----------
-    run_dirs : sequence of path-like
-        Run folders (from ``digitlab train``, or members of an experiment).
-    out : path-like, optional
-        Folder for the report and its ``figures/`` (see :func:`runs_record`).
-
-    Returns
-    -------
-    (Path, Path)
-        The HTML and Markdown files.
-
-    Raises
-    ------
-    ReportError
-        When a run folder is missing, not a run or malformed (nothing is written then).
+    ``run_dirs`` are run folders (from ``digitlab train``, or members of an experiment);
+    ``out`` the folder for the report and its ``figures/`` (see :func:`runs_record`). A run
+    folder that is missing, not a run or malformed is a ReportError, and nothing is written.
     """
     record = runs_record(run_dirs, out)
     record.folder.mkdir(parents=True, exist_ok=True)

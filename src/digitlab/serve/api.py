@@ -21,9 +21,9 @@ import numpy as np
 
 from digitlab.errors import DigitlabError, ServeError
 from digitlab.models import MODELS
-from digitlab.runfiles import load_run_checkpoint
+from digitlab.runfiles import CHECKPOINT, load_run_checkpoint
 from digitlab.serve.png import diverging, encode_png, tile
-from digitlab.serve.runs import RunFiles, RunIndex, read_metrics, read_settings
+from digitlab.serve.runs import RunFiles, RunIndex, metrics_of, settings_of
 
 #: Largest upload accepted by the predict endpoint, in bytes.
 MAX_UPLOAD_BYTES = 2 * 2**20
@@ -74,7 +74,7 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, run: RunFiles) -> LoadedModel:
-        path = run.file("checkpoint.npz")
+        path = run.file(CHECKPOINT)
         if path is None:
             raise ServeError(f"run {run.id} has no checkpoint.npz (yet)", 404)
         st = path.stat()
@@ -120,8 +120,8 @@ def run_detail(index: RunIndex, models: ModelCache, run_id: str | None) -> dict[
     """Summary, full settings, metrics and the weight images' titles of one run."""
     run = index.resolve(run_id)
     out = index.summary(run)
-    out["config"] = read_settings(run)
-    metrics = read_metrics(run)
+    out["config"] = settings_of(run)
+    metrics = metrics_of(run)
     out["metrics"] = metrics
     out["weights"] = []
     out["weights_error"] = None
@@ -159,7 +159,7 @@ def compare(index: RunIndex, ids: list[str]) -> dict[str, Any]:
     if not ids:
         raise ServeError("give run ids to compare: ?ids=a,b", 400)
     runs = [index.resolve(i) for i in ids]
-    configs = {r.id: read_settings(r) for r in runs}
+    configs = {r.id: settings_of(r) for r in runs}
     keys = sorted({k for c in configs.values() for k in c})
     differing = [k for k in keys if len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
     return {
@@ -219,7 +219,7 @@ def confusion(
     """
     run = index.resolve(run_id)
     loaded = models.get(run)
-    path = run.file("checkpoint.npz")
+    path = run.file(CHECKPOINT)
     assert path is not None  # models.get checked it
     st = path.stat()
     ckey = (str(path), st.st_mtime_ns, st.st_size)
@@ -230,7 +230,7 @@ def confusion(
     try:
         prepared = data.get(settings)
     except (DigitlabError, OSError) as exc:
-        metrics = read_metrics(run) or {}
+        metrics = metrics_of(run) or {}
         return {
             "classes": loaded.classes,
             "matrix": metrics.get("confusion_test"),

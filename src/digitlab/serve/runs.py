@@ -14,29 +14,40 @@ thousand ``stat`` calls.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import stat
 import threading
 import time
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from digitlab.errors import ServeError
+import numpy as np
+
+from digitlab.errors import DigitlabError, FileReadError, ServeError
+from digitlab.runfiles import (
+    CHECKPOINT,
+    CONFIG,
+    HISTORY,
+    METRICS,
+    read_config,
+    read_history,
+    read_history_tail,
+    read_json,
+    read_metrics,
+    run_class_count,
+)
 
 #: A run without ``metrics.json`` whose files changed within this many seconds is "running";
 #: older ones are "failed" (the process died before writing its metrics).
 RUNNING_WINDOW_S = 900.0
+#: Histories kept parsed (float64 columns, each at most MAX_HISTORY_ROWS rows).
+MAX_CACHED_HISTORIES = 64
 #: How deep below the root run folders are looked for.
 MAX_DEPTH = 4
-#: Largest text file (config, history, metrics) the server reads.
-MAX_TEXT_BYTES = 32 * 2**20
-RUN_FILES = ("config.toml", "history.csv", "metrics.json", "checkpoint.npz")
+RUN_FILES = (CONFIG, HISTORY, METRICS, CHECKPOINT)
 
 
 def _finite(value: Any) -> Any:
@@ -44,67 +55,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def parse_history(text: str) -> dict[str, list[float | None]]:
-    """Columns of a ``history.csv`` text; empty or non-numeric cells become None.
-
-    A last line without its newline (a row being appended right now) is left out.
-    """
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows:
-        return {}
-    header = rows[0]
-    cols: dict[str, list[float | None]] = {h: [] for h in header}
-    for row in rows[1:]:
-        if len(row) != len(header):
-            continue
-        for h, cell in zip(header, row, strict=True):
-            try:
-                v = float(cell)
-                cols[h].append(v if math.isfinite(v) else None)
-            except ValueError:
-                cols[h].append(None)
-    return cols
-
-
-def history_tail(text: str) -> tuple[dict[str, float | None], list[float], int]:
-    """``(last row, val_acc values, number of rows)`` of a ``history.csv`` text, cheaply.
-
-    Only the ``val_acc`` column and the last complete row are converted (the runs table
-    needs no more); a text with quoted cells goes through :func:`parse_history`.
-    """
-    if '"' in text:
-        cols = parse_history(text)
-        last = {k: v[-1] for k, v in cols.items() if v}
-        return (
-            last,
-            [v for v in cols.get("val_acc", []) if v is not None],
-            len(next(iter(cols.values()), [])),
-        )
-    lines = text.split("\n")
-    if len(lines) < 2:
-        return {}, [], 0
-    header = lines[0].split(",")
-    rows = [line for line in lines[1:-1] if line.count(",") == len(header) - 1]
-    if not rows:
-        return {}, [], 0
-
-    def num(cell: str) -> float | None:
-        try:
-            v = float(cell)
-        except ValueError:
-            return None
-        return v if math.isfinite(v) else None
-
-    last = {h: num(c) for h, c in zip(header, rows[-1].split(","), strict=True)}
-    val: list[float] = []
-    if "val_acc" in header:
-        i = header.index("val_acc")
-        val = [v for v in (num(r.split(",")[i]) for r in rows) if v is not None]
-    return last, val, len(rows)
 
 
 @dataclass
@@ -130,7 +80,7 @@ class RunFiles:
         except OSError:
             st = None
         if st is not None and stat.S_ISLNK(st.st_mode):  # the folder is resolved: links only
-            real = Path(path).resolve()
+            real = Path(os.path.realpath(path))  # a link loop: not a file, never raises
             if not real.is_relative_to(self.root):
                 raise ServeError(f"{self.id}/{name}: points outside the runs root", 403)
             if real.is_file():
@@ -145,15 +95,23 @@ class RunFiles:
         found = self.lookup(name)
         return None if found is None else Path(found[0])
 
-    def read_text(self, name: str) -> str | None:
-        found = self.lookup(name)
-        if found is None:
+    def read(self, name: str, reader: Callable[..., Any], *args: Any) -> Any:
+        """``reader(path, *args)`` of the file ``name`` (a :mod:`digitlab.runfiles` reader);
+        None if there is no such regular file.
+
+        Raises ServeError (422) naming the run's file when the reader refuses it (not a
+        regular file, too large, malformed).
+        """
+        path = self.file(name)
+        if path is None:
             return None
-        with open(found[0], "rb") as f:
-            data = f.read(MAX_TEXT_BYTES + 1)
-        if len(data) > MAX_TEXT_BYTES:
-            raise ServeError(f"{self.id}/{name}: larger than {MAX_TEXT_BYTES} bytes", 413)
-        return data.decode("utf-8", errors="replace")
+        try:
+            return reader(path, *args)
+        except FileNotFoundError:
+            return None
+        except FileReadError as exc:
+            message = str(exc).replace(str(path), f"{self.id}/{name}")
+            raise ServeError(message, 422) from None
 
 
 class RunIndex:
@@ -171,7 +129,7 @@ class RunIndex:
         self._dirs: dict[str, tuple[int, list[str], bool]] = {}
         self._summaries: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._experiments: dict[str, tuple[int, dict[str, str]]] = {}
-        self._histories: dict[str, tuple[tuple[int, int], dict[str, list[float | None]]]] = {}
+        self._histories: dict[str, tuple[tuple[int, int], dict[str, np.ndarray]]] = {}
         self._generation = 0  # bumped whenever a cached listing, summary or label is rebuilt
         self._last: tuple[Any, list[dict[str, Any]]] = (None, [])
 
@@ -190,10 +148,10 @@ class RunIndex:
         parts = run_id.split("/")
         if run_id.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise ServeError(f"run id {run_id!r} is not a path inside the runs root", 403)
-        real = self.root.joinpath(*parts).resolve()
+        real = Path(os.path.realpath(self.root.joinpath(*parts)))
         if not real.is_relative_to(self.root):
             raise ServeError(f"run id {run_id!r} points outside the runs root", 403)
-        if not (real / "config.toml").is_file():
+        if not (real / CONFIG).is_file():
             raise ServeError(f"no run {run_id!r} under {self.root}", 404)
         return RunFiles(run_id, real, self.root)
 
@@ -212,7 +170,7 @@ class RunIndex:
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(entry.name)
-                elif entry.name == "config.toml":
+                elif entry.name == CONFIG:
                     is_run = True
         subdirs.sort()
         self._dirs[key] = (st.st_mtime_ns, subdirs, is_run)
@@ -239,7 +197,7 @@ class RunIndex:
                 if is_run:
                     try:
                         found.append(self._summary(folder, rel, mtime))
-                    except (OSError, ServeError) as exc:
+                    except (OSError, DigitlabError) as exc:
                         found.append(error_summary(rel, str(exc)))
                 if depth < MAX_DEPTH:
                     for name in reversed(subdirs):
@@ -268,17 +226,18 @@ class RunIndex:
             return cached[1]
         labels: dict[str, str] = {}
         try:
-            if path.resolve().is_relative_to(self.root) and st.st_size <= MAX_TEXT_BYTES:
-                record = json.loads(path.read_text())
-                labels = {str(m["folder"]): str(m["label"]) for m in record.get("members", [])}
-        except (OSError, ValueError, KeyError, TypeError):
+            if Path(os.path.realpath(path)).is_relative_to(self.root):
+                record = read_json(path)
+                members = record.get("members") if isinstance(record, dict) else None
+                labels = {str(m["folder"]): str(m["label"]) for m in members or []}
+        except (OSError, DigitlabError, KeyError, TypeError):
             labels = {}
         self._experiments[top] = (st.st_mtime_ns, labels)
         self._generation += 1
         return labels
 
     def _summary(self, folder: Path, rel: str, dir_mtime: int) -> dict[str, Any]:
-        hist = folder / "history.csv"
+        hist = folder / HISTORY
         try:
             hst = hist.stat()
             hkey: tuple[int, int] = (hst.st_mtime_ns, hst.st_size)
@@ -305,20 +264,24 @@ class RunIndex:
         return out
 
     def history(self, run: RunFiles) -> dict[str, list[float | None]]:
-        """The columns of the run's ``history.csv`` (empty before the first evaluation)."""
-        path = run.file("history.csv")
+        """The columns of the run's ``history.csv`` (empty before the first evaluation), at
+        most :data:`~digitlab.runfiles.MAX_HISTORY_ROWS` rows spread over the run; NaN and
+        infinities as None."""
+        path = run.file(HISTORY)
         if path is None:
             return {}
         st = path.stat()
         key = (st.st_mtime_ns, st.st_size)
         cached = self._histories.get(str(path))
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        cols = parse_history(run.read_text("history.csv") or "")
-        if len(self._histories) > 256:
-            self._histories.clear()
-        self._histories[str(path)] = (key, cols)
-        return cols
+        if cached is None or cached[0] != key:
+            if len(self._histories) >= MAX_CACHED_HISTORIES:
+                self._histories.clear()
+            cached = (key, run.read(HISTORY, read_history) or {})
+            self._histories[str(path)] = cached
+        return {
+            k: [float(x) if math.isfinite(x) else None for x in v.tolist()]
+            for k, v in cached[1].items()
+        }
 
 
 # ---------------------------------------------------------------------------------- summaries
@@ -329,46 +292,46 @@ KEY_SETTINGS = (
 )  # fmt: skip
 
 
-def read_settings(run: RunFiles) -> dict[str, Any]:
+def settings_of(run: RunFiles) -> dict[str, Any]:
     """The run's ``config.toml`` as a dict (the ``[train]`` table if it has one)."""
-    text = run.read_text("config.toml") or ""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ServeError(f"{run.id}/config.toml: not valid TOML ({exc})", 422) from None
-    return dict(data.get("train", data))
+    return run.read(CONFIG, read_config) or {}
 
 
-def read_metrics(run: RunFiles) -> dict[str, Any] | None:
-    """The run's ``metrics.json`` (None while it trains or when it failed)."""
-    text = run.read_text("metrics.json")
-    if text is None:
-        return None
+def metrics_of(run: RunFiles, settings: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The run's ``metrics.json``, checked against the run's class count (None while it trains
+    or when it failed)."""
+    n_classes = run_class_count(settings_of(run) if settings is None else settings)
+    return run.read(METRICS, read_metrics, n_classes)
+
+
+def _read_or_error(run: RunFiles, read: Callable[[], Any], errors: list[str]) -> Any:
+    """``read()``, or None with its error message added to ``errors``."""
     try:
-        value = json.loads(text)
-    except ValueError:
+        return read()
+    except ServeError as exc:
+        errors.append(str(exc))
         return None
-    return value if isinstance(value, dict) else None
 
 
 def build_summary(run: RunFiles) -> dict[str, Any]:
-    """One row of the runs table: key settings, accuracies, progress and file times."""
-    try:
-        settings = read_settings(run)
-        error = None
-    except ServeError as exc:
-        settings, error = {}, str(exc)
-    metrics = read_metrics(run)
-    last, val, n_rows = history_tail(run.read_text("history.csv") or "")
+    """One row of the runs table: key settings, accuracies, progress and file times.
+
+    A file that cannot be read leaves its part empty and says why in ``error``.
+    """
+    errors: list[str] = []
+    settings = _read_or_error(run, lambda: settings_of(run), errors) or {}
+    metrics = _read_or_error(run, lambda: metrics_of(run, settings), errors)
+    tail = _read_or_error(run, lambda: run.read(HISTORY, read_history_tail), errors)
+    last, best, n_rows = (tail.last, tail.best, tail.rows) if tail else ({}, {}, 0)
     found = [run.lookup(name) for name in RUN_FILES]
     mtimes = [f[1].st_mtime for f in found if f is not None]
     m = metrics or {}
-    out: dict[str, Any] = {
+    return {
         "id": run.id,
         "experiment": None,
         "member": None,
         "settings": {k: settings.get(k) for k in KEY_SETTINGS if k in settings},
-        "best_val_acc": max(val) if val else _finite(m.get("val_acc")),
+        "best_val_acc": best.get("val_acc", _finite(m.get("val_acc"))),
         "val_acc": _finite(m.get("val_acc", last.get("val_acc"))),
         "test_acc": _finite(m.get("test_acc", last.get("test_acc"))),
         "train_acc": _finite(m.get("train_acc", last.get("train_acc"))),
@@ -382,9 +345,8 @@ def build_summary(run: RunFiles) -> dict[str, Any]:
         "has_metrics": metrics is not None,
         "has_checkpoint": found[3] is not None,
         "updated": max(mtimes) if mtimes else None,
-        "error": error,
+        "error": "; ".join(errors) or None,
     }
-    return out
 
 
 def error_summary(run_id: str, message: str) -> dict[str, Any]:

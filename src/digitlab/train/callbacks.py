@@ -10,7 +10,6 @@ a callback, not by a change to the loop. Callbacks with state worth resuming imp
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Mapping
@@ -96,7 +95,9 @@ class Callback:
 class History(Callback):
     """Every evaluation record: step, epoch, lr, weight norm, loss/accuracy per split.
 
-    ``records`` is a list of dicts with the same keys; :meth:`series` gives one column.
+    ``records`` is a list of dicts with the same keys; :meth:`series` gives one column. The
+    columns are declared in :mod:`digitlab.runfiles`, which writes and reads ``history.csv``
+    (:class:`~digitlab.runfiles.HistoryWriter`, :func:`~digitlab.runfiles.read_history`).
     """
 
     def __init__(self, records: list[dict[str, float]] | None = None) -> None:
@@ -118,30 +119,6 @@ class History(Callback):
         for r in self.records:
             cols.update(dict.fromkeys(r))
         return list(cols)
-
-    def to_csv(self, path: str | os.PathLike) -> Path:
-        """Write the records as CSV (one row per evaluation) atomically."""
-        from digitlab.checkpoint import atomic_write_bytes
-
-        cols = self.columns
-
-        def write(f: Any) -> None:
-            import io
-
-            text = io.StringIO()
-            w = csv.DictWriter(text, fieldnames=cols, lineterminator="\n")
-            w.writeheader()
-            for r in self.records:
-                w.writerow({k: repr(v) if isinstance(v, float) else v for k, v in r.items()})
-            f.write(text.getvalue().encode())
-
-        return atomic_write_bytes(path, write)
-
-    @classmethod
-    def from_csv(cls, path: str | os.PathLike) -> History:
-        with open(path, newline="") as f:
-            rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-        return cls(rows)
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {}, {"records": self.records}

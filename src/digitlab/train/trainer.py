@@ -31,6 +31,7 @@ from digitlab.models.base import Model, as_generator
 from digitlab.optim.base import Optimizer
 from digitlab.optim.schedules import Constant, Schedule
 from digitlab.optim.sgd import SGD
+from digitlab.runfiles import evaluation_record
 from digitlab.train import state
 from digitlab.train.batching import (
     CHUNK_ROWS,
@@ -326,17 +327,13 @@ class Trainer:
 
     def evaluate_splits(self, step: Step | None = None) -> dict[str, float]:
         """Record one evaluation of every split (and the callbacks' measures of ``step``)."""
-        record: dict[str, float] = {
-            "step": self.step,
-            "epoch": self.step / max(self.steps_per_epoch, 1),
-            "lr": self.lr,
-            "weight_norm": self.model.weight_norm(),
-            "time": self.elapsed,
+        epoch = self.step / max(self.steps_per_epoch, 1)
+        own = {"step": self.step, "epoch": epoch, "lr": self.lr, "time": self.elapsed}
+        results = {
+            name: evaluate(self.model, X, y, self._weight if name == "train" else None)
+            for name, (X, y) in self.splits.items()
         }
-        for name, (X, y) in self.splits.items():
-            w = self._weight if name == "train" else None
-            for key, value in evaluate(self.model, X, y, w).items():
-                record[f"{name}_{key}"] = value
+        record = evaluation_record(self.model, own, results)
         if step is not None:  # callbacks written before the measure hook have none
             for measure in filter(None, (getattr(cb, "measure", None) for cb in self.callbacks)):
                 record |= measure(self, step)
