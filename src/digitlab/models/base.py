@@ -521,17 +521,17 @@ class Model:
         return "loss_and_grad" not in vars(self) and type(self).loss_and_grad is Model.loss_and_grad
 
     def copy(self) -> Model:
-        """A deep copy (parameters copied)."""
+        """A deep copy (parameters and buffers copied)."""
         from digitlab.models import build_model
 
-        return build_model(self.config(), {k: v.copy() for k, v in self.params.items()})
+        return build_model(self.config(), {k: v.copy() for k, v in self.state().items()})
 
     def astype(self, dtype: Any) -> Model:
         """A copy whose parameters and arithmetic use ``dtype``."""
         cfg = self.config() | {"dtype": np.dtype(dtype).name}
         from digitlab.models import build_model
 
-        return build_model(cfg, {k: v.astype(dtype) for k, v in self.params.items()})
+        return build_model(cfg, {k: v.astype(dtype) for k, v in self.state().items()})
 
     # ----------------------------------------------------------------- flat view (L-BFGS)
     def get_flat(self) -> np.ndarray:
