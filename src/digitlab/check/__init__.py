@@ -141,4 +141,40 @@ def check_files(
     return results
 
 
-__all__ = ["DEFAULT_TIMEOUT", "CheckResult", "check_file", "check_files", "format_results"]
+def check_targets(
+    targets: Iterable[str], timeout: float = DEFAULT_TIMEOUT, *, kind: str | None = None,
+    l1: float = 0.0, l2: float = 0.0, hidden: Iterable[int] = (16,), activation: str = "tanh",
+) -> list[CheckResult]:  # fmt: skip
+    """What ``digitlab check`` runs: assignment files, and ``module.py:Name`` targets (a model
+    class or a ``loss_and_grad(params, X, y)`` function, see :mod:`digitlab.check.generic`).
+
+    Every target is validated before any is run; ``kind`` (``--as``) applies to the
+    ``module.py:Name`` targets only.
+    """
+    from digitlab.check.generic import GenericSpec, check_generic
+
+    targets = list(targets)
+    generic = [t for t in targets if not t.endswith(".py") and ":" in t]
+    if kind is not None and not generic:
+        raise ConfigError("--as applies to module.py:Name targets only")
+    spec = GenericSpec(kind, l1, l2, tuple(hidden), activation)
+    parsed = []
+    for t in targets:
+        if t in generic:
+            file, _, name = t.rpartition(":")
+            parsed.append((validate_source(Path(file)), name or None))
+        else:
+            parsed.append((validate_source(Path(t)), None))
+    if not timeout > 0:
+        raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
+    results: list[CheckResult] = []
+    for path, name in parsed:
+        if name is None:
+            results += check_file(path, timeout)
+        else:
+            results += check_generic(path, name, spec, timeout)
+    return results
+
+
+__all__ = ["DEFAULT_TIMEOUT", "CheckResult", "check_file", "check_files", "check_targets",
+           "format_results"]  # fmt: skip

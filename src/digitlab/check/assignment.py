@@ -154,6 +154,8 @@ def judge_case(check: FunctionCheck, case: cs.Case, value: Any) -> tuple[bool, s
     for alternative, note in case.accepted:
         if compare(alternative, value, scalar=check.scalar).ok:
             return True, note, verdict.figures, ""
+    if verdict.reason in ("shape", "transposed", "type"):  # the values' layout comes first
+        return False, _plain_reason(verdict.reason, verdict.figures, check), verdict.figures, ""
     context = dict(case.context, expected=case.expected)
     found = diagnose(check.kind, context, value)
     if verdict.reason == "nonfinite" and check.kind in NONFINITE and not found:

@@ -97,8 +97,12 @@ def forward_cases(k: int, ctor: list[Any]) -> list[Case]:
     forward = ref.binary_forward if k == 1 else ref.softmax_forward
     cases = []
     for label, n, scale in (("random batch of 20", 20, 0.05), ("batch of one", 1, 0.05),
-                            ("large logits (|z| in the hundreds)", 8, 40.0)):  # fmt: skip
+                            ("large logits (|z| up to ~2000)", 8, 60.0)):  # fmt: skip
         b = batch(rng, n, k, scale)
+        if scale > 1:  # rows alternate large positive and large negative first logits
+            z = b["X"] @ b["w"][:, 0]
+            flip = (z > 0) != (np.arange(n) % 2 == 0)
+            b["X"][flip, :-1] *= -1
         cases.append(Case(label, [b["X"]], forward(b["X"], b["w"]), b, ctor=ctor, w=b["w"]))
     return cases
 

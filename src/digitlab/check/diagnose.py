@@ -120,9 +120,13 @@ BINARY_FORWARD = [
 ]  # fmt: skip
 
 
-def _softmax_axis0(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=0, keepdims=True))
-    return e / e.sum(axis=0, keepdims=True)
+def _softmax_axis0(z: np.ndarray) -> list[np.ndarray]:
+    """Exponentials divided by their column sums, for each usual shift of the logits."""
+    out = []
+    for shifted in (z - z.max(axis=0, keepdims=True), z - z.max(axis=1, keepdims=True), z):
+        e = np.exp(shifted)
+        out.append(e / e.sum(axis=0, keepdims=True))
+    return out
 
 
 SOFTMAX_FORWARD = [
@@ -188,6 +192,9 @@ ONE_HOT = [
      "(index with Y itself, not Y - 1)"),
     ("reversed", lambda c: ref.one_hot_encode(c["K"] - 1 - np.asarray(c["Y"]), c["K"]),
      "the classes are in reverse order: column k must hold the 1 for label k"),
+    ("max_label", lambda c: ref.one_hot_encode(c["Y"], int(np.max(c["Y"])) + 1),
+     "uses max(Y) + 1 columns instead of num_classes: a batch without a 9 gets too few "
+     "columns; use np.zeros((N, num_classes))"),
 ]  # fmt: skip
 
 
