@@ -377,3 +377,60 @@ def test_cli_exit_codes_and_json(starter, tmp_path, capsys):
     assert main(["check", "--bogus", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("digitlab: error:") == 4
+
+
+# ---------------------------------------------------------------- generic mode
+GENERIC = '''
+import numpy as np
+
+
+def loss_and_grad(params, X, y, lam=0.1):
+    W, b = params["W"], params["b"]
+    z = X @ W + b
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    n = X.shape[0]
+    loss = -np.log(p[np.arange(n), y]).mean() + lam * np.sum(W * W)
+    g = p.copy()
+    g[np.arange(n), y] -= 1
+    g /= n
+    return loss, {"W": X.T @ g + 2 * lam * W, "b": g.sum(axis=0)}
+
+
+class Net:
+    def __init__(self, n_features, n_classes):
+        rng = np.random.default_rng(0)
+        self.params = {"W": rng.normal(size=(n_features, n_classes)), "b": np.zeros(n_classes)}
+
+    def loss_and_grad(self, X, y):
+        return loss_and_grad(self.params, X, y)
+'''
+
+
+def test_generic_mode_compares_with_digitlab_and_diagnoses(tmp_path, capsys):
+    good = write(tmp_path, "mine.py", GENERIC)
+    assert main(["check", f"{good}:loss_and_grad", f"{good}:Net", "--as", "softmax",
+                 "--l2", "0.1"]) == 0  # fmt: skip
+    assert "✓ Net grad W: matches digitlab" in capsys.readouterr().out
+    assert main(["check", f"{good}:Net"]) == 0  # numerical check alone, per array
+    assert "✓ Net grad b: agrees with central differences" in capsys.readouterr().out
+    bad = write(tmp_path, "bad.py", GENERIC.replace("2 * lam * W", "lam * W"))
+    assert main(["check", "--json", f"{bad}:loss_and_grad", "--as", "softmax", "--l2", "0.1"]) == 1
+    records = json.loads(capsys.readouterr().out)
+    assert [r["function"] for r in records if not r["ok"]] == ["loss_and_grad grad W"]
+    assert "2λW" in records[1]["message"] and records[1]["diagnosis"] == "lambda_w"
+    assert main(["check", f"{bad}:Net"]) == 1
+    assert "✗ Net grad W: differs from central differences" in capsys.readouterr().out
+    assert main(["check", f"{good}:loss_and_grad"]) == 2  # a function needs --as
+    assert main(["check", f"{good}:Nothing", "--as", "softmax"]) == 2
+    assert main(["check", str(good), "--as", "softmax"]) == 2  # --as without module:Name
+
+
+def test_gradcheck_prints_each_array_in_float64(capsys):
+    assert main(["gradcheck", "--model", "mlp", "--hidden", "4", "--dataset", "mnist-5k",
+                 "--n", "4", "--checks", "3"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "(float64)" in text
+    for key in ("W1", "b1", "W2", "b2"):
+        assert f"  {key} " in text and "relative error" in text

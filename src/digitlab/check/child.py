@@ -278,7 +278,74 @@ def overfit(cls: Any, ctor: list, loss: Any, data: dict, options: dict) -> dict:
     return {"outputs": model.forward(X)}
 
 
-PROCEDURES = {"gradient_check": gradient_check, "initial_loss": initial_loss, "overfit": overfit}
+def _build(target: Any, options: dict) -> Any:
+    """A learner's model class built with no arguments, else ``(n_features, n_classes)``,
+    else ``(n_features)``; a function is returned as it is."""
+    if not inspect.isclass(target):
+        return target
+    d, k = int(options["n_features"]), int(options["n_classes"])
+    for args in ((), (d, k), (d,)):
+        try:
+            return target(*args)
+        except TypeError:
+            continue
+    return target(d, k)
+
+
+def _loss_and_grad(model: Any, params: dict, X: np.ndarray, y: np.ndarray) -> tuple:
+    """``(loss, grads)`` of a ``loss_and_grad(params, X, y)`` function or of a class
+    instance's ``loss_and_grad(X, y)`` with ``params`` set."""
+    if inspect.isfunction(model):
+        return model(params, X, y)
+    model.params = {k: v.copy() for k, v in params.items()}
+    return model.loss_and_grad(X, y)
+
+
+def _split(data: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+    params = {k[2:]: np.asarray(v, dtype=np.float64) for k, v in data.items() if k[:2] == "p."}
+    return params, data["X"], data["y"]
+
+
+def generic_eval(cls: Any, ctor: list, loss: Any, data: dict, options: dict) -> dict:
+    """Loss and gradients of a learner's generic model at given parameters."""
+    params, X, y = _split(data)
+    model = _build(cls, options)
+    value, grads = _loss_and_grad(model, params, X, y)
+    return {"loss": value, **{f"g.{k}": v for k, v in dict(grads).items()}}
+
+
+def generic_params(cls: Any, ctor: list, loss: Any, data: dict, options: dict) -> dict:
+    """The parameters a learner's model class starts with."""
+    model = _build(cls, options)
+    return {f"p.{k}": v for k, v in dict(model.params).items()}
+
+
+def generic_numeric(cls: Any, ctor: list, loss: Any, data: dict, options: dict) -> dict:
+    """Central differences of a learner's generic loss at the listed entries of each array,
+    and its analytic gradients, in float64."""
+    params, X, y = _split(data)
+    model = _build(cls, options)
+    eps = float(options["eps"])
+    out = {}
+    for key, flat in options["entries"].items():
+        values = []
+        for f in flat:
+            index = np.unravel_index(int(f), params[key].shape)
+            trial = {k: v.copy() for k, v in params.items()}
+            trial[key][index] += eps
+            plus = float(_loss_and_grad(model, trial, X, y)[0])
+            trial[key][index] -= 2 * eps
+            minus = float(_loss_and_grad(model, trial, X, y)[0])
+            values.append((plus - minus) / (2 * eps))
+        out[f"n.{key}"] = np.array(values)
+    _, grads = _loss_and_grad(model, params, X, y)
+    out.update({f"g.{k}": v for k, v in dict(grads).items()})
+    return out
+
+
+PROCEDURES = {"gradient_check": gradient_check, "initial_loss": initial_loss, "overfit": overfit,
+              "generic_eval": generic_eval, "generic_params": generic_params,
+              "generic_numeric": generic_numeric}  # fmt: skip
 
 
 # ------------------------------------------------------------------ errors and the loop

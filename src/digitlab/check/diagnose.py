@@ -250,14 +250,14 @@ def diagnose(kind: str, context: dict[str, Any], value: Any) -> tuple[str, str] 
     """The first known mistake whose output equals ``value``: ``(name, sentence)``."""
     for name, compute, message in CATALOGUE.get(kind, []):
         try:
-            candidates = compute(context)
+            with np.errstate(all="ignore"):
+                candidates = compute(context)
         except (KeyError, ValueError, IndexError, FloatingPointError):
             continue
         if not isinstance(candidates, list):
             candidates = [candidates]
-        with np.errstate(all="ignore"):
-            if any(matches(c, value) for c in candidates):
-                return name, message
+        if any(matches(c, value) for c in candidates):
+            return name, message
     return None
 
 
