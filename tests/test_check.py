@@ -105,7 +105,7 @@ for epoch in range(500):
     pass
 '''
 
-TASK3A = '''
+TASK3A = """
 import numpy as np
 import utils
 from task2a import pre_process_images
@@ -145,9 +145,9 @@ def one_hot_encode(Y: np.ndarray, num_classes: int):
     out = np.zeros((Y.shape[0], num_classes))
     out[np.arange(Y.shape[0]), Y[:, 0]] = 1
     return out
-'''
+"""
 
-TASK2 = '''
+TASK2 = """
 import numpy as np
 import utils
 from task2a import cross_entropy_loss, BinaryModel, pre_process_images
@@ -162,19 +162,19 @@ def calculate_accuracy(X: np.ndarray, targets: np.ndarray, model: BinaryModel) -
 class LogisticTrainer(BaseTrainer):
     def train_step(self, X_batch, Y_batch):
         return 0.0
-'''
+"""
 
-TASK3 = '''
+TASK3 = """
 import numpy as np
 from task3a import cross_entropy_loss, SoftmaxModel, one_hot_encode
 
 
 def calculate_accuracy(X: np.ndarray, targets: np.ndarray, model: SoftmaxModel) -> float:
     return float(np.mean(model.forward(X).argmax(axis=1) == targets.argmax(axis=1)))
-'''
+"""
 
 # digitlab's own reference written as an assignment file: it must pass its own checks
-REFERENCE = '''
+REFERENCE = """
 from digitlab.check import reference as ref
 
 
@@ -208,7 +208,7 @@ class SoftmaxModel:
 
     def zero_grad(self):
         self.grad = None
-'''
+"""
 
 TEMPLATES = {"task2a.py": TASK2A, "task3a.py": TASK3A, "task2.py": TASK2, "task3.py": TASK3}
 
@@ -236,8 +236,15 @@ def test_correct_files_pass_every_check(starter):
     results = check_files([starter / n for n in TEMPLATES])
     assert failed(results) == {}
     names = {(r.file, r.function) for r in results}
-    for fn in ("pre_process_images", "cross_entropy_loss", "BinaryModel.forward",
-               "BinaryModel.backward", "gradient check", "initial loss", "overfit 100 images"):
+    for fn in (
+        "pre_process_images",
+        "cross_entropy_loss",
+        "BinaryModel.forward",
+        "BinaryModel.backward",
+        "gradient check",
+        "initial loss",
+        "overfit 100 images",
+    ):
         assert ("task2a.py", fn) in names
     for fn in ("one_hot_encode", "SoftmaxModel.backward", "gradient check"):
         assert ("task3a.py", fn) in names
@@ -264,68 +271,190 @@ def test_digitlab_reference_passes_its_own_checks(tmp_path):
 # (file, code replaced, replacement, function flagged, words of the diagnosis)
 BUGS = [
     ("task2a.py", "X / 127.5 - 1", "X / 255", "pre_process_images", "[0, 1]"),
-    ("task2a.py", "X = np.hstack([X, np.ones((X.shape[0], 1))])", "pass", "pre_process_images",
-     "column of ones is missing"),
+    (
+        "task2a.py",
+        "X = np.hstack([X, np.ones((X.shape[0], 1))])",
+        "pass",
+        "pre_process_images",
+        "column of ones is missing",
+    ),
     ("task2a.py", "X / 127.5 - 1", "X / 128 - 1", "pre_process_images", "divides by 128"),
-    ("task2a.py", "X / 127.5 - 1", "2 * X / 255 - 1", "pre_process_images",
-     "wraps around in uint8"),
-    ("task2a.py", "-np.mean(targets", "-np.sum(targets", "cross_entropy_loss",
-     "summed over the batch"),
-    ("task2a.py", "targets * np.log(outputs) + (1 - targets) * np.log(1 - outputs)",
-     "targets * np.log(outputs)", "cross_entropy_loss", "(1 - y^n) ln(1 - ŷ^n)"),
-    ("task2a.py", "np.exp(-X @ self.w)", "np.exp(X @ self.w)", "BinaryModel.forward",
-     "exp(+wᵀx)"),
-    ("task2a.py", "return 1 / (1 + np.exp(-X @ self.w))", "return X @ self.w",
-     "BinaryModel.forward", "returns the logits"),
-    ("task2a.py", "return 1 / (1 + np.exp(-X @ self.w))",
-     "return np.exp(X @ self.w) / (1 + np.exp(X @ self.w))", "BinaryModel.forward",
-     "NaN or inf for large logits"),
-    ("task2a.py", "return 1 / (1 + np.exp(-X @ self.w))", "while True:\n            pass",
-     "BinaryModel.forward", "did not return within"),
+    (
+        "task2a.py",
+        "X / 127.5 - 1",
+        "2 * X / 255 - 1",
+        "pre_process_images",
+        "wraps around in uint8",
+    ),
+    (
+        "task2a.py",
+        "-np.mean(targets",
+        "-np.sum(targets",
+        "cross_entropy_loss",
+        "summed over the batch",
+    ),
+    (
+        "task2a.py",
+        "targets * np.log(outputs) + (1 - targets) * np.log(1 - outputs)",
+        "targets * np.log(outputs)",
+        "cross_entropy_loss",
+        "(1 - y^n) ln(1 - ŷ^n)",
+    ),
+    ("task2a.py", "np.exp(-X @ self.w)", "np.exp(X @ self.w)", "BinaryModel.forward", "exp(+wᵀx)"),
+    (
+        "task2a.py",
+        "return 1 / (1 + np.exp(-X @ self.w))",
+        "return X @ self.w",
+        "BinaryModel.forward",
+        "returns the logits",
+    ),
+    (
+        "task2a.py",
+        "return 1 / (1 + np.exp(-X @ self.w))",
+        "return np.exp(X @ self.w) / (1 + np.exp(X @ self.w))",
+        "BinaryModel.forward",
+        "NaN or inf for large logits",
+    ),
+    (
+        "task2a.py",
+        "return 1 / (1 + np.exp(-X @ self.w))",
+        "while True:\n            pass",
+        "BinaryModel.forward",
+        "did not return within",
+    ),
     ("task2a.py", " / X.shape[0]\n", "\n", "BinaryModel.backward", "summed over the batch"),
-    ("task2a.py", "-X.T @ (targets - outputs)", "X.T @ (targets - outputs)",
-     "BinaryModel.backward", "sign"),
-    ("task2a.py", "        assert self.grad.shape == self.w.shape\n",
-     "        self.grad = self.grad.T\n", "BinaryModel.backward", "transposed"),
-    ("task2a.py", "self.grad = -X.T @ (targets - outputs) / X.shape[0]",
-     "return -X.T @ (targets - outputs) / X.shape[0]", "BinaryModel.backward",
-     "instead of storing it"),
-    ("task2a.py", "-X.T @ (targets - outputs)", "-X.T @ (targets - self.outputs)",
-     "BinaryModel.backward", "AttributeError"),
-    ("task2a.py", "np.zeros((self.I, 1))", "np.random.randn(self.I, 1)", "BinaryModel.__init__",
-     "all zeros"),
-    ("task2a.py", "-X.T @ (targets - outputs) / X.shape[0]", "-X.T @ (targets - outputs",
-     "BinaryModel.backward", "does not parse"),
-    ("task2a.py", "import utils", "import utils\nimport no_such_module_xyz", "<module>",
-     "ModuleNotFoundError"),
-    ("task2a.py", "        self.grad = None\n\n\nif", "        self.grad = 1.0\n\n\nif",
-     "BinaryModel.zero_grad", "old gradient"),
+    (
+        "task2a.py",
+        "-X.T @ (targets - outputs)",
+        "X.T @ (targets - outputs)",
+        "BinaryModel.backward",
+        "sign",
+    ),
+    (
+        "task2a.py",
+        "        assert self.grad.shape == self.w.shape\n",
+        "        self.grad = self.grad.T\n",
+        "BinaryModel.backward",
+        "transposed",
+    ),
+    (
+        "task2a.py",
+        "self.grad = -X.T @ (targets - outputs) / X.shape[0]",
+        "return -X.T @ (targets - outputs) / X.shape[0]",
+        "BinaryModel.backward",
+        "instead of storing it",
+    ),
+    (
+        "task2a.py",
+        "-X.T @ (targets - outputs)",
+        "-X.T @ (targets - self.outputs)",
+        "BinaryModel.backward",
+        "AttributeError",
+    ),
+    (
+        "task2a.py",
+        "np.zeros((self.I, 1))",
+        "np.random.randn(self.I, 1)",
+        "BinaryModel.__init__",
+        "all zeros",
+    ),
+    (
+        "task2a.py",
+        "-X.T @ (targets - outputs) / X.shape[0]",
+        "-X.T @ (targets - outputs",
+        "BinaryModel.backward",
+        "does not parse",
+    ),
+    (
+        "task2a.py",
+        "import utils",
+        "import utils\nimport no_such_module_xyz",
+        "<module>",
+        "ModuleNotFoundError",
+    ),
+    (
+        "task2a.py",
+        "        self.grad = None\n\n\nif",
+        "        self.grad = 1.0\n\n\nif",
+        "BinaryModel.zero_grad",
+        "old gradient",
+    ),
     ("task2.py", ">= 0.5", ">= 0.6", "calculate_accuracy", "footnote 4"),
     ("task2.py", "float(np.mean(", "float(np.sum(", "calculate_accuracy", "number of correct"),
-    ("task3a.py", "        z = z - z.max(axis=1, keepdims=True)\n", "", "SoftmaxModel.forward",
-     "Subtract each row's largest logit"),
-    ("task3a.py", "e.sum(axis=1, keepdims=True)", "e.sum(axis=0, keepdims=True)",
-     "SoftmaxModel.forward", "axis 0"),
+    (
+        "task3a.py",
+        "        z = z - z.max(axis=1, keepdims=True)\n",
+        "",
+        "SoftmaxModel.forward",
+        "Subtract each row's largest logit",
+    ),
+    (
+        "task3a.py",
+        "e.sum(axis=1, keepdims=True)",
+        "e.sum(axis=0, keepdims=True)",
+        "SoftmaxModel.forward",
+        "axis 0",
+    ),
     ("task3a.py", "/ targets.shape[0]\n", "/ targets.size\n", "cross_entropy_loss", "N·K"),
-    ("task3a.py", "-np.sum(targets * np.log(outputs)) / targets.shape[0]",
-     "-np.sum(targets * np.log(outputs))", "cross_entropy_loss", "summed over the batch"),
-    ("task3a.py", "2 * self.l2_reg_lambda * w", "self.l2_reg_lambda * w", "SoftmaxModel.backward",
-     "2λw"),
-    ("task3a.py", " + 2 * self.l2_reg_lambda * w", "", "SoftmaxModel.backward",
-     "ignores l2_reg_lambda"),
-    ("task3a.py", "2 * self.l2_reg_lambda * w", "2 * self.l2_reg_lambda * w / X.shape[0]",
-     "SoftmaxModel.backward", "divides the penalty's gradient by N"),
-    ("task3a.py", "        w = self.w\n", "        w = self.w.copy()\n        w[-1] = 0\n",
-     "SoftmaxModel.backward", "bias row"),
+    (
+        "task3a.py",
+        "-np.sum(targets * np.log(outputs)) / targets.shape[0]",
+        "-np.sum(targets * np.log(outputs))",
+        "cross_entropy_loss",
+        "summed over the batch",
+    ),
+    (
+        "task3a.py",
+        "2 * self.l2_reg_lambda * w",
+        "self.l2_reg_lambda * w",
+        "SoftmaxModel.backward",
+        "2λw",
+    ),
+    (
+        "task3a.py",
+        " + 2 * self.l2_reg_lambda * w",
+        "",
+        "SoftmaxModel.backward",
+        "ignores l2_reg_lambda",
+    ),
+    (
+        "task3a.py",
+        "2 * self.l2_reg_lambda * w",
+        "2 * self.l2_reg_lambda * w / X.shape[0]",
+        "SoftmaxModel.backward",
+        "divides the penalty's gradient by N",
+    ),
+    (
+        "task3a.py",
+        "        w = self.w\n",
+        "        w = self.w.copy()\n        w[-1] = 0\n",
+        "SoftmaxModel.backward",
+        "bias row",
+    ),
     ("task3a.py", "Y[:, 0]] = 1", "Y[:, 0] - 1] = 1", "one_hot_encode", "one place too far left"),
-    ("task3a.py", "    out = np.zeros((Y.shape[0], num_classes))\n"
-     "    out[np.arange(Y.shape[0]), Y[:, 0]] = 1\n    return out",
-     "    return np.eye(num_classes)[Y]", "one_hot_encode", "the shape is [12, 1, 10]"),
-    ("task3a.py", "    out = np.zeros((Y.shape[0], num_classes))\n",
-     "    out = np.zeros((Y.shape[0], Y.max() + 1))\n", "one_hot_encode", "max(Y) + 1"),
-    ("task3.py", "argmax(axis=1) == targets.argmax(axis=1)", "argmax(axis=1) == targets.argmax()",
-     "calculate_accuracy", "differs from the reference"),
-]  # fmt: skip
+    (
+        "task3a.py",
+        "    out = np.zeros((Y.shape[0], num_classes))\n"
+        "    out[np.arange(Y.shape[0]), Y[:, 0]] = 1\n    return out",
+        "    return np.eye(num_classes)[Y]",
+        "one_hot_encode",
+        "the shape is [12, 1, 10]",
+    ),
+    (
+        "task3a.py",
+        "    out = np.zeros((Y.shape[0], num_classes))\n",
+        "    out = np.zeros((Y.shape[0], Y.max() + 1))\n",
+        "one_hot_encode",
+        "max(Y) + 1",
+    ),
+    (
+        "task3.py",
+        "argmax(axis=1) == targets.argmax(axis=1)",
+        "argmax(axis=1) == targets.argmax()",
+        "calculate_accuracy",
+        "differs from the reference",
+    ),
+]
 
 
 @pytest.mark.parametrize("bug", BUGS, ids=[f"{b[3]}:{b[4][:24]}" for b in BUGS])
@@ -344,8 +473,11 @@ def test_each_planted_bug_is_flagged_on_exactly_its_function(bug, tmp_path, star
 
 
 def test_a_hang_does_not_stop_the_other_functions_being_judged(tmp_path):
-    text = textwrap.dedent(TASK2A).lstrip().replace(
-        "return 1 / (1 + np.exp(-X @ self.w))", "while True:\n            pass")
+    text = (
+        textwrap.dedent(TASK2A)
+        .lstrip()
+        .replace("return 1 / (1 + np.exp(-X @ self.w))", "while True:\n            pass")
+    )
     results = check_files([write(tmp_path, "task2a.py", text)], timeout=1.0)
     by_name = {r.function: r for r in results}
     assert not by_name["BinaryModel.forward"].ok
@@ -380,7 +512,7 @@ def test_cli_exit_codes_and_json(starter, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- generic mode
-GENERIC = '''
+GENERIC = """
 import numpy as np
 
 
@@ -405,13 +537,15 @@ class Net:
 
     def loss_and_grad(self, X, y):
         return loss_and_grad(self.params, X, y)
-'''
+"""
 
 
 def test_generic_mode_compares_with_digitlab_and_diagnoses(tmp_path, capsys):
     good = write(tmp_path, "mine.py", GENERIC)
-    assert main(["check", f"{good}:loss_and_grad", f"{good}:Net", "--as", "softmax",
-                 "--l2", "0.1"]) == 0  # fmt: skip
+    assert (
+        main(["check", f"{good}:loss_and_grad", f"{good}:Net", "--as", "softmax", "--l2", "0.1"])
+        == 0
+    )
     assert "✓ Net grad W: matches digitlab" in capsys.readouterr().out
     assert main(["check", f"{good}:Net"]) == 0  # numerical check alone, per array
     assert "✓ Net grad b: agrees with central differences" in capsys.readouterr().out
@@ -428,8 +562,24 @@ def test_generic_mode_compares_with_digitlab_and_diagnoses(tmp_path, capsys):
 
 
 def test_gradcheck_prints_each_array_in_float64(capsys):
-    assert main(["gradcheck", "--model", "mlp", "--hidden", "4", "--dataset", "mnist-5k",
-                 "--n", "4", "--checks", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "gradcheck",
+                "--model",
+                "mlp",
+                "--hidden",
+                "4",
+                "--dataset",
+                "mnist-5k",
+                "--n",
+                "4",
+                "--checks",
+                "3",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "(float64)" in text
     for key in ("W1", "b1", "W2", "b2"):

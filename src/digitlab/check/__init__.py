@@ -104,14 +104,18 @@ def check_file(path: str | Path, timeout: float = DEFAULT_TIMEOUT) -> list[Check
             return [load_failure(path, hello, import_timeout)]
         results = run_assignment(sb, hello.result, path.name, timeout)
     if not results:
-        return [CheckResult(path.name, "<module>", False,
-                            f"defines none of the assignment's functions: {expected_names()}")]  # fmt: skip
+        return [
+            CheckResult(
+                path.name,
+                "<module>",
+                False,
+                f"defines none of the assignment's functions: {expected_names()}",
+            )
+        ]
     return results
 
 
-def check_files(
-    paths: Iterable[str | Path], timeout: float = DEFAULT_TIMEOUT
-) -> list[CheckResult]:
+def check_files(paths: Iterable[str | Path], timeout: float = DEFAULT_TIMEOUT) -> list[CheckResult]:
     """Check learners' files of the logistic / softmax regression assignment.
 
     Parameters
@@ -142,9 +146,15 @@ def check_files(
 
 
 def check_targets(
-    targets: Iterable[str], timeout: float = DEFAULT_TIMEOUT, *, kind: str | None = None,
-    l1: float = 0.0, l2: float = 0.0, hidden: Iterable[int] = (16,), activation: str = "tanh",
-) -> list[CheckResult]:  # fmt: skip
+    targets: Iterable[str],
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    kind: str | None = None,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    hidden: Iterable[int] = (16,),
+    activation: str = "tanh",
+) -> list[CheckResult]:
     """What ``digitlab check`` runs: assignment files, and ``module.py:Name`` targets (a model
     class or a ``loss_and_grad(params, X, y)`` function, see :mod:`digitlab.check.generic`).
 
@@ -176,5 +186,11 @@ def check_targets(
     return results
 
 
-__all__ = ["DEFAULT_TIMEOUT", "CheckResult", "check_file", "check_files", "check_targets",
-           "format_results"]  # fmt: skip
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "CheckResult",
+    "check_file",
+    "check_files",
+    "check_targets",
+    "format_results",
+]

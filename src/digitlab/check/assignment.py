@@ -55,8 +55,7 @@ def detect(names: dict[str, Any]) -> Layout:
     """The layout of a file from the names it defines (``own``) and imports."""
     own = {n for n, e in names.items() if e["own"]}
     softmax = "SoftmaxModel" in own or "one_hot_encode" in own
-    binary = not softmax and bool({"BinaryModel", "pre_process_images", "cross_entropy_loss"}
-                                   & own)  # fmt: skip
+    binary = not softmax and bool({"BinaryModel", "pre_process_images", "cross_entropy_loss"} & own)
     task = "softmax" if softmax else "binary" if binary else None
     model = {"binary": "BinaryModel", "softmax": "SoftmaxModel"}.get(task or "")
     if model not in own:
@@ -91,26 +90,58 @@ def plan(layout: Layout) -> list[FunctionCheck]:
     checks = []
     own, k = layout.own, layout.k
     if "pre_process_images" in own:
-        checks.append(FunctionCheck("pre_process_images", "pre_process_images",
-                                    "pre_process_images", cs.pre_process_cases(layout.year)))  # fmt: skip
+        checks.append(
+            FunctionCheck(
+                "pre_process_images",
+                "pre_process_images",
+                "pre_process_images",
+                cs.pre_process_cases(layout.year),
+            )
+        )
     if "one_hot_encode" in own:
-        checks.append(FunctionCheck("one_hot_encode", "one_hot_encode", "one_hot_encode",
-                                    cs.one_hot_cases()))  # fmt: skip
+        checks.append(
+            FunctionCheck("one_hot_encode", "one_hot_encode", "one_hot_encode", cs.one_hot_cases())
+        )
     if "cross_entropy_loss" in own and layout.task:
-        checks.append(FunctionCheck("cross_entropy_loss", "cross_entropy_loss",
-                                    f"{layout.task}_loss", cs.loss_cases(k), scalar=True))  # fmt: skip
+        checks.append(
+            FunctionCheck(
+                "cross_entropy_loss",
+                "cross_entropy_loss",
+                f"{layout.task}_loss",
+                cs.loss_cases(k),
+                scalar=True,
+            )
+        )
     if layout.model:
         m = layout.model
-        checks.append(FunctionCheck(f"{m}.forward", f"{m}.forward", f"{layout.task}_forward",
-                                    cs.forward_cases(k, layout.ctor(0.0))))  # fmt: skip
-        checks.append(FunctionCheck(f"{m}.backward", f"{m}.backward", "backward",
-                                    cs.backward_cases(k, layout.ctor, layout.lam_in_ctor or k > 1),
-                                    read="grad"))  # fmt: skip
+        checks.append(
+            FunctionCheck(
+                f"{m}.forward",
+                f"{m}.forward",
+                f"{layout.task}_forward",
+                cs.forward_cases(k, layout.ctor(0.0)),
+            )
+        )
+        checks.append(
+            FunctionCheck(
+                f"{m}.backward",
+                f"{m}.backward",
+                "backward",
+                cs.backward_cases(k, layout.ctor, layout.lam_in_ctor or k > 1),
+                read="grad",
+            )
+        )
     if layout.accuracy:
         kk = 1 if layout.accuracy == "binary" else cs.K_CLASSES
-        checks.append(FunctionCheck("calculate_accuracy", "calculate_accuracy",
-                                    f"{layout.accuracy}_accuracy", cs.accuracy_cases(kk),
-                                    scalar=True))  # fmt: skip
+        checks.append(
+            FunctionCheck(
+                "calculate_accuracy",
+                "calculate_accuracy",
+                f"{layout.accuracy}_accuracy",
+                cs.accuracy_cases(kk),
+                scalar=True,
+            )
+        )
     return checks
 
 
@@ -118,8 +149,11 @@ def plan(layout: Layout) -> list[FunctionCheck]:
 def error_message(out: Outcome, timeout: float) -> tuple[str, list[str], int | None]:
     """A failed call as a sentence, detail lines and the learner's line number."""
     if out.timed_out:
-        return (f"did not return within {timeout:g} s (an infinite loop, or far too slow)",
-                [], None)  # fmt: skip
+        return (
+            f"did not return within {timeout:g} s (an infinite loop, or far too slow)",
+            [],
+            None,
+        )
     err = out.error or {}
     where = ""
     if err.get("line"):
@@ -169,14 +203,20 @@ def _plain_reason(reason: str, figures: dict, check: FunctionCheck) -> str:
     if reason == "type":
         return f"returned {figures.get('received')}, not a number or an array"
     if reason == "shape":
-        return (f"the values are right but the shape is {figures['received_shape']}; "
-                f"expected {figures['expected_shape']}")  # fmt: skip
+        return (
+            f"the values are right but the shape is {figures['received_shape']}; "
+            f"expected {figures['expected_shape']}"
+        )
     if reason == "transposed":
-        return (f"the result is transposed: shape {figures['received_shape']}, expected "
-                f"{figures['expected_shape']} (the shape of w)")  # fmt: skip
+        return (
+            f"the result is transposed: shape {figures['received_shape']}, expected "
+            f"{figures['expected_shape']} (the shape of w)"
+        )
     if reason == "size":
-        return (f"wrong shape: expected {figures['expected_shape']}, "
-                f"received {figures['received_shape']}")  # fmt: skip
+        return (
+            f"wrong shape: expected {figures['expected_shape']}, "
+            f"received {figures['received_shape']}"
+        )
     if reason == "nonfinite":
         return "NaN or inf where the reference is finite"
     return "differs from the reference"
@@ -189,43 +229,69 @@ def run_function(sb: Sandbox, check: FunctionCheck, file: str, timeout: float) -
     start = time.perf_counter()
     for case in check.cases:
         set_attrs = {"w": case.w} if case.w is not None else None
-        out = sb.call(check.target, case.args, ctor=case.ctor, set_attrs=set_attrs,
-                      read=[check.read] if check.read else [])  # fmt: skip
+        out = sb.call(
+            check.target,
+            case.args,
+            ctor=case.ctor,
+            set_attrs=set_attrs,
+            read=[check.read] if check.read else [],
+        )
         if not out.ok:
             message, details, line = error_message(out, timeout)
             if out.phase == "constructor":
                 name = check.function.split(".")[0] + ".__init__"
                 return CheckResult(file, name, False, message, details=details, line=line)
             if case.required:
-                return CheckResult(file, check.function, False, message,
-                                   details=[f"case: {case.label}", *details], line=line)  # fmt: skip
+                return CheckResult(
+                    file,
+                    check.function,
+                    False,
+                    message,
+                    details=[f"case: {case.label}", *details],
+                    line=line,
+                )
             notes.append(f"{case.label}: {message}")
             continue
         value, remark = _value_of(check, out)
         ok, message, figures, diag = judge_case(check, case, value)
         if remark == "returned":
-            ok, message = False, ("returns the gradient instead of storing it: set self.grad "
-                                  "(the starter code reads model.grad)")  # fmt: skip
+            ok, message = (
+                False,
+                (
+                    "returns the gradient instead of storing it: set self.grad "
+                    "(the starter code reads model.grad)"
+                ),
+            )
             diag = "returned_not_stored"
         if ok and message:
             notes.append(message)
         if not ok and case.required:
-            return CheckResult(file, check.function, False, message, figures,
-                               details=[f"case: {case.label}"], diagnosis=diag or None)  # fmt: skip
+            return CheckResult(
+                file,
+                check.function,
+                False,
+                message,
+                figures,
+                details=[f"case: {case.label}"],
+                diagnosis=diag or None,
+            )
         if not ok:
             notes.append(_note_for(check, case, value, message))
     labels = ", ".join(c.label for c in check.cases if c.required)
     message = f"matches the reference ({labels})"
     if notes:
         message += "; note: " + "; ".join(dict.fromkeys(notes))
-    return CheckResult(file, check.function, True, message,
-                       {"seconds": round(time.perf_counter() - start, 3)})  # fmt: skip
+    return CheckResult(
+        file, check.function, True, message, {"seconds": round(time.perf_counter() - start, 3)}
+    )
 
 
 def _note_for(check: FunctionCheck, case: cs.Case, value: Any, message: str) -> str:
     if check.kind == "binary_accuracy" and case.label.startswith("all outputs"):
-        return ("when ŷ is exactly 0.5 it counts the prediction as 0; footnote 4 predicts 1 "
-                "for ŷ ≥ 0.5 (np.round rounds 0.5 to 0)")
+        return (
+            "when ŷ is exactly 0.5 it counts the prediction as 0; footnote 4 predicts 1 "
+            "for ŷ ≥ 0.5 (np.round rounds 0.5 to 0)"
+        )
     return f"{case.label}: {message} (received {describe_value(value)})"
 
 
@@ -240,32 +306,56 @@ def check_init(sb: Sandbox, layout: Layout, file: str, timeout: float) -> CheckR
     w = out.attrs.get("w")
     shape = [cs.I_INPUTS, layout.k]
     if w is None or isinstance(w, ValueDescription):
-        return CheckResult(file, name, False, f"self.w is {describe_value(w)}; the starter "
-                           f"code creates self.w = np.zeros({tuple(shape)})")  # fmt: skip
+        return CheckResult(
+            file,
+            name,
+            False,
+            f"self.w is {describe_value(w)}; the starter "
+            f"code creates self.w = np.zeros({tuple(shape)})",
+        )
     w = np.asarray(w)
     if list(w.shape) != shape:
-        return CheckResult(file, name, False, f"self.w has shape {list(w.shape)}; the "
-                           f"starter code's is {shape} (one column per output)",
-                           {"expected_shape": shape, "received_shape": list(w.shape)})  # fmt: skip
+        return CheckResult(
+            file,
+            name,
+            False,
+            f"self.w has shape {list(w.shape)}; the "
+            f"starter code's is {shape} (one column per output)",
+            {"expected_shape": shape, "received_shape": list(w.shape)},
+        )
     if np.any(w != 0):
-        return CheckResult(file, name, False, "self.w does not start at zero: tasks 2b and 3b "
-                           "say to initialise the weights to all zeros")  # fmt: skip
+        return CheckResult(
+            file,
+            name,
+            False,
+            "self.w does not start at zero: tasks 2b and 3b "
+            "say to initialise the weights to all zeros",
+        )
     return CheckResult(file, name, True, f"self.w starts as zeros of shape {shape}")
 
 
 def check_zero_grad(sb: Sandbox, layout: Layout, file: str, timeout: float) -> CheckResult:
     """``zero_grad`` leaves ``self.grad`` None or all zeros."""
     name = f"{layout.model}.zero_grad"
-    out = sb.call(f"{layout.model}.zero_grad", [], ctor=layout.ctor(0.0),
-                  set_attrs={"grad": np.ones((cs.I_INPUTS, layout.k))}, read=["grad"])  # fmt: skip
+    out = sb.call(
+        f"{layout.model}.zero_grad",
+        [],
+        ctor=layout.ctor(0.0),
+        set_attrs={"grad": np.ones((cs.I_INPUTS, layout.k))},
+        read=["grad"],
+    )
     if not out.ok:
         message, details, line = error_message(out, timeout)
         return CheckResult(file, name, False, message, details=details, line=line)
     grad = out.attrs.get("grad")
     if grad is None or (not isinstance(grad, ValueDescription) and not np.any(grad)):
         return CheckResult(file, name, True, "clears self.grad")
-    return CheckResult(file, name, False, "self.grad still holds the old gradient after "
-                       "zero_grad(); set it to None (or zeros)")  # fmt: skip
+    return CheckResult(
+        file,
+        name,
+        False,
+        "self.grad still holds the old gradient after zero_grad(); set it to None (or zeros)",
+    )
 
 
 # ------------------------------------------------------------------ combined checks
@@ -277,10 +367,14 @@ def gradient_check(sb: Sandbox, layout: Layout, file: str, timeout: float) -> Ch
     rng = np.random.default_rng(8)
     entries = [(int(rng.integers(cs.I_INPUTS)), int(rng.integers(layout.k))) for _ in range(40)]
     entries += [(cs.I_INPUTS - 1, j) for j in range(min(layout.k, 3))]  # the bias row
-    out = sb.procedure("gradient_check", layout.model or "",
-                       {"X": data["X"], "Y": data["targets"], "w": data["w"],
-                        "entries": np.array(entries)},
-                       ctor=layout.ctor(0.0), options={"eps": EPS}, timeout=6 * timeout)  # fmt: skip
+    out = sb.procedure(
+        "gradient_check",
+        layout.model or "",
+        {"X": data["X"], "Y": data["targets"], "w": data["w"], "entries": np.array(entries)},
+        ctor=layout.ctor(0.0),
+        options={"eps": EPS},
+        timeout=6 * timeout,
+    )
     name = "gradient check"
     if not out.ok:
         message, details, line = error_message(out, 6 * timeout)
@@ -293,20 +387,34 @@ def gradient_check(sb: Sandbox, layout: Layout, file: str, timeout: float) -> Ch
     picked = analytic[tuple(np.array(entries).T)]
     worst = float(np.max(np.abs(numerical - picked)))
     rel = float(np.linalg.norm(numerical - picked) / max(np.linalg.norm(numerical), 1e-300))
-    figures = {"array": "w", "entries_checked": len(entries), "eps": EPS,
-               "max_abs_difference": worst, "relative_error": rel, "bound": EPS**2}  # fmt: skip
-    if worst <= EPS**2:
-        return CheckResult(file, name, True, f"w: {len(entries)} entries agree within "
-                           f"{worst:.1e} <= eps² = 1e-4 (relative error {rel:.1e})", figures)  # fmt: skip
-    return CheckResult(file, name, False, f"w: backward and the central difference of your "
-                       f"loss differ by up to {worst:.2e} > eps² = 1e-4", figures)  # fmt: skip
+    figures = {
+        "array": "w",
+        "entries_checked": len(entries),
+        "eps": EPS,
+        "max_abs_difference": worst,
+        "relative_error": rel,
+        "bound": EPS**2,
+    }
+    ok = worst <= EPS**2
+    message = (
+        f"w: {len(entries)} entries agree within {worst:.1e} <= eps² = 1e-4 "
+        f"(relative error {rel:.1e})"
+        if ok
+        else f"w: backward and the central difference of your loss differ by up to "
+        f"{worst:.2e} > eps² = 1e-4"
+    )
+    return CheckResult(file, name, ok, message, figures)
 
 
 def initial_loss(sb: Sandbox, layout: Layout, file: str, timeout: float) -> CheckResult:
     """At the initial (zero) weights every output is 1/K, so the loss is ln K (ln 2)."""
     data = cs.combined_data(layout.k)
-    out = sb.procedure("initial_loss", layout.model or "",
-                       {"X": data["X"], "Y": data["targets"]}, ctor=layout.ctor(0.0))  # fmt: skip
+    out = sb.procedure(
+        "initial_loss",
+        layout.model or "",
+        {"X": data["X"], "Y": data["targets"]},
+        ctor=layout.ctor(0.0),
+    )
     name = "initial loss"
     if not out.ok:
         message, details, line = error_message(out, timeout)
@@ -314,20 +422,25 @@ def initial_loss(sb: Sandbox, layout: Layout, file: str, timeout: float) -> Chec
     target = math.log(2 if layout.k == 1 else layout.k)
     got = compare(target, out.result["loss"], scalar=True, rtol=1e-3)
     figures = {"expected": target, "received": describe_value(out.result["loss"])}
-    if got.ok:
-        return CheckResult(file, name, True, f"ln {2 if layout.k == 1 else layout.k} = "
-                           f"{target:.4f} at the initial weights", figures)  # fmt: skip
-    return CheckResult(file, name, False, f"the loss at the initial weights is "
-                       f"{figures['received']}, not ln K = {target:.4f}", figures)  # fmt: skip
+    message = (
+        f"ln {2 if layout.k == 1 else layout.k} = {target:.4f} at the initial weights"
+        if got.ok
+        else f"the loss at the initial weights is {figures['received']}, not ln K = {target:.4f}"
+    )
+    return CheckResult(file, name, got.ok, message, figures)
 
 
 def overfit(sb: Sandbox, layout: Layout, file: str, timeout: float) -> CheckResult:
     """Gradient descent with the learner's forward and backward fits 100 images exactly."""
     data = cs.combined_data(layout.k)
-    out = sb.procedure("overfit", layout.model or "",
-                       {"X": data["X"], "Y": data["targets"], "w": data["w"]},
-                       ctor=layout.ctor(0.0), options={"steps": OVERFIT_STEPS, "lr": OVERFIT_LR},
-                       timeout=10 * timeout)  # fmt: skip
+    out = sb.procedure(
+        "overfit",
+        layout.model or "",
+        {"X": data["X"], "Y": data["targets"], "w": data["w"]},
+        ctor=layout.ctor(0.0),
+        options={"steps": OVERFIT_STEPS, "lr": OVERFIT_LR},
+        timeout=10 * timeout,
+    )
     name = "overfit 100 images"
     if not out.ok:
         message, details, line = error_message(out, 10 * timeout)
@@ -339,11 +452,14 @@ def overfit(sb: Sandbox, layout: Layout, file: str, timeout: float) -> CheckResu
     else:
         acc = float(np.mean(outputs.argmax(axis=1) == t.argmax(axis=1)))
     figures = {"steps": OVERFIT_STEPS, "learning_rate": OVERFIT_LR, "train_accuracy": acc}
-    if acc == 1.0:
-        return CheckResult(file, name, True, f"100% training accuracy after {OVERFIT_STEPS} "
-                           f"gradient steps (learning rate {OVERFIT_LR:g})", figures)  # fmt: skip
-    return CheckResult(file, name, False, f"only {acc:.0%} training accuracy after "
-                       f"{OVERFIT_STEPS} steps: training does not fit a small batch", figures)  # fmt: skip
+    message = (
+        f"100% training accuracy after {OVERFIT_STEPS} gradient steps "
+        f"(learning rate {OVERFIT_LR:g})"
+        if acc == 1.0
+        else f"only {acc:.0%} training accuracy after {OVERFIT_STEPS} steps: training does "
+        "not fit a small batch"
+    )
+    return CheckResult(file, name, acc == 1.0, message, figures)
 
 
 COMBINED = {
@@ -353,8 +469,9 @@ COMBINED = {
 }
 
 
-def run_assignment(sb: Sandbox, names: dict[str, Any], file: str,
-                   timeout: float) -> list[CheckResult]:  # fmt: skip
+def run_assignment(
+    sb: Sandbox, names: dict[str, Any], file: str, timeout: float
+) -> list[CheckResult]:
     """Every check that applies to a loaded file."""
     layout = detect(names)
     results: list[CheckResult] = []
@@ -378,8 +495,18 @@ def run_assignment(sb: Sandbox, names: dict[str, Any], file: str,
 
 
 def expected_names() -> str:
-    return ("pre_process_images, cross_entropy_loss, BinaryModel (task 2a), one_hot_encode, "
-            "SoftmaxModel (task 3a) or calculate_accuracy (tasks 2c, 3c)")  # fmt: skip
+    return (
+        "pre_process_images, cross_entropy_loss, BinaryModel (task 2a), one_hot_encode, "
+        "SoftmaxModel (task 3a) or calculate_accuracy (tasks 2c, 3c)"
+    )
 
 
-__all__ = ["COMBINED", "FunctionCheck", "Layout", "detect", "expected_names", "plan", "run_assignment"]
+__all__ = [
+    "COMBINED",
+    "FunctionCheck",
+    "Layout",
+    "detect",
+    "expected_names",
+    "plan",
+    "run_assignment",
+]

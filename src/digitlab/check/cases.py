@@ -56,8 +56,7 @@ def batch(rng: np.random.Generator, n: int, k: int, w_scale: float = 0.05) -> di
     else:
         outputs = ref.softmax_forward(X, w)
         targets = ref.one_hot_encode(rng.integers(0, k, size=(n, 1)), k)
-    return {"images": imgs, "X": X, "w": w, "outputs": outputs, "targets": targets, "N": n,
-            "K": k}  # fmt: skip
+    return {"images": imgs, "X": X, "w": w, "outputs": outputs, "targets": targets, "N": n, "K": k}
 
 
 def pre_process_cases(year: str) -> list[Case]:
@@ -69,8 +68,9 @@ def pre_process_cases(year: str) -> list[Case]:
         if year == "2020":  # the 2020 starter code's docstring asks for (0, 1)
             note = "pixels in [0, 1], as the 2020 starter code asked (the assignment: [-1, 1])"
             accepted += [(ref.pre_process_images(imgs, 0.0, b), note) for b in ("last", "first")]
-        cases.append(Case(label, [imgs], ref.pre_process_images(imgs), {"images": imgs},
-                          accepted=accepted))  # fmt: skip
+        cases.append(
+            Case(label, [imgs], ref.pre_process_images(imgs), {"images": imgs}, accepted=accepted)
+        )
     return cases
 
 
@@ -96,8 +96,11 @@ def forward_cases(k: int, ctor: list[Any]) -> list[Case]:
     rng = np.random.default_rng(3)
     forward = ref.binary_forward if k == 1 else ref.softmax_forward
     cases = []
-    for label, n, scale in (("random batch of 20", 20, 0.05), ("batch of one", 1, 0.05),
-                            ("large logits (|z| up to ~2000)", 8, 60.0)):  # fmt: skip
+    for label, n, scale in (
+        ("random batch of 20", 20, 0.05),
+        ("batch of one", 1, 0.05),
+        ("large logits (|z| up to ~2000)", 8, 60.0),
+    ):
         b = batch(rng, n, k, scale)
         if scale > 1:  # rows alternate large positive and large negative first logits
             z = b["X"] @ b["w"][:, 0]
@@ -121,11 +124,23 @@ def backward_cases(k: int, ctor_for: Any, lam_in_ctor: bool) -> list[Case]:
         expected = ref.gradient(b["X"], b["outputs"], b["targets"], b["w"], lam)
         accepted = []
         if k == 1 and lam:
-            accepted.append((ref.gradient(b["X"], b["outputs"], b["targets"], b["w"]),
-                             "ignores l2_reg_lambda (the assignment regularises only the "
-                             "softmax model)"))  # fmt: skip
-        cases.append(Case(label, [b["X"], b["outputs"], b["targets"]], expected, b,
-                          ctor=ctor_for(lam), w=b["w"], accepted=accepted))  # fmt: skip
+            accepted.append(
+                (
+                    ref.gradient(b["X"], b["outputs"], b["targets"], b["w"]),
+                    "ignores l2_reg_lambda (the assignment regularises only the softmax model)",
+                )
+            )
+        cases.append(
+            Case(
+                label,
+                [b["X"], b["outputs"], b["targets"]],
+                expected,
+                b,
+                ctor=ctor_for(lam),
+                w=b["w"],
+                accepted=accepted,
+            )
+        )
     return cases
 
 
@@ -155,8 +170,9 @@ def accuracy_cases(k: int) -> list[Case]:
             b["targets"] = np.where(flip, 1 - pred, pred)
             expected = ref.binary_accuracy(b["X"], b["targets"], b["w"])
         else:
-            labels = np.where(rng.random(n) < 0.7, b["outputs"].argmax(axis=1),
-                              rng.integers(0, k, size=n))  # fmt: skip
+            labels = np.where(
+                rng.random(n) < 0.7, b["outputs"].argmax(axis=1), rng.integers(0, k, size=n)
+            )
             b["targets"] = ref.one_hot_encode(labels, k)
             expected = ref.softmax_accuracy(b["X"], b["targets"], b["w"])
         b["expected"] = expected
@@ -167,8 +183,15 @@ def accuracy_cases(k: int) -> list[Case]:
         b["w"] = np.zeros((I_INPUTS, 1))
         b["targets"] = np.array([[1], [0]] * 5)
         model = {"model": "binary", "w": b["w"]}
-        cases.append(Case("all outputs exactly 0.5", [b["X"], b["targets"], model], 0.5,
-                          b | {"expected": 0.5}, required=False))  # fmt: skip
+        cases.append(
+            Case(
+                "all outputs exactly 0.5",
+                [b["X"], b["targets"], model],
+                0.5,
+                b | {"expected": 0.5},
+                required=False,
+            )
+        )
     return cases
 
 

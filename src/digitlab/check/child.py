@@ -35,8 +35,27 @@ STARTER_SIBLINGS = frozenset(
     {"utils", "mnist", "trainer", "task2", "task2a", "task3", "task3a", "task4", "task4a"}
 )
 #: Names whose calls may appear in a top-level assignment that is kept.
-SAFE_CALL_ROOTS = frozenset({"np", "numpy", "math", "int", "float", "range", "list", "tuple",
-                             "dict", "set", "len", "str", "bool", "round", "abs", "min", "max"})  # fmt: skip
+SAFE_CALL_ROOTS = frozenset(
+    {
+        "np",
+        "numpy",
+        "math",
+        "int",
+        "float",
+        "range",
+        "list",
+        "tuple",
+        "dict",
+        "set",
+        "len",
+        "str",
+        "bool",
+        "round",
+        "abs",
+        "min",
+        "max",
+    }
+)
 MISSING = object()
 
 
@@ -88,8 +107,9 @@ def _call_roots(node: ast.AST) -> set[str]:
 def keep_statement(node: ast.stmt) -> bool:
     """Whether a top-level statement is run: imports, definitions, docstrings, constant
     assignments (calls only into NumPy, math and simple built-ins) and guarded imports."""
-    if isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef | ast.AsyncFunctionDef
-                  | ast.ClassDef):  # fmt: skip
+    if isinstance(
+        node, ast.Import | ast.ImportFrom | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+    ):
         return True
     if isinstance(node, ast.Expr):
         return isinstance(node.value, ast.Constant)
@@ -127,15 +147,20 @@ def describe(module: types.ModuleType) -> dict[str, Any]:
         if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isclass(obj)):
             continue
         own = getattr(obj, "__module__", None) == module.__name__
-        entry: dict[str, Any] = {"kind": "class" if inspect.isclass(obj) else "function",
-                                 "own": own, "doc": (inspect.getdoc(obj) or "")[:2000]}  # fmt: skip
+        entry: dict[str, Any] = {
+            "kind": "class" if inspect.isclass(obj) else "function",
+            "own": own,
+            "doc": (inspect.getdoc(obj) or "")[:2000],
+        }
         if inspect.isclass(obj):
             entry["init"] = _params(obj.__init__) if "__init__" in vars(obj) else []
             entry["methods"] = {m: _params(f) for m, f in vars(obj).items() if callable(f)}
         else:
             entry["params"] = _params(obj)
-            entry["annotations"] = {k: getattr(v, "__name__", str(v))
-                                    for k, v in getattr(obj, "__annotations__", {}).items()}  # fmt: skip
+            entry["annotations"] = {
+                k: getattr(v, "__name__", str(v))
+                for k, v in getattr(obj, "__annotations__", {}).items()
+            }
         names[name] = entry
     return names
 
@@ -343,9 +368,14 @@ def generic_numeric(cls: Any, ctor: list, loss: Any, data: dict, options: dict) 
     return out
 
 
-PROCEDURES = {"gradient_check": gradient_check, "initial_loss": initial_loss, "overfit": overfit,
-              "generic_eval": generic_eval, "generic_params": generic_params,
-              "generic_numeric": generic_numeric}  # fmt: skip
+PROCEDURES = {
+    "gradient_check": gradient_check,
+    "initial_loss": initial_loss,
+    "overfit": overfit,
+    "generic_eval": generic_eval,
+    "generic_params": generic_params,
+    "generic_numeric": generic_numeric,
+}
 
 
 # ------------------------------------------------------------------ errors and the loop
@@ -382,8 +412,12 @@ def serve(runner: Runner, channel: Any) -> None:
             payload = {"id": req["id"], "ok": True, **body}
         except ConstructorError as exc:
             cause = exc.__cause__ or exc
-            payload = {"id": req["id"], "ok": False, "phase": "constructor",
-                       "error": error_record(cause, runner.user_file)}  # fmt: skip
+            payload = {
+                "id": req["id"],
+                "ok": False,
+                "phase": "constructor",
+                "error": error_record(cause, runner.user_file),
+            }
         except BaseException as exc:  # noqa: BLE001 - the learner's code may raise anything
             payload = {"id": req["id"], "ok": False, "error": error_record(exc, runner.user_file)}
         payload["seconds"] = time.perf_counter() - start
@@ -404,8 +438,10 @@ def main(argv: list[str]) -> None:
     try:
         module = load_module(user_file)
     except BaseException as exc:  # noqa: BLE001 - syntax errors, import errors, anything
-        answer(channel, {"id": 0, "ok": False, "phase": "import",
-                         "error": error_record(exc, user_file)})  # fmt: skip
+        answer(
+            channel,
+            {"id": 0, "ok": False, "phase": "import", "error": error_record(exc, user_file)},
+        )
         return
     answer(channel, {"id": 0, "ok": True, "names": describe(module)})
     serve(Runner(module, workdir, user_file), channel)

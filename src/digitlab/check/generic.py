@@ -46,9 +46,14 @@ class GenericSpec:
 
 def _reference_model(spec: GenericSpec, rng: np.random.Generator) -> Any:
     """digitlab's model of ``spec.kind`` in float64 with random parameters."""
-    config: dict[str, Any] = {"kind": spec.kind, "n_features": N_FEATURES,
-                              "n_classes": 2 if spec.kind == "logistic" else N_CLASSES,
-                              "l1": spec.l1, "l2": spec.l2, "dtype": "float64"}  # fmt: skip
+    config: dict[str, Any] = {
+        "kind": spec.kind,
+        "n_features": N_FEATURES,
+        "n_classes": 2 if spec.kind == "logistic" else N_CLASSES,
+        "l1": spec.l1,
+        "l2": spec.l2,
+        "dtype": "float64",
+    }
     if spec.kind == "mlp":
         config |= {"hidden": list(spec.hidden), "activation": spec.activation}
     model = build_model(config)
@@ -69,27 +74,36 @@ def _variants(model: Any, X: np.ndarray, y: np.ndarray) -> dict[str, tuple[dict,
     n, l2 = X.shape[0], model.l2
     pen = {k: (2 * l2 * v if k in model.penalized else 0 * v) for k, v in model.params.items()}
     out = {
-        "summed": ({k: data[k] * n + pen[k] for k in data},
-                   "the gradient is summed over the batch, not averaged (the loss is a mean)"),
-        "sign": ({k: -data[k] + pen[k] for k in data},
-                 "the data term's sign is flipped: the gradient of -log p is p - onehot(y)"),
+        "summed": (
+            {k: data[k] * n + pen[k] for k in data},
+            "the gradient is summed over the batch, not averaged (the loss is a mean)",
+        ),
+        "sign": (
+            {k: -data[k] + pen[k] for k in data},
+            "the data term's sign is flipped: the gradient of -log p is p - onehot(y)",
+        ),
     }
     if l2:
-        out["lambda_w"] = ({k: data[k] + pen[k] / 2 for k in data},
-                           "adds λw; the derivative of λ||W||² is 2λW")
+        out["lambda_w"] = (
+            {k: data[k] + pen[k] / 2 for k in data},
+            "adds λw; the derivative of λ||W||² is 2λW",
+        )
         out["no_penalty"] = ({k: data[k] for k in data}, "the L2 penalty's gradient 2λW is missing")
-        out["bias_penalised"] = ({k: data[k] + 2 * l2 * model.params[k] for k in data},
-                                 "the penalty also covers the biases; digitlab's models "
-                                 "penalise the weight matrices only")  # fmt: skip
+        out["bias_penalised"] = (
+            {k: data[k] + 2 * l2 * model.params[k] for k in data},
+            "the penalty also covers the biases; digitlab's models "
+            "penalise the weight matrices only",
+        )
     return out
 
 
 def _result_arrays(out: Outcome, prefix: str) -> dict[str, Any]:
-    return {k[len(prefix):]: v for k, v in out.result.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in out.result.items() if k.startswith(prefix)}
 
 
-def compare_with_kind(sb: Sandbox, name: str, spec: GenericSpec, file: str,
-                      entry: dict) -> list[CheckResult]:  # fmt: skip
+def compare_with_kind(
+    sb: Sandbox, name: str, spec: GenericSpec, file: str, entry: dict
+) -> list[CheckResult]:
     """Loss and each gradient array against digitlab's model of ``spec.kind``."""
     rng = np.random.default_rng(0)
     model = _reference_model(spec, rng)
@@ -119,20 +133,26 @@ def _judge(file: str, function: str, expected: Any, got: Any, scalar: bool = Fal
     verdict = compare(expected, got, scalar=scalar, rtol=1e-6)
     if verdict.ok:
         rel = verdict.figures.get("relative_error", 0.0)
-        return CheckResult(file, function, True, f"matches digitlab (relative error {rel:.1e})",
-                           verdict.figures)  # fmt: skip
-    reason = {"type": f"received {verdict.figures.get('received')}",
-              "shape": "right values, wrong shape", "transposed": "transposed",
-              "size": "wrong shape", "nonfinite": "NaN or inf"}.get(verdict.reason,
-                                                                     "differs from digitlab")  # fmt: skip
+        return CheckResult(
+            file, function, True, f"matches digitlab (relative error {rel:.1e})", verdict.figures
+        )
+    reason = {
+        "type": f"received {verdict.figures.get('received')}",
+        "shape": "right values, wrong shape",
+        "transposed": "transposed",
+        "size": "wrong shape",
+        "nonfinite": "NaN or inf",
+    }.get(verdict.reason, "differs from digitlab")
     return CheckResult(file, function, False, reason, verdict.figures)
 
 
 def numeric_only(sb: Sandbox, name: str, file: str, entry: dict) -> list[CheckResult]:
     """Central differences in float64 against the learner's own gradients, per array."""
     if entry["kind"] != "class":
-        raise ConfigError(f"{name} is a function: say which model it is with --as "
-                          "logistic|softmax|mlp (its parameters are then digitlab's)")  # fmt: skip
+        raise ConfigError(
+            f"{name} is a function: say which model it is with --as "
+            "logistic|softmax|mlp (its parameters are then digitlab's)"
+        )
     options = {"n_features": N_FEATURES, "n_classes": N_CLASSES}
     start = sb.procedure("generic_params", name, {}, options=options)
     if not start.ok:
@@ -145,36 +165,69 @@ def numeric_only(sb: Sandbox, name: str, file: str, entry: dict) -> list[CheckRe
         return [CheckResult(file, name, False, "self.params holds no weight matrix")]
     d, k = mats[0].shape[0], max(mats[-1].shape[1], 2)
     X, y = rng.normal(size=(N_ROWS, d)), rng.integers(0, k, size=N_ROWS)
-    entries = {key: rng.choice(v.size, size=min(v.size, ENTRIES_PER_ARRAY), replace=False).tolist()
-               for key, v in params.items()}  # fmt: skip
+    entries = {
+        key: rng.choice(v.size, size=min(v.size, ENTRIES_PER_ARRAY), replace=False).tolist()
+        for key, v in params.items()
+    }
     data = {"X": X, "y": y, **{f"p.{key}": v for key, v in params.items()}}
-    out = sb.procedure("generic_numeric", name, data, timeout=10 * sb.timeout,
-                       options=options | {"eps": NUMERIC_EPS, "entries": entries})  # fmt: skip
+    out = sb.procedure(
+        "generic_numeric",
+        name,
+        data,
+        timeout=10 * sb.timeout,
+        options=options | {"eps": NUMERIC_EPS, "entries": entries},
+    )
     if not out.ok:
         return [_failure(file, name, out, 10 * sb.timeout)]
     numerical, analytic = _result_arrays(out, "n."), _result_arrays(out, "g.")
-    return [_numeric_result(file, name, key, params[key], entries[key], numerical[key],
-                            analytic.get(key)) for key in params]  # fmt: skip
+    return [
+        _numeric_result(
+            file, name, key, params[key], entries[key], numerical[key], analytic.get(key)
+        )
+        for key in params
+    ]
 
 
-def _numeric_result(file: str, name: str, key: str, param: np.ndarray, entries: list[int],
-                    numerical: np.ndarray, analytic: Any) -> CheckResult:  # fmt: skip
+def _numeric_result(
+    file: str,
+    name: str,
+    key: str,
+    param: np.ndarray,
+    entries: list[int],
+    numerical: np.ndarray,
+    analytic: Any,
+) -> CheckResult:
     function = f"{name} grad {key}"
     if analytic is None or isinstance(analytic, ValueDescription):
         return CheckResult(file, function, False, f"no gradient returned for {key}")
     a = np.asarray(analytic, dtype=np.float64)
     if a.size != param.size:
-        return CheckResult(file, function, False, f"gradient of shape {list(a.shape)} for a "
-                           f"parameter of shape {list(param.shape)}")  # fmt: skip
+        return CheckResult(
+            file,
+            function,
+            False,
+            f"gradient of shape {list(a.shape)} for a parameter of shape {list(param.shape)}",
+        )
     picked = a.reshape(-1)[entries]
-    rel = float(np.max(np.abs(picked - numerical) /
-                       np.maximum(np.abs(picked) + np.abs(numerical), 1e-12)))  # fmt: skip
-    figures = {"relative_error": rel, "max_abs_error": float(np.max(np.abs(picked - numerical))),
-               "entries_checked": len(entries), "eps": NUMERIC_EPS}  # fmt: skip
+    rel = float(
+        np.max(np.abs(picked - numerical) / np.maximum(np.abs(picked) + np.abs(numerical), 1e-12))
+    )
+    figures = {
+        "relative_error": rel,
+        "max_abs_error": float(np.max(np.abs(picked - numerical))),
+        "entries_checked": len(entries),
+        "eps": NUMERIC_EPS,
+    }
     ok = rel <= NUMERIC_TOL
     verb = "agrees with" if ok else "differs from"
-    return CheckResult(file, function, ok, f"{verb} central differences: relative error "
-                       f"{rel:.1e} ({'≤' if ok else '>'} {NUMERIC_TOL:g})", figures)  # fmt: skip
+    return CheckResult(
+        file,
+        function,
+        ok,
+        f"{verb} central differences: relative error "
+        f"{rel:.1e} ({'≤' if ok else '>'} {NUMERIC_TOL:g})",
+        figures,
+    )
 
 
 def _failure(file: str, name: str, out: Outcome, timeout: float) -> CheckResult:

@@ -41,8 +41,12 @@ class CheckResult:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able record (NaN and inf figures become strings)."""
-        record: dict[str, Any] = {"file": self.file, "function": self.function, "ok": self.ok,
-                                  "message": self.message}  # fmt: skip
+        record: dict[str, Any] = {
+            "file": self.file,
+            "function": self.function,
+            "ok": self.ok,
+            "message": self.message,
+        }
         if self.diagnosis:
             record["diagnosis"] = self.diagnosis
         if self.line is not None:
@@ -66,13 +70,14 @@ def _jsonable(value: Any) -> Any:
 def _figure_lines(figures: dict[str, Any]) -> list[str]:
     lines = []
     if "relative_error" in figures:
-        lines.append(f"relative error {figures['relative_error']:.3g}, "
-                     f"largest absolute error {figures['max_abs_error']:.3g}")  # fmt: skip
-    if "received_shape" in figures and figures["received_shape"] != figures.get(
-        "expected_shape"
-    ):
-        lines.append(f"shape expected {figures['expected_shape']}, "
-                     f"received {figures['received_shape']}")  # fmt: skip
+        lines.append(
+            f"relative error {figures['relative_error']:.3g}, "
+            f"largest absolute error {figures['max_abs_error']:.3g}"
+        )
+    if "received_shape" in figures and figures["received_shape"] != figures.get("expected_shape"):
+        lines.append(
+            f"shape expected {figures['expected_shape']}, received {figures['received_shape']}"
+        )
     if "received" in figures:
         lines.append(f"received {figures['received']}")
     for index, exp, got in figures.get("first_differences", []):
@@ -96,7 +101,10 @@ def format_results(results: list[CheckResult]) -> str:
             lines += [f"      {d}" for d in _figure_lines(r.figures)]
     failed = sum(not r.ok for r in results)
     files = len({r.file for r in results})
-    summary = (f"{failed} of {len(results)} checks failed" if failed
-               else f"all {len(results)} checks passed")  # fmt: skip
+    summary = (
+        f"{failed} of {len(results)} checks failed"
+        if failed
+        else f"all {len(results)} checks passed"
+    )
     lines.append(f"\n{summary} ({files} file{'s' if files != 1 else ''})")
     return "\n".join(lines)

@@ -64,8 +64,13 @@ class Sandbox:
         Address-space cap of the child.
     """
 
-    def __init__(self, path: Path, timeout: float = 5.0, memory_mb: int = DEFAULT_MEMORY_MB,
-                 import_timeout: float = IMPORT_TIMEOUT) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        timeout: float = 5.0,
+        memory_mb: int = DEFAULT_MEMORY_MB,
+        import_timeout: float = IMPORT_TIMEOUT,
+    ) -> None:
         self.path = Path(path).resolve()
         self.timeout = float(timeout)
         self.import_timeout = float(import_timeout)
@@ -84,16 +89,34 @@ class Sandbox:
         self.stop()
         read_fd, write_fd = os.pipe()
         self.log = tempfile.TemporaryFile(dir=self.workdir)
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
-                   MKL_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")  # fmt: skip
-        cmd = [sys.executable, str(CHILD), str(self.workdir), str(self.path), str(write_fd),
-               str(self.memory_mb)]  # fmt: skip
+        env = dict(
+            os.environ,
+            OPENBLAS_NUM_THREADS="1",
+            OMP_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
+            MPLBACKEND="Agg",
+            PYTHONDONTWRITEBYTECODE="1",
+        )
+        cmd = [
+            sys.executable,
+            str(CHILD),
+            str(self.workdir),
+            str(self.path),
+            str(write_fd),
+            str(self.memory_mb),
+        ]
         src = str(Path(__file__).resolve().parents[2])  # digitlab importable in the child
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT,
-            pass_fds=(write_fd,), cwd=self.path.parent, env=env, start_new_session=True,
-        )  # fmt: skip
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(write_fd,),
+            cwd=self.path.parent,
+            env=env,
+            start_new_session=True,
+        )
         os.close(write_fd)
         self.reader = os.fdopen(read_fd, "r", encoding="utf-8")
         hello = self._receive(self.import_timeout)
@@ -160,21 +183,46 @@ class Sandbox:
             return self._dead(time.perf_counter())
         return self._receive(self.timeout if timeout is None else timeout)
 
-    def call(self, target: str, args: list[Any] = (), *, ctor: list[Any] = (),
-             set_attrs: dict[str, Any] | None = None, read: list[str] = (),
-             timeout: float | None = None) -> Outcome:  # fmt: skip
+    def call(
+        self,
+        target: str,
+        args: list[Any] = (),
+        *,
+        ctor: list[Any] = (),
+        set_attrs: dict[str, Any] | None = None,
+        read: list[str] = (),
+        timeout: float | None = None,
+    ) -> Outcome:
         """Call ``target`` (``"func"``, ``"Class.method"`` or ``"Class"`` to construct only)."""
-        payload = {"kind": "call", "target": target, "args": [self.put(a) for a in args],
-                   "ctor": [self.put(a) for a in ctor], "read": list(read),
-                   "set": {k: self.put(v) for k, v in (set_attrs or {}).items()}}  # fmt: skip
+        payload = {
+            "kind": "call",
+            "target": target,
+            "args": [self.put(a) for a in args],
+            "ctor": [self.put(a) for a in ctor],
+            "read": list(read),
+            "set": {k: self.put(v) for k, v in (set_attrs or {}).items()},
+        }
         return self.request(payload, timeout)
 
-    def procedure(self, name: str, model: str, data: dict[str, Any], *, ctor: list[Any] = (),
-                  options: dict[str, Any] | None = None, timeout: float | None = None) -> Outcome:
+    def procedure(
+        self,
+        name: str,
+        model: str,
+        data: dict[str, Any],
+        *,
+        ctor: list[Any] = (),
+        options: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Outcome:
         """Run a combined check inside the child (see ``child.PROCEDURES``)."""
-        payload = {"kind": "procedure", "name": name, "model": model,
-                   "data": {k: self.put(v) for k, v in data.items()},
-                   "ctor": [self.put(a) for a in ctor], "options": options or {}}  # fmt: skip
+        payload = {
+            "kind": "procedure",
+            "name": name,
+            "model": model,
+            "data": {k: self.put(v) for k, v in data.items()},
+            "ctor": [self.put(a) for a in ctor],
+            "options": options or {},
+        }
         return self.request(payload, timeout)
 
     # ------------------------------------------------------------------ answers
@@ -184,15 +232,21 @@ class Sandbox:
         if not ready:
             tail = self.output_tail()
             self.stop()
-            return Outcome(False, timed_out=True, seconds=time.perf_counter() - start,
-                           output_tail=tail)  # fmt: skip
+            return Outcome(
+                False, timed_out=True, seconds=time.perf_counter() - start, output_tail=tail
+            )
         line = self.reader.readline()
         if not line:
             return self._dead(start)
         answer = json.loads(line)
         if not answer["ok"]:
-            return Outcome(False, error=answer.get("error"), phase=answer.get("phase", "call"),
-                           seconds=answer.get("seconds", 0.0), output_tail=self.output_tail())  # fmt: skip
+            return Outcome(
+                False,
+                error=answer.get("error"),
+                phase=answer.get("phase", "call"),
+                seconds=answer.get("seconds", 0.0),
+                output_tail=self.output_tail(),
+            )
         if "names" in answer:
             return Outcome(True, result=answer["names"])
         if "result" in answer:
@@ -207,10 +261,17 @@ class Sandbox:
         code = proc.wait() if proc is not None else None
         tail = self.output_tail()
         self.stop()
-        how = (f"killed by signal {-code}" if code is not None and code < 0
-               else f"exited with status {code}")  # fmt: skip
-        return Outcome(False, error={"type": "Crash", "message": f"the process {how}"},
-                       seconds=time.perf_counter() - start, output_tail=tail)  # fmt: skip
+        how = (
+            f"killed by signal {-code}"
+            if code is not None and code < 0
+            else f"exited with status {code}"
+        )
+        return Outcome(
+            False,
+            error={"type": "Crash", "message": f"the process {how}"},
+            seconds=time.perf_counter() - start,
+            output_tail=tail,
+        )
 
     def _value(self, desc: dict[str, Any]) -> Any:
         kind = desc["type"]
