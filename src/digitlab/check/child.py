@@ -124,12 +124,19 @@ def load_module(path: Path) -> types.ModuleType:
     """Execute the kept statements of ``path`` as a module named after the file."""
     source = path.read_text(encoding="utf-8")
     tree = ast.parse(source, filename=str(path))
-    tree.body = [node for node in tree.body if keep_statement(node)]
-    code = compile(tree, str(path), "exec")
     module = types.ModuleType(path.stem)
     module.__file__ = str(path)
     sys.modules[path.stem] = module
-    exec(code, module.__dict__)
+    for node in tree.body:
+        if not keep_statement(node):
+            continue
+        code = compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec")
+        try:
+            exec(code, module.__dict__)
+        except Exception:
+            # an assignment may use a name the skipped training code would have set
+            if not isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+                raise
     return module
 
 

@@ -101,10 +101,7 @@ def format_results(results: list[CheckResult]) -> str:
             lines += [f"      {d}" for d in _figure_lines(r.figures)]
     failed = sum(not r.ok for r in results)
     files = len({r.file for r in results})
-    summary = (
-        f"{failed} of {len(results)} checks failed"
-        if failed
-        else f"all {len(results)} checks passed"
-    )
+    total = f"{len(results)} check{'s' if len(results) != 1 else ''}"
+    summary = f"{failed} of {total} failed" if failed else f"{total} passed"
     lines.append(f"\n{summary} ({files} file{'s' if files != 1 else ''})")
     return "\n".join(lines)
