@@ -584,3 +584,16 @@ def test_gradcheck_prints_each_array_in_float64(capsys):
     assert "(float64)" in text
     for key in ("W1", "b1", "W2", "b2"):
         assert f"  {key} " in text and "relative error" in text
+
+
+def test_readme_worked_example_is_what_check_prints(tmp_path, capsys):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Check your own implementation", 1)[1].split("\n## ", 1)[0]
+    source = re.search(r"^```py\n(.*?)^```$", section, flags=re.M | re.S).group(1)
+    shown = re.search(r"^```console\n(.*?)^```$", section, flags=re.M | re.S).group(1)
+    (tmp_path / "task3a.py").write_text(source)
+    status = main(["check", str(tmp_path / "task3a.py")])
+    printed = capsys.readouterr().out + f"exit status {status}\n"
+    assert printed == shown

@@ -486,12 +486,27 @@ def run_assignment(
         results.append(run_function(sb, check, file, timeout))
     if layout.model and model_ok and "zero_grad" in names[layout.model].get("methods", {}):
         results.append(check_zero_grad(sb, layout, file, timeout))
-    failed = {r.function.split(".")[-1] for r in results if not r.ok}
     if layout.model and "cross_entropy_loss" in layout.own and model_ok:
-        for _, (func, needs) in COMBINED.items():
-            if not failed & {*needs, "__init__"}:
-                results.append(func(sb, layout, file, timeout))
+        results += run_combined(sb, layout, file, timeout, results)
     return results
+
+
+def run_combined(
+    sb: Sandbox, layout: Layout, file: str, timeout: float, results: list[CheckResult]
+) -> list[CheckResult]:
+    """The combined checks whose functions all passed; the others are not run (one bug, one
+    flag) and the failed function's details say which wait for it."""
+    failed = {r.function.split(".")[-1]: r for r in results if not r.ok}
+    combined, waiting = [], {}
+    for name, (func, needs) in COMBINED.items():
+        blockers = [failed[n] for n in (*needs, "__init__") if n in failed]
+        if not blockers:
+            combined.append(func(sb, layout, file, timeout))
+        else:
+            waiting.setdefault(id(blockers[0]), (blockers[0], []))[1].append(name)
+    for result, names in waiting.values():
+        result.details.append(f"not run until this passes: {', '.join(names)}")
+    return combined
 
 
 def expected_names() -> str:

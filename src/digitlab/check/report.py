@@ -78,6 +78,8 @@ def _figure_lines(figures: dict[str, Any]) -> list[str]:
         lines.append(
             f"shape expected {figures['expected_shape']}, received {figures['received_shape']}"
         )
+    if figures.get("nonfinite_entries"):
+        lines.append(f"{figures['nonfinite_entries']} entries are NaN or inf")
     if "received" in figures:
         lines.append(f"received {figures['received']}")
     for index, exp, got in figures.get("first_differences", []):
