@@ -480,7 +480,9 @@ def test_a_hang_does_not_stop_the_other_functions_being_judged(tmp_path):
     )
     results = check_files([write(tmp_path, "task2a.py", text)], timeout=1.0)
     by_name = {r.function: r for r in results}
-    assert not by_name["BinaryModel.forward"].ok
+    forward = by_name["BinaryModel.forward"]
+    assert not forward.ok and "stopped at line" in forward.message
+    assert "while True" in forward.details[1] and forward.line in (30, 31)
     assert by_name["BinaryModel.backward"].ok and by_name["cross_entropy_loss"].ok
     assert "gradient check" not in by_name  # it needs forward: not run, not a second flag
 
@@ -597,3 +599,22 @@ def test_readme_worked_example_is_what_check_prints(tmp_path, capsys):
     status = main(["check", str(tmp_path / "task3a.py")])
     printed = capsys.readouterr().out + f"exit status {status}\n"
     assert printed == shown
+
+
+def test_crashes_prints_and_memory_hogs_stay_in_their_function(tmp_path):
+    text = textwrap.dedent(TASK2A).lstrip()
+    text = text.replace("    return X\n", "    print('X is', X)\n    return X\n")  # prints: fine
+    text = text.replace(
+        "        self.grad = None\n\n\nif", "        import os\n        os._exit(3)\n\n\nif"
+    )
+    text = text.replace(
+        "    assert targets.shape == outputs.shape\n    return -np.mean",
+        "    big = np.ones((1 << 31,))  # 16 GiB: over the memory cap\n    return -np.mean",
+    )
+    results = check_files([write(tmp_path, "task2a.py", text)], timeout=2.0)
+    flagged = failed(results)
+    assert sorted(flagged) == ["BinaryModel.zero_grad", "cross_entropy_loss"], flagged
+    assert "crashed" in flagged["BinaryModel.zero_grad"]
+    assert "MemoryError" in flagged["cross_entropy_loss"]
+    loss = next(r for r in results if r.function == "cross_entropy_loss")
+    assert loss.line is not None and loss.to_json()["line"] == loss.line

@@ -149,11 +149,11 @@ def plan(layout: Layout) -> list[FunctionCheck]:
 def error_message(out: Outcome, timeout: float) -> tuple[str, list[str], int | None]:
     """A failed call as a sentence, detail lines and the learner's line number."""
     if out.timed_out:
-        return (
-            f"did not return within {timeout:g} s (an infinite loop, or far too slow)",
-            [],
-            None,
-        )
+        err = out.error or {}
+        where = f": stopped at line {err['line']}" if err.get("line") else ""
+        details = [f"code: {err['text']}"] if err.get("text") else []
+        message = f"did not return within {timeout:g} s (an infinite loop, or far too slow){where}"
+        return message, details, err.get("line")
     err = out.error or {}
     where = ""
     if err.get("line"):

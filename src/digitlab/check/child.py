@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -388,7 +389,8 @@ PROCEDURES = {
 # ------------------------------------------------------------------ errors and the loop
 def error_record(exc: BaseException, user_file: Path) -> dict[str, Any]:
     """Type, message and the innermost frame of the learner's file (line, function, text)."""
-    record: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)[:500]}
+    message = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    record: dict[str, Any] = {"type": type(exc).__name__, "message": message[:500]}
     if isinstance(exc, SyntaxError) and exc.filename == str(user_file):
         record.update(line=exc.lineno, text=(exc.text or "").strip())
         return record
@@ -410,12 +412,32 @@ def answer(channel: Any, payload: dict[str, Any]) -> None:
     channel.flush()
 
 
+class CallTimeout(BaseException):
+    """Raised in the learner's code when the parent's time limit is up (``SIGUSR1``): a
+    ``BaseException``, so that an ``except Exception`` in the learner's code lets it through
+    and the answer says where the code was."""
+
+
+IN_CALL = [False]
+
+
+def _stop_call(signum: int, frame: Any) -> None:
+    if IN_CALL[0]:
+        raise CallTimeout("the time limit is up")
+
+
 def serve(runner: Runner, channel: Any) -> None:
+    signal.signal(signal.SIGUSR1, _stop_call)
     for line in sys.stdin:
         req = json.loads(line)
         start = time.perf_counter()
         try:
-            body = runner.procedure(req) if req.get("kind") == "procedure" else runner.call(req)
+            IN_CALL[0] = True
+            try:
+                body = (runner.procedure(req) if req.get("kind") == "procedure"
+                        else runner.call(req))  # fmt: skip
+            finally:
+                IN_CALL[0] = False
             payload = {"id": req["id"], "ok": True, **body}
         except ConstructorError as exc:
             cause = exc.__cause__ or exc

@@ -230,11 +230,7 @@ class Sandbox:
         start = time.perf_counter()
         ready, _, _ = select.select([self.reader], [], [], timeout)
         if not ready:
-            tail = self.output_tail()
-            self.stop()
-            return Outcome(
-                False, timed_out=True, seconds=time.perf_counter() - start, output_tail=tail
-            )
+            return self._interrupt(start)
         line = self.reader.readline()
         if not line:
             return self._dead(start)
@@ -254,6 +250,20 @@ class Sandbox:
             return Outcome(True, self._value(answer["result"]), attrs, seconds=answer["seconds"])
         values = {k: self._value(v) for k, v in answer.items() if isinstance(v, dict)}
         return Outcome(True, values, seconds=answer["seconds"])
+
+    def _interrupt(self, start: float) -> Outcome:
+        """The time is up: ask the child where the learner's code is (``SIGUSR1`` raises in
+        it), and kill the child if it does not answer within a second."""
+        error = None
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            ready, _, _ = select.select([self.reader], [], [], 1.0)
+            line = self.reader.readline() if ready else ""
+            error = json.loads(line).get("error") if line else None
+        tail = self.output_tail()
+        self.stop()  # a fresh child for the next call: the interrupted one may hold any state
+        seconds = time.perf_counter() - start
+        return Outcome(False, error=error, timed_out=True, seconds=seconds, output_tail=tail)
 
     def _dead(self, start: float) -> Outcome:
         """The child ended without answering (a crash, ``os._exit``, the memory cap)."""
