@@ -448,6 +448,13 @@ BUGS = [
         "max(Y) + 1",
     ),
     (
+        "task3a.py",
+        "    out = np.zeros((Y.shape[0], num_classes))\n",
+        "    out = np.zeros((Y.shape[0], num_classes), dtype=bool)\n",
+        "one_hot_encode",
+        "booleans",
+    ),
+    (
         "task3.py",
         "argmax(axis=1) == targets.argmax(axis=1)",
         "argmax(axis=1) == targets.argmax()",

@@ -54,7 +54,10 @@ class Layout:
 def detect(names: dict[str, Any]) -> Layout:
     """The layout of a file from the names it defines (``own``) and imports."""
     own = {n for n, e in names.items() if e["own"]}
-    softmax = "SoftmaxModel" in own or "one_hot_encode" in own
+    loss_doc = names.get("cross_entropy_loss", {}).get("doc", "")
+    softmax = bool({"SoftmaxModel", "one_hot_encode"} & own) or (
+        "BinaryModel" not in names and "num_classes" in loss_doc
+    )
     binary = not softmax and bool({"BinaryModel", "pre_process_images", "cross_entropy_loss"} & own)
     task = "softmax" if softmax else "binary" if binary else None
     model = {"binary": "BinaryModel", "softmax": "SoftmaxModel"}.get(task or "")
@@ -183,6 +186,10 @@ def _value_of(check: FunctionCheck, out: Outcome) -> tuple[Any, str | None]:
 def judge_case(check: FunctionCheck, case: cs.Case, value: Any) -> tuple[bool, str, dict, str]:
     """``(ok, message, figures, diagnosis name)`` of one value for one case."""
     verdict = compare(case.expected, value, scalar=check.scalar)
+    if verdict.ok and check.kind == "one_hot_encode" and np.asarray(value).dtype == bool:
+        message = ("the rows are booleans; one-hot targets are the numbers 0 and 1 (np.zeros "
+                   "gives floats): True - True is an error in NumPy")  # fmt: skip
+        return False, message, verdict.figures, "bool_dtype"
     if verdict.ok:
         return True, "", verdict.figures, ""
     for alternative, note in case.accepted:

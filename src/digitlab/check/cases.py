@@ -181,14 +181,14 @@ def accuracy_cases(k: int) -> list[Case]:
     if k == 1:  # zero weights: every output is exactly 0.5, which the footnote counts as 1
         b = batch(rng, 10, 1)
         b["w"] = np.zeros((I_INPUTS, 1))
-        b["targets"] = np.array([[1], [0]] * 5)
+        b["targets"] = np.array([[1]] * 7 + [[0]] * 3)  # 0.7 when 0.5 counts as 1, 0.3 if not
         model = {"model": "binary", "w": b["w"]}
         cases.append(
             Case(
                 "all outputs exactly 0.5",
                 [b["X"], b["targets"], model],
-                0.5,
-                b | {"expected": 0.5},
+                0.7,
+                b | {"expected": 0.7},
                 required=False,
             )
         )
