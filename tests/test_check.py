@@ -261,6 +261,17 @@ def test_2020_layout_passes_with_its_own_range(tmp_path):
     assert "λ = 0.5" in back.message
 
 
+def test_a_penalty_without_the_bias_row_passes_with_a_note(tmp_path):
+    for row in ("-1", "0"):
+        text = TASK3A.replace(
+            "        w = self.w\n", f"        w = self.w.copy()\n        w[{row}] = 0\n"
+        )
+        results = check_files([write(tmp_path, "task3a.py", text)])
+        assert failed(results) == {}
+        back = next(r for r in results if r.function == "SoftmaxModel.backward")
+        assert "leaves out the bias row" in back.message
+
+
 def test_digitlab_reference_passes_its_own_checks(tmp_path):
     results = check_files([write(tmp_path, "reference.py", REFERENCE)])
     assert failed(results) == {}
@@ -423,13 +434,6 @@ BUGS = [
         "2 * self.l2_reg_lambda * w / X.shape[0]",
         "SoftmaxModel.backward",
         "divides the penalty's gradient by N",
-    ),
-    (
-        "task3a.py",
-        "        w = self.w\n",
-        "        w = self.w.copy()\n        w[-1] = 0\n",
-        "SoftmaxModel.backward",
-        "bias row",
     ),
     ("task3a.py", "Y[:, 0]] = 1", "Y[:, 0] - 1] = 1", "one_hot_encode", "one place too far left"),
     (

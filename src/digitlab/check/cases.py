@@ -112,7 +112,10 @@ def forward_cases(k: int, ctor: list[Any]) -> list[Case]:
 
 def backward_cases(k: int, ctor_for: Any, lam_in_ctor: bool) -> list[Case]:
     """``ctor_for(lam)`` builds the constructor arguments. For the binary model (which the
-    assignment does not regularise) ``lambda > 0`` also accepts a gradient without penalty."""
+    assignment does not regularise) ``lambda > 0`` also accepts a gradient without penalty.
+    A penalty that leaves out the bias trick's row of ``w`` (first or last, wherever the
+    learner's column of ones goes) passes with a note: equation 27 sums over every weight, but
+    not penalising the bias is the usual practice."""
     rng = np.random.default_rng(4)
     cases = []
     plan = [("random batch of 20, λ = 0", 20, 0.0), ("batch of one, λ = 0", 1, 0.0)]
@@ -130,6 +133,12 @@ def backward_cases(k: int, ctor_for: Any, lam_in_ctor: bool) -> list[Case]:
                     "ignores l2_reg_lambda (the assignment regularises only the softmax model)",
                 )
             )
+        for row in (0, -1) if lam else ():
+            unpenalised = b["w"].copy()
+            unpenalised[row] = 0.0
+            note = ("the penalty leaves out the bias row of w; equation 27 sums over every "
+                    "weight, the bias trick's row included")  # fmt: skip
+            accepted.append((expected - 2 * lam * (b["w"] - unpenalised), note))
         cases.append(
             Case(
                 label,

@@ -234,12 +234,6 @@ def _data_grad(c: dict[str, Any]) -> np.ndarray:
     return ref.gradient(c["X"], c["outputs"], c["targets"], c["w"], 0.0)
 
 
-def _bias_row_free(c: dict[str, Any]) -> np.ndarray:
-    pen = 2 * c["lam"] * c["w"]
-    pen[-1] = 0.0  # the bias trick's row (X's column of ones is the last one)
-    return _data_grad(c) + pen
-
-
 BACKWARD = [
     (
         "summed",
@@ -283,12 +277,6 @@ BACKWARD = [
         lambda c: _data_grad(c) + 2 * c["lam"] * c["w"] / c["N"],
         "divides the penalty's gradient by N as well; equation 28 adds 2λw to the averaged "
         "gradient",
-    ),
-    (
-        "penalty_skips_bias",
-        _bias_row_free,
-        "the penalty leaves out the bias row of w; equation 27 sums over every weight, the bias "
-        "trick's row included",
     ),
 ]
 
