@@ -299,6 +299,9 @@ def _note_for(check: FunctionCheck, case: cs.Case, value: Any, message: str) -> 
             "when ŷ is exactly 0.5 it counts the prediction as 0; footnote 4 predicts 1 "
             "for ŷ ≥ 0.5 (np.round rounds 0.5 to 0)"
         )
+    if "shape [N]" in case.label:
+        return (f"with {case.label} (the starter code's are [N, 1]) it gives "
+                f"{describe_value(value)}, not {float(np.asarray(case.expected)):.6g}")  # fmt: skip
     return f"{case.label}: {message} (received {describe_value(value)})"
 
 

@@ -89,6 +89,11 @@ def loss_cases(k: int) -> list[Case]:
             expected = ref.softmax_cross_entropy(targets, outputs)
         context = {"targets": targets, "outputs": outputs, "expected": expected, "N": n, "K": k}
         cases.append(Case(label, [targets, outputs], expected, context))
+    if k == 1:  # the starter code's shape is [N, 1]; [N] only adds a note
+        flat = {key: v.reshape(-1) if key in ("targets", "outputs") else v
+                for key, v in cases[0].context.items()}  # fmt: skip
+        cases.append(Case("targets and outputs of shape [N]", [flat["targets"], flat["outputs"]],
+                          cases[0].expected, flat, required=False))  # fmt: skip
     return cases
 
 
@@ -187,6 +192,11 @@ def accuracy_cases(k: int) -> list[Case]:
         b["expected"] = expected
         model = {"model": "binary" if k == 1 else "softmax", "w": b["w"]}
         cases.append(Case(label, [b["X"], b["targets"], model], expected, b))
+    if k == 1:  # targets of shape [N] (the starter code's are [N, 1]): only a note
+        first = cases[0]
+        flat = first.context | {"targets": first.context["targets"].reshape(-1)}
+        args = [first.args[0], flat["targets"], first.args[2]]
+        cases.append(Case("targets of shape [N]", args, first.expected, flat, required=False))
     if k == 1:  # zero weights: every output is exactly 0.5, which the footnote counts as 1
         b = batch(rng, 10, 1)
         b["w"] = np.zeros((I_INPUTS, 1))

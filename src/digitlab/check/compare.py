@@ -46,7 +46,7 @@ def describe_value(value: Any) -> str:
         return str(value)
     arr = np.asarray(value)
     if arr.ndim == 0:
-        return f"{type(value).__name__} {float(arr):.6g}"
+        return f"{float(arr):.6g}"
     return f"array {list(arr.shape)} {arr.dtype}"
 
 
