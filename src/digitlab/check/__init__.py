@@ -13,8 +13,10 @@ and a memory cap; its functions are compared with the float64 reference
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from digitlab.check.assignment import expected_names, run_assignment
@@ -139,10 +141,7 @@ def check_files(paths: Iterable[str | Path], timeout: float = DEFAULT_TIMEOUT) -
     if not timeout > 0:
         raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
     paths = [validate_source(Path(p)) for p in paths]
-    results: list[CheckResult] = []
-    for path in paths:
-        results += check_file(path, timeout)
-    return results
+    return _in_parallel([lambda p=p: check_file(p, timeout) for p in paths])
 
 
 def check_targets(
@@ -177,13 +176,24 @@ def check_targets(
             parsed.append((validate_source(Path(t)), None))
     if not timeout > 0:
         raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
-    results: list[CheckResult] = []
-    for path, name in parsed:
-        if name is None:
-            results += check_file(path, timeout)
-        else:
-            results += check_generic(path, name, spec, timeout)
-    return results
+    jobs = [
+        (lambda p=p: check_file(p, timeout))
+        if name is None
+        else (lambda p=p, n=name: check_generic(p, n, spec, timeout))
+        for p, name in parsed
+    ]
+    return _in_parallel(jobs)
+
+
+def _in_parallel(jobs: list) -> list[CheckResult]:
+    """Run the per-file jobs on up to ``min(cores, 4)`` threads (each file has its own child
+    process) and concatenate their results in the order given."""
+    workers = max(1, min(len(jobs), os.cpu_count() or 1, 4))
+    if workers == 1:
+        return [r for job in jobs for r in job()]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        return [r for f in futures for r in f.result()]
 
 
 __all__ = [
