@@ -197,6 +197,10 @@ def judge_case(check: FunctionCheck, case: cs.Case, value: Any) -> tuple[bool, s
             return True, note, verdict.figures, ""
     if verdict.reason in ("shape", "transposed", "type"):  # the values' layout comes first
         return False, _plain_reason(verdict.reason, verdict.figures, check), verdict.figures, ""
+    got = np.asarray(value, dtype=np.float64) if verdict.reason != "size" else None
+    if got is not None and not np.any(got) and np.any(np.asarray(case.expected)):
+        message = "gives only zeros: is it still the starter code's placeholder?"
+        return False, message, verdict.figures, "zeros"
     context = dict(case.context, expected=case.expected)
     found = diagnose(check.kind, context, value)
     if verdict.reason == "nonfinite" and check.kind in NONFINITE and not found:

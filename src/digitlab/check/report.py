@@ -83,7 +83,8 @@ def _figure_lines(figures: dict[str, Any]) -> list[str]:
     if "received" in figures:
         lines.append(f"received {figures['received']}")
     for index, exp, got in figures.get("first_differences", []):
-        lines.append(f"at {index}: expected {exp:.6g}, received {got:.6g}")
+        at = f"at {index}: " if index else ""
+        lines.append(f"{at}expected {exp:.6g}, received {got:.6g}")
     return lines
 
 
