@@ -514,6 +514,28 @@ CHECK_NOTE = (
 )
 
 
+def add_check_parser(sub: Any) -> None:
+    """The ``check`` subcommand's options."""
+    from digitlab.models import ACTIVATIONS, MODELS
+
+    ck = sub.add_parser("check", help="say which function of your own implementation is wrong",
+                        description=CHECK_NOTE)  # fmt: skip
+    ck.add_argument("files", nargs="+", metavar="FILE",
+                    help="your .py files, or module.py:Name for a model class or a "
+                    "loss_and_grad(params, X, y) function")  # fmt: skip
+    ck.add_argument("--json", action="store_true", help="one JSON record per check")
+    ck.add_argument("--timeout", type=float, default=5.0,
+                    help="seconds allowed per call of your code (default: 5)")  # fmt: skip
+    ck.add_argument("--as", dest="kind", choices=list(MODELS), default=None,
+                    help="module.py:Name only: compare with digitlab's model of this kind")
+    ck.add_argument("--l1", type=float, default=0.0, help="with --as (default: 0)")
+    ck.add_argument("--l2", type=float, default=0.0, help="with --as (default: 0)")
+    ck.add_argument("--hidden", type=_ints, default=[16], help="--as mlp (default: 16)")
+    ck.add_argument("--activation", choices=list(ACTIVATIONS), default="tanh",
+                    help="--as mlp (default: tanh)")  # fmt: skip
+    ck.set_defaults(func=cmd_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from digitlab import __version__
     from digitlab.models import ACTIVATIONS, MODELS
@@ -607,22 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-root", default=None)
     g.set_defaults(func=cmd_gradcheck)
 
-    ck = sub.add_parser("check", help="say which function of your own implementation is wrong",
-                        description=CHECK_NOTE)  # fmt: skip
-    ck.add_argument("files", nargs="+", metavar="FILE",
-                    help="your .py files, or module.py:Name for a model class or a "
-                    "loss_and_grad(params, X, y) function")  # fmt: skip
-    ck.add_argument("--json", action="store_true", help="one JSON record per check")
-    ck.add_argument("--timeout", type=float, default=5.0,
-                    help="seconds allowed per call of your code (default: 5)")  # fmt: skip
-    ck.add_argument("--as", dest="kind", choices=list(MODELS), default=None,
-                    help="module.py:Name only: compare with digitlab's model of this kind")
-    ck.add_argument("--l1", type=float, default=0.0, help="with --as (default: 0)")
-    ck.add_argument("--l2", type=float, default=0.0, help="with --as (default: 0)")
-    ck.add_argument("--hidden", type=_ints, default=[16], help="--as mlp (default: 16)")
-    ck.add_argument("--activation", choices=list(ACTIVATIONS), default="tanh",
-                    help="--as mlp (default: tanh)")  # fmt: skip
-    ck.set_defaults(func=cmd_check)
+    add_check_parser(sub)
 
     d = sub.add_parser(
         "data", help="list, inspect, download or synthesise datasets",

@@ -138,8 +138,8 @@ def check_files(paths: Iterable[str | Path], timeout: float = DEFAULT_TIMEOUT) -
         A path that does not exist or is not a Python source file (checked for all paths
         before any file is run).
     """
-    if not timeout > 0:
-        raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
+    if not 0 < timeout < 86400:
+        raise ConfigError(f"timeout must be a number of seconds > 0, got {timeout}")
     paths = [validate_source(Path(p)) for p in paths]
     return _in_parallel([lambda p=p: check_file(p, timeout) for p in paths])
 
@@ -174,8 +174,8 @@ def check_targets(
             parsed.append((validate_source(Path(file)), name or None))
         else:
             parsed.append((validate_source(Path(t)), None))
-    if not timeout > 0:
-        raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
+    if not 0 < timeout < 86400:
+        raise ConfigError(f"timeout must be a number of seconds > 0, got {timeout}")
     jobs = [
         (lambda p=p: check_file(p, timeout))
         if name is None
