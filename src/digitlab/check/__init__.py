@@ -21,7 +21,7 @@ from pathlib import Path
 
 from digitlab.check.assignment import expected_names, run_assignment
 from digitlab.check.report import CheckResult, format_results
-from digitlab.check.sandbox import Sandbox
+from digitlab.check.sandbox import Sandbox, import_timeout_for
 from digitlab.errors import ConfigError, DatasetNotFoundError
 
 DEFAULT_TIMEOUT = 5.0
@@ -99,7 +99,7 @@ def load_failure(path: Path, hello: object, timeout: float) -> CheckResult:
 def check_file(path: str | Path, timeout: float = DEFAULT_TIMEOUT) -> list[CheckResult]:
     """Check one learner's file; see :func:`check_files`."""
     path = validate_source(Path(path))
-    import_timeout = max(10.0, 2 * timeout)
+    import_timeout = import_timeout_for(timeout)
     with Sandbox(path, timeout=timeout, import_timeout=import_timeout) as sb:
         hello = sb.start()
         if not hello.ok:

@@ -22,7 +22,7 @@ import numpy as np
 
 from digitlab.check.compare import compare, matches
 from digitlab.check.report import CheckResult
-from digitlab.check.sandbox import Outcome, Sandbox, ValueDescription
+from digitlab.check.sandbox import Outcome, Sandbox, ValueDescription, import_timeout_for
 from digitlab.errors import ConfigError
 from digitlab.models import build_model
 
@@ -241,7 +241,7 @@ def check_generic(path: Path, name: str, spec: GenericSpec, timeout: float) -> l
     """Check ``name`` of ``path`` (see the module docstring)."""
     from digitlab.check import load_failure
 
-    with Sandbox(path, timeout=timeout, import_timeout=max(10.0, 2 * timeout)) as sb:
+    with Sandbox(path, timeout=timeout, import_timeout=import_timeout_for(timeout)) as sb:
         hello = sb.start()
         if not hello.ok:
             return [load_failure(path, hello, sb.import_timeout)]

@@ -25,8 +25,14 @@ import numpy as np
 
 CHILD = Path(__file__).with_name("child.py")
 #: Seconds allowed for importing the file, and the memory cap of the child (MiB).
-IMPORT_TIMEOUT = 20.0
+IMPORT_TIMEOUT = 30.0
 DEFAULT_MEMORY_MB = 3072
+
+
+def import_timeout_for(timeout: float) -> float:
+    """Seconds allowed for starting a child and importing the file (a first matplotlib import
+    may build its font cache), given the per-call limit."""
+    return max(IMPORT_TIMEOUT, 4 * timeout)
 
 
 @dataclass
