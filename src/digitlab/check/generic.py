@@ -220,14 +220,13 @@ def _numeric_result(
     }
     ok = rel <= NUMERIC_TOL
     verb = "agrees with" if ok else "differs from"
-    return CheckResult(
-        file,
-        function,
-        ok,
-        f"{verb} central differences: relative error "
-        f"{rel:.1e} ({'≤' if ok else '>'} {NUMERIC_TOL:g})",
-        figures,
+    message = (
+        f"{verb} central differences: relative error {rel:.1e} "
+        f"({'≤' if ok else '>'} {NUMERIC_TOL:g})"
     )
+    if not ok and np.asarray(analytic).dtype == np.float32:
+        message += "; your gradients are float32: the check needs float64 arithmetic"
+    return CheckResult(file, function, ok, message, figures)
 
 
 def _failure(file: str, name: str, out: Outcome, timeout: float) -> CheckResult:
