@@ -261,7 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_gradcheck(args: argparse.Namespace) -> int:
-    from digitlab import gradcheck
+    from digitlab.gradcheck import gradcheck_arrays
     from digitlab.runner import gradcheck_problem
 
     model, X, y, name = gradcheck_problem(
@@ -269,13 +269,31 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
         dataset=args.dataset, data_root=args.data_root,
     )  # fmt: skip
     n_checks = None if args.checks == "all" else int(args.checks)
-    worst = gradcheck(model, X, y, eps=args.eps, n_checks=n_checks, rng=0)
+    per_array = gradcheck_arrays(model, X, y, eps=args.eps, n_checks=n_checks, rng=0)
+    worst = max(err for err, _ in per_array.values())
     bound = 10 * args.eps**2
     what = "every entry" if n_checks is None else f"{n_checks} random entries"
-    out(f"{model.kind} on {len(y)} {name} images, {what} of each parameter array")
+    out(f"{model.kind} on {len(y)} {name} images, {what} of each parameter array (float64)")
+    for key, (err, rel) in per_array.items():
+        out(f"  {key:<4} max |numerical - analytic| = {err:.3e}   relative error = {rel:.3e}")
     out(f"max |numerical - analytic| = {worst:.3e}   (eps = {args.eps:g}, 10*eps^2 = {bound:.1e})")
     out("PASS" if worst < bound else "FAIL")
     return 0 if worst < bound else 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``digitlab check``: 0 when every check passes, 1 when any fails."""
+    import json
+
+    from digitlab.check import check_targets, format_results
+
+    results = check_targets(args.files, timeout=args.timeout, kind=args.kind, l1=args.l1,
+                            l2=args.l2, hidden=args.hidden, activation=args.activation)  # fmt: skip
+    if args.json:
+        out(json.dumps([r.to_json() for r in results], indent=1, ensure_ascii=False))
+    else:
+        out(format_results(results))
+    return 0 if all(r.ok for r in results) else 1
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -487,6 +505,37 @@ RESUME_NOTE = (
 )
 
 
+CHECK_NOTE = (
+    "Checks your own implementation of the logistic / softmax regression assignment "
+    "(task2a.py, task3a.py, task2.py, task3.py: pre_process_images, cross_entropy_loss, "
+    "BinaryModel, one_hot_encode, SoftmaxModel, calculate_accuracy), each function on its own "
+    "against digitlab's float64 reference, plus the assignment's gradient check. "
+    "Exit status: 0 all checks pass, 1 a check fails, 2 misuse."
+)
+
+
+def add_check_parser(sub: Any) -> None:
+    """The ``check`` subcommand's options."""
+    from digitlab.models import ACTIVATIONS, MODELS
+
+    ck = sub.add_parser("check", help="say which function of your own implementation is wrong",
+                        description=CHECK_NOTE)  # fmt: skip
+    ck.add_argument("files", nargs="+", metavar="FILE",
+                    help="your .py files, or module.py:Name for a model class or a "
+                    "loss_and_grad(params, X, y) function")  # fmt: skip
+    ck.add_argument("--json", action="store_true", help="one JSON record per check")
+    ck.add_argument("--timeout", type=float, default=5.0,
+                    help="seconds allowed per call of your code (default: 5)")  # fmt: skip
+    ck.add_argument("--as", dest="kind", choices=list(MODELS), default=None,
+                    help="module.py:Name only: compare with digitlab's model of this kind")
+    ck.add_argument("--l1", type=float, default=0.0, help="with --as (default: 0)")
+    ck.add_argument("--l2", type=float, default=0.0, help="with --as (default: 0)")
+    ck.add_argument("--hidden", type=_ints, default=[16], help="--as mlp (default: 16)")
+    ck.add_argument("--activation", choices=list(ACTIVATIONS), default="tanh",
+                    help="--as mlp (default: tanh)")  # fmt: skip
+    ck.set_defaults(func=cmd_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from digitlab import __version__
     from digitlab.models import ACTIVATIONS, MODELS
@@ -579,6 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default="mnist", help="(default: mnist)")
     g.add_argument("--data-root", default=None)
     g.set_defaults(func=cmd_gradcheck)
+
+    add_check_parser(sub)
 
     d = sub.add_parser(
         "data", help="list, inspect, download or synthesise datasets",

@@ -68,6 +68,27 @@ def gradcheck(
     float
         ``max |numerical - analytic|`` over the checked entries.
     """
+    per_array = gradcheck_arrays(model, X, y, eps, n_checks, rng, dtype)
+    return max(abs_err for abs_err, _ in per_array.values())
+
+
+def gradcheck_arrays(
+    model: Model,
+    X: np.ndarray,
+    y: np.ndarray,
+    eps: float = 1e-2,
+    n_checks: int | None = None,
+    rng: np.random.Generator | int | None = None,
+    dtype: type = np.float64,
+) -> dict[str, tuple[float, float]]:
+    """:func:`gradcheck` per parameter array.
+
+    Returns
+    -------
+    dict
+        ``key -> (max |numerical - analytic|, relative error)`` where the relative error is
+        ``max |n - a| / max(|n| + |a|, 1e-12)`` over the checked entries of that array.
+    """
     if not eps > 0:
         raise ConfigError(f"eps must be > 0, got {eps}")
     m = model.astype(dtype)
@@ -75,13 +96,17 @@ def gradcheck(
     gen = as_generator(rng)
     kw = {"rng": np.random.default_rng(MASK_SEED)} if m.uses_rng else {}
     _, grads = m.loss_and_grad(X, y, **kw)
-    worst = 0.0
+    out = {}
     for key, p in m.params.items():
         flat = np.arange(p.size)
         if n_checks is not None and n_checks < p.size:
             flat = gen.choice(p.size, size=n_checks, replace=False)
+        worst = rel = 0.0
         for f in flat:
             index = np.unravel_index(int(f), p.shape)
             num = numerical_grad(m, X, y, key, index, eps)
-            worst = max(worst, abs(num - float(grads[key][index])))
-    return worst
+            ana = float(grads[key][index])
+            worst = max(worst, abs(num - ana))
+            rel = max(rel, abs(num - ana) / max(abs(num) + abs(ana), 1e-12))
+        out[key] = (worst, rel)
+    return out
