@@ -51,6 +51,7 @@ from digitlab.train import (
     graceful_interrupts,
     predict,
 )
+from digitlab.train.layerstats import PROBE_ROWS, LayerStats
 
 
 # ---------------------------------------------------------------------------------- data
@@ -173,6 +174,9 @@ def build_trainer(
         )  # fmt: skip
         transform = feature_augmenter(data.preprocessor, data.dataset.image_shape, augmenter)
     cbs = list(callbacks)
+    if s.layer_stats:  # a fixed probe batch: the first rows of the validation split
+        rows, _ = data.val if data.val is not None else data.train
+        cbs.append(LayerStats(np.asarray(rows.take(slice(0, min(PROBE_ROWS, len(rows)))))))
     if s.early_stopping:
         cbs.insert(
             0,

@@ -374,6 +374,10 @@ class Settings:
         None, "also checkpoint every STEPS steps (none: at the end and on Ctrl-C)",
         "optimisation", low=1, optional=True, metavar="STEPS",
     )  # fmt: skip
+    layer_stats: bool = setting(
+        True, "record each layer's weight, gradient, update and activation statistics at every "
+        "evaluation (history.csv columns; see digitlab.models.inspect)", "optimisation",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_fields(self, "settings")

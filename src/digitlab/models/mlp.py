@@ -191,6 +191,10 @@ class MLPModel(Model):
             acts.append(activate_(z, self.activation, self.leaky_slope))
         return acts
 
+    def hidden_activations(self, X: np.ndarray) -> list[np.ndarray]:
+        """The evaluation-mode output ``(n, n_i)`` of every hidden layer for ``X (n, d)``."""
+        return self._forward_hidden(self.check_X(X))[1:]
+
     def _forward_train(
         self, X: np.ndarray, rng: np.random.Generator | None, update: bool
     ) -> tuple[list[np.ndarray], list[_Hidden]]:

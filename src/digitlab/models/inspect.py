@@ -1,0 +1,105 @@
+"""What is inside a model: per-layer statistics of its weights, its activations and a step.
+
+Pure functions of a model, a probe batch and a step's gradients; the names of the values they
+return are the column names of the run's history (``W1_norm``, ``a1_saturated``, ...).
+
+- weights, per weight layer ``i``: ``W{i}_norm``, ``b{i}_norm``; with a step, ``W{i}_grad_norm``
+  and ``W{i}_update_ratio`` = ``||W_after - W_before|| / ||W_before||``;
+- activations of hidden layer ``i`` on the probe batch (evaluation mode): ``a{i}_mean``,
+  ``a{i}_std``; for a saturating activation (tanh, sigmoid, scaled tanh) ``a{i}_saturated``, the
+  fraction of the layer's outputs within 1% of the activation's range from one of its limits;
+  for a rectifier (relu, leaky_relu) ``a{i}_dead``, the fraction of units never above 0 on the
+  probe batch; ``a{i}_hist00`` ... the counts of a fixed-bin histogram (:data:`HIST_BINS` bins
+  over :func:`histogram_range`, values outside counted in the end bins);
+- batch normalisation: ``bn{i}_running_mean`` and ``bn{i}_running_var``, the means over units of
+  the running statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from digitlab.models.base import Model
+from digitlab.models.functional import SCALED_TANH, LinearGrad
+
+#: Bins of each layer's activation histogram.
+HIST_BINS = 16
+#: Output range of the activations that saturate.
+SATURATING: dict[str, tuple[float, float]] = {
+    "tanh": (-1.0, 1.0),
+    "sigmoid": (0.0, 1.0),
+    "scaled_tanh": (-SCALED_TANH[0], SCALED_TANH[0]),
+}
+#: Activations whose units can die (never above 0).
+RECTIFIERS = frozenset({"relu", "leaky_relu"})
+
+
+def histogram_range(activation: str) -> tuple[float, float]:
+    """The fixed range of an activation's histogram: its output range where it is bounded,
+    else ``[-4, 4]`` (``[0, 4]`` for relu)."""
+    if activation in SATURATING:
+        return SATURATING[activation]
+    return (0.0, 4.0) if activation == "relu" else (-4.0, 4.0)
+
+
+def hidden_activations(model: Model, X: np.ndarray) -> list[np.ndarray]:
+    """The evaluation-mode output ``(n, h_i)`` of every hidden layer (none for linear models)."""
+    forward = getattr(model, "hidden_activations", None)
+    return [] if forward is None else forward(X)
+
+
+def weight_statistics(model: Model) -> dict[str, float]:
+    """``<param>_norm`` of every weight matrix and bias vector."""
+    return {
+        f"{k}_norm": float(np.linalg.norm(v))
+        for k, v in model.params.items()
+        if k[0] in "Wb"
+    }
+
+
+def step_statistics(
+    model: Model, grads: Mapping[str, Any], before: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+    """``W{i}_grad_norm`` and ``W{i}_update_ratio`` of every weight matrix for one step."""
+    out: dict[str, float] = {}
+    for k in model.weights:
+        g = grads[k]
+        if isinstance(g, LinearGrad):
+            g = g.dense(before[k])
+        out[f"{k}_grad_norm"] = float(np.linalg.norm(g))
+        norm = float(np.linalg.norm(before[k]))
+        change = float(np.linalg.norm(model.params[k] - before[k]))
+        out[f"{k}_update_ratio"] = change / norm if norm > 0 else float("nan")
+    return out
+
+
+def activation_statistics(model: Model, X: np.ndarray) -> dict[str, float]:
+    """Mean, spread, saturation or death and histogram of every hidden layer on ``X (n, d)``."""
+    activation = getattr(model, "activation", "")
+    lo, hi = histogram_range(activation)
+    out: dict[str, float] = {}
+    for i, a in enumerate(hidden_activations(model, X), start=1):
+        out[f"a{i}_mean"], out[f"a{i}_std"] = float(a.mean()), float(a.std())
+        if activation in SATURATING:
+            s_lo, s_hi = SATURATING[activation]
+            margin = 0.01 * (s_hi - s_lo)
+            near = (a <= s_lo + margin) | (a >= s_hi - margin)
+            out[f"a{i}_saturated"] = float(near.mean())
+        if activation in RECTIFIERS:
+            out[f"a{i}_dead"] = float((a.max(axis=0) <= 0).mean())
+        counts, _ = np.histogram(np.clip(a, lo, hi), bins=HIST_BINS, range=(lo, hi))
+        out |= {f"a{i}_hist{j:02d}": float(c) for j, c in enumerate(counts)}
+    buffers = model.buffers
+    for name in [k for k in buffers if k.startswith("running_mean")]:
+        i = name.removeprefix("running_mean")
+        out[f"bn{i}_running_mean"] = float(buffers[name].mean())
+        out[f"bn{i}_running_var"] = float(buffers[f"running_var{i}"].mean())
+    return out
+
+
+def layer_histograms(record: Mapping[str, float], layer: int) -> np.ndarray:
+    """The histogram counts ``(HIST_BINS,)`` of hidden layer ``layer`` in a history record."""
+    return np.array([record[f"a{layer}_hist{j:02d}"] for j in range(HIST_BINS)])
