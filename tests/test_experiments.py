@@ -33,7 +33,7 @@ TINY = {
 }
 
 
-def test_shipped_experiments_validate_and_cover_every_seed():
+def test_shipped_experiments_validate_and_cover_every_source():
     exps = builtin_experiments()
     default = {e.source for e in exps.values() if not e.on_request}
     assert default == {"000", "001", "002", "003", "004"}
@@ -92,6 +92,7 @@ def test_an_on_request_experiment_file_runs_when_named(tmp_path, capsys):
     ("change", "words"),
     [
         ({"colour": "red"}, "unknown key"),
+        ({"seed": "007"}, "unknown key"),  # a source document is "source"; seeds are random
         ({"figures": ["pie"]}, "unknown figure"),
         (
             {"published": [{"what": "x", "member": "nobody", "metric": "test_acc", "value": 1}]},
