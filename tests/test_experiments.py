@@ -116,6 +116,7 @@ def test_run_experiment_writes_the_report_contract(tmp_path):
     on_disk = json.loads((tmp_path / "tiny" / "experiment.json").read_text())
     assert on_disk["chosen"] == record.chosen
     assert on_disk == record.to_json() == load_experiment(tmp_path / "tiny").to_json()
+    assert record.text() == exp.text() and record.text()["source"] == "000"  # the spec's text
     vals = {m["label"]: m["metrics"]["val_acc"] for m in on_disk["members"]}
     assert on_disk["chosen"] == max(vals, key=vals.get)
     assert on_disk["data"]["is_sample"] is True
