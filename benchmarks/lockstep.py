@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from digitlab.runner import Settings, build_run_model, build_trainer, prepare_data
+from digitlab.runner import build_run_model, build_trainer, prepare_data
+from digitlab.settings import Settings
 from digitlab.train import fit_together
 
 

@@ -533,7 +533,8 @@ MEMORY_SCRIPT = textwrap.dedent(
     import numpy as np
     from digitlab import SoftmaxModel
     from digitlab.optim import SGD
-    from digitlab.runner import Settings, prepare_data
+    from digitlab.runner import prepare_data
+    from digitlab.settings import Settings
     from digitlab.train import Trainer
     base = hwm()
     # what `digitlab train` does: the splits stay uint8 (ImageRows), features are made per

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         ok, n = score(Path(a.labels), Path(a.predictions))
         print(f"accuracy {ok / n:.4f} ({ok}/{n})")
     else:
-        from digitlab.runner import load_run_checkpoint
+        from digitlab.runfiles import load_run_checkpoint
 
         model, prep, meta = load_run_checkpoint(a.checkpoint)
         h, w = meta["extra"]["image_shape"]

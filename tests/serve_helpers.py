@@ -22,7 +22,8 @@ TRAINED = {
 def train_runs(root: Path) -> dict[str, str]:
     """Train the :data:`TRAINED` runs under ``root``; return ``{name: run id}``."""
     from digitlab.data import load
-    from digitlab.runner import Settings, prepare_data, run
+    from digitlab.runner import prepare_data, run
+    from digitlab.settings import Settings
 
     ds = load("mnist-5k")
     ids = {}

@@ -15,7 +15,8 @@ import pytest
 from digitlab.checkpoint import load_checkpoint
 from digitlab.cli import main
 from digitlab.data import Augmenter, Preprocessor, load, write_idx
-from digitlab.runner import feature_augmenter, load_run_checkpoint
+from digitlab.runfiles import load_run_checkpoint
+from digitlab.runner import feature_augmenter
 
 FAST = ["--dataset", "mnist-5k", "--batch", "128", "--lr", "0.5", "--epochs", "3"]
 

@@ -35,7 +35,8 @@ def classifier():
     """A softmax model trained on the sample's training digits: images (n, 28, 28) -> labels."""
     import tempfile
 
-    from digitlab.runner import Settings, run
+    from digitlab.runner import run
+    from digitlab.settings import Settings
 
     settings = Settings.from_dict(
         {"model": "softmax", "dataset": "mnist-5k", "batch": 128, "lr": 0.5, "epochs": 3}

@@ -417,7 +417,7 @@ def _settings_class():
     try:  # the declarative settings module (issue 10), else the runner's Settings
         from digitlab.settings import Settings
     except ImportError:
-        from digitlab.runner import Settings
+        from digitlab.settings import Settings
     return Settings
 
 

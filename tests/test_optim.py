@@ -25,7 +25,7 @@ def test_momentum_two_steps_by_hand():
     np.testing.assert_allclose(p["w"], [0.8])
     opt.step(p, {"w": np.array([1.0])}, lr=0.1)  # v = 0.9*2 + 1 = 2.8, p = 0.8 - 0.28
     np.testing.assert_allclose(p["w"], [0.52])
-    np.testing.assert_allclose(opt.state_dict()["w"], [2.8])
+    np.testing.assert_allclose(opt.state_dict()["velocity/w"], [2.8])
 
 
 def test_momentum_state_round_trip():
@@ -273,6 +273,6 @@ def test_trainer_fast_path_keyed_on_declared_capability():
             super().step(params, grads, lr)
 
     assert SGD.supports_rank1 and not Spy.supports_rank1
-    fast = Trainer(model, optimizer=SGD(), batch_size=1)._gradient_function_for(1)
-    slow = Trainer(model, optimizer=Spy(), batch_size=1)._gradient_function_for(1)
+    fast = Trainer(model, optimizer=SGD(), batch_size=1).gradient_function(1)
+    slow = Trainer(model, optimizer=Spy(), batch_size=1).gradient_function(1)
     assert fast == model.loss_and_grad_factored and slow == model.loss_and_grad

@@ -104,7 +104,7 @@ def test_single_sample_training_uses_the_dense_path(name):
         replacement=True,
         rng=0,
     )
-    assert trainer._gradient_function_for(1) == model.loss_and_grad
+    assert trainer.gradient_function(1) == model.loss_and_grad
     hist = trainer.fit((X, y), epochs=2)
     assert np.isfinite(hist.series("train_loss")).all()
     assert hist.series("train_loss")[-1] < hist.series("train_loss")[0]

@@ -23,7 +23,7 @@ from digitlab.predict import (
     predictions_csv,
     read_inputs,
 )
-from digitlab.runner import load_run_checkpoint
+from digitlab.runfiles import load_run_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

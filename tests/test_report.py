@@ -34,7 +34,9 @@ from digitlab.report import (
     write_report,
     write_run_report,
 )
-from digitlab.runner import RunResult, Settings, load_run_checkpoint, prepare_data, run
+from digitlab.runfiles import load_run_checkpoint
+from digitlab.runner import RunResult, prepare_data, run
+from digitlab.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_SCRIPT = ROOT / "scripts" / "check_report.py"

@@ -141,7 +141,7 @@ def test_run_detail_has_settings_metrics_and_weight_titles(client, trained) -> N
 def test_weights_png_is_the_weight_image(client, trained) -> None:
     from PIL import Image
 
-    from digitlab.runner import load_run_checkpoint
+    from digitlab.runfiles import load_run_checkpoint
 
     root, ids = trained
     r = client.get("/api/run/weights.png", params={"id": ids["softmax"], "unit": 7})
@@ -238,7 +238,7 @@ def test_predict_draws_one_and_zero(client, trained) -> None:
 
 def test_predict_agrees_with_the_model_on_the_preprocessed_image(client, trained) -> None:
     from digitlab.data.images import read_image, to_model_input
-    from digitlab.runner import load_run_checkpoint
+    from digitlab.runfiles import load_run_checkpoint
 
     root, ids = trained
     png = draw_digit(0)

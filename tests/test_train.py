@@ -383,15 +383,15 @@ def test_single_sample_fast_path_equals_the_plain_path(momentum):
 
 def test_fast_path_is_chosen_only_for_unmodified_single_sample_sgd():
     model = SoftmaxModel(8, 3)
-    assert Trainer(model, batch_size=1)._gradient_function_for(1) == model.loss_and_grad_factored
-    assert Trainer(model, batch_size=4)._gradient_function_for(4) == model.loss_and_grad
+    assert Trainer(model, batch_size=1).gradient_function(1) == model.loss_and_grad_factored
+    assert Trainer(model, batch_size=4).gradient_function(4) == model.loss_and_grad
 
     class Custom(SoftmaxModel):
         def loss_and_grad(self, X, y):
             return super().loss_and_grad(X, y)
 
     custom = Custom(8, 3)
-    assert Trainer(custom, batch_size=1)._gradient_function_for(1) == custom.loss_and_grad
+    assert Trainer(custom, batch_size=1).gradient_function(1) == custom.loss_and_grad
 
 
 def test_finite_check_has_no_false_alarm_on_huge_finite_values():

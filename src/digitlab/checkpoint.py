@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from digitlab import limits
-from digitlab.errors import CheckpointError, DigitlabError, OutputError
+from digitlab.errors import CheckpointError, ConfigError, DigitlabError, OutputError
 
 META_KEY = "meta.json"
 FORMAT = "digitlab-checkpoint"
@@ -235,35 +235,18 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
         return np.lib.format.read_array(f, allow_pickle=False)
 
 
-def _param_shapes(model: dict[str, Any], path: Path) -> dict[str, tuple[int, ...]]:
-    """Parameter shapes implied by a model config (``meta["model"]``)."""
-    kind = model.get("kind")
+def _state_shapes(model: dict[str, Any], path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of the model state (parameters and buffers) a model config implies, as the
+    model class itself answers them (:meth:`digitlab.models.Model.state_shapes`)."""
+    from digitlab.models import MODELS
 
-    def size(key: str, default: int | None = None) -> int:
-        v = model.get(key, default)
-        if not _is_int(v) or v < 1:
-            raise CheckpointError(f"{path}: model {key} must be a whole number >= 1, got {v!r}")
-        return v
-
-    bias = model.get("bias", True)
-    if not isinstance(bias, bool):
-        raise CheckpointError(f"{path}: model bias must be true or false, got {bias!r}")
-    if kind in ("logistic", "softmax"):
-        k = 1 if kind == "logistic" else size("n_classes")
-        shapes = {"W": (size("n_features"), k)}
-        return shapes | ({"b": (k,)} if bias else {})
-    if kind == "mlp":
-        hidden = model.get("hidden")
-        if not isinstance(hidden, list) or not all(_is_int(h) and h >= 1 for h in hidden):
-            raise CheckpointError(
-                f"{path}: model hidden must be a list of whole numbers >= 1, got {hidden!r}"
-            )
-        sizes = (size("n_features"), *hidden, size("n_classes"))
-        shapes = {}
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
-            shapes |= {f"W{i}": (n_in, n_out), f"b{i}": (n_out,)}
-        return shapes
-    raise CheckpointError(f"{path}: unknown model kind {kind!r} in the metadata")
+    cls = MODELS.get(model.get("kind"))
+    if cls is None:
+        raise CheckpointError(f"{path}: unknown model kind {model.get('kind')!r} in the metadata")
+    try:
+        return cls.state_shapes(model)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def _check_members(
@@ -273,7 +256,7 @@ def _check_members(
     cap: int,
 ) -> None:
     """Shapes and sizes of the expected members against the metadata, before any is read."""
-    shapes = _param_shapes(meta["model"], path)
+    shapes = _state_shapes(meta["model"], path)
     total = sum(math.prod(s) * d.itemsize for s, d in headers.values())
     if total > cap:
         raise CheckpointError(

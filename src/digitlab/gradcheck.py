@@ -1,4 +1,4 @@
-"""Numerical gradient check by central differences (seed 004, task 2 / 3)."""
+"""Numerical gradient check by central differences (source 004, task 2 / 3)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 This is the layer between the CLI (and the experiments) and the library: it turns a flat,
 validated :class:`Settings` record into arrays, a model and a trainer, runs it, and writes
 the run's record (``config.toml``, ``history.csv``, ``metrics.json``, ``checkpoint.npz``).
-It never prints; progress goes to an optional callback.
+It never prints; progress goes to the callbacks a caller passes.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import contextlib
 import csv
 import os
 import zlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,13 @@ import numpy as np
 
 from digitlab.data import SEED_SPLIT, Augmenter, Dataset, Preprocessor, Splits, load, make_splits
 from digitlab.data.rows import ImageRows
-from digitlab.errors import CheckpointError, ConfigError, DataError
+from digitlab.errors import ConfigError, DataError
 from digitlab.models import MODELS, Model
 from digitlab.optim import make_optimizer
-from digitlab.runfiles import (  # noqa: F401  (re-exported: the runner's historical names)
+from digitlab.runfiles import (
     check_run_name,
     checkpoint_progress,
     existing_ancestor,
-    load_run_checkpoint,
     new_run_folder,
     remove_run_folder,
     run_settings,
@@ -40,14 +39,12 @@ from digitlab.train import (
     Callback,
     Checkpoint,
     EarlyStopping,
-    Progress,
     Trainer,
     evaluate,
+    fit_together,
+    graceful_interrupts,
     predict,
 )
-
-#: Datasets whose files number their classes from 1 (the Kaggle CSV keeps that numbering).
-LABEL_OFFSET = {"emnist-letters": 1}
 
 
 # ---------------------------------------------------------------------------------- data
@@ -150,20 +147,6 @@ def build_run_model(settings: Settings, n_features: int, n_classes: int) -> Mode
     return cls.from_settings(
         settings, n_features, n_classes, np.random.default_rng([settings.seed, 1])
     )
-
-
-def set_params(model: Model, params: dict[str, np.ndarray]) -> None:
-    """Copy ``params`` (name -> array) into ``model``; names and shapes must match."""
-    if set(params) != set(model.params):
-        raise CheckpointError(
-            f"parameters {sorted(params)} do not fit this model {sorted(model.params)}"
-        )
-    for k, v in params.items():
-        if v.shape != model.params[k].shape:
-            raise CheckpointError(
-                f"parameter {k} has shape {v.shape}, the model expects {model.params[k].shape}"
-            )
-        model.params[k][...] = v
 
 
 def build_trainer(
@@ -340,66 +323,60 @@ def _attach(trainer: Trainer, settings: Settings, data: PreparedData) -> None:
         "dataset": data.dataset.name,
         "data": data_record(data.dataset),
         "image_shape": list(data.dataset.image_shape),
-        "label_offset": LABEL_OFFSET.get(data.dataset.name, 0),
+        "label_offset": data.dataset.label_offset,
     }
 
 
-def run(
-    settings: Settings,
-    out: str | os.PathLike = "runs",
-    name: str | None = None,
-    *,
-    data: PreparedData | None = None,
-    progress: Callable[[int, int, dict[str, float]], None] | None = None,
-    callbacks: list[Callback] | None = None,
-    folder: Path | None = None,
-    resume_from: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
-    handle_signals: bool = False,
-    init_params: dict[str, np.ndarray] | None = None,
-    eval_offset: int = 0,
-) -> RunResult:
-    """Train as ``settings`` say and write the run folder.
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is opened, besides its settings.
 
-    The folder is created only once the data are loaded and the model, trainer and any
-    checkpoint to resume are in place; if training fails before the first checkpoint is
-    written, a folder this call created is removed again.
-
-    Parameters
+    Attributes
     ----------
-    settings : Settings
     out : path-like
         Runs root; the run goes to ``out/name/<timestamp>/`` unless ``folder`` is given.
     name : str, optional
-        Defaults to the model kind.
+        The run's group under ``out``; defaults to the model kind.
     data : PreparedData, optional
         Reuse prepared arrays (sweeps); else loaded from the settings.
-    progress : callable, optional
-        ``progress(step, total, info)`` (see :class:`~digitlab.train.Progress`).
-    callbacks : list of Callback, optional
-        More callbacks (e.g. the CLI's progress lines); they get ``on_evaluate`` records.
+    callbacks : sequence of Callback
+        More callbacks (e.g. the CLI's progress lines).
+    folder : Path, optional
+        Write into this folder (created by the caller) instead of a new one.
     resume_from : (arrays, meta), optional
         A loaded checkpoint to continue from.
-    handle_signals : bool
-        Turn SIGINT/SIGTERM into a clean stop with a checkpoint (main thread only).
     init_params : dict, optional
         Start from these parameters (name -> array of the model's shapes) instead of the
         settings' initialisation: a chained experiment member.
     eval_offset : int
-        Evaluate after steps ``eval_offset + k * eval_every`` (the experiment engine's
-        ``eval_offset``; 0: after every ``eval_every`` steps).
-
-    Returns
-    -------
-    RunResult
+        Evaluate after steps ``eval_offset + k * eval_every``.
+    handle_signals : bool
+        Turn SIGINT/SIGTERM into a clean stop with a checkpoint (main thread only).
     """
-    from digitlab.train import graceful_interrupts
 
-    r = _open_run(
-        settings, out, name, data, progress, callbacks, folder, resume_from, init_params,
-        eval_offset,
-    )  # fmt: skip
+    out: str | os.PathLike = "runs"
+    name: str | None = None
+    data: PreparedData | None = None
+    callbacks: Sequence[Callback] = field(default_factory=tuple)
+    folder: Path | None = None
+    resume_from: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
+    init_params: dict[str, np.ndarray] | None = None
+    eval_offset: int = 0
+    handle_signals: bool = False
+
+
+def run(settings: Settings, options: RunOptions | None = None, **kwargs: Any) -> RunResult:
+    """Train as ``settings`` say and write the run folder.
+
+    ``options`` (or its fields as keywords, e.g. ``run(s, out="runs", name="sgd")``) say where
+    and from what (:class:`RunOptions`). The folder is created only once the data are loaded
+    and the model, trainer and any checkpoint to resume are in place; if training fails before
+    the first checkpoint is written, a folder this call created is removed again.
+    """
+    opts = RunOptions(**kwargs) if options is None else options
+    r = _open_run(settings, opts)
+    guard = graceful_interrupts(r.trainer) if opts.handle_signals else contextlib.nullcontext()
     try:
-        guard = graceful_interrupts(r.trainer) if handle_signals else contextlib.nullcontext()
         try:
             with guard:
                 r.trainer.fit(
@@ -430,17 +407,15 @@ def run_together(
     after another. Each run writes its own folder, as :func:`run` does; if any fails, the
     folders without a checkpoint are removed.
     """
-    from digitlab.train import fit_together
-
     if len({(s.epochs, s.steps) for s in settings}) > 1:
         raise ConfigError("runs trained together need the same epochs/steps")
     inits = init_params if init_params is not None else [None] * len(settings)
     runs: list[_OpenRun] = []
     try:
         for s, folder, init in zip(settings, folders, inits, strict=True):
-            runs.append(
-                _open_run(s, folder.parent, None, data, None, None, folder, None, init, eval_offset)
-            )
+            opts = RunOptions(out=folder.parent, data=data, folder=folder, init_params=init,
+                              eval_offset=eval_offset)  # fmt: skip
+            runs.append(_open_run(s, opts))
         try:
             fit_together(
                 [r.trainer for r in runs], data.train, data.val, data.test,
@@ -489,37 +464,23 @@ class _OpenRun:
         return RunResult(self.folder, metrics, trainer, data)
 
 
-def _open_run(
-    settings: Settings,
-    out: str | os.PathLike,
-    name: str | None,
-    data: PreparedData | None,
-    progress: Callable[[int, int, dict[str, float]], None] | None,
-    callbacks: list[Callback] | None,
-    folder: Path | None,
-    resume_from: tuple[dict[str, np.ndarray], dict[str, Any]] | None,
-    init_params: dict[str, np.ndarray] | None,
-    eval_offset: int,
-) -> _OpenRun:
+def _open_run(settings: Settings, opts: RunOptions) -> _OpenRun:
     """Data, model, trainer and resume state, then the folder with ``config.toml``."""
-    name = settings.model if name is None else name
+    name = settings.model if opts.name is None else opts.name
     check_run_name(name)
-    data = data if data is not None else prepare_data(settings)
+    data = opts.data if opts.data is not None else prepare_data(settings)
     if len(data.train[1]) == 0:
         raise DataError(f"{data.dataset.name}: the training split is empty")
     model = build_run_model(settings, data.train[0].shape[1], len(data.classes))
-    extra_cbs: list[Callback] = list(callbacks or [])
-    if progress is not None:
-        extra_cbs.append(Progress(progress, every=1))
-    trainer = build_trainer(settings, model, data, extra_cbs)
-    if resume_from is not None:
-        trainer.load_state_dict(*resume_from)
-    if init_params is not None:
-        set_params(model, init_params)
-    trainer.eval_offset = eval_offset
-    keep = existing_ancestor(out)
-    made = folder is None
-    folder = folder if folder is not None else new_run_folder(out, name)
+    trainer = build_trainer(settings, model, data, list(opts.callbacks))
+    if opts.resume_from is not None:
+        trainer.load_state_dict(*opts.resume_from)
+    if opts.init_params is not None:
+        model.load_state(opts.init_params)
+    trainer.eval_offset = opts.eval_offset
+    keep = existing_ancestor(opts.out)
+    made = opts.folder is None
+    folder = opts.folder if opts.folder is not None else new_run_folder(opts.out, name)
     checkpoint = Checkpoint(folder / "checkpoint.npz", settings.checkpoint_every)
     opened = _OpenRun(settings, data, trainer, checkpoint, folder, made, keep)
     try:

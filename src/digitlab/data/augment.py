@@ -1,14 +1,14 @@
 """Random shift, rotation and elastic distortion of whole batches of images, vectorised.
 
 Each image is shifted by a whole number of pixels along one randomly chosen axis and then
-rotated about its centre by a uniform random angle (seed 003's augmentation). Optionally it is
+rotated about its centre by a uniform random angle (source 003's augmentation). Optionally it is
 also elastically distorted (Simard, Steinkraus & Platt 2003, "Best practices for
 convolutional neural networks applied to visual document analysis"): a displacement field of
 uniform random values in [-1, 1] per pixel and direction, smoothed by a Gaussian of width
 ``sigma`` and scaled by ``alpha`` pixels, moves every output pixel's sampling point. All
 sample coordinates of the batch (distortion, rotation and shift composed) are built at once
 and resampled by a single :func:`scipy.ndimage.map_coordinates` call (bilinear, pixels outside
-the image read as ``cval``). Unlike seed 003's ``np.roll``, pixels shifted out of the image are
+the image read as ``cval``). Unlike source 003's ``np.roll``, pixels shifted out of the image are
 dropped rather than wrapped around.
 """
 
@@ -201,7 +201,7 @@ def augment(
 
     Each image gets a shift of ``k`` pixels, ``k`` uniform in ``0..max_shift``, with a random
     sign, along one axis (rows or columns, equally likely), then a rotation by an angle
-    uniform in ``[-max_rotation, max_rotation]`` degrees about its centre (seed 003), then,
+    uniform in ``[-max_rotation, max_rotation]`` degrees about its centre (source 003), then,
     when ``elastic_alpha > 0``, an elastic distortion (:func:`elastic_fields`). The shifts and
     angles are drawn first, so ``elastic_alpha=0`` draws exactly what it always did.
 

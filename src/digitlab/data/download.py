@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from digitlab import limits
 from digitlab.checkpoint import new_file_mode
@@ -43,6 +44,22 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while block := f.read(_CHUNK):
             h.update(block)
     return h.hexdigest()
+
+
+def _verified_body(
+    url: str, out: Any, expected: str, bounds: tuple[float, float, int | None]
+) -> None:
+    """Stream ``url``'s body into ``out`` (``bounds``: read timeout, deadline, byte cap) and
+    check its length against Content-Length and its SHA-256 against ``expected``."""
+    digest, size, declared = _stream(url, out, *bounds)
+    if declared is not None and size != declared:
+        raise DownloadError(
+            f"{url}: truncated body: got {size} bytes, Content-Length says {declared}"
+        )
+    if digest != expected:
+        raise DownloadError(
+            f"{url}: SHA-256 mismatch: expected {expected}, got {digest} ({size} bytes)"
+        )
 
 
 def fetch(
@@ -119,17 +136,7 @@ def fetch(
             try:
                 os.fchmod(fd, new_file_mode())
                 with os.fdopen(fd, "wb") as out:
-                    digest, size, declared = _stream(url, out, timeout, limit, max_bytes)
-                    if declared is not None and size != declared:
-                        raise DownloadError(
-                            f"{url}: truncated body: got {size} bytes, Content-Length says "
-                            f"{declared}"
-                        )
-                    if digest != expected:
-                        raise DownloadError(
-                            f"{url}: SHA-256 mismatch: expected {expected}, got {digest} "
-                            f"({size} bytes)"
-                        )
+                    _verified_body(url, out, expected, (timeout, limit, max_bytes))
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(tmp, dest)

@@ -2,7 +2,7 @@
 
 - Kaggle CSV: a header ``label,pixel0,...,pixel783`` and one image per row (test files have
   only the pixel columns).
-- The letters ``.mat`` file of seed 003 (``train_x`` (n, 784) uint8, ``train_y`` (n, 1) with
+- The letters ``.mat`` file of source 003 (``train_x`` (n, 784) uint8, ``train_y`` (n, 1) with
   labels 1..26, ``test_x`` (m, 784)); rows are images unrolled in C (row-major) order.
 - A folder of PNG files, for ``digitlab predict``.
 """
@@ -203,7 +203,7 @@ def write_csv(
 def read_letters_mat(
     path: str | os.PathLike[str], transpose: bool = False
 ) -> dict[str, np.ndarray]:
-    """Read the EMNIST-letters ``.mat`` file of seed 003 (``data/letters_data.mat``).
+    """Read the EMNIST-letters ``.mat`` file of source 003 (``data/letters_data.mat``).
 
     The file holds ``train_x`` (n, 784), ``train_y`` (n, 1) with labels 1..26 and ``test_x``
     (m, 784) (and ``test_y`` if present). Rows are unrolled in row-major order, as the seed's

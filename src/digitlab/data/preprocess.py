@@ -2,13 +2,13 @@
 
 Methods (``x`` a pixel value, usually uint8 0..255):
 
-- ``"scale01"``: ``x / 255`` (seeds 000/001),
-- ``"symmetric"``: ``x / 127.5 - 1`` (seed 004's ``pre_process_images``),
-- ``"standardize"``: ``(x - mean) / std`` per pixel, fit on the training data only (seed 003);
+- ``"scale01"``: ``x / 255`` (sources 000/001),
+- ``"symmetric"``: ``x / 127.5 - 1`` (source 004's ``pre_process_images``),
+- ``"standardize"``: ``(x - mean) / std`` per pixel, fit on the training data only (source 003);
   pixels constant in the training data (std 0) are divided by 1,
 - ``"none"``: ``x`` as float32.
 
-With ``bias_column=True`` a column of ones is appended *last* (seed 004 appends it last; the
+With ``bias_column=True`` a column of ones is appended *last* (source 004 appends it last; the
 reports prepend it, which only permutes the weights).
 """
 

@@ -124,6 +124,13 @@ class Dataset:
             )
 
     @property
+    def label_offset(self) -> int:
+        """What the dataset's files add to the labels (1 where they number classes from 1;
+        the Kaggle CSV of predictions keeps that numbering)."""
+        spec = DATASETS.get(self.name)
+        return spec.label_offset if spec is not None else 0
+
+    @property
     def image_shape(self) -> tuple[int, int]:
         """(h, w) of every image."""
         return (int(self.x_train.shape[1]), int(self.x_train.shape[2]))

@@ -34,7 +34,7 @@ __all__ = [
 
 XY = tuple[np.ndarray, np.ndarray]
 
-#: The split of the source reports (seeds 000/001): the first 20,000 training images, the
+#: The split of the source reports (sources 000/001): the first 20,000 training images, the
 #: last 2,000 test images, and the first 10% of the training part held out for validation.
 #: How ``holdout`` picks the validation examples: name -> meaning.
 HOLDOUT_MODES: dict[str, str] = {
@@ -119,7 +119,7 @@ def holdout(
 
     ``mode="front"`` holds out the first examples (as the reports do), keeping the rest in
     order; ``mode="random"`` permutes with ``rng`` and holds out the first of the permuted
-    examples, the rest staying in permuted order (seed 003's protocol).
+    examples, the rest staying in permuted order (source 003's protocol).
 
     Returns
     -------
@@ -266,14 +266,14 @@ def make_splits(
     1. take ``n_train`` training examples from the ``train_from`` end ("first", "last" or
        "random") and ``n_test`` test examples likewise (None: all);
     2. if ``classes=(positive, negative)``, keep only those two classes (positive -> 1),
-       as seeds 000/001 do: they take the first 20,000 / last 2,000 images *then* select the
+       as sources 000/001 do: they take the first 20,000 / last 2,000 images *then* select the
        two digits, so the binary sets are smaller than 20,000 / 2,000;
     3. hold out ``holdout`` of the remaining training examples (from the front, or at
        random with ``holdout_mode="random"``).
 
     Examples
     --------
-    The seeds' split, 18,000 / 2,000 / 2,000, validation = the first 2,000 training images:
+    The sources' split, 18,000 / 2,000 / 2,000, validation = the first 2,000 training images:
 
     >>> make_splits(load("mnist"), **SEED_SPLIT)  # doctest: +SKIP
 

@@ -95,7 +95,8 @@ def run_member(
     A top-level function so that joblib and Dask can send it to worker processes. If it fails,
     the folder (which it creates) is removed.
     """
-    from digitlab.runner import Settings, run
+    from digitlab.runner import run
+    from digitlab.settings import Settings
 
     base = Settings.from_dict(settings)
     data = job_data(base, bias_input, validation)
@@ -133,7 +134,8 @@ def run_jobs_together(jobs: list[Job], init_folders: list[str | None]) -> list[d
     :func:`run_member`'s up to float rounding; otherwise one after another.
     """
     from digitlab.data import load
-    from digitlab.runner import Settings, run_together
+    from digitlab.runner import run_together
+    from digitlab.settings import Settings
 
     def one_by_one() -> list[dict[str, Any]]:
         return [run_job(j, f) for j, f in zip(jobs, init_folders, strict=True)]

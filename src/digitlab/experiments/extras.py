@@ -72,11 +72,8 @@ def _gallery(model: Any, data: Any, folder: Path) -> None:
 def _kaggle(model: Any, data: Any, folder: Path) -> None:
     """``folder/kaggle.csv``: the test predictions, labels as the dataset's files store them."""
     from digitlab.checkpoint import atomic_write_bytes
-    from digitlab.data import DATASETS
 
-    known = DATASETS.get(data.dataset.name)
-    offset = known.label_offset if known is not None else 0
-    pred = model.predict(data.test[0]) + offset
+    pred = model.predict(data.test[0]) + data.dataset.label_offset
     text = "Id,Category\n" + "".join(f"{i},{p}\n" for i, p in enumerate(pred.tolist(), 1))
     atomic_write_bytes(folder / "kaggle.csv", lambda f: f.write(text.encode()))
 
@@ -90,7 +87,8 @@ def write_extras(
     optimum was computed, else ``{}``.
     """
     from digitlab.runfiles import load_run_checkpoint
-    from digitlab.runner import Settings, prepare_data
+    from digitlab.runner import prepare_data
+    from digitlab.settings import Settings
 
     info: dict[str, Any] = {}
     data = prepare_data(Settings.from_dict(settings))

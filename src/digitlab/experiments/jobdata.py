@@ -15,7 +15,7 @@ from digitlab.errors import ConfigError
 
 
 def job_data(base: Any, bias_input: float, validation: str, dataset: Any = None) -> Any:
-    """The prepared data of a job with settings ``base`` (a :class:`~digitlab.runner.Settings`),
+    """The prepared data of a job with settings ``base`` (a :class:`~digitlab.settings.Settings`),
     read from ``dataset`` when given."""
     from digitlab.runner import prepare_data
 

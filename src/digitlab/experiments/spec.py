@@ -18,7 +18,7 @@ File layout::
     extras = ["lbfgs", "gallery", "kaggle"]       # optional
     repeats = 1                    # default number of seeds per member (see below)
     on_request = false             # true: only run when named (``digitlab reproduce NAME``)
-    [settings]                     # digitlab.runner.Settings shared by all members
+    [settings]                     # digitlab.settings.Settings shared by all members 
     [[members]]                    # label + overrides; or [grid] / [[grids]]: products of lists
     [[stages]]                     # optional: steps + overrides run one after the other,
                                    # checkpoint and resume in between
@@ -167,7 +167,7 @@ class ExperimentSpec(ExperimentText):
 
     def member_settings(self, member: MemberSpec, **changes: Any) -> dict[str, Any]:
         """The full, validated settings of one member as a dict."""
-        from digitlab.runner import Settings
+        from digitlab.settings import Settings
 
         values = self.settings | member.overrides | changes
         return Settings.from_dict(values, where=f"{self.name}/{member.label}").to_dict()

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from digitlab.errors import CheckpointError, ConfigError
+from digitlab.errors import ConfigError
 from digitlab.models.base import DTYPES, INITS, REDUCTIONS, Model, init_weight
 from digitlab.models.functional import ACTIVATIONS
 from digitlab.models.linear import LogisticModel, SoftmaxModel
@@ -27,7 +27,8 @@ def build_model(config: dict[str, Any], params: dict[str, np.ndarray] | None = N
     config : dict
         As returned by ``model.config()``.
     params : dict of ndarray, optional
-        Parameter arrays; their keys and shapes must match the config.
+        State arrays (parameters and buffers, :meth:`Model.state`); their keys and shapes
+        must match the config.
 
     Returns
     -------
@@ -44,17 +45,7 @@ def build_model(config: dict[str, Any], params: dict[str, np.ndarray] | None = N
     except TypeError as exc:
         raise ConfigError(f"bad {kind} model config: {exc}") from None
     if params is not None:
-        if set(params) != set(model.params):
-            raise CheckpointError(
-                f"parameter names {sorted(params)} do not match a {kind} model's "
-                f"{sorted(model.params)}"
-            )
-        for k, v in params.items():
-            if v.shape != model.params[k].shape:
-                raise CheckpointError(
-                    f"parameter {k} has shape {v.shape}, the model expects {model.params[k].shape}"
-                )
-            model.params[k] = np.array(v, dtype=model.dtype)
+        model.load_state(params)
     return model
 
 

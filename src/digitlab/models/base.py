@@ -6,8 +6,13 @@ function of ``(params, X, y)``. The objective of every model is
     E = L(X, y) + l2 * sum_W ||W||^2 + l1 * sum_W |W|
 
 where ``L`` is the cross-entropy, a mean over the batch (``reduction="mean"``) or a sum
-(``reduction="sum"``, seed 000's summed gradients), and the sums run over the weight matrices
-(biases too when ``regularize_bias=True``).
+(``reduction="sum"``: summed gradients), and the sums run over the weight matrices (biases too
+when ``regularize_bias=True``).
+
+A model's *state* is its trained parameters and any buffers it keeps beside them (arrays that
+are not trained, such as running statistics): :meth:`Model.state` and :meth:`Model.load_state`
+are what checkpoints and early stopping save and restore, and :meth:`Model.state_shapes` tells
+a reader the shapes a config implies before any array is read.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from digitlab.errors import ConfigError, ShapeError
+from digitlab.errors import CheckpointError, ConfigError, ShapeError
 from digitlab.models.functional import (
     LinearGrad,
     binary_cross_entropy,
@@ -73,6 +78,14 @@ def init_weight(
     raise ConfigError(f"init={method!r} is not one of {', '.join(INITS)}")
 
 
+def config_size(config: dict[str, Any], key: str) -> int:
+    """``config[key]``, checked to be a whole number >= 1 (a layer or input size)."""
+    v = config.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"model {key} must be a whole number >= 1, got {v!r}")
+    return v
+
+
 def _check_nonneg(name: str, value: float) -> float:
     value = float(value)
     if not np.isfinite(value) or value < 0:
@@ -83,7 +96,9 @@ def _check_nonneg(name: str, value: float) -> float:
 class Model:
     """Base class: parameters, penalty, validation and the flat view used by L-BFGS.
 
-    Subclasses set ``kind`` and implement ``logits``, ``forward`` and ``_data_loss_and_grad``.
+    Subclasses set ``kind`` and implement ``logits``, ``forward``, ``_data_loss_and_grad``,
+    ``_data_loss_sum`` and :meth:`state_shapes`; a subclass that keeps buffers creates them in
+    ``self.buffers`` and lists them in :meth:`state_shapes`.
 
     Parameters
     ----------
@@ -127,6 +142,17 @@ class Model:
         """The model a run's ``settings`` describe for ``n_features`` inputs and ``n_classes``."""
         raise NotImplementedError
 
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """Shape of every state array (parameters and buffers) a :meth:`config` implies.
+
+        Raises
+        ------
+        ConfigError
+            A size in ``config`` is missing or not a whole number >= 1.
+        """
+        raise NotImplementedError  # pragma: no cover - abstract
+
     def __init__(
         self,
         *,
@@ -146,6 +172,8 @@ class Model:
         if self.dtype not in (np.float32, np.float64):
             raise ConfigError(f"dtype must be float32 or float64, got {self.dtype}")
         self.params: dict[str, np.ndarray] = {}
+        #: Arrays kept beside the parameters and never trained (none in the built-in models).
+        self.buffers: dict[str, np.ndarray] = {}
         self.n_features = 0
         self.n_classes = 0
 
@@ -211,6 +239,31 @@ class Model:
         return float(
             np.sqrt(sum(float(np.vdot(self.params[k], self.params[k])) for k in self.weights))
         )
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Parameters and buffers by name (the arrays themselves, not copies)."""
+        return self.params | self.buffers
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Copy ``arrays`` (name -> array, as :meth:`state` gives) into the model's state.
+
+        Raises
+        ------
+        CheckpointError
+            The names or a shape differ from the model's.
+        """
+        state = self.state()
+        if set(arrays) != set(state):
+            raise CheckpointError(
+                f"array names {sorted(arrays)} do not fit this {self.kind} model's state "
+                f"{sorted(state)}"
+            )
+        for k, v in arrays.items():
+            if np.shape(v) != state[k].shape:
+                raise CheckpointError(
+                    f"array {k} has shape {np.shape(v)}, the model expects {state[k].shape}"
+                )
+            state[k][...] = v
 
     def loss_and_grad(
         self,

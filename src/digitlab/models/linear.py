@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
-from digitlab.models.base import Model, as_generator, init_weight
+from digitlab.errors import ConfigError
+from digitlab.models.base import Model, as_generator, config_size, init_weight
 from digitlab.models.functional import (
     LinearGrad,
     binary_cross_entropy,
@@ -41,11 +42,37 @@ class LinearModel(Model):
         if self.bias:
             self.params["b"] = np.zeros(n_out, dtype=self.dtype)
 
+    @classmethod
+    def _n_out(cls, config: dict[str, Any]) -> int:  # pragma: no cover - abstract
+        """Columns of ``W`` for a config."""
+        raise NotImplementedError
+
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """``W (d, k)`` and, with ``bias``, ``b (k,)``."""
+        bias = config.get("bias", True)
+        if not isinstance(bias, bool):
+            raise ConfigError(f"model bias must be true or false, got {bias!r}")
+        k = cls._n_out(config)
+        return {"W": (config_size(config, "n_features"), k)} | ({"b": (k,)} if bias else {})
+
     def _affine(self, X: np.ndarray) -> np.ndarray:
         z = X @ self.params["W"]
         if self.bias:
             z += self.params["b"]
         return z
+
+    def _data_loss_and_grad(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        scale: float,
+        factored: bool = False,
+        weight: np.ndarray | None = None,
+    ) -> tuple[float, dict[str, Any]]:
+        # dE/dz from the logits, then dE/dW = X^T dE/dz and dE/db = sum of dE/dz
+        loss_sum, g = self._logit_loss_and_grad(self._affine(X), y, scale, weight)
+        return loss_sum, self._grads(X, g, factored)
 
     def _logit_loss_and_grad(
         self, z: np.ndarray, y: np.ndarray, scale: float, weight: np.ndarray | None = None
@@ -111,6 +138,10 @@ class LogisticModel(LinearModel):
         kw = cls.settings_kwargs(settings)
         return cls(n_features, bias=not settings.bias_column, rng=rng, **kw)
 
+    @classmethod
+    def _n_out(cls, config: dict[str, Any]) -> int:
+        return 1
+
     def __init__(self, n_features: int, **kwargs: Any) -> None:
         super().__init__(n_features, 1, **kwargs)
         self.n_classes = 2
@@ -125,17 +156,6 @@ class LogisticModel(LinearModel):
 
     def _data_loss_sum(self, X: np.ndarray, y: np.ndarray, weight: Any = None) -> float:
         return binary_cross_entropy(self._affine(X)[:, 0], y, weight)
-
-    def _data_loss_and_grad(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        scale: float,
-        factored: bool = False,
-        weight: np.ndarray | None = None,
-    ) -> tuple[float, dict[str, Any]]:
-        loss_sum, g = self._logit_loss_and_grad(self._affine(X), y, scale, weight)
-        return loss_sum, self._grads(X, g, factored)
 
     def _logit_loss_and_grad(
         self, z: np.ndarray, y: np.ndarray, scale: float, weight: np.ndarray | None = None
@@ -178,6 +198,10 @@ class SoftmaxModel(LinearModel):
         kw = cls.settings_kwargs(settings)
         return cls(n_features, n_classes, bias=not settings.bias_column, rng=rng, **kw)
 
+    @classmethod
+    def _n_out(cls, config: dict[str, Any]) -> int:
+        return config_size(config, "n_classes")
+
     def __init__(self, n_features: int, n_classes: int, **kwargs: Any) -> None:
         super().__init__(n_features, int(n_classes), **kwargs)
         self.n_classes = int(n_classes)
@@ -192,17 +216,6 @@ class SoftmaxModel(LinearModel):
 
     def _data_loss_sum(self, X: np.ndarray, y: np.ndarray, weight: Any = None) -> float:
         return softmax_cross_entropy(self._affine(X), y, weight)
-
-    def _data_loss_and_grad(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        scale: float,
-        factored: bool = False,
-        weight: np.ndarray | None = None,
-    ) -> tuple[float, dict[str, Any]]:
-        loss_sum, g = self._logit_loss_and_grad(self._affine(X), y, scale, weight)
-        return loss_sum, self._grads(X, g, factored)
 
     def _logit_loss_and_grad(
         self, z: np.ndarray, y: np.ndarray, scale: float, weight: np.ndarray | None = None

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from digitlab.errors import ConfigError
-from digitlab.models.base import Model, as_generator, init_weight
+from digitlab.models.base import Model, as_generator, config_size, init_weight
 from digitlab.models.functional import (
     ACTIVATIONS,
     LinearGrad,
@@ -74,10 +74,25 @@ class MLPModel(Model):
         self.n_features, self.n_classes = int(n_features), int(n_classes)
         self.hidden, self.activation, self.init = hidden, activation, init
         gen = as_generator(rng)
-        sizes = (self.n_features, *hidden, self.n_classes)
+        for name, shape in self.state_shapes(self.config()).items():  # W1, b1, W2, b2, ...
+            if name.startswith("W"):
+                self.params[name] = init_weight(shape, init, gen, self.dtype)
+            else:
+                self.params[name] = np.zeros(shape, dtype=self.dtype)
+
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """``W{i} (n_{i-1}, n_i)`` and ``b{i} (n_i,)`` for each layer."""
+        hidden = config.get("hidden")
+        if not isinstance(hidden, list) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden
+        ):
+            raise ConfigError(f"model hidden must be a list of whole numbers >= 1, got {hidden!r}")
+        sizes = (config_size(config, "n_features"), *hidden, config_size(config, "n_classes"))
+        shapes: dict[str, tuple[int, ...]] = {}
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
-            self.params[f"W{i}"] = init_weight((n_in, n_out), init, gen, self.dtype)
-            self.params[f"b{i}"] = np.zeros(n_out, dtype=self.dtype)
+            shapes |= {f"W{i}": (n_in, n_out), f"b{i}": (n_out,)}
+        return shapes
 
     @property
     def n_layers(self) -> int:

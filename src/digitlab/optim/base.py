@@ -51,6 +51,9 @@ class Optimizer(Protocol):
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    def missing_state(self, params: Params) -> list[str]:
+        """State entries a rule that has taken steps on ``params`` should hold but does not."""
+
     def config(self) -> dict[str, Any]:
         """``{"name": ..., **hyperparameters}``; ``make_optimizer(config())`` rebuilds it."""
 
@@ -111,15 +114,24 @@ class SlotOptimizer:
         raise NotImplementedError
 
     def step(self, params: Params, grads: Grads, lr: float) -> None:
-        """Update ``params`` in place; a :class:`LinearGrad` is formed as an array first."""
+        """Update ``params`` in place, one parameter at a time (:meth:`apply_one`)."""
         self.t += 1
         for k, p in params.items():
-            g = grads[k]
-            if isinstance(g, LinearGrad):
-                g = g.dense(p)
-            self.update(p, g, [self._slot(s, k, p) for s in self.slots], lr)
+            self.apply_one(k, p, grads[k], lr)
 
-    def _slot(self, slot: str, k: str, p: np.ndarray) -> np.ndarray:
+    def apply_one(self, k: str, p: np.ndarray, g: np.ndarray | LinearGrad, lr: float) -> None:
+        """Update parameter ``k``; a :class:`LinearGrad` is formed as an array first."""
+        if isinstance(g, LinearGrad):
+            g = g.dense(p)
+        self.update(p, g, [self.slot(s, k, p) for s in self.slots], lr)
+
+    def missing_state(self, params: Params) -> list[str]:
+        """The ``"<slot>/<param>"`` entries a rule that has taken steps should hold but does
+        not (a checkpoint without them would restart the rule's averages)."""
+        return [f"{s}/{k}" for s in self.slot_names() for k in params if k not in self.slots[s]]
+
+    def slot(self, slot: str, k: str, p: np.ndarray) -> np.ndarray:
+        """Slot ``slot`` of parameter ``k`` (zeros the shape of ``p`` on first use)."""
         arrays = self.slots[slot]
         a = arrays.get(k)
         if a is None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
@@ -86,7 +87,7 @@ def lbfgs(
 
     Notes
     -----
-    How it is fast (issue 5; the objective and its optimum are unchanged):
+    How it is fast (the objective and its optimum are unchanged):
 
     - Coordinates: the solver sees ``theta = (P^-1 W, b + W^T mu)`` with ``mu`` the feature
       means and ``P = (C + 2 l2 k / n_eff I)^(-1/2)``, ``C`` the features' covariance (from
@@ -111,36 +112,14 @@ def lbfgs(
     w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     model.check_weight(w, X.shape[0])
     coords = _Coordinates(model, X, chunk_rows)
-    stages = (
-        [dtype]
-        if start_dtype is None or np.dtype(start_dtype) == np.dtype(dtype)
-        else [
-            start_dtype,
-            dtype,
-        ]
-    )
+    same = start_dtype is None or np.dtype(start_dtype) == np.dtype(dtype)
+    stages = [dtype] if same else [start_dtype, dtype]
     theta = coords.to_theta(model.params)
-    l2, penalized = model.l2, model.penalized
     n_iter = 0
     with _scipy_blas_single_threaded():
         for i, stage_dtype in enumerate(stages):
-            # the data term in stage_dtype; the penalty, cheap, in float64 from theta (a float32
-            # penalty adds rounding noise to f that stalls the line search near the optimum)
-            m = model.astype(stage_dtype)
-            m.l2 = 0.0
             last = i == len(stages) - 1
-
-            def fun(t: np.ndarray, m: Model = m) -> tuple[float, np.ndarray]:
-                params = coords.params(t)
-                for k, v in params.items():
-                    m.params[k][...] = v
-                loss, grads = m.loss_and_grad(X, y, chunk_rows=chunk_rows, sample_weight=w)
-                grads = {k: g.astype(np.float64) for k, g in grads.items()}
-                for k in penalized:
-                    loss += l2 * float(np.vdot(params[k], params[k]))
-                    grads[k] += (2.0 * l2) * params[k]
-                return loss, coords.grad_to_theta(grads)
-
+            fun = _stage_objective(model.astype(stage_dtype), model, coords, (X, y, w), chunk_rows)
             res = minimize(
                 fun,
                 theta,
@@ -167,6 +146,33 @@ def lbfgs(
         converged=bool(res.success),
         message=str(res.message),
     )
+
+
+def _stage_objective(
+    m: Model, model: Model, coords: _Coordinates, data: tuple[Any, Any, Any], chunk_rows: int
+) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+    """The objective and its gradient in the solver's coordinates, for one stage.
+
+    The data term is computed by ``m`` (``model`` in the stage's precision, its penalty
+    removed); the penalty, cheap, in float64 from theta (a float32 penalty adds rounding
+    noise to f that stalls the line search near the optimum).
+    """
+    X, y, w = data
+    l2, penalized = model.l2, model.penalized
+    m.l2 = 0.0
+
+    def fun(t: np.ndarray) -> tuple[float, np.ndarray]:
+        params = coords.params(t)
+        for k, v in params.items():
+            m.params[k][...] = v
+        loss, grads = m.loss_and_grad(X, y, chunk_rows=chunk_rows, sample_weight=w)
+        grads = {k: g.astype(np.float64) for k, g in grads.items()}
+        for k in penalized:
+            loss += l2 * float(np.vdot(params[k], params[k]))
+            grads[k] += (2.0 * l2) * params[k]
+        return loss, coords.grad_to_theta(grads)
+
+    return fun
 
 
 _FLOOR = 0.1  # eigenvalue floor relative to the mean eigenvalue (matters for tiny l2)

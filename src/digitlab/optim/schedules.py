@@ -2,7 +2,7 @@
 
 A schedule holds no state of its own, so a resumed run recomputes the same rate from the
 step and epoch it restarts at, and a new schedule can be swapped in when a run resumes
-(seed 003 lowers the rate between stages).
+(source 003 lowers the rate between stages).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Constant:
 
 @dataclass(frozen=True)
 class InverseTime:
-    """Annealing ``lr(t) = eta0 / (1 + t / T)`` (seeds 000/001: t in epochs; 002: in steps).
+    """Annealing ``lr(t) = eta0 / (1 + t / T)`` (t in epochs or in steps).
 
     Parameters
     ----------

@@ -195,7 +195,8 @@ class DataCache:
                 self._confusions.popitem(last=False)
 
     def get(self, settings: dict[str, Any]) -> Any:
-        from digitlab.runner import Settings, prepare_data
+        from digitlab.runner import prepare_data
+        from digitlab.settings import Settings
 
         key = json.dumps({k: settings.get(k) for k in self.KEYS}, sort_keys=True)
         with self._lock:

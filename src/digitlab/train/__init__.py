@@ -1,17 +1,16 @@
-"""The Trainer and its callbacks."""
+"""The Trainer, its callbacks, lock-step training and evaluation."""
 
-from digitlab.train.callbacks import Callback, Checkpoint, EarlyStopping, History, Progress
-from digitlab.train.trainer import (
+from digitlab.train.batching import (
     BatchSource,
-    Trainer,
-    evaluate,
-    fit_together,
-    graceful_interrupts,
     is_source,
-    predict,
     resolve_batch_size,
     resolve_eval_every,
 )
+from digitlab.train.callbacks import Callback, Checkpoint, EarlyStopping, History, Step
+from digitlab.train.evaluation import evaluate, predict
+from digitlab.train.interrupts import graceful_interrupts
+from digitlab.train.lockstep import fit_together
+from digitlab.train.trainer import Trainer
 
 __all__ = [
     "BatchSource",
@@ -19,7 +18,7 @@ __all__ = [
     "Checkpoint",
     "EarlyStopping",
     "History",
-    "Progress",
+    "Step",
     "Trainer",
     "evaluate",
     "fit_together",

@@ -1,7 +1,10 @@
-"""Callbacks: the trainer calls their hooks; they record, stop, checkpoint and report.
+"""Callbacks: the trainer calls their hooks; they record, stop, checkpoint and measure.
 
-Hooks receive the :class:`~digitlab.train.Trainer`; a callback stops training by calling
-``trainer.request_stop(reason)``. Callbacks with state worth resuming implement
+Hooks receive the trainer (what they may use of it is :class:`TrainerView`); a callback stops
+training by calling ``trainer.request_stop(reason)``. At every evaluation, :meth:`Callback.measure`
+receives the :class:`Step` just taken (the model's batch, its gradients, the parameters before the
+update) and returns columns for that evaluation's record, so statistics about a step are added by
+a callback, not by a change to the loop. Callbacks with state worth resuming implement
 ``state_dict``/``load_state_dict`` (arrays and JSON-able values only).
 """
 
@@ -10,28 +13,79 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from digitlab.errors import ConfigError, DivergenceError
+from digitlab.errors import ConfigError
+from digitlab.models.base import Model
 
-if TYPE_CHECKING:
-    from digitlab.train.trainer import Trainer
+
+class TrainerView(Protocol):
+    """What callbacks read of :class:`~digitlab.train.Trainer` and may call on it."""
+
+    model: Model
+    step: int
+    epoch: int
+    pos: int
+    total_steps: int
+    steps_per_epoch: int
+    batch_rows: int
+    diverged: bool
+    interrupted: bool
+
+    def request_stop(self, reason: str) -> None: ...
+
+    def require_finite(self, consequence: str) -> None: ...
+
+    def save(self, path: str | os.PathLike) -> Path: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    """One training step as the evaluation after it sees it.
+
+    Attributes
+    ----------
+    X : ndarray (b, d)
+        The batch the gradient was computed on (after augmentation).
+    y : ndarray of int (b,)
+    loss : float
+        The batch's objective.
+    grads : mapping of name -> ndarray or LinearGrad
+        The gradient the update used, keyed like the parameters. A weight matrix's entry may be
+        a :class:`~digitlab.models.functional.LinearGrad`; ``g.dense(W)`` gives the array.
+    lr : float
+        The learning rate of the step.
+    before : dict of ndarray
+        Copies of the parameters before the update (``params - before`` is the update).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    loss: float
+    grads: Mapping[str, Any]
+    lr: float
+    before: dict[str, np.ndarray]
 
 
 class Callback:
     """No-op base: override the hooks you need."""
 
-    def on_train_begin(self, trainer: Trainer) -> None: ...
+    def on_train_begin(self, trainer: TrainerView) -> None: ...
 
-    def on_step_end(self, trainer: Trainer, loss: float) -> None: ...
+    def on_step_end(self, trainer: TrainerView, loss: float) -> None: ...
 
-    def on_evaluate(self, trainer: Trainer, record: dict[str, float]) -> None: ...
+    def measure(self, trainer: TrainerView, step: Step) -> Mapping[str, float]:
+        """Columns to add to the record of the evaluation that follows ``step``."""
+        return {}
 
-    def on_train_end(self, trainer: Trainer) -> None: ...
+    def on_evaluate(self, trainer: TrainerView, record: dict[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: TrainerView) -> None: ...
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {}, {}
@@ -48,7 +102,7 @@ class History(Callback):
     def __init__(self, records: list[dict[str, float]] | None = None) -> None:
         self.records: list[dict[str, float]] = list(records or [])
 
-    def on_evaluate(self, trainer: Trainer, record: dict[str, float]) -> None:
+    def on_evaluate(self, trainer: TrainerView, record: dict[str, float]) -> None:
         self.records.append(dict(record))
 
     def __len__(self) -> int:
@@ -108,14 +162,15 @@ class EarlyStopping(Callback):
     monitor : str
         A record key, e.g. ``"val_loss"`` or ``"val_acc"``.
     patience : int
-        Evaluations without improvement before stopping (the seeds use 3, 5 and 10).
+        Evaluations without improvement before stopping.
     min_delta : float
     mode : {"auto", "min", "max"}
         ``auto``: max for keys containing "acc", else min.
     restore_best : bool
+        End with the model state (parameters and buffers) of the best evaluation.
     start_epoch : float
         Evaluations before this epoch update the best value but never count towards the
-        patience (a curve that first rises, as seed 000's does, is not stopped at its start).
+        patience (a curve that first rises, as source 000's does, is not stopped at its start).
     """
 
     def __init__(
@@ -144,7 +199,7 @@ class EarlyStopping(Callback):
         self.stopped = False
         self.best_params: dict[str, np.ndarray] = {}
 
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def on_train_begin(self, trainer: TrainerView) -> None:
         # resumed from a checkpoint written at the step this rule stopped: stay stopped
         if self.stopped:
             trainer.request_stop(
@@ -157,7 +212,7 @@ class EarlyStopping(Callback):
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def on_evaluate(self, trainer: Trainer, record: dict[str, float]) -> None:
+    def on_evaluate(self, trainer: TrainerView, record: dict[str, float]) -> None:
         if self.monitor not in record:
             raise ConfigError(
                 f"early stopping monitors {self.monitor!r}, which the evaluations do not record "
@@ -168,7 +223,7 @@ class EarlyStopping(Callback):
             self.best, self.wait = value, 0
             self.best_step, self.best_epoch = int(record["step"]), float(record["epoch"])
             if self.restore_best:
-                self.best_params = {k: v.copy() for k, v in trainer.model.params.items()}
+                self.best_params = {k: v.copy() for k, v in trainer.model.state().items()}
             return
         if record["epoch"] < self.start_epoch:
             return
@@ -180,11 +235,10 @@ class EarlyStopping(Callback):
                 f"(best {self.best:.6g} at epoch {self.best_epoch:g})"
             )
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         # an interrupted run keeps its current parameters so that it resumes where it was
         if self.restore_best and self.best_params and not (trainer.diverged or trainer.interrupted):
-            for k, v in self.best_params.items():
-                trainer.model.params[k][...] = v
+            trainer.model.load_state(self.best_params)
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         meta = {
@@ -224,7 +278,7 @@ class Checkpoint(Callback):
         self.path, self.every, self.keep_steps = Path(path), every, keep_steps
         self.saved: list[Path] = []
 
-    def save(self, trainer: Trainer) -> None:
+    def save(self, trainer: TrainerView) -> None:
         """Write the checkpoint (and its per-step copy).
 
         Raises
@@ -233,45 +287,16 @@ class Checkpoint(Callback):
             The parameters are not finite: the last good checkpoint is kept and the run is
             marked diverged (a checkpoint is never skipped silently).
         """
-        bad = trainer.nonfinite_params()
-        if bad:
-            trainer.diverged = True
-            raise DivergenceError(
-                f"parameters {', '.join(bad)} are NaN or infinite at step {trainer.step}; "
-                f"not overwriting the last good checkpoint {self.path}"
-            )
+        trainer.require_finite(f"not overwriting the last good checkpoint {self.path}")
         self.saved.append(trainer.save(self.path))
         if self.keep_steps:
             extra = self.path.with_name(f"{self.path.stem}-step{trainer.step}{self.path.suffix}")
             self.saved.append(trainer.save(extra))
 
-    def on_step_end(self, trainer: Trainer, loss: float) -> None:
+    def on_step_end(self, trainer: TrainerView, loss: float) -> None:
         if self.every and trainer.step % self.every == 0:
             self.save(trainer)
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         if not trainer.diverged:  # keep the last good checkpoint
             self.save(trainer)
-
-
-class Progress(Callback):
-    """Forward progress to a function (the CLI draws the bar; the library never prints).
-
-    ``report(done, total, info)`` is called after every ``every`` steps and after each
-    evaluation, with ``done``/``total`` in steps and ``info`` the latest loss and accuracies.
-    """
-
-    def __init__(
-        self, report: Callable[[int, int, dict[str, float]], None], every: int = 1
-    ) -> None:
-        self.report, self.every = report, max(1, int(every))
-        self.info: dict[str, float] = {}
-
-    def on_step_end(self, trainer: Trainer, loss: float) -> None:
-        if trainer.step % self.every == 0:
-            self.info["loss"] = loss
-            self.report(trainer.step, trainer.total_steps, self.info)
-
-    def on_evaluate(self, trainer: Trainer, record: dict[str, float]) -> None:
-        self.info.update({k: v for k, v in record.items() if k.endswith("_acc")})
-        self.report(trainer.step, trainer.total_steps, self.info)

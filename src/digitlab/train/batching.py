@@ -1,0 +1,173 @@
+"""What the trainer reads rows from, how batch and evaluation specs resolve, and row checks.
+
+Training and evaluation data are feature arrays ``(n, d)`` or a :class:`BatchSource` (such as
+:class:`~digitlab.data.rows.ImageRows`: uint8 images turned into features batch by batch), so
+that only a batch of float rows exists at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from digitlab.errors import ConfigError, ShapeError
+
+BatchSpec = int | float | str
+EvalSpec = int | float | str
+#: Rows per chunk of an evaluation or a finiteness check.
+EVAL_CHUNK = 16384
+#: Rows per block of a large batch's gradient (:meth:`Model.loss_and_grad`'s ``chunk_rows``):
+#: a block of features is still in cache when the gradient's product reads it again.
+CHUNK_ROWS = 1024
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """Rows of features made on demand (e.g. :class:`~digitlab.data.rows.ImageRows`).
+
+    ``shape`` is ``(n, d)`` and ``dtype`` the float dtype of the rows handed out.
+    """
+
+    shape: tuple[int, int]
+    dtype: np.dtype
+
+    def __len__(self) -> int: ...
+
+    def take(self, index: slice | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``index`` (a slice or int positions (b,)) as ``(b, d)``, into ``out[:b]``."""
+        ...
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rows (c, d))`` over all rows, in order, in bounded chunks."""
+        ...
+
+    def astype(self, dtype: Any) -> BatchSource:
+        """The same rows handed out in ``dtype``."""
+        ...
+
+
+Rows = np.ndarray | BatchSource
+ArrayPair = tuple[Rows, np.ndarray]
+
+
+def is_source(X: object) -> bool:
+    """Whether ``X`` is a :class:`BatchSource` rather than an array."""
+    return not isinstance(X, np.ndarray) and isinstance(X, BatchSource)
+
+
+def _check_number(spec: object, what: str) -> None:
+    if isinstance(spec, bool) or not isinstance(spec, int | float | np.integer | np.floating):
+        raise ConfigError(f"{what}, got {spec!r}")
+
+
+def resolve_batch_size(spec: BatchSpec, n: int) -> int:
+    """Rows per step for a batch spec (``"full"``, an int, or a float fraction) and ``n`` rows."""
+    if spec in ("full", None):
+        return n
+    _check_number(spec, "batch size must be 'full', an int or a fraction")
+    if isinstance(spec, float | np.floating):
+        if not 0.0 < spec <= 1.0:
+            raise ConfigError(f"batch fraction must be in (0, 1], got {spec}")
+        return max(1, round(float(spec) * n))
+    if spec < 1:
+        raise ConfigError(f"batch size must be >= 1, got {spec}")
+    return min(int(spec), n)
+
+
+def resolve_eval_every(spec: EvalSpec, steps_per_epoch: int) -> int:
+    """Steps between evaluations for ``"epoch"``, a float fraction of an epoch, or an int."""
+    if spec == "epoch":
+        return steps_per_epoch
+    _check_number(spec, "eval_every must be 'epoch', a fraction or a step count")
+    if isinstance(spec, float | np.floating):
+        if not 0.0 < spec <= 1.0:
+            raise ConfigError(f"eval_every as a fraction of an epoch must be in (0, 1], got {spec}")
+        return max(1, int(steps_per_epoch * float(spec)))
+    if spec < 1:
+        raise ConfigError(f"eval_every must be >= 1 step, got {spec}")
+    return int(spec)
+
+
+def all_finite(X: np.ndarray) -> bool:
+    """Whether ``X (n, d)`` holds no NaN or inf, without an ``(n, d)`` boolean temporary.
+
+    NaN and inf survive a row sum, so ``X @ 1`` (one BLAS pass) settles the common case; a
+    non-finite sum is confirmed block by block, as finite values can overflow when summed.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        row_sums = X @ np.ones(X.shape[1], dtype=X.dtype)
+    if X.size == 0 or np.isfinite(row_sums).all():
+        return True
+    return all(
+        np.isfinite(X[start : start + EVAL_CHUNK]).all()
+        for start in range(0, X.shape[0], EVAL_CHUNK)
+    )
+
+
+def row_chunks(X: Rows) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, rows)`` over ``X (n, d)`` in chunks (:data:`EVAL_CHUNK` rows for an array,
+    the source's own chunks for a :class:`BatchSource`)."""
+    if is_source(X):
+        yield from X.chunks()
+        return
+    for start in range(0, X.shape[0], EVAL_CHUNK):
+        yield start, X[start : start + EVAL_CHUNK]
+
+
+def check_pair(model: Any, name: str, pair: ArrayPair) -> ArrayPair:
+    """A split ``(X (n, d), y (n,))`` checked against ``model`` (a
+    :class:`~digitlab.models.Model`): an array converted to the model's dtype once, here, and
+    free of NaN and inf; a :class:`BatchSource` set to hand out rows in that dtype."""
+    X, y = pair
+    if is_source(X):  # rows made per batch, in the model's dtype
+        if len(X.shape) != 2 or X.shape[1] != model.n_features:
+            raise ShapeError(
+                f"{name} rows have shape {tuple(X.shape)}, this {model.kind} model "
+                f"needs (n, {model.n_features})"
+            )
+        return X.astype(model.dtype), model.check_y(y, len(X))
+    X = model.check_X(X)
+    if not all_finite(X):
+        raise ShapeError(f"{name} features contain NaN or inf")
+    return X, model.check_y(y, X.shape[0])
+
+
+class Batches:
+    """The training rows of one fit and the preallocated buffers its batches are gathered into.
+
+    Parameters
+    ----------
+    X : ndarray (n, d) or BatchSource
+    y : ndarray of int (n,)
+    weight : ndarray (n,) or None
+        Row weights, gathered with each batch.
+    batch_size : int
+    """
+
+    def __init__(self, X: Rows, y: np.ndarray, weight: np.ndarray | None, batch_size: int) -> None:
+        self.X, self.y, self.weight = X, y, weight
+        self.source = is_source(X)  # fixed for the fit; the protocol check costs ~10 us
+        self.Xbuf = np.empty((batch_size, X.shape[1]), dtype=X.dtype)
+        self.ybuf = np.empty(batch_size, dtype=y.dtype)
+        self.wbuf = None if weight is None else np.empty(batch_size, dtype=weight.dtype)
+
+    def take(
+        self, order: np.ndarray | None, start: int, size: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Rows ``start:start + size`` of ``order`` (None: the stored order) as
+        ``(X (b, d), y (b,), weights (b,) or None)``."""
+        X, y, w = self.X, self.y, self.weight
+        if order is None:  # stored order: a view, no copy (a source converts the rows)
+            rows = slice(start, start + size)
+            Xb = X.take(rows, out=self.Xbuf) if self.source else X[rows]
+            return Xb, y[rows], None if w is None else w[rows]
+        idx = order[start : start + size]  # one take each into the buffers
+        if self.source:
+            Xb = X.take(idx, out=self.Xbuf)
+        else:
+            Xb = X.take(idx, axis=0, out=self.Xbuf[: idx.size])
+        yb = y.take(idx, out=self.ybuf[: idx.size])
+        wb = None if w is None or self.wbuf is None else w.take(idx, out=self.wbuf[: idx.size])
+        return Xb, yb, wb

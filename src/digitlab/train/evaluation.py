@@ -1,0 +1,46 @@
+"""Loss, objective and accuracy of a model on a split, and its predictions, chunk by chunk."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from digitlab.models.base import Model
+from digitlab.train.batching import Rows, is_source, row_chunks
+
+
+def predict(model: Model, X: Rows) -> np.ndarray:
+    """``model.predict`` over ``X (n, d)`` or a :class:`BatchSource`, chunk by chunk; int64 (n,)."""
+    if not is_source(X):
+        return model.predict(X)
+    parts = [model.predict(rows) for _, rows in X.chunks()]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def evaluate(
+    model: Model, X: Rows, y: np.ndarray, sample_weight: np.ndarray | None = None
+) -> dict[str, float]:
+    """Mean cross-entropy, objective and accuracy of ``model`` on ``(X (n, d), y (n,))``.
+
+    ``X`` is a feature array or a :class:`BatchSource`. Runs in chunks of rows so memory stays
+    bounded on large splits. ``objective`` is what the model optimises: the cross-entropy with
+    the model's reduction (mean or sum) plus penalty. With ``sample_weight (n,)`` (total > 0)
+    the means and the accuracy are weighted.
+
+    Returns
+    -------
+    dict
+        ``{"loss": mean cross-entropy, "objective": optimised objective, "acc": accuracy}``.
+    """
+    n = X.shape[0]
+    loss_sum, correct = 0.0, 0
+    for start, rows in row_chunks(X):
+        chunk = slice(start, start + rows.shape[0])
+        if sample_weight is None:
+            s, c = model.loss_sum_and_correct(rows, y[chunk])
+        else:
+            s, c = model.loss_sum_and_correct(rows, y[chunk], sample_weight[chunk])
+        loss_sum, correct = loss_sum + s, correct + c
+    if sample_weight is not None:
+        n = float(np.add.reduce(sample_weight, dtype=np.float64))
+    data = loss_sum if model.reduction == "sum" else loss_sum / n
+    return {"loss": loss_sum / n, "objective": data + model.penalty(), "acc": correct / n}

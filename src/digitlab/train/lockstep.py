@@ -1,0 +1,63 @@
+"""Several trainers on the same data in lock-step, sharing each step's matrix products."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+from digitlab.models.linear import can_stack, stacked_loss_and_grad
+from digitlab.train.batching import ArrayPair, is_source
+from digitlab.train.callbacks import History
+from digitlab.train.trainer import Trainer
+
+
+def fit_together(
+    trainers: Sequence[Trainer],
+    train: ArrayPair,
+    val: ArrayPair | None = None,
+    test: ArrayPair | None = None,
+    *,
+    epochs: int | None = None,
+    steps: int | None = None,
+) -> list[History]:
+    """:meth:`Trainer.fit` of several trainers on the same data, in lock-step.
+
+    For full-batch descent of linear models of one shape (the repeats of an experiment that
+    differ only in their random start, say) each step's matrix products are shared
+    (:func:`~digitlab.models.linear.stacked_loss_and_grad`): ``R`` fits cost little more than
+    one. Every trainer keeps its own optimiser, schedule, evaluations, callbacks and stopping
+    rule; one that stops leaves the others going. Trainers this does not apply to (mini-batches,
+    shuffling, augmentation, other models, different positions) are fitted one after another.
+
+    Parameters
+    ----------
+    trainers : sequence of Trainer
+    train, val, test, epochs, steps
+        As for :meth:`Trainer.fit` (no sample weights).
+
+    Returns
+    -------
+    list of History
+        One per trainer, in order.
+    """
+    if len(trainers) < 2 or not can_stack([t.model for t in trainers]):
+        return [t.fit(train, val, test, epochs=epochs, steps=steps) for t in trainers]
+    lead = trainers[0]
+    splits = lead.prepare(train, val, test)  # a source becomes one feature array, once
+    X, y = splits["train"]
+    for t in trainers[1:]:
+        t.prepare(splits["train"], splits.get("val"), splits.get("test"))
+    state = {(t.batch_size, t.steps_per_epoch, t.step, t.pos) for t in trainers}
+    full = lead.batch_size >= X.shape[0] and not lead.replacement and not is_source(X)
+    if len(state) > 1 or not full or any(t.batch_transform is not None for t in trainers):
+        return [t.fit(train, val, test, epochs=epochs, steps=steps) for t in trainers]
+    total = lead.end_step(epochs, steps)
+    with contextlib.ExitStack() as stack:
+        for t in trainers:
+            stack.enter_context(t.running(total))
+            t.order = None  # the full batch in its stored order
+        while running := [t for t in trainers if t.active]:
+            results = stacked_loss_and_grad([t.model for t in running], X, y)
+            for t, (loss, grads) in zip(running, results, strict=True):
+                t.apply(loss, grads, X, y)
+    return [t.history for t in trainers]
