@@ -18,7 +18,7 @@ File layout::
     extras = ["lbfgs", "gallery", "kaggle"]       # optional
     repeats = 1                    # default number of seeds per member (see below)
     on_request = false             # true: only run when named (``digitlab reproduce NAME``)
-    [settings]                     # digitlab.settings.Settings shared by all members 
+    [settings]                     # digitlab.settings.Settings shared by all members
     [[members]]                    # label + overrides; or [grid] / [[grids]]: products of lists
     [[stages]]                     # optional: steps + overrides run one after the other,
                                    # checkpoint and resume in between
