@@ -14,7 +14,9 @@ import pytest
 from digitlab.checkpoint import load_checkpoint
 from digitlab.errors import ConfigError
 from digitlab.experiments import parse_experiment, run_experiment, run_experiments, slug
-from digitlab.experiments.engine import DONE, MARK, comparability, run_member, stop_epoch
+from digitlab.experiments.execute import DONE, run_member, stop_epoch
+from digitlab.experiments.folders import MARK
+from digitlab.experiments.record import comparability
 from digitlab.report import load_experiment
 from digitlab.report.document import compare, is_comparable
 
@@ -342,10 +344,11 @@ def chain_spec(repeats: int) -> dict:
 
 
 def test_repeats_of_a_full_batch_chain_form_one_task_of_groups(tmp_path):
-    from digitlab.experiments.engine import _jobs, plan_tasks
+    from digitlab.experiments.engine import plan_jobs
+    from digitlab.experiments.plan import plan_tasks
 
     exp = parse_experiment(chain_spec(3), "rep.toml")
-    jobs, _, _ = _jobs([exp], tmp_path, {})
+    jobs, _, _ = plan_jobs([exp], tmp_path, {})
     tasks = plan_tasks(jobs)
     assert len(tasks) == 1
     assert [[jobs[i].member for i in g] for g in tasks[0]] == [[0, 0, 0], [1, 1, 1]]
@@ -353,7 +356,7 @@ def test_repeats_of_a_full_batch_chain_form_one_task_of_groups(tmp_path):
     # mini-batches (shuffled per seed): one chain per repeat
     mini = chain_spec(2)
     mini["settings"] = FULL["settings"] | {"batch": 100}
-    jobs, _, _ = _jobs([parse_experiment(mini, "rep.toml")], tmp_path / "m", {})
+    jobs, _, _ = plan_jobs([parse_experiment(mini, "rep.toml")], tmp_path / "m", {})
     assert [[[jobs[i].repeat for i in g] for g in t] for t in plan_tasks(jobs)] == [
         [[0], [0]],
         [[1], [1]],

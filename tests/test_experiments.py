@@ -33,7 +33,7 @@ TINY = {
 }
 
 
-def test_shipped_experiments_validate_and_cover_every_seed():
+def test_shipped_experiments_validate_and_cover_every_source():
     exps = builtin_experiments()
     default = {e.source for e in exps.values() if not e.on_request}
     assert default == {"000", "001", "002", "003", "004"}
@@ -92,6 +92,7 @@ def test_an_on_request_experiment_file_runs_when_named(tmp_path, capsys):
     ("change", "words"),
     [
         ({"colour": "red"}, "unknown key"),
+        ({"seed": "007"}, "unknown key"),  # a source document is "source"; seeds are random
         ({"figures": ["pie"]}, "unknown figure"),
         (
             {"published": [{"what": "x", "member": "nobody", "metric": "test_acc", "value": 1}]},
@@ -115,6 +116,7 @@ def test_run_experiment_writes_the_report_contract(tmp_path):
     on_disk = json.loads((tmp_path / "tiny" / "experiment.json").read_text())
     assert on_disk["chosen"] == record.chosen
     assert on_disk == record.to_json() == load_experiment(tmp_path / "tiny").to_json()
+    assert record.text() == exp.text() and record.text()["source"] == "000"  # the spec's text
     vals = {m["label"]: m["metrics"]["val_acc"] for m in on_disk["members"]}
     assert on_disk["chosen"] == max(vals, key=vals.get)
     assert on_disk["data"]["is_sample"] is True

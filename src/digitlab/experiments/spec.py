@@ -7,8 +7,8 @@ describes the protocol, and lists its members: the runs that differ by a few set
 
 File layout::
 
-    name = "ucsd-softmax"          # defaults to the file name
-    source = "000"                 # the source document (old files: ``seed``)
+    name = "my-experiment"         # defaults to the file name
+    source = "000"                 # the source document
     section = "3.2-3.3"
     title = "..."
     protocol = "..."               # a few lines
@@ -18,10 +18,10 @@ File layout::
     extras = ["lbfgs", "gallery", "kaggle"]       # optional
     repeats = 1                    # default number of seeds per member (see below)
     on_request = false             # true: only run when named (``digitlab reproduce NAME``)
-    [settings]                     # digitlab.runner.Settings shared by all members
+    [settings]                     # digitlab.settings.Settings shared by all members
     [[members]]                    # label + overrides; or [grid] / [[grids]]: products of lists
     [[stages]]                     # optional: steps + overrides run one after the other,
-                                   # checkpoint and resume in between (source 003)
+                                   # checkpoint and resume in between
     [[published]]                  # what = "...", member = "chosen" | label, metric, value
 
 Besides settings, a member (or a grid, for all its members) may give engine keys:
@@ -32,12 +32,12 @@ Besides settings, a member (or a grid, for all its members) may give engine keys
   repeat), with a fresh schedule: a *chain*, as when a notebook keeps updating one weight
   array over a loop of settings. A grid with ``chain = true`` chains its members in order;
   ``prefix = "..."`` puts a word before a grid's member labels (two grids over the same values);
-- ``bias_input = x``: the value of the bias input (1 by default; source 000's code
-  divides its bias input by 255 with the pixels);
-- ``validation = "test"``: validate on the test split (the training split is not cut; the
-  2021 TDT4265 starter code validates on the MNIST test images);
+- ``bias_input = x``: the value of the bias input (1 by default; code that scales its bias
+  input with the pixels, dividing by 255, gives 1/255);
+- ``validation = "test"``: validate on the test split (the training split is not cut);
 - ``eval_offset = k``: evaluate after steps ``k, k + e, k + 2e, ...`` instead of
-  ``e, 2e, ...`` (``e`` the evaluation interval; the TDT4265 starter code: 1).
+  ``e, 2e, ...`` (``e`` the evaluation interval; ``k = 1``: evaluate after the first step,
+  as code that evaluates at the top of its step loop does).
 
 ``on_request = true`` leaves a long experiment out of the default ``digitlab reproduce``
 (every experiment): it runs only when named, and ``digitlab experiments`` marks it so.
@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from digitlab.errors import ConfigError
+from digitlab.report.rundata import ExperimentText
 
 EXTRAS = ("lbfgs", "gallery", "kaggle")
 METRICS = (
@@ -88,7 +89,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 KEYS = {
     "name",
     "source",
-    "seed",  # the old name of "source"
     "section",
     "title",
     "protocol",
@@ -150,15 +150,9 @@ class MemberSpec:
 
 
 @dataclass(frozen=True)
-class ExperimentSpec:
-    """A validated experiment file."""
+class ExperimentSpec(ExperimentText):
+    """A validated experiment file: its text (:class:`ExperimentText`) and what to run."""
 
-    name: str
-    source: str
-    section: str
-    title: str
-    protocol: str
-    choices: str
     figures: tuple[str, ...]
     select: dict[str, str]
     extras: tuple[str, ...]
@@ -296,14 +290,10 @@ def _published(data: dict[str, Any], labels: list[str], path: str) -> tuple[dict
 
 
 def _texts(data: dict[str, Any], path: str) -> dict[str, Any]:
-    """``data`` with the old key ``seed`` renamed ``source``; the text fields checked."""
+    """``data`` with its keys and text fields checked."""
     unknown = sorted(set(data) - KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}")
-    if "seed" in data:  # the old name of "source"
-        if "source" in data:
-            raise ConfigError(f"{path}: 'seed' is the old name of 'source'; give only 'source'")
-        data = {k: v for k, v in data.items() if k != "seed"} | {"source": data["seed"]}
     for key in ("source", "section", "title", "protocol"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise ConfigError(f"{path}: '{key}' must be a non-empty string")
@@ -312,10 +302,10 @@ def _texts(data: dict[str, Any], path: str) -> dict[str, Any]:
 
 def parse_experiment(data: dict[str, Any], path: str = "<experiment>") -> ExperimentSpec:
     """Validate an experiment dict (from TOML) into an :class:`ExperimentSpec`."""
-    from digitlab.report.kinds import listed_kinds  # the registry of figure kinds
-
     data = _texts(data, path)
     name = check_name(data.get("name") or Path(path).stem, path)
+    from digitlab.report.kinds import listed_kinds  # the registry of figure kinds
+
     figures = _names(data, "figures", listed_kinds(), path)
     extras = _names(data, "extras", EXTRAS, path)
     select = {"metric": "val_acc", "mode": "max"} | dict(data.get("select", {}))

@@ -9,7 +9,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,6 @@ def _read(reader: Callable[..., Any], path: Path, *args: Any) -> Any:
         raise ReportError(f"{path}: no such file") from None
     except FileReadError as exc:
         raise ReportError(str(exc)) from None
-
-
-_TEXT_FIELDS = ("name", "source", "section", "title", "protocol", "choices")
 
 
 def _string(raw: dict[str, Any], key: str, where: str) -> str:
@@ -275,17 +272,32 @@ class MemberRecord:
         return WeightImages(kind, images, titles, columns)
 
 
-@dataclass
-class ExperimentRecord:
-    """An experiment folder as the engine wrote it (``experiment.json`` and its members)."""
+@dataclass(frozen=True, kw_only=True)
+class ExperimentText:
+    """What an experiment says about itself: its name, the source document it reproduces,
+    the section, a title, the protocol and the choices made where the document leaves one.
 
-    folder: Path
+    Given once by the experiment file (:class:`~digitlab.experiments.ExperimentSpec`) and
+    copied into the record of its run (:class:`ExperimentRecord`).
+    """
+
     name: str
     source: str
     section: str
     title: str
     protocol: str
     choices: str
+
+    def text(self) -> dict[str, str]:
+        """The text fields by name, in file order."""
+        return {f.name: getattr(self, f.name) for f in fields(ExperimentText)}
+
+
+@dataclass(frozen=True)
+class ExperimentRecord(ExperimentText):
+    """An experiment folder as the engine wrote it (``experiment.json`` and its members)."""
+
+    folder: Path
     figures: list[str]
     data: dict[str, Any]
     members: list[MemberRecord]
@@ -298,13 +310,7 @@ class ExperimentRecord:
 
     def to_json(self) -> dict[str, Any]:
         """``experiment.json`` as a JSON-safe dict (NumPy scalars become floats)."""
-        record = {
-            "name": self.name,
-            "source": self.source,
-            "section": self.section,
-            "title": self.title,
-            "protocol": self.protocol,
-            "choices": self.choices,
+        record = self.text() | {
             "figures": list(self.figures),
             "data": self.data,
             "members": [m.to_json() for m in self.members],
@@ -331,9 +337,7 @@ class ExperimentRecord:
         where = str(folder / "experiment.json")
         if not isinstance(raw, dict):
             raise ReportError(f"{where}: expected a JSON object")
-        text = {k: _string(raw, k, where) for k in _TEXT_FIELDS}
-        if not text["source"]:  # "seed": the old name of "source"
-            text["source"] = _string(raw, "seed", where)
+        text = {f.name: _string(raw, f.name, where) for f in fields(ExperimentText)}
         from digitlab.report.kinds import listed_kinds
 
         figures = _list(raw, "figures", where)

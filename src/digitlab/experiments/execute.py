@@ -1,0 +1,262 @@
+"""Execution: run jobs in worker processes (joblib, or a Dask cluster) and resume.
+
+A task (see :mod:`digitlab.experiments.plan`) runs in one worker: its groups in order, the
+repeats of a group in lock-step when they can share their steps. A job that finished leaves
+:data:`DONE` (its key and settings) next to its ``metrics.json``; a later run reuses it when
+the key matches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitlab.errors import ConfigError
+from digitlab.experiments.jobdata import job_data, same_data
+from digitlab.experiments.plan import Job, init_folder, longest_first, plan_tasks
+
+#: File a finished job leaves in its folder.
+DONE = "job.json"
+
+
+def stop_epoch(metrics: dict[str, Any]) -> int | None:
+    """The 0-based epoch in which training ended (what a notebook's ``epoch`` loop prints)."""
+    steps, epochs = metrics.get("steps"), metrics.get("epochs")
+    if not steps or not epochs:
+        return None
+    per_epoch = max(1, round(steps / epochs))
+    return int((steps - 1) // per_epoch)
+
+
+def _load_params(folder: str) -> dict[str, np.ndarray]:
+    """The final model parameters of the finished job in ``folder``."""
+    from digitlab.checkpoint import load_checkpoint
+
+    arrays, _ = load_checkpoint(Path(folder) / "checkpoint.npz")
+    return {k[len("model/") :]: v for k, v in arrays.items() if k.startswith("model/")}
+
+
+def _record_job(metrics: dict[str, Any], seed: int, folder: Path, **extra: Any) -> None:
+    """Add what the engine knows of a finished job (its stop epoch, seed, ``extra``) to its
+    metrics and write them to ``folder/metrics.json``."""
+    from digitlab.runfiles import write_json
+
+    metrics |= {"stop_epoch": stop_epoch(metrics), "seed": seed, **extra}
+    write_json(folder / "metrics.json", metrics)
+
+
+def _run_stages(
+    base: Any, stages: list[dict[str, Any]], out: Path, data: Any, init: Any, eval_offset: int
+) -> dict[str, Any]:
+    """Run ``stages`` one after the other into ``out/stage-<i>``, each resuming from the
+    last checkpoint of the one before; copy the last stage's files to ``out``."""
+    from digitlab.checkpoint import load_checkpoint
+    from digitlab.runner import run
+
+    resume = None
+    total = 0
+    stage_dir = out
+    for i, stage in enumerate(stages, 1):
+        total += int(stage["steps"])
+        st = base.replace(
+            **{k: v for k, v in stage.items() if k != "steps"}, steps=total, epochs=None
+        )
+        stage_dir = out / f"stage-{i}"
+        stage_dir.mkdir()
+        result = run(
+            st, folder=stage_dir, data=data, resume_from=resume,
+            init_params=init if i == 1 else None, eval_offset=eval_offset,
+        )  # fmt: skip
+        resume = load_checkpoint(stage_dir / "checkpoint.npz")
+    for name in ("config.toml", "history.csv", "checkpoint.npz"):
+        shutil.copy2(stage_dir / name, out / name)
+    return result.metrics | {"stages": len(stages)}
+
+
+def run_member(
+    settings: dict[str, Any],
+    stages: list[dict[str, Any]],
+    folder: str,
+    *,
+    init_from: str | None = None,
+    bias_input: float = 1.0,
+    validation: str = "split",
+    eval_offset: int = 0,
+) -> dict[str, Any]:
+    """Run one job (all stages of one member, one seed) into ``folder``; return its metrics.
+
+    ``init_from`` is the folder of a finished job whose final weights this one starts from.
+    A top-level function so that joblib and Dask can send it to worker processes. If it fails,
+    the folder (which it creates) is removed.
+    """
+    from digitlab.runner import run
+    from digitlab.settings import Settings
+
+    base = Settings.from_dict(settings)
+    data = job_data(base, bias_input, validation)
+    init = _load_params(init_from) if init_from is not None else None
+    out = Path(folder)
+    out.mkdir(parents=True)
+    try:
+        if not stages:
+            metrics = run(
+                base, folder=out, data=data, init_params=init, eval_offset=eval_offset
+            ).metrics
+        else:
+            metrics = _run_stages(base, stages, out, data, init, eval_offset)
+        _record_job(metrics, base.seed, out)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return metrics
+
+
+def run_job(job: Job, init_from: str | None) -> dict[str, Any]:
+    """:func:`run_member` for ``job``, starting from the job in ``init_from`` (or None)."""
+    return run_member(
+        job.settings, job.stages, job.folder, init_from=init_from,
+        bias_input=job.bias_input, validation=job.validation, eval_offset=job.eval_offset,
+    )  # fmt: skip
+
+
+def run_jobs_together(jobs: list[Job], init_folders: list[str | None]) -> list[dict[str, Any]]:
+    """Run the repeats of one member (same settings but the seed) and return their metrics.
+
+    When their data come out the same (the seed drew only the initial weights) and the
+    trainer can share their steps (:func:`~digitlab.train.fit_together`: full-batch linear
+    models), they train in lock-step, each into its own folder, the result of each equal to
+    :func:`run_member`'s up to float rounding; otherwise one after another.
+    """
+    from digitlab.data import load
+    from digitlab.runner import run_together
+    from digitlab.settings import Settings
+
+    def one_by_one() -> list[dict[str, Any]]:
+        return [run_job(j, f) for j, f in zip(jobs, init_folders, strict=True)]
+
+    if len(jobs) == 1 or any(j.stages for j in jobs):
+        return one_by_one()
+    bases = [Settings.from_dict(j.settings) for j in jobs]
+    first = jobs[0]
+    dataset = load(bases[0].dataset, root=bases[0].data_root)
+    data = job_data(bases[0], first.bias_input, first.validation, dataset)
+    for b in bases[1:]:  # each compared and dropped: one extra copy of the features at a time
+        if not same_data(data, job_data(b, first.bias_input, first.validation, dataset)):
+            return one_by_one()
+    inits = [None if f is None else _load_params(f) for f in init_folders]
+    folders = [Path(j.folder) for j in jobs]
+    for f in folders:
+        f.mkdir(parents=True)
+    try:
+        results = run_together(
+            bases, folders, data=data, init_params=inits, eval_offset=first.eval_offset
+        )
+        out = []
+        for base, folder, result in zip(bases, folders, results, strict=True):
+            # trained_together: the run's seconds are shared by that many runs
+            _record_job(result.metrics, base.seed, folder, trained_together=len(jobs))
+            out.append(result.metrics)
+    except BaseException:
+        for f in folders:
+            shutil.rmtree(f, ignore_errors=True)
+        raise
+    return out
+
+
+def finished_metrics(job: Job) -> dict[str, Any] | None:
+    """The metrics of a job that already finished with the same key, else None."""
+    folder = Path(job.folder)
+    from digitlab.errors import FileReadError
+    from digitlab.runfiles import METRICS, read_json, read_metrics
+
+    try:
+        done = read_json(folder / DONE)
+        metrics = read_metrics(folder / METRICS)
+    except (OSError, FileReadError):
+        return None
+    if not isinstance(done, dict) or done.get("key") != job.key or not isinstance(metrics, dict):
+        return None
+    return metrics
+
+
+@contextlib.contextmanager
+def backend(scheduler: str | None) -> Iterator[None]:
+    """joblib's default (loky processes) or a Dask distributed cluster at ``scheduler``."""
+    import joblib
+
+    if scheduler is None:
+        yield
+        return
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ConfigError(
+            "--scheduler needs dask[distributed]: pip install 'digitlab[dask]'"
+        ) from None
+    try:
+        client = Client(scheduler, timeout=10)
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+    except (ValueError, TypeError) as exc:  # e.g. an unknown address scheme
+        raise ConfigError(f"--scheduler {scheduler!r}: not a Dask address ({exc})") from None
+    try:
+        with joblib.parallel_config(backend="dask"):
+            yield
+    finally:
+        client.close()
+
+
+def _run_task(
+    groups: list[list[tuple[int, Job, str | None]]],
+) -> list[tuple[int, dict[str, Any]]]:
+    """Run a task's groups in order (jobs that finished before are skipped); each job's
+    ``job.json`` is written as soon as it finishes."""
+    from digitlab.runfiles import write_json
+
+    out = []
+    for group in groups:
+        todo = [(i, job, init) for i, job, init in group if not job.metrics]
+        if not todo:
+            continue
+        results = run_jobs_together([job for _, job, _ in todo], [init for _, _, init in todo])
+        for (i, job, _), metrics in zip(todo, results, strict=True):
+            write_json(Path(job.folder) / DONE, {"key": job.key, "settings": job.settings})
+            out.append((i, metrics))
+    return out
+
+
+def run_jobs(
+    jobs: list[Job],
+    n_jobs: int = -1,
+    scheduler: str | None = None,
+    on_done: Callable[[Job], None] | None = None,
+) -> None:
+    """Run the jobs without metrics in parallel tasks; a job runs after the job it starts from.
+
+    A task is a chain (a member, the members that start from it, and so on) run in order in
+    one worker, for one repeat or, when the repeats can share their steps (see
+    :func:`run_jobs_together`), for all repeats at once; tasks start longest first. Each job's
+    ``metrics`` is filled and ``on_done(job)`` called as its task finishes; a job that
+    finished in an earlier run keeps its metrics and is not run again.
+    """
+    import joblib
+
+    tasks = [t for t in plan_tasks(jobs) if any(not jobs[i].metrics for g in t for i in g)]
+    if not tasks:
+        return
+    with backend(scheduler):
+        parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+        calls = (
+            joblib.delayed(_run_task)([[(i, jobs[i], init_folder(jobs, i)) for i in g] for g in t])
+            for t in longest_first(jobs, tasks)
+        )
+        for results in parallel(calls):
+            for i, metrics in results:
+                jobs[i].metrics, jobs[i].ran = metrics, True
+                if on_done is not None:
+                    on_done(jobs[i])
