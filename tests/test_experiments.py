@@ -37,8 +37,9 @@ def test_shipped_experiments_validate_and_cover_every_source():
     exps = builtin_experiments()
     default = {e.source for e in exps.values() if not e.on_request}
     assert default == {"000", "001", "002", "003", "004"}
-    # the MLP rows of LeCun's MNIST table run only when named
-    assert {n for n, e in exps.items() if e.on_request} == {"lecun-mlp", "lecun-mlp-elastic"}
+    # the MLP rows of LeCun's MNIST table and the tricks comparison run only when named
+    on_request = {n for n, e in exps.items() if e.on_request}
+    assert on_request == {"lecun-mlp", "lecun-mlp-elastic", "tricks"}
     for e in exps.values():
         assert e.title and e.protocol and e.section
         assert set(e.figures) <= set(listed_kinds())
@@ -58,8 +59,8 @@ def test_shipped_experiments_validate_and_cover_every_source():
 
 def test_on_request_experiments_run_only_when_named():
     names = [e.name for e in select_experiments([])]
-    assert "lecun-mlp-elastic" not in names and "lecun-mlp" not in names
-    assert "ucsd-softmax" in names and len(names) == len(builtin_experiments()) - 2
+    assert not {"lecun-mlp-elastic", "lecun-mlp", "tricks"} & set(names)
+    assert "ucsd-softmax" in names and len(names) == len(builtin_experiments()) - 3
     assert [e.name for e in select_experiments(["lecun-mlp-elastic"])] == ["lecun-mlp-elastic"]
     assert parse_experiment(TINY | {"on_request": True}, "tiny.toml").on_request is True
     assert parse_experiment(TINY, "tiny.toml").on_request is False

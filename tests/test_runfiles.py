@@ -162,8 +162,9 @@ def test_a_new_figure_kind_is_one_record(trained, tmp_path, monkeypatch) -> None
     shutil.copytree(member_dir, exp_dir / "one")
     metrics = read_metrics(exp_dir / "one" / "metrics.json")
     member = MemberRecord("one", exp_dir / "one", {}, Settings.from_dict(SMALL).to_dict(), metrics)
-    record = ExperimentRecord(exp_dir, "exp", "000", "", "Toy", "", "", ["curves", "largest"],
-                              {}, [member], "one", [], 1.0)  # fmt: skip
+    record = ExperimentRecord(name="exp", source="000", section="", title="Toy", protocol="",
+                              choices="", folder=exp_dir, figures=["curves", "largest"], data={},
+                              members=[member], chosen="one", published=[], seconds=1.0)
     (exp_dir / "experiment.json").write_text(json.dumps(record.to_json()))
     html, _ = write_report(root)
     text = html.read_text()

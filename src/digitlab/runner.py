@@ -176,7 +176,8 @@ def build_trainer(
     cbs = list(callbacks)
     if s.layer_stats:  # a fixed probe batch: the first rows of the validation split
         rows, _ = data.val if data.val is not None else data.train
-        cbs.append(LayerStats(np.asarray(rows.take(slice(0, min(PROBE_ROWS, len(rows)))))))
+        head = slice(0, min(PROBE_ROWS, len(rows)))
+        cbs.append(LayerStats(rows[head] if isinstance(rows, np.ndarray) else rows.take(head)))
     if s.early_stopping:
         cbs.insert(
             0,
