@@ -7,7 +7,8 @@ return are the column names of the run's history (``W1_norm``, ``a1_saturated``,
   and ``W{i}_update_ratio`` = ``||W_after - W_before|| / ||W_before||``;
 - activations of hidden layer ``i`` on the probe batch (evaluation mode): ``a{i}_mean``,
   ``a{i}_std``; for a saturating activation (tanh, sigmoid, scaled tanh) ``a{i}_saturated``, the
-  fraction of the layer's outputs within 1% of the activation's range from one of its limits;
+  fraction of units saturated: within 1% of the activation's range from one of its limits on
+  more than half of the probe rows;
   for a rectifier (relu, leaky_relu) ``a{i}_dead``, the fraction of units never above 0 on the
   probe batch; ``a{i}_hist00`` ... the counts of a fixed-bin histogram (:data:`HIST_BINS` bins
   over :func:`histogram_range`, values outside counted in the end bins);
@@ -87,7 +88,7 @@ def activation_statistics(model: Model, X: np.ndarray) -> dict[str, float]:
             s_lo, s_hi = SATURATING[activation]
             margin = 0.01 * (s_hi - s_lo)
             near = (a <= s_lo + margin) | (a >= s_hi - margin)
-            out[f"a{i}_saturated"] = float(near.mean())
+            out[f"a{i}_saturated"] = float((near.mean(axis=0) > 0.5).mean())
         if activation in RECTIFIERS:
             out[f"a{i}_dead"] = float((a.max(axis=0) <= 0).mean())
         counts, _ = np.histogram(np.clip(a, lo, hi), bins=HIST_BINS, range=(lo, hi))
