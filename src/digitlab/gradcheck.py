@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from digitlab.errors import ConfigError
@@ -37,38 +39,19 @@ def training_loss(model: Model, X: np.ndarray, y: np.ndarray) -> float:
     return model.loss(X, y, training=True, rng=np.random.default_rng(MASK_SEED))
 
 
-def gradcheck(
-    model: Model,
-    X: np.ndarray,
-    y: np.ndarray,
-    eps: float = 1e-2,
-    n_checks: int | None = None,
-    rng: np.random.Generator | int | None = None,
-    dtype: type = np.float64,
-) -> float:
+def gradcheck(model: Model, X: np.ndarray, y: np.ndarray, **options: Any) -> float:
     """Largest absolute difference between analytic and central-difference gradients.
 
     The check runs on a copy of ``model`` converted to ``dtype`` (float64 by default), so the
-    model itself is untouched. The central-difference error is ``O(eps**2)``.
-
-    Parameters
-    ----------
-    model : Model
-    X : ndarray (n, d)
-    y : ndarray of int (n,)
-    eps : float
-        Finite-difference step.
-    n_checks : int, optional
-        Check this many entries of each parameter array, drawn with ``rng``; all when None.
-    rng : Generator or int or None
-    dtype : numpy dtype
+    model itself is untouched. The central-difference error is ``O(eps**2)``. ``options`` are
+    those of :func:`gradcheck_arrays` (``eps``, ``n_checks``, ``rng``, ``dtype``).
 
     Returns
     -------
     float
-        ``max |numerical - analytic|`` over the checked entries.
+        ``max |numerical - analytic|`` over the checked entries of every array.
     """
-    per_array = gradcheck_arrays(model, X, y, eps, n_checks, rng, dtype)
+    per_array = gradcheck_arrays(model, X, y, **options)
     return max(abs_err for abs_err, _ in per_array.values())
 
 
@@ -81,7 +64,19 @@ def gradcheck_arrays(
     rng: np.random.Generator | int | None = None,
     dtype: type = np.float64,
 ) -> dict[str, tuple[float, float]]:
-    """:func:`gradcheck` per parameter array.
+    """Analytic against central-difference gradients, per parameter array.
+
+    Parameters
+    ----------
+    model : Model
+    X : ndarray (n, d)
+    y : ndarray of int (n,)
+    eps : float
+        Finite-difference step.
+    n_checks : int, optional
+        Check this many entries of each parameter array, drawn with ``rng``; all when None.
+    rng : Generator or int or None
+    dtype : numpy dtype
 
     Returns
     -------

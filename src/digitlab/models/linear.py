@@ -23,6 +23,9 @@ from digitlab.models.functional import (
 class LinearModel(Model):
     """Shared constructor and affine map ``z = X W + b`` of the two linear models."""
 
+    convex = True
+    image_weights = "W"
+
     def __init__(
         self,
         n_features: int,
@@ -127,8 +130,6 @@ class LogisticModel(LinearModel):
     """
 
     kind = "logistic"
-    convex = True
-    image_weights = "W"
     image_columns = "pair"
 
     @classmethod
@@ -187,8 +188,6 @@ class SoftmaxModel(LinearModel):
     """
 
     kind = "softmax"
-    convex = True
-    image_weights = "W"
     image_columns = "class"
 
     @classmethod
