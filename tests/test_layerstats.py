@@ -83,3 +83,21 @@ def test_statistics_of_a_resumed_run_equal_an_uninterrupted_one(tmp_path):
     strip = [{k: v for k, v in r.items() if k != "time"} for r in full.history.records]
     assert [{k: v for k, v in r.items() if k != "time"} for r in resumed.history.records] == strip
     assert "a1_hist00" in full.history.columns and "W2_update_ratio" in full.history.columns
+
+
+def test_a_cli_run_records_layer_statistics_and_the_reader_returns_them(tmp_path):
+    from digitlab.cli import main
+    from digitlab.runfiles import read_layer_stats
+
+    args = ["train", "--model", "mlp", "--hidden", "16,8", "--activation", "tanh",
+            "--dataset", "mnist-5k", "--n-train", "400", "--n-test", "100", "--epochs", "2",
+            "--quiet", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    folder = next((tmp_path / "mlp").iterdir())
+    stats = read_layer_stats(folder)
+    assert stats["step"].shape == (2,)
+    assert {"W1_norm", "W3_update_ratio", "a1_saturated", "a2_hist15"} <= set(stats)
+    assert "train_loss" not in stats and np.all(stats["W1_norm"] > 0)
+    assert main([*args, "--no-layer-stats"]) == 0
+    newest = sorted((tmp_path / "mlp").iterdir())[-1]
+    assert set(read_layer_stats(newest)) == {"step"}
