@@ -13,6 +13,7 @@ from digitlab.optim.schedules import (
     InverseTime,
     Schedule,
     StepDecay,
+    WarmupCosine,
     make_schedule,
 )
 from digitlab.optim.sgd import SGD
@@ -32,6 +33,7 @@ __all__ = [
     "Schedule",
     "SlotOptimizer",
     "StepDecay",
+    "WarmupCosine",
     "lbfgs",
     "make_optimizer",
     "make_schedule",
