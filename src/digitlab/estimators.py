@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 from scipy.special import expit, log_expit, log_softmax, softmax
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
@@ -273,21 +273,44 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         lr = float(self.learning_rate_init)
         return Constant(lr) if self.anneal_T is None else InverseTime(lr, float(self.anneal_T))
 
+    def _batch_spec(self) -> int | str:
+        """Rows per step of the gradient solver: "full", 1 or the mini-batch size."""
+        batching = _BATCHING.get(self.solver, "minibatch")
+        if batching == "minibatch":
+            return AUTO_BATCH if self.batch_size == "auto" else int(self.batch_size)
+        return "full" if batching == "full" else 1
+
+    def sweep_setup(self, X: Any, y: Any) -> tuple[Model, np.ndarray, np.ndarray, Optimizer, Any]:
+        """What the learning-rate range test (:func:`digitlab.lrfind.lr_find`) trains.
+
+        Returns a freshly initialised model of these parameters, ``X (n, d)`` as validated,
+        the labels as class indices ``(n,)``, the solver's update rule and its batch size. This
+        estimator is left unchanged (a clone is validated).
+
+        Raises
+        ------
+        ValueError
+            ``solver="lbfgs"`` (it has no learning rate).
+        """
+        if self.solver == "lbfgs":
+            raise ValueError("solver='lbfgs' has no learning rate to find; use a gradient solver")
+        est = clone(self)
+        X, y = est._validate_xy(X, y, reset=True)
+        est.classes_ = est._check_classes(y)
+        model = est._new_model(X, est._generator())
+        return model, X, est._encode(y), est._optimizer(), est._batch_spec()
+
     def _start_run(self, model: Model, rng: np.random.Generator) -> None:
         """A trainer with fresh optimiser state, step count and history for a gradient run."""
         self.history_ = History()
         self._loss_curve = _LossCurve()
-        batching = _BATCHING.get(self.solver, "minibatch")
-        spec: int | str = "full" if batching == "full" else 1
-        if batching == "minibatch":
-            spec = AUTO_BATCH if self.batch_size == "auto" else int(self.batch_size)
         self._trainer = Trainer(
             model,
             optimizer=self._optimizer(),
             schedule=self._schedule(),
-            batch_size=spec,
+            batch_size=self._batch_spec(),
             shuffle=self.shuffle,
-            replacement=batching == "single",
+            replacement=_BATCHING.get(self.solver) == "single",
             callbacks=[self.history_, self._loss_curve],
             rng=rng,
         )

@@ -10,6 +10,7 @@ from digitlab.optim.rmsprop import RMSprop
 from digitlab.optim.schedules import (
     SCHEDULES,
     Constant,
+    Exponential,
     InverseTime,
     Schedule,
     StepDecay,
@@ -25,6 +26,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Constant",
+    "Exponential",
     "InverseTime",
     "LBFGSResult",
     "Nesterov",

@@ -156,12 +156,36 @@ class WarmupCosine:
         return {"name": "cosine", **asdict(self)}
 
 
-Schedule = Constant | InverseTime | StepDecay | WarmupCosine
+@dataclass(frozen=True)
+class Exponential:
+    """``lr(t) = start * (end / start) ** (t / (steps - 1))``, ``t`` the optimiser steps taken:
+    ``start`` at the first step, ``end`` at step ``steps - 1`` (the learning-rate range test)."""
+
+    start: float
+    end: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        _check_positive("start rate", self.start)
+        if not self.end > self.start:
+            raise ConfigError(f"end rate must be above the start rate, got {self.end}")
+        if int(self.steps) < 2:
+            raise ConfigError(f"an exponential sweep needs >= 2 steps, got {self.steps}")
+
+    def __call__(self, step: int, epoch: int) -> float:
+        return self.start * (self.end / self.start) ** (step / (int(self.steps) - 1))
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "exponential", **asdict(self)}
+
+
+Schedule = Constant | InverseTime | StepDecay | WarmupCosine | Exponential
 SCHEDULES: dict[str, type] = {
     "constant": Constant,
     "inverse_time": InverseTime,
     "step": StepDecay,
     "cosine": WarmupCosine,
+    "exponential": Exponential,
 }
 
 
