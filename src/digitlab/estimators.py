@@ -492,7 +492,9 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
     ) -> None:
         """Exact optimum in float64; ``tol`` bounds the largest gradient component."""
         gtol = 0.0 if self.tol is None else float(self.tol)
-        res = lbfgs(model, X, y, max_iter=self.max_iter, gtol=gtol, sample_weight=weight)
+        start = None if X.dtype == np.float64 else np.float32  # float64 features: float64 only
+        res = lbfgs(model, X, y, max_iter=self.max_iter, gtol=gtol, start_dtype=start,
+                    sample_weight=weight)  # fmt: skip
         self.model_ = res.model
         self.n_iter_ = res.n_iter
         record = {"step": res.n_iter, "epoch": res.n_iter, "weight_norm": res.model.weight_norm()}
@@ -736,15 +738,15 @@ class MLPClassifier(_DigitlabClassifier):
     def __init__(
         self,
         hidden_layer_sizes: int | tuple[int, ...] = (100,),
-        activation: str = "tanh",
+        activation: str = "relu",
         *,
         penalty: str | None = "l2",
-        alpha: float = 1e-4,
+        alpha: float = 1e-5,
         solver: str = "minibatch",
         batch_size: int | str = "auto",
         learning_rate_init: float = 0.1,
-        anneal_T: float | None = None,
-        momentum: float = 0.0,
+        anneal_T: float | None = 10.0,
+        momentum: float = 0.9,
         beta_1: float = 0.9,
         beta_2: float = 0.999,
         epsilon: float = 1e-8,
@@ -829,6 +831,12 @@ MLPClassifier.__doc__ = _docstring(
 
     Unlike scikit-learn's MLPClassifier it offers L1 penalties, ``eta0 / (1 + t / T)``
     annealing, a validation-loss history and restore-best early stopping.
+
+    The defaults are the measured recipe (``benchmarks/estimator_defaults.py``): ReLU units,
+    mini-batches of 200 with heavy-ball momentum 0.9, rate 0.1 annealed as ``0.1 / (1 + t/10)``
+    (t in epochs), a light L2 penalty ``alpha=1e-5``. At equal ``max_iter`` they reach a higher
+    test accuracy on MNIST and Fashion-MNIST than scikit-learn's ``MLPClassifier()`` (Adam,
+    rate 1e-3); the previous defaults (tanh, no momentum, no annealing) trailed it.
 """,
     lbfgs=False,
     extra_params="""    hidden_layer_sizes : int or tuple of int
