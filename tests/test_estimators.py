@@ -566,3 +566,14 @@ def test_sample_weight_in_a_pipeline():
     w = np.where(y == 2, 0.0, 1.0)
     pipe.fit(X, y, softmaxregression__sample_weight=w)
     assert pipe[-1].history_.records[-1]["train_acc"] > 0.5
+
+
+@pytest.mark.parametrize("alpha", [1e-4, 1e-3])
+@pytest.mark.parametrize("tol", [1e-4, 1e-6, 1e-8])
+@pytest.mark.parametrize("make", [LogisticRegression, SoftmaxRegression])
+def test_lbfgs_takes_the_same_path_on_weighted_and_repeated_rows(make, tol, alpha):
+    """The sample-weight check of scikit-learn at any tolerance: the solver's coordinates come
+    from weighted moments rounded to float32, so rounding noise does not move the path."""
+    from sklearn.utils.estimator_checks import check_sample_weight_equivalence_on_dense_data
+
+    check_sample_weight_equivalence_on_dense_data(make.__name__, make(tol=tol, alpha=alpha))

@@ -144,7 +144,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         self,
         *,
         penalty: str | None = "l2",
-        alpha: float = 1e-4,
+        alpha: float = 1e-3,
         solver: str = "lbfgs",
         batch_size: int | str = "auto",
         learning_rate_init: float = 0.1,
@@ -680,7 +680,10 @@ class LogisticRegression(_DigitlabClassifier):
 LogisticRegression.__doc__ = _docstring(
     """Binary logistic regression, ``P(classes_[1] | x) = sigmoid(x w + b)``.
 
-    ``y`` must hold exactly two classes (any labels).
+    ``y`` must hold exactly two classes (any labels). The default ``alpha=1e-3`` was measured
+    (``benchmarks/estimator_defaults.py``): on 10,000 MNIST and Fashion-MNIST images it predicts
+    the test sets at least as well as scikit-learn's ``LogisticRegression()`` (``alpha=1e-4``
+    overfits the Fashion-MNIST pair).
 """,
     lbfgs=True,
     extra_attrs="""    coef_ : ndarray (1, n_features)
@@ -716,7 +719,8 @@ SoftmaxRegression.__doc__ = _docstring(
     """Softmax (multinomial logistic) regression for any number of classes, two included.
 
     With two classes, ``coef_`` and ``intercept_`` are the differences of the two classes'
-    weights and biases (the log-odds of ``classes_[1]``), as in scikit-learn.
+    weights and biases (the log-odds of ``classes_[1]``), as in scikit-learn. The default
+    ``alpha=1e-3`` was measured as :class:`LogisticRegression`'s.
 """,
     lbfgs=True,
     extra_attrs="""    coef_ : ndarray (n_classes, n_features), or (1, n_features) for two classes

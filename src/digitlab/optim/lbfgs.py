@@ -90,10 +90,10 @@ def lbfgs(
     How it is fast (the objective and its optimum are unchanged):
 
     - Coordinates: the solver sees ``theta = (P^-1 W, b + W^T mu)`` with ``mu`` the feature
-      means and ``P = (C + 2 l2 k / n_eff I)^(-1/2)``, ``C`` the features' covariance (from
-      every 4th row): an exact linear reparametrisation that centres and whitens the
-      features, so the Hessian is close to a multiple of the identity and L-BFGS's scalar
-      initial Hessian fits (on MNIST 56 iterations instead of 114; setting up ``P`` costs
+      means and ``P = (C + 2 l2 k / n_eff I)^(-1/2)``, ``C`` the features' covariance (all
+      weighted rows, rounded to float32): an exact linear reparametrisation that centres and
+      whitens the features, so the Hessian is close to a multiple of the identity and L-BFGS's
+      scalar initial Hessian fits (on MNIST 56 iterations instead of 114; setting up ``P`` costs
       one ``d x d`` eigendecomposition). Gradients map back by the chain rule:
       ``dtheta_W = P (dW - mu db^T)``, ``dtheta_b = db``.
     - Precision and memory: ``X`` is never copied; blocks are converted as they are used.
@@ -212,8 +212,10 @@ class _Coordinates:
             s1 += wblock.sum(axis=0, dtype=np.float64)  # blocks summed in float64
             s2 += wblock.T @ block if full else np.einsum("ij,ij->j", wblock, block)
             m += float(w.sum(dtype=np.float64))
-        mean = s1 / m
-        cov = s2 / m
+        # rounded to float32: rounding noise of the sums (another row order, a weight 2 for a
+        # repeated row) then leaves the coordinates unchanged, and with them the solver's path
+        mean = (s1 / m).astype(np.float32).astype(np.float64)
+        cov = (s2 / m).astype(np.float32).astype(np.float64)
         if self.has_b:  # centred: the bias absorbs the mean
             cov = cov - (np.outer(mean, mean) if full else mean**2)
         k = max(model.n_classes, 2)
