@@ -179,3 +179,24 @@ def test_resume_from_every_periodic_checkpoint_is_bit_identical(schedule, tmp_pa
         strip = [{**r, "time": 0} for r in full.history.records]
         assert [{**r, "time": 0} for r in resumed.history.records] == strip, at
         assert resumed.lr_scale == full.lr_scale
+
+
+def test_estimator_schedules_cosine_and_plateau():
+    from digitlab import SoftmaxRegression
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(120, 6)), rng.integers(0, 3, size=120)
+    est = SoftmaxRegression(solver="gd", schedule="cosine", learning_rate_init=0.5, max_iter=6,
+                            tol=None).fit(X, y)  # fmt: skip
+    expected = [WarmupCosine(0.5, 6.0, unit="epoch")(0, e) for e in range(6)]
+    np.testing.assert_allclose(est.history_.series("lr"), expected, rtol=1e-12)
+    # random labels at a rate far too high: the objective stalls, the rate drops by 5x
+    est = SoftmaxRegression(solver="gd", schedule="plateau", learning_rate_init=200.0,
+                            max_iter=12, tol=None, alpha=0.0).fit(X, y)  # fmt: skip
+    rates = est.history_.series("lr")
+    drops = rates[1:] / rates[:-1]
+    assert (np.isclose(drops, 1.0) | np.isclose(drops, 0.2)).all() and (drops < 1).any(), rates
+    with pytest.raises(ValueError, match="anneal_T"):
+        SoftmaxRegression(solver="gd", schedule="inverse_time").fit(X, y)
+    with pytest.raises(ValueError):
+        SoftmaxRegression(solver="gd", schedule="linear").fit(X, y)

@@ -36,9 +36,20 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from digitlab.models import LogisticModel, MLPModel, Model, SoftmaxModel
-from digitlab.optim import OPTIMIZERS, Constant, InverseTime, Optimizer, lbfgs, make_optimizer
-from digitlab.train import Callback, EarlyStopping, History, Trainer, evaluate
+from digitlab.optim import (
+    OPTIMIZERS,
+    Constant,
+    InverseTime,
+    Optimizer,
+    Schedule,
+    WarmupCosine,
+    lbfgs,
+    make_optimizer,
+)
+from digitlab.train import Callback, EarlyStopping, History, ReduceLROnPlateau, Trainer, evaluate
 
+#: ``schedule`` values of the gradient solvers.
+_SCHEDULES = ("constant", "inverse_time", "cosine", "plateau")
 AUTO_BATCH = 200  # rows per mini-batch for batch_size="auto" (at most n)
 _DTYPES = [np.float64, np.float32]  # float32 input stays float32, anything else -> float64
 # solver -> batching: the plain update rule (registry "sgd") full-batch, in mini-batches or on
@@ -123,6 +134,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "anneal_T": [Interval(Real, 0, None, closed="neither"), None],
+        "schedule": [StrOptions(set(_SCHEDULES)), None],
         "momentum": [Interval(Real, 0, 1, closed="left")],
         "beta_1": [Interval(Real, 0, 1, closed="left")],
         "beta_2": [Interval(Real, 0, 1, closed="left")],
@@ -149,6 +161,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         batch_size: int | str = "auto",
         learning_rate_init: float = 0.1,
         anneal_T: float | None = None,
+        schedule: str | None = None,
         momentum: float = 0.0,
         beta_1: float = 0.9,
         beta_2: float = 0.999,
@@ -171,6 +184,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
         self.anneal_T = anneal_T
+        self.schedule = schedule
         self.momentum = momentum
         self.beta_1 = beta_1
         self.beta_2 = beta_2
@@ -269,9 +283,17 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         }
         return make_optimizer({"name": rule, **config})
 
-    def _schedule(self) -> Constant | InverseTime:
+    def _schedule(self) -> Schedule:
+        """The rate's schedule over epochs (``schedule``; None: by ``anneal_T``)."""
         lr = float(self.learning_rate_init)
-        return Constant(lr) if self.anneal_T is None else InverseTime(lr, float(self.anneal_T))
+        name = self.schedule or ("constant" if self.anneal_T is None else "inverse_time")
+        if name == "inverse_time":
+            if self.anneal_T is None:
+                raise ValueError("schedule='inverse_time' needs anneal_T")
+            return InverseTime(lr, float(self.anneal_T))
+        if name == "cosine":
+            return WarmupCosine(lr, float(self.max_iter), unit="epoch")
+        return Constant(lr)  # "constant", and "plateau" (its callback scales it)
 
     def _batch_spec(self) -> int | str:
         """Rows per step of the gradient solver: "full", 1 or the mini-batch size."""
@@ -311,9 +333,16 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
             batch_size=self._batch_spec(),
             shuffle=self.shuffle,
             replacement=_BATCHING.get(self.solver) == "single",
-            callbacks=[self.history_, self._loss_curve],
+            callbacks=[self.history_, self._loss_curve, *self._plateau()],
             rng=rng,
         )
+
+    def _plateau(self) -> list[Callback]:
+        """``schedule="plateau"``: scikit-learn's "adaptive" rule (the rate divided by 5 once
+        two epochs in a row have not lowered the training objective), for the whole run."""
+        if self.schedule != "plateau":
+            return []
+        return [ReduceLROnPlateau("train_objective", factor=0.2, patience=1, threshold=0.0)]
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
@@ -581,6 +610,11 @@ $extra_params    penalty : {"l2", "l1"} or None
     anneal_T : float or None
         Anneal the rate as ``eta0 / (1 + t / anneal_T)``, ``t`` in completed epochs;
         None keeps it constant.
+    schedule : {"constant", "inverse_time", "cosine", "plateau"} or None
+        The rate over epochs: None follows ``anneal_T``; "cosine" falls from ``eta0`` to 0
+        over ``max_iter`` epochs (``digitlab.optim.WarmupCosine``); "plateau" divides it by 5
+        whenever two epochs in a row have not lowered the training objective (scikit-learn's
+        ``learning_rate="adaptive"``; ``digitlab.train.ReduceLROnPlateau``).
     momentum : float
         Heavy-ball momentum in [0, 1) ("gd", "minibatch", "sgd"); Nesterov's momentum for
         "nesterov" (must be > 0); RMSprop's momentum for "rmsprop".
@@ -750,6 +784,7 @@ class MLPClassifier(_DigitlabClassifier):
         batch_size: int | str = "auto",
         learning_rate_init: float = 0.1,
         anneal_T: float | None = 5.0,
+        schedule: str | None = None,
         momentum: float = 0.9,
         beta_1: float = 0.9,
         beta_2: float = 0.999,
@@ -773,6 +808,7 @@ class MLPClassifier(_DigitlabClassifier):
             batch_size=batch_size,
             learning_rate_init=learning_rate_init,
             anneal_T=anneal_T,
+            schedule=schedule,
             momentum=momentum,
             beta_1=beta_1,
             beta_2=beta_2,
