@@ -295,6 +295,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         out(format_results(results))
     return 0 if all(r.ok for r in results) else 1
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from digitlab.lrfind import lr_find_settings
+    from digitlab.settings import COMMAND_LINE, Settings, options_given, read_toml
+
+    layers = [(str(args.config), read_toml(args.config))] if args.config else []
+    settings = Settings.merge([*layers, (COMMAND_LINE, options_given(args))])
+    result, data = lr_find_settings(
+        settings, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.sweep_steps
+    )
+    for note in data.notes:
+        out(note)
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    result.to_csv(folder / "lr_find.csv")
+    result.plot(folder / "lr_find.png", title=f"lr-find: {settings.model} on {settings.dataset}")
+    out(f"{len(result.lrs)} steps from {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}; "
+        f"{result.stop_reason}")  # fmt: skip
+    out(f"smoothed loss lowest at lr {result.min_loss_lr:.4g}")
+    out(f"suggested lr {result.suggestion:.4g}   (steepest descent of the smoothed loss)")
+    out(f"wrote {folder / 'lr_find.csv'} and {folder / 'lr_find.png'}")
+    return 0
+
 
 def cmd_data(args: argparse.Namespace) -> int:
     from digitlab.data import download, list_datasets, load, locate
@@ -562,6 +584,21 @@ def build_parser() -> argparse.ArgumentParser:
     runs_options(t)
     add_options(t)
     t.set_defaults(func=cmd_train)
+
+    lf = sub.add_parser(
+        "lr-find", help="learning-rate range test: sweep, suggested rate, plot",
+        description="Train a fresh model of the run's settings while the rate grows "
+        "exponentially from --start-lr to --end-lr, smooth the loss (EMA, beta 0.98), stop "
+        "when it exceeds 4x its best, suggest the rate where it falls fastest; writes "
+        "lr_find.csv and lr_find.png to --out. Nothing of the model is kept.",
+    )  # fmt: skip
+    lf.add_argument("--config", help="TOML file of settings (command-line options override it)")
+    lf.add_argument("--out", default="lr-find", help="output folder (default: lr-find)")
+    lf.add_argument("--start-lr", type=float, default=1e-7, help="(default: 1e-7)")
+    lf.add_argument("--end-lr", type=float, default=10.0, help="(default: 10)")
+    lf.add_argument("--sweep-steps", type=_positive_int, default=100, help="(default: 100)")
+    add_options(lf)
+    lf.set_defaults(func=cmd_lr_find)
 
     r = sub.add_parser("resume", help="continue a run from its checkpoint", description=RESUME_NOTE)
     r.add_argument("checkpoint")

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 from scipy.special import expit, log_expit, log_softmax, softmax
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
@@ -36,9 +36,20 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from digitlab.models import LogisticModel, MLPModel, Model, SoftmaxModel
-from digitlab.optim import OPTIMIZERS, Constant, InverseTime, Optimizer, lbfgs, make_optimizer
-from digitlab.train import Callback, EarlyStopping, History, Trainer, evaluate
+from digitlab.optim import (
+    OPTIMIZERS,
+    Constant,
+    InverseTime,
+    Optimizer,
+    Schedule,
+    WarmupCosine,
+    lbfgs,
+    make_optimizer,
+)
+from digitlab.train import Callback, EarlyStopping, History, ReduceLROnPlateau, Trainer, evaluate
 
+#: ``schedule`` values of the gradient solvers.
+_SCHEDULES = ("constant", "inverse_time", "cosine", "plateau")
 AUTO_BATCH = 200  # rows per mini-batch for batch_size="auto" (at most n)
 _DTYPES = [np.float64, np.float32]  # float32 input stays float32, anything else -> float64
 # solver -> batching: the plain update rule (registry "sgd") full-batch, in mini-batches or on
@@ -123,6 +134,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "anneal_T": [Interval(Real, 0, None, closed="neither"), None],
+        "schedule": [StrOptions(set(_SCHEDULES)), None],
         "momentum": [Interval(Real, 0, 1, closed="left")],
         "beta_1": [Interval(Real, 0, 1, closed="left")],
         "beta_2": [Interval(Real, 0, 1, closed="left")],
@@ -144,11 +156,12 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         self,
         *,
         penalty: str | None = "l2",
-        alpha: float = 1e-4,
+        alpha: float = 1e-3,
         solver: str = "lbfgs",
         batch_size: int | str = "auto",
         learning_rate_init: float = 0.1,
         anneal_T: float | None = None,
+        schedule: str | None = None,
         momentum: float = 0.0,
         beta_1: float = 0.9,
         beta_2: float = 0.999,
@@ -171,6 +184,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
         self.anneal_T = anneal_T
+        self.schedule = schedule
         self.momentum = momentum
         self.beta_1 = beta_1
         self.beta_2 = beta_2
@@ -269,28 +283,66 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
         }
         return make_optimizer({"name": rule, **config})
 
-    def _schedule(self) -> Constant | InverseTime:
+    def _schedule(self) -> Schedule:
+        """The rate's schedule over epochs (``schedule``; None: by ``anneal_T``)."""
         lr = float(self.learning_rate_init)
-        return Constant(lr) if self.anneal_T is None else InverseTime(lr, float(self.anneal_T))
+        name = self.schedule or ("constant" if self.anneal_T is None else "inverse_time")
+        if name == "inverse_time":
+            if self.anneal_T is None:
+                raise ValueError("schedule='inverse_time' needs anneal_T")
+            return InverseTime(lr, float(self.anneal_T))
+        if name == "cosine":
+            return WarmupCosine(lr, float(self.max_iter), unit="epoch")
+        return Constant(lr)  # "constant", and "plateau" (its callback scales it)
+
+    def _batch_spec(self) -> int | str:
+        """Rows per step of the gradient solver: "full", 1 or the mini-batch size."""
+        batching = _BATCHING.get(self.solver, "minibatch")
+        if batching == "minibatch":
+            return AUTO_BATCH if self.batch_size == "auto" else int(self.batch_size)
+        return "full" if batching == "full" else 1
+
+    def sweep_setup(self, X: Any, y: Any) -> tuple[Model, np.ndarray, np.ndarray, Optimizer, Any]:
+        """What the learning-rate range test (:func:`digitlab.lrfind.lr_find`) trains.
+
+        Returns a freshly initialised model of these parameters, ``X (n, d)`` as validated,
+        the labels as class indices ``(n,)``, the solver's update rule and its batch size. This
+        estimator is left unchanged (a clone is validated).
+
+        Raises
+        ------
+        ValueError
+            ``solver="lbfgs"`` (it has no learning rate).
+        """
+        if self.solver == "lbfgs":
+            raise ValueError("solver='lbfgs' has no learning rate to find; use a gradient solver")
+        est = clone(self)
+        X, y = est._validate_xy(X, y, reset=True)
+        est.classes_ = est._check_classes(y)
+        model = est._new_model(X, est._generator())
+        return model, X, est._encode(y), est._optimizer(), est._batch_spec()
 
     def _start_run(self, model: Model, rng: np.random.Generator) -> None:
         """A trainer with fresh optimiser state, step count and history for a gradient run."""
         self.history_ = History()
         self._loss_curve = _LossCurve()
-        batching = _BATCHING.get(self.solver, "minibatch")
-        spec: int | str = "full" if batching == "full" else 1
-        if batching == "minibatch":
-            spec = AUTO_BATCH if self.batch_size == "auto" else int(self.batch_size)
         self._trainer = Trainer(
             model,
             optimizer=self._optimizer(),
             schedule=self._schedule(),
-            batch_size=spec,
+            batch_size=self._batch_spec(),
             shuffle=self.shuffle,
-            replacement=batching == "single",
-            callbacks=[self.history_, self._loss_curve],
+            replacement=_BATCHING.get(self.solver) == "single",
+            callbacks=[self.history_, self._loss_curve, *self._plateau()],
             rng=rng,
         )
+
+    def _plateau(self) -> list[Callback]:
+        """``schedule="plateau"``: scikit-learn's "adaptive" rule (the rate divided by 5 once
+        two epochs in a row have not lowered the training objective), for the whole run."""
+        if self.schedule != "plateau":
+            return []
+        return [ReduceLROnPlateau("train_objective", factor=0.2, patience=1, threshold=0.0)]
 
     # ------------------------------------------------------------------ fitting
     @_fit_context(prefer_skip_nested_validation=True)
@@ -469,7 +521,9 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
     ) -> None:
         """Exact optimum in float64; ``tol`` bounds the largest gradient component."""
         gtol = 0.0 if self.tol is None else float(self.tol)
-        res = lbfgs(model, X, y, max_iter=self.max_iter, gtol=gtol, sample_weight=weight)
+        start = None if X.dtype == np.float64 else np.float32  # float64 features: float64 only
+        res = lbfgs(model, X, y, max_iter=self.max_iter, gtol=gtol, start_dtype=start,
+                    sample_weight=weight)  # fmt: skip
         self.model_ = res.model
         self.n_iter_ = res.n_iter
         record = {"step": res.n_iter, "epoch": res.n_iter, "weight_norm": res.model.weight_norm()}
@@ -556,6 +610,11 @@ $extra_params    penalty : {"l2", "l1"} or None
     anneal_T : float or None
         Anneal the rate as ``eta0 / (1 + t / anneal_T)``, ``t`` in completed epochs;
         None keeps it constant.
+    schedule : {"constant", "inverse_time", "cosine", "plateau"} or None
+        The rate over epochs: None follows ``anneal_T``; "cosine" falls from ``eta0`` to 0
+        over ``max_iter`` epochs (``digitlab.optim.WarmupCosine``); "plateau" divides it by 5
+        whenever two epochs in a row have not lowered the training objective (scikit-learn's
+        ``learning_rate="adaptive"``; ``digitlab.train.ReduceLROnPlateau``).
     momentum : float
         Heavy-ball momentum in [0, 1) ("gd", "minibatch", "sgd"); Nesterov's momentum for
         "nesterov" (must be > 0); RMSprop's momentum for "rmsprop".
@@ -655,7 +714,10 @@ class LogisticRegression(_DigitlabClassifier):
 LogisticRegression.__doc__ = _docstring(
     """Binary logistic regression, ``P(classes_[1] | x) = sigmoid(x w + b)``.
 
-    ``y`` must hold exactly two classes (any labels).
+    ``y`` must hold exactly two classes (any labels). The default ``alpha=1e-3`` was measured
+    (``benchmarks/estimator_defaults.py``): on 10,000 MNIST and Fashion-MNIST images it predicts
+    the test sets at least as well as scikit-learn's ``LogisticRegression()`` (``alpha=1e-4``
+    overfits the Fashion-MNIST pair).
 """,
     lbfgs=True,
     extra_attrs="""    coef_ : ndarray (1, n_features)
@@ -691,7 +753,8 @@ SoftmaxRegression.__doc__ = _docstring(
     """Softmax (multinomial logistic) regression for any number of classes, two included.
 
     With two classes, ``coef_`` and ``intercept_`` are the differences of the two classes'
-    weights and biases (the log-odds of ``classes_[1]``), as in scikit-learn.
+    weights and biases (the log-odds of ``classes_[1]``), as in scikit-learn. The default
+    ``alpha=1e-3`` was measured as :class:`LogisticRegression`'s.
 """,
     lbfgs=True,
     extra_attrs="""    coef_ : ndarray (n_classes, n_features), or (1, n_features) for two classes
@@ -713,15 +776,16 @@ class MLPClassifier(_DigitlabClassifier):
     def __init__(
         self,
         hidden_layer_sizes: int | tuple[int, ...] = (100,),
-        activation: str = "tanh",
+        activation: str = "relu",
         *,
         penalty: str | None = "l2",
-        alpha: float = 1e-4,
+        alpha: float = 1e-5,
         solver: str = "minibatch",
         batch_size: int | str = "auto",
         learning_rate_init: float = 0.1,
-        anneal_T: float | None = None,
-        momentum: float = 0.0,
+        anneal_T: float | None = 5.0,
+        schedule: str | None = None,
+        momentum: float = 0.9,
         beta_1: float = 0.9,
         beta_2: float = 0.999,
         epsilon: float = 1e-8,
@@ -744,6 +808,7 @@ class MLPClassifier(_DigitlabClassifier):
             batch_size=batch_size,
             learning_rate_init=learning_rate_init,
             anneal_T=anneal_T,
+            schedule=schedule,
             momentum=momentum,
             beta_1=beta_1,
             beta_2=beta_2,
@@ -806,6 +871,12 @@ MLPClassifier.__doc__ = _docstring(
 
     Unlike scikit-learn's MLPClassifier it offers L1 penalties, ``eta0 / (1 + t / T)``
     annealing, a validation-loss history and restore-best early stopping.
+
+    The defaults are the measured recipe (``benchmarks/estimator_defaults.py``): ReLU units,
+    mini-batches of 200 with heavy-ball momentum 0.9, rate 0.1 annealed as ``0.1 / (1 + t/5)``
+    (t in epochs), a light L2 penalty ``alpha=1e-5``. At equal ``max_iter`` they reach a higher
+    test accuracy on MNIST and Fashion-MNIST than scikit-learn's ``MLPClassifier()`` (Adam,
+    rate 1e-3); the previous defaults (tanh, no momentum, no annealing) trailed it.
 """,
     lbfgs=False,
     extra_params="""    hidden_layer_sizes : int or tuple of int

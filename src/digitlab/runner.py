@@ -50,7 +50,9 @@ from digitlab.train import (
     fit_together,
     graceful_interrupts,
     predict,
+    resolve_batch_size,
 )
+from digitlab.train.batching import steps_per_epoch
 from digitlab.train.layerstats import PROBE_ROWS, LayerStats
 
 
@@ -156,6 +158,18 @@ def build_run_model(settings: Settings, n_features: int, n_classes: int) -> Mode
     )
 
 
+def run_length(settings: Settings, n: int) -> float:
+    """The length of a run of ``settings`` on ``n`` training rows in ``anneal_unit``: its
+    total steps, or those over the steps per epoch."""
+    s = settings
+    batch = 1 if s.batch == "sgd" else s.batch
+    spe = steps_per_epoch(
+        resolve_batch_size(batch, n), n, drop_last=s.drop_last, replacement=s.batch == "sgd"
+    )
+    total = min(t for t in (s.epochs and s.epochs * spe, s.steps) if t is not None)
+    return total if s.anneal_unit == "step" else total / spe
+
+
 def build_trainer(
     settings: Settings,
     model: Model,
@@ -178,6 +192,9 @@ def build_trainer(
         rows, _ = data.val if data.val is not None else data.train
         head = slice(0, min(PROBE_ROWS, len(rows)))
         cbs.append(LayerStats(rows[head] if isinstance(rows, np.ndarray) else rows.take(head)))
+    plateau = s.plateau_callback()
+    if plateau is not None:
+        cbs.insert(0, plateau)
     if s.early_stopping:
         cbs.insert(
             0,
@@ -191,7 +208,7 @@ def build_trainer(
     return Trainer(
         model,
         optimizer=make_optimizer(s.optimizer_config()),
-        schedule=s.schedule(),
+        schedule=s.make_schedule(run_length(s, len(data.train[1]))),
         batch_size=batch,
         shuffle=s.shuffle,
         drop_last=s.drop_last,

@@ -43,6 +43,15 @@ SPLITS: dict[str, str] = {
     "all": "every image, or the first n_train / last n_test",
     "seed": "the reports' split: first 20,000 train, last 2,000 test, first 10% held out",
 }
+#: ``schedule`` values: name -> rule (``t`` as ``anneal_unit`` says).
+SCHEDULE_TEXT: dict[str, str] = {
+    "constant": "lr",
+    "inverse_time": "lr / (1 + t/anneal_T)",
+    "step": "lr * step_gamma^floor(t/step_every)",
+    "cosine": "linear warm-up over warmup, then cosine from lr to eta_min at the run's end",
+    "plateau": "lr times plateau_factor after plateau_patience evaluations without "
+    "improvement of plateau_monitor",
+}
 #: Metrics early stopping can watch (the trainer's evaluation records): name -> meaning.
 MONITORS: dict[str, str] = {
     f"{split}_{key}": f"{what} on the {name} split"
@@ -298,7 +307,41 @@ class Settings:
         open_low=True, optional=True, flag="--anneal-T",
         by_model={"logistic": None, "softmax": None, "mlp": 2.0},
     )  # fmt: skip
-    anneal_unit: str = setting("epoch", "what t counts", "optimisation", choices=_units)
+    anneal_unit: str = setting(
+        "epoch", "what t counts (completed epochs or steps, from 0) for inverse_time, step and "
+        "cosine, and the unit of step_every and warmup", "optimisation", choices=_units,
+    )  # fmt: skip
+    schedule: str | None = setting(
+        None, "learning-rate schedule (none: inverse_time if anneal_T is set, else constant): "
+        + "; ".join(f"{k} {v}" for k, v in SCHEDULE_TEXT.items()), "optimisation",
+        choices=lambda: SCHEDULE_TEXT, optional=True,
+    )  # fmt: skip
+    step_gamma: float = setting(
+        0.1, "step: factor applied every step_every", "optimisation", low=0, open_low=True,
+        high=1,
+    )  # fmt: skip
+    step_every: int = setting(
+        10, "step: decay period (in anneal_unit)", "optimisation", low=1, high=10**12
+    )
+    warmup: int = setting(
+        0, "cosine: linear warm-up length (in anneal_unit), shorter than the run",
+        "optimisation", low=0, high=10**12,
+    )  # fmt: skip
+    eta_min: float = setting(
+        0.0, "cosine: final rate; plateau: lowest rate (below lr)", "optimisation", low=0,
+        high=1e6,
+    )  # fmt: skip
+    plateau_monitor: str = setting(
+        "val_loss", "plateau: what it watches", "optimisation", choices=lambda: MONITORS
+    )
+    plateau_patience: int = setting(
+        2, "plateau: evaluations without improvement before the rate drops", "optimisation",
+        low=0, high=10**6,
+    )  # fmt: skip
+    plateau_factor: float = setting(
+        0.5, "plateau: factor applied to the rate", "optimisation", low=0, high=1,
+        open_low=True, open_high=True,
+    )  # fmt: skip
     # optimiser hyperparameters: unset, each takes the chosen optimiser's own default
     momentum: float = setting(
         0.0, "momentum mu (sgd: v <- mu v + g)", "optimisation", low=0, high=1,
@@ -430,13 +473,44 @@ class Settings:
         return dataclasses.asdict(self)
 
     # ------------------------------------------------------------------ derived objects
-    def schedule(self) -> Any:
-        """The learning-rate schedule: constant ``lr`` or ``lr / (1 + t/anneal_T)``."""
-        from digitlab.optim import Constant, InverseTime
+    @property
+    def schedule_name(self) -> str:
+        """The schedule in use: ``schedule``, or for none ``inverse_time`` when ``anneal_T``
+        is set and ``constant`` otherwise."""
+        if self.schedule is not None:
+            return self.schedule
+        return "constant" if self.anneal_T is None else "inverse_time"
 
-        if self.anneal_T is None:
-            return Constant(float(self.lr))
-        return InverseTime(float(self.lr), float(self.anneal_T), self.anneal_unit)
+    def make_schedule(self, total: float | None = None) -> Any:
+        """The stateless learning-rate schedule (:mod:`digitlab.optim.schedules`).
+
+        ``total`` is the run's length in ``anneal_unit`` (the cosine schedule needs it).
+        ``plateau`` gives the constant ``lr``: the reduction is the callback of
+        :meth:`plateau_callback`.
+        """
+        from digitlab.optim import Constant, InverseTime, StepDecay, WarmupCosine
+
+        name, lr, unit = self.schedule_name, float(self.lr), self.anneal_unit
+        if name == "inverse_time":
+            return InverseTime(lr, float(self.anneal_T or 1.0), unit)
+        if name == "step":
+            return StepDecay(lr, self.step_gamma, self.step_every, unit)
+        if name == "cosine":
+            if total is None:
+                raise ConfigError("the cosine schedule needs the run's total length")
+            return WarmupCosine(lr, total, self.warmup, self.eta_min, unit)
+        return Constant(lr)
+
+    def plateau_callback(self) -> Any:
+        """The reduce-on-plateau callback for ``schedule = "plateau"``, else None."""
+        from digitlab.train.plateau import ReduceLROnPlateau
+
+        if self.schedule_name != "plateau":
+            return None
+        return ReduceLROnPlateau(
+            self.plateau_monitor, factor=self.plateau_factor, patience=self.plateau_patience,
+            min_lr=self.eta_min,
+        )  # fmt: skip
 
     def optimizer_config(self) -> dict[str, Any]:
         """``{"name": optimizer, **its hyperparameters}`` for ``digitlab.optim.make_optimizer``."""
@@ -622,6 +696,12 @@ def _check_rules(s: Settings) -> None:
         raise ConfigError("give epochs or steps")
     if s.early_stopping and s.holdout == 0:
         raise ConfigError("early_stopping needs a validation split: set holdout > 0")
+    if s.schedule == "inverse_time" and s.anneal_T is None:
+        raise ConfigError("schedule inverse_time needs anneal_T")
+    if s.schedule_name in ("cosine", "plateau") and s.eta_min >= s.lr:
+        raise ConfigError(f"eta_min must be below lr for the {s.schedule_name} schedule")
+    if s.schedule == "plateau" and s.plateau_monitor.startswith("val_") and s.holdout == 0:
+        raise ConfigError("plateau_monitor on the validation split needs holdout > 0")
     if s.elastic_alpha and not s.augment:
         raise ConfigError("elastic_alpha distorts augmented batches: set augment too")
     if s.model == "logistic":

@@ -10,9 +10,11 @@ from digitlab.optim.rmsprop import RMSprop
 from digitlab.optim.schedules import (
     SCHEDULES,
     Constant,
+    Exponential,
     InverseTime,
     Schedule,
     StepDecay,
+    WarmupCosine,
     make_schedule,
 )
 from digitlab.optim.sgd import SGD
@@ -24,6 +26,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Constant",
+    "Exponential",
     "InverseTime",
     "LBFGSResult",
     "Nesterov",
@@ -32,6 +35,7 @@ __all__ = [
     "Schedule",
     "SlotOptimizer",
     "StepDecay",
+    "WarmupCosine",
     "lbfgs",
     "make_optimizer",
     "make_schedule",

@@ -90,10 +90,10 @@ def lbfgs(
     How it is fast (the objective and its optimum are unchanged):
 
     - Coordinates: the solver sees ``theta = (P^-1 W, b + W^T mu)`` with ``mu`` the feature
-      means and ``P = (C + 2 l2 k / n_eff I)^(-1/2)``, ``C`` the features' covariance (from
-      every 4th row): an exact linear reparametrisation that centres and whitens the
-      features, so the Hessian is close to a multiple of the identity and L-BFGS's scalar
-      initial Hessian fits (on MNIST 56 iterations instead of 114; setting up ``P`` costs
+      means and ``P = (C + 2 l2 k / n_eff I)^(-1/2)``, ``C`` the features' covariance (all
+      weighted rows, rounded to float32): an exact linear reparametrisation that centres and
+      whitens the features, so the Hessian is close to a multiple of the identity and L-BFGS's
+      scalar initial Hessian fits (on MNIST 56 iterations instead of 114; setting up ``P`` costs
       one ``d x d`` eigendecomposition). Gradients map back by the chain rule:
       ``dtheta_W = P (dW - mu db^T)``, ``dtheta_b = db``.
     - Precision and memory: ``X`` is never copied; blocks are converted as they are used.
@@ -111,7 +111,7 @@ def lbfgs(
     y = model.check_y(y, X.shape[0])
     w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     model.check_weight(w, X.shape[0])
-    coords = _Coordinates(model, X, chunk_rows)
+    coords = _Coordinates(model, X, chunk_rows, w)
     same = start_dtype is None or np.dtype(start_dtype) == np.dtype(dtype)
     stages = [dtype] if same else [start_dtype, dtype]
     theta = coords.to_theta(model.params)
@@ -191,21 +191,31 @@ class _Coordinates:
 
     MAX_WHITEN = 2048
 
-    def __init__(self, model: Model, X: np.ndarray, chunk_rows: int) -> None:
+    def __init__(
+        self, model: Model, X: np.ndarray, chunk_rows: int, weight: np.ndarray | None = None
+    ) -> None:
         n, d = X.shape
         self.has_b = "b" in model.params
         self.shapes = {k: v.shape for k, v in model.params.items()}
         full = d <= self.MAX_WHITEN
-        # moments from every 4th row: only the solver's speed depends on them
-        s1, m = np.zeros(d), 0
+        # weighted moments of every row: a row of weight 2 counts as two rows, so the solver
+        # takes the same path on weighted and on repeated rows
+        s1, m = np.zeros(d), 0.0
         s2 = np.zeros((d, d)) if full else np.zeros(d)
-        for start in range(0, n, 4 * chunk_rows):
-            block = X[start : start + 4 * chunk_rows : 4].astype(np.float32)  # float32 GEMM,
-            s1 += block.sum(axis=0, dtype=np.float64)  # blocks summed in float64
-            s2 += block.T @ block if full else np.einsum("ij,ij->j", block, block)
-            m += block.shape[0]
-        mean = s1 / m
-        cov = s2 / m
+        # float32 GEMMs for float32 (or integer) features, float64 ones for float64 features
+        dtype = np.float64 if X.dtype == np.float64 else np.float32
+        for start in range(0, n, chunk_rows):
+            block = X[start : start + chunk_rows].astype(dtype)
+            w = np.ones(block.shape[0], dtype) if weight is None else (
+                weight[start : start + chunk_rows].astype(dtype))  # fmt: skip
+            wblock = block * w[:, None]
+            s1 += wblock.sum(axis=0, dtype=np.float64)  # blocks summed in float64
+            s2 += wblock.T @ block if full else np.einsum("ij,ij->j", wblock, block)
+            m += float(w.sum(dtype=np.float64))
+        # rounded to float32: rounding noise of the sums (another row order, a weight 2 for a
+        # repeated row) then leaves the coordinates unchanged, and with them the solver's path
+        mean = (s1 / m).astype(np.float32).astype(np.float64)
+        cov = (s2 / m).astype(np.float32).astype(np.float64)
         if self.has_b:  # centred: the bias absorbs the mean
             cov = cov - (np.outer(mean, mean) if full else mean**2)
         k = max(model.n_classes, 2)

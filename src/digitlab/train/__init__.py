@@ -10,6 +10,7 @@ from digitlab.train.callbacks import Callback, Checkpoint, EarlyStopping, Histor
 from digitlab.train.evaluation import evaluate, predict
 from digitlab.train.interrupts import graceful_interrupts
 from digitlab.train.lockstep import fit_together
+from digitlab.train.plateau import ReduceLROnPlateau
 from digitlab.train.trainer import Trainer
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "Checkpoint",
     "EarlyStopping",
     "History",
+    "ReduceLROnPlateau",
     "Step",
     "Trainer",
     "evaluate",

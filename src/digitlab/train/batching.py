@@ -7,6 +7,7 @@ that only a batch of float rows exists at a time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
@@ -74,6 +75,13 @@ def resolve_batch_size(spec: BatchSpec, n: int) -> int:
     if spec < 1:
         raise ConfigError(f"batch size must be >= 1, got {spec}")
     return min(int(spec), n)
+
+
+def steps_per_epoch(batch_size: int, n: int, *, drop_last: bool, replacement: bool) -> int:
+    """Optimiser steps in an epoch of ``n`` rows in batches of ``batch_size`` (resolved)."""
+    if drop_last and not replacement:
+        return max(1, n // batch_size)
+    return math.ceil(n / batch_size)
 
 
 def resolve_eval_every(spec: EvalSpec, steps_per_epoch: int) -> int:

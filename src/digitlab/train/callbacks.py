@@ -35,6 +35,9 @@ class TrainerView(Protocol):
     batch_rows: int
     diverged: bool
     interrupted: bool
+    lr_scale: float
+
+    def schedule(self, step: int, epoch: int) -> float: ...
 
     def request_stop(self, reason: str) -> None: ...
 

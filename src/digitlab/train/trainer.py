@@ -44,6 +44,7 @@ from digitlab.train.batching import (
     is_source,
     resolve_batch_size,
     resolve_eval_every,
+    steps_per_epoch,
 )
 from digitlab.train.callbacks import Callback, History, Step
 from digitlab.train.evaluation import evaluate
@@ -126,6 +127,7 @@ class Trainer:
         self.splits: Splits = {}
         self.total_steps = self.steps_per_epoch = self.batch_size = self.batch_rows = 0
         self.lr = 0.0
+        self.lr_scale = 1.0  # times the schedule's rate; set by callbacks (reduce-on-plateau)
         self.diverged = self.interrupted = False
         self.stop_reason: str | None = None
         self._stop = False
@@ -234,10 +236,9 @@ class Trainer:
         for name, pair in (("val", val), ("test", test)):
             if pair is not None:
                 self.splits[name] = check_pair(self.model, name, pair)
-        if self.drop_last and not self.replacement:
-            self.steps_per_epoch = max(1, n // self.batch_size)
-        else:
-            self.steps_per_epoch = math.ceil(n / self.batch_size)
+        self.steps_per_epoch = steps_per_epoch(
+            self.batch_size, n, drop_last=self.drop_last, replacement=self.replacement
+        )
         state.check_position(self, n)
         self._batches = Batches(X, y, self._weight, self.batch_size)
         self._grad_fn = self.gradient_function(self.batch_size)
@@ -258,9 +259,9 @@ class Trainer:
         self._eval_steps = resolve_eval_every(self.eval_spec, self.steps_per_epoch)
         self.total_steps = total_steps
         self._stop, self.stop_reason, self.diverged = False, None, False
-        self.lr = self.schedule(self.step, self.epoch)
         for cb in self.callbacks:
             cb.on_train_begin(self)
+        self.lr = self.schedule(self.step, self.epoch) * self.lr_scale
         self._t0 = time.perf_counter() - self.elapsed
         # overflow in a diverging run is reported once, by the DivergenceError of apply
         errstate = np.seterr(over="ignore", invalid="ignore")
@@ -304,7 +305,7 @@ class Trainer:
     def apply(self, loss: float, grads: dict[str, Any], X: np.ndarray, y: np.ndarray) -> None:
         """One step from the batch ``X (b, d), y (b,)``, its loss and gradient: update, count,
         evaluate (with the callbacks' measures of this step), callbacks."""
-        lr = self.lr = self.schedule(self.step, self.epoch)
+        lr = self.lr = self.schedule(self.step, self.epoch) * self.lr_scale
         if not math.isfinite(loss):
             self.diverged = True
             raise DivergenceError(
