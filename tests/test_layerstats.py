@@ -101,3 +101,18 @@ def test_a_cli_run_records_layer_statistics_and_the_reader_returns_them(tmp_path
     assert main([*args, "--no-layer-stats"]) == 0
     newest = sorted((tmp_path / "mlp").iterdir())[-1]
     assert set(read_layer_stats(newest)) == {"step"}
+
+
+def test_estimator_layers_and_layer_stats():
+    from digitlab import MLPClassifier
+
+    X, y = _digits(300)
+    clf = MLPClassifier((12,), "tanh", dropout=0.2, batch_norm=True, init="glorot_uniform",
+                        max_iter=3, random_state=0).fit(X, y)  # fmt: skip
+    stats = clf.layer_stats_
+    assert stats["epoch"].shape == (3,) and stats["a1_saturated"].shape == (3,)
+    assert {"W1_grad_norm", "W2_update_ratio", "bn1_running_var"} <= set(stats)
+    assert "gamma1" in clf.model_.params and clf.model_.dropout == (0.2,)
+    assert clf.predict(X[:1]).shape == (1,)  # evaluation mode: a single row
+    with pytest.raises(ValueError, match="dropout"):
+        MLPClassifier(dropout=1.5).fit(X, y)

@@ -35,7 +35,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from digitlab.models import LogisticModel, MLPModel, Model, SoftmaxModel
+from digitlab.models import ACTIVATIONS, INITS, LogisticModel, MLPModel, Model, SoftmaxModel
+from digitlab.models.inspect import LAYER_COLUMN
 from digitlab.optim import (
     OPTIMIZERS,
     Constant,
@@ -47,6 +48,7 @@ from digitlab.optim import (
     make_optimizer,
 )
 from digitlab.train import Callback, EarlyStopping, History, ReduceLROnPlateau, Trainer, evaluate
+from digitlab.train.layerstats import PROBE_ROWS, LayerStats
 
 #: ``schedule`` values of the gradient solvers.
 _SCHEDULES = ("constant", "inverse_time", "cosine", "plateau")
@@ -337,6 +339,14 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
             rng=rng,
         )
 
+    @property
+    def layer_stats_(self) -> dict[str, np.ndarray]:
+        """Per-layer statistics at every epoch of the gradient solvers
+        (:mod:`digitlab.models.inspect`): ``epoch`` and each column, float64 (n_epochs,)."""
+        history = self.history_
+        names = [k for k in history.columns if LAYER_COLUMN.fullmatch(k)]
+        return {k: history.series(k) for k in ["epoch", *names]}
+
     def _plateau(self) -> list[Callback]:
         """``schedule="plateau"``: scikit-learn's "adaptive" rule (the rate divided by 5 once
         two epochs in a row have not lowered the training objective), for the whole run."""
@@ -493,6 +503,7 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
                 "train_objective", self.n_iter_no_change, min_delta=self.tol, restore_best=False
             )
         callbacks: list[Callback] = [] if stopper is None else [stopper]
+        callbacks.append(LayerStats(X[:PROBE_ROWS]))  # layer_stats_, on a fixed probe batch
         if self.verbose:
             callbacks.append(_Verbose())
         trainer.schedule = self._schedule()  # the current learning_rate_init and anneal_T
@@ -665,7 +676,12 @@ $extra_params    penalty : {"l2", "l1"} or None
         One record per epoch: ``step``, ``epoch``, ``lr``, ``weight_norm``, ``train_loss``,
         ``train_objective``, ``train_acc`` and, with early stopping, ``val_loss``,
         ``val_objective``, ``val_acc`` (lbfgs: one record at the optimum). With
-        ``sample_weight``/``class_weight`` the ``train_`` values are weighted.
+        ``sample_weight``/``class_weight`` the ``train_`` values are weighted; the per-layer
+        statistics follow (``layer_stats_``).
+    layer_stats_ : dict of ndarray
+        Gradient solvers: ``epoch`` and each per-layer statistic (weight, gradient and update
+        norms, activation mean, spread, saturation, dead units and histogram on the first
+        256 training rows; :mod:`digitlab.models.inspect`), each (n_epochs,).
     loss_curve_ : list of float
         Gradient solvers: each epoch's mean training objective over its batches (taken
         before each step), as scikit-learn's ``MLPClassifier``; continued by ``partial_fit``.
@@ -762,7 +778,7 @@ SoftmaxRegression.__doc__ = _docstring(
 """,
 )
 
-_ACTIVATIONS = {"tanh": "tanh", "relu": "relu", "sigmoid": "sigmoid", "logistic": "sigmoid"}
+_ACTIVATIONS = {name: name for name in ACTIVATIONS} | {"logistic": "sigmoid"}
 
 
 class MLPClassifier(_DigitlabClassifier):
@@ -771,6 +787,10 @@ class MLPClassifier(_DigitlabClassifier):
         "solver": [StrOptions(set(_GRADIENT_SOLVERS))],
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions(set(_ACTIVATIONS))],
+        "init": [StrOptions(set(INITS))],
+        "dropout": [Interval(Real, 0, 1, closed="left"), "array-like"],
+        "batch_norm": ["boolean"],
+        "leaky_slope": [Interval(Real, 0, 1, closed="neither")],
     }
 
     def __init__(
@@ -778,6 +798,10 @@ class MLPClassifier(_DigitlabClassifier):
         hidden_layer_sizes: int | tuple[int, ...] = (100,),
         activation: str = "relu",
         *,
+        init: str = "fan_in",
+        dropout: float | tuple[float, ...] = 0.0,
+        batch_norm: bool = False,
+        leaky_slope: float = 0.01,
         penalty: str | None = "l2",
         alpha: float = 1e-5,
         solver: str = "minibatch",
@@ -827,6 +851,10 @@ class MLPClassifier(_DigitlabClassifier):
         )
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
+        self.init = init
+        self.dropout = dropout
+        self.batch_norm = batch_norm
+        self.leaky_slope = leaky_slope
 
     def _hidden(self) -> tuple[int, ...]:
         sizes = self.hidden_layer_sizes
@@ -843,16 +871,24 @@ class MLPClassifier(_DigitlabClassifier):
             n_classes,
             hidden=self._hidden(),
             activation=_ACTIVATIONS[self.activation],
-            init="fan_in",
+            init=self.init,
+            dropout=self.dropout if isinstance(self.dropout, Real) else tuple(self.dropout),
+            batch_norm=self.batch_norm,
+            leaky_slope=self.leaky_slope,
             rng=rng,
             dtype=dtype,
         )
 
     def _check_architecture(self, model: Model) -> None:
-        if model.hidden != self._hidden() or model.activation != _ACTIVATIONS[self.activation]:
+        same = (model.hidden, model.activation, model.batch_norm) == (
+            self._hidden(), _ACTIVATIONS[self.activation], self.batch_norm
+        )
+        if not same:
             raise ValueError(
-                f"cannot warm-start a {model.hidden} {model.activation} network with "
-                f"hidden_layer_sizes={self.hidden_layer_sizes}, activation={self.activation!r}"
+                f"cannot warm-start a {model.hidden} {model.activation} network "
+                f"(batch_norm={model.batch_norm}) with hidden_layer_sizes="
+                f"{self.hidden_layer_sizes}, activation={self.activation!r}, "
+                f"batch_norm={self.batch_norm}"
             )
 
     @property
@@ -881,8 +917,18 @@ MLPClassifier.__doc__ = _docstring(
     lbfgs=False,
     extra_params="""    hidden_layer_sizes : int or tuple of int
         Units of each hidden layer.
-    activation : {"tanh", "relu", "sigmoid", "logistic"}
-        Hidden activation ("logistic" is scikit-learn's name for "sigmoid").
+    activation : str
+        Hidden activation: tanh, relu, sigmoid ("logistic", scikit-learn's name), scaled_tanh,
+        leaky_relu, elu or gelu.
+    init : str
+        Weight initialisation (``digitlab.models.INITS``: fan_in, lecun_normal, glorot_uniform,
+        glorot_normal, he_uniform, he_normal, ...).
+    dropout : float or tuple of float
+        Inverted-dropout rate of every hidden layer, or one per hidden layer, in [0, 1).
+    batch_norm : bool
+        Batch-normalise every hidden layer (running statistics used in prediction).
+    leaky_slope : float
+        Negative-side slope of ``leaky_relu`` in (0, 1).
 """,
     extra_attrs="""    coefs_ : list of ndarray
         Entry ``i`` has shape (n_units[i], n_units[i + 1]).

@@ -462,13 +462,11 @@ def _header(path: str | os.PathLike, lines: Iterator[tuple[int, bytes]]) -> list
     return header
 
 
-#: History columns that are per-layer statistics (:mod:`digitlab.models.inspect`).
-LAYER_COLUMN = re.compile(r"(W|b)\d*_(norm|grad_norm|update_ratio)|a\d+_\w+|bn\d+_\w+")
-
-
 def read_layer_stats(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     """The per-layer statistics of a run folder: ``step`` and every layer column of its
     ``history.csv``, each float64 (n_evaluations,) (:func:`read_history`'s bounds apply)."""
+    from digitlab.models.inspect import LAYER_COLUMN
+
     history = read_history(Path(folder) / HISTORY)
     keep = ["step", *(k for k in history if LAYER_COLUMN.fullmatch(k))]
     return {k: history[k] for k in keep if k in history}

@@ -18,6 +18,7 @@ return are the column names of the run's history (``W1_norm``, ``a1_saturated``,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,8 @@ import numpy as np
 from digitlab.models.base import Model
 from digitlab.models.functional import SCALED_TANH, LinearGrad
 
+#: History columns that are these statistics.
+LAYER_COLUMN = re.compile(r"(W|b)\d*_(norm|grad_norm|update_ratio)|a\d+_\w+|bn\d+_\w+")
 #: Bins of each layer's activation histogram.
 HIST_BINS = 16
 #: Output range of the activations that saturate.
