@@ -460,7 +460,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from digitlab.serve import create_app
-    from digitlab.serve.app import LOCAL_HOSTS
+    from digitlab.serve.app import host_names
 
     root = Path(args.runs)
     if root.exists() and not root.is_dir():
@@ -468,10 +468,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:  # a busy port is a one-line error, not a uvicorn traceback
         with socket.create_server((args.host, args.port)):
             pass
-    except OSError as exc:
-        raise DigitlabError(f"cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
-    local = args.host in ("127.0.0.1", "localhost")
-    app = create_app(root, allowed_hosts=LOCAL_HOSTS if local else ["*"])
+    except PermissionError:
+        raise DigitlabError(
+            f"cannot listen on {args.host}:{args.port} (permission denied): ports below 1024 "
+            "need administrator rights; choose one from 1024 up, e.g. --port 8000"
+        ) from None
+    except (OSError, OverflowError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise DigitlabError(f"cannot listen on {args.host}:{args.port} ({why})") from None
+    app = create_app(root, allowed_hosts=host_names(args.host), data_root=args.data_root)
     out(f"digitlab serve: runs in {root.resolve()}")
     out(f"open http://{args.host}:{args.port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -628,8 +633,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="browse, compare and follow runs, draw digits (web page)")
     sv.add_argument("--runs", default="runs", help="runs root folder (default: runs)")
-    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    sv.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1 only)")
+    sv.add_argument("--port", type=_port, default=8000, help="port, 1..65535 (default: 8000)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="interface (default: 127.0.0.1 only); requests must name it (or, "
+                    "for 0.0.0.0, this machine) in their Host header")  # fmt: skip
+    sv.add_argument("--data-root", default=None,
+                    help="folder of the datasets for confusion matrices and examples (default: "
+                    "$DIGITLAB_DATA, the cache, the embedded sample)")  # fmt: skip
     sv.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("demo", help="short softmax and MLP runs on the best MNIST data found")
@@ -649,6 +659,16 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {text!r}")
+    return value
+
+
 def _jobs(text: str) -> int:
     if text.strip() == "-1":
         return -1
@@ -665,6 +685,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; user errors print one line and return 2, Ctrl-C returns 130."""
     try:
         args = build_parser().parse_args(argv)
+        from digitlab import limits
+
+        limits.check()  # a bad $DIGITLAB_MAX_* is one line now, not midway through a batch
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except DigitlabError as exc:

@@ -1,7 +1,8 @@
 """Images as people have them: bounded decoding and MNIST's own preprocessing recipe.
 
 :func:`read_image` decodes a PNG, JPEG, BMP, TIFF, GIF or WebP file with Pillow, refusing
-before decoding any image whose header announces more than :data:`MAX_PIXELS` pixels.
+before decoding any image whose header announces more than
+:func:`digitlab.limits.max_pixels` pixels (``$DIGITLAB_MAX_PIXELS``, 50 MP by default).
 :func:`to_model_input` turns an image of any size, colour or grey, either polarity, into what
 a model trained on MNIST-style data expects, the way MNIST itself was made (LeCun et al.):
 
@@ -37,7 +38,7 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from scipy import ndimage
@@ -45,7 +46,7 @@ from scipy import ndimage
 from digitlab.errors import DataError, DatasetNotFoundError, ShapeError
 
 MAX_PIXELS = 50_000_000
-"""Largest width x height :func:`read_image` decodes (a 50-megapixel photo)."""
+"""The default of :func:`digitlab.limits.max_pixels` (a 50-megapixel photo)."""
 
 WORK_SIDE = 512
 """Images are first reduced (area average) until their longer side is at most this."""
@@ -61,8 +62,9 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 def read_image(
     path: str | os.PathLike[str] | bytes | BinaryIO,
     *,
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int | None = None,
     name: str | None = None,
+    max_side: int | None = None,
 ) -> np.ndarray:
     """Decode one image file, bounded in size.
 
@@ -76,9 +78,14 @@ def read_image(
         A PNG, JPEG, BMP, TIFF, GIF or WebP file; or its bytes, or a binary file object
         (an upload, decoded without touching the disk).
     max_pixels
-        Largest accepted width x height.
+        Largest accepted width x height (default :func:`digitlab.limits.max_pixels`).
     name
         What error messages call the image (default: the path, or ``"image"``).
+    max_side
+        When given, an image whose longer side is at least twice this is reduced by an integer
+        factor (box average, alpha premultiplied) while still 8-bit, to a longer side in
+        ``[max_side, 2 * max_side)``: the float arrays made from it later stay small (a
+        50 MP RGBA image as float32 channels is gigabytes).
 
     Returns
     -------
@@ -95,6 +102,9 @@ def read_image(
     """
     from PIL import Image, ImageOps
 
+    from digitlab import limits
+
+    max_pixels = limits.max_pixels() if max_pixels is None else int(max_pixels)
     source: Path | BinaryIO
     if isinstance(path, bytes | bytearray | memoryview):
         source = io.BytesIO(bytes(path))
@@ -122,7 +132,7 @@ def read_image(
                     )
                 im.load()
                 im = ImageOps.exif_transpose(im) or im
-                return _to_uint8(im, label)
+                return _to_uint8(_reduced(im, max_side), label)
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -130,6 +140,20 @@ def read_image(
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error ...
         msg = " ".join(str(e).split()) or type(e).__name__
         raise DataError(f"{label}: cannot read as an image ({msg})") from None
+
+
+def _reduced(im: Any, max_side: int | None) -> Any:
+    """The Pillow image ``im`` reduced by an integer factor to a longer side below
+    ``2 * max_side`` (see :func:`read_image`); unchanged when small enough or no ``max_side``."""
+    factor = 0 if max_side is None else max(im.size) // max(1, int(max_side))
+    if factor < 2:
+        return im
+    if im.mode in ("LA", "PA", "RGBA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im if im.mode == "RGBA" else im.convert("RGBA")
+        return rgba.convert("RGBa").reduce(factor).convert("RGBA")
+    if im.mode not in ("L", "RGB"):
+        im = im.convert("RGB") if im.mode not in ("1", "I", "I;16", "F") else im.convert("F")
+    return im.reduce(factor)
 
 
 def _to_uint8(im: object, label: str) -> np.ndarray:
@@ -475,7 +499,7 @@ def load_images(
     *,
     raw: bool = False,
     empty: Literal["error", "blank"] = "error",
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Read image files and folders into model inputs.
 
@@ -511,7 +535,7 @@ def load_images(
     th, tw = int(shape[0]), int(shape[1])
     out = np.empty((len(files), th, tw), dtype=np.float32)
     for i, f in enumerate(files):
-        img = read_image(f, max_pixels=max_pixels)
+        img = read_image(f, max_pixels=max_pixels, max_side=None if raw else WORK_SIDE)
         if raw:
             g = _grey(img, paper=0.0)  # training format: alpha over MNIST's black
             if g.shape != (th, tw):
