@@ -192,6 +192,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from digitlab.settings import options_given
 
     options = options_given(args)
+    args.checkpoint = checkpoint_file(args.checkpoint)
     plan = plan_resume(
         args.checkpoint, options, more_steps=args.more_steps, more_epochs=args.more_epochs
     )
@@ -207,6 +208,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from digitlab.runfiles import checkpoint_progress, load_run_checkpoint, run_settings
     from digitlab.runner import data_for_checkpoint, split_metrics
 
+    args.checkpoint = checkpoint_file(args.checkpoint)
     model, _, meta = load_run_checkpoint(args.checkpoint)
     step = checkpoint_progress(meta, args.checkpoint)["step"]
     settings = run_settings(meta, args.checkpoint)
@@ -232,31 +234,78 @@ def _refuse_overwriting_inputs(inputs: list[str], outputs: list[str | None]) -> 
             raise OutputError(f"{out}: is one of the inputs; write the output elsewhere")
 
 
+def checkpoint_file(path: str) -> str:
+    """``path``, or ``path/checkpoint.npz`` when ``path`` is a run folder."""
+    from digitlab.errors import CheckpointError
+
+    if os.path.isdir(path):
+        inside = os.path.join(path, "checkpoint.npz")
+        if not os.path.isfile(inside):
+            raise CheckpointError(f"{path}: a folder without checkpoint.npz (not a run folder)")
+        return inside
+    return path
+
+
+def _write_all(files: list[tuple[str, Callable[[str], Any]]], stdout_text: str | None) -> None:
+    """Write each ``(path, writer)`` then ``stdout_text``; if any fails, the files already
+    written by this call are removed (nothing half-done is left) and the error is raised."""
+    done: list[str] = []
+    try:
+        for path, write in files:
+            write(path)
+            done.append(path)
+        if stdout_text is not None:
+            sys.stdout.write(stdout_text)
+            sys.stdout.flush()
+    except BaseException:
+        for path in done:
+            Path(path).unlink(missing_ok=True)
+        raise
+
+
+def _predictions_text(args: argparse.Namespace, pred: Any) -> str:
+    """The CSV (or Kaggle) text of ``pred``; rows of unreadable inputs have no class."""
+    from digitlab.predict import kaggle_csv, predictions_csv
+
+    if not args.kaggle:
+        return predictions_csv(pred, proba=args.proba)
+    if args.names:
+        return kaggle_csv(pred.predicted)
+    offset = pred.label_offset
+    return kaggle_csv(
+        ["" if pred.failed(k) else str(int(i) + offset) for k, i in enumerate(pred.labels)]
+    )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from digitlab.errors import ConfigError
-    from digitlab.predict import contact_sheet, kaggle_csv, predict, predictions_csv, write_text
+    from digitlab.predict import contact_sheet, predict, printable_name, write_text
 
     if args.kaggle and args.proba:
         raise ConfigError("--proba adds columns to the default CSV; a --kaggle file has none")
+    args.checkpoint = checkpoint_file(args.checkpoint)
     _refuse_overwriting_inputs([args.checkpoint, *args.inputs], [args.output, args.contact_sheet])
-    pred = predict(args.checkpoint, args.inputs, raw=args.raw)
-    if args.kaggle:
-        offset = pred.label_offset
-        cats = pred.predicted if args.names else [str(int(i) + offset) for i in pred.labels]
-        text = kaggle_csv(cats)
-    else:
-        text = predictions_csv(pred, proba=args.proba)
+    pred = predict(args.checkpoint, args.inputs, raw=args.raw, keep_going=not args.strict)
+    text = _predictions_text(args, pred)
+    captions = [c or "error" for c in pred.predicted]
+    files: list[tuple[str, Callable[[str], Any]]] = []
+    if args.output != "-":
+        files.append((args.output, lambda p: write_text(p, text)))
+    if args.contact_sheet:
+        files.append((args.contact_sheet, lambda p: contact_sheet(pred.inputs, captions, p)))
+    _write_all(files, text if args.output == "-" else None)
+    failed = [printable_name(e) for e in pred.errors if e]
+    for e in failed:
+        print(f"digitlab: skipped {e}", file=sys.stderr, flush=True)
     note = sys.stderr if args.output == "-" else sys.stdout
+    if args.output != "-":
+        print(f"wrote {len(pred.names) - len(failed)} predictions to {args.output}", file=note)
     if args.contact_sheet:
-        contact_sheet(pred.inputs, pred.predicted, args.contact_sheet)
-    if args.output == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        write_text(args.output, text)
-        print(f"wrote {len(pred.names)} predictions to {args.output}", file=note, flush=True)
-    if args.contact_sheet:
-        print(f"wrote what the model saw to {args.contact_sheet}", file=note, flush=True)
+        print(f"wrote what the model saw to {args.contact_sheet}", file=note)
+    if failed:
+        print(f"digitlab: {len(failed)} of {len(pred.names)} inputs could not be read (their "
+              "rows have no class; --strict makes that an error)", file=sys.stderr)  # fmt: skip
+    note.flush()
     return 0
 
 
@@ -566,6 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a Kaggle submission (Id,Category; label numbers) instead",
     )
     pr.add_argument("--names", action="store_true", help="with --kaggle: class names, not numbers")
+    pr.add_argument(
+        "--strict", action="store_true",
+        help="an image that cannot be read (corrupt, blank, too large) is an error (exit 2, "
+        "nothing written); by default its row has no class, it is named on stderr and the "
+        "others are predicted",
+    )  # fmt: skip
     pr.set_defaults(func=cmd_predict)
 
     g = sub.add_parser("gradcheck", help="central-difference gradient check on real images")

@@ -21,8 +21,9 @@ a model trained on MNIST-style data expects, the way MNIST itself was made (LeCu
    between; specks, paper texture and blobs far from the largest ink blob are dropped;
    strokes thinner than 5% of the ink's longer side are thickened to 10% of it (MNIST's
    median proportion; a ballpoint on a big digit would fade when fitted into 20x20);
-5. cropped to the ink's bounding box, fitted into a box of 20/28 of the target size (20x20
-   for 28x28, 6x6 for 8x8) keeping the aspect ratio, resampled with antialiasing;
+5. cropped to the ink's bounding box, fitted into a box of ``fit`` of the target size keeping
+   the aspect ratio, resampled with antialiasing: MNIST's 20/28 (20x20 in 28x28) by default,
+   the whole frame for datasets whose digits fill it (scikit-learn's 8x8 digits);
 6. placed in the target frame so that its centre of mass is at the frame's centre
    (``(h/2, w/2)``, where MNIST's test digits have theirs on average).
 
@@ -55,7 +56,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".we
 """File suffixes :func:`load_images` picks from a folder (case-insensitive)."""
 
 _FORMATS = {"PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF", "GIF", "WEBP"}
-_FIT = 20 / 28  # MNIST: a 20x20 box in a 28x28 frame
+MNIST_FIT = 20 / 28
+"""MNIST's framing: a digit's longer side is 20 of the frame's 28 pixels."""
+THICK_FIT = 0.9
+"""Digits framed at least this tightly (scikit-learn's 8x8) go through :func:`_fill_frame`:
+their strokes are as wide as the background opening, and their grey levels are kept."""
+SMALL_SIDE = 64
+"""Images smaller than this (an 8x8 or 28x28 digit whose ink may touch the edge) are framed
+with paper and enlarged to it first, so that the steps below see a paper border."""
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -344,6 +352,56 @@ def _thicken(levels: np.ndarray, ink: np.ndarray) -> np.ndarray:
     return out
 
 
+def _framed(x: np.ndarray) -> np.ndarray:
+    """A small float image (h, w[, 3]) with a paper border (the border ring's median level,
+    a quarter of the longer side wide) added and enlarged to about :data:`SMALL_SIDE`;
+    larger images are returned unchanged."""
+    H, W = x.shape[:2]
+    if max(H, W) >= SMALL_SIDE:
+        return x
+    pad = max(2, max(H, W) // 4)
+    ring = _ring(H, W)
+    chans = [x] if x.ndim == 2 else [x[:, :, i] for i in range(x.shape[2])]
+    f = max(1, SMALL_SIDE // (max(H, W) + 2 * pad))
+    out = []
+    for c in chans:
+        c = np.pad(c, pad, constant_values=float(np.median(c[ring])))
+        out.append(np.clip(_resize(c, c.shape[0] * f, c.shape[1] * f, box=True), 0.0, 1.0))
+    return out[0] if x.ndim == 2 else np.stack(out, axis=-1)
+
+
+def _fill_frame(
+    g: np.ndarray, th: int, tw: int, empty: Literal["error", "blank"]
+) -> np.ndarray:
+    """Ink-bright grey (H, W) -> float32 (th, tw): the digit scaled to fill the frame.
+
+    For data whose digits fill their frame with wide strokes and graded levels (scikit-learn's
+    8x8 digits): the paper is the border's level, levels are scaled so that the brightest ink
+    is 1 (not thresholded), the ink's bounding box is fitted into the whole frame (box
+    average) and centred.
+    """
+    H, W = g.shape
+    resid = g - float(np.median(g[_ring(H, W)]))
+    top = float(np.percentile(resid, 99.5))
+    if top < 0.05:
+        if empty == "blank":
+            return np.zeros((th, tw), dtype=np.float32)
+        raise DataError(
+            "no ink found: the image is uniform or nothing stands out of the paper's noise"
+        )
+    levels = np.clip(resid / top, 0.0, 1.0).astype(np.float32)
+    rows = np.flatnonzero((levels > 0.1).any(axis=1))
+    cols = np.flatnonzero((levels > 0.1).any(axis=0))
+    crop = levels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    ch, cw = crop.shape
+    s = min(th / ch, tw / cw)
+    nh, nw = min(th, max(1, round(ch * s))), min(tw, max(1, round(cw * s)))
+    out = np.zeros((th, tw), dtype=np.float32)
+    oy, ox = (th - nh) // 2, (tw - nw) // 2
+    out[oy : oy + nh, ox : ox + nw] = np.clip(_resize(crop, nh, nw, box=True), 0.0, 1.0)
+    return out
+
+
 def _odd(n: float) -> int:
     k = max(3, int(round(n)))
     return k if k % 2 else k + 1
@@ -354,6 +412,7 @@ def to_model_input(
     shape: Sequence[int] = (28, 28),
     *,
     empty: Literal["error", "blank"] = "error",
+    fit: float = MNIST_FIT,
 ) -> np.ndarray:
     """Turn an image of any size into an MNIST-style model input (see the module docstring).
 
@@ -363,9 +422,13 @@ def to_model_input(
         uint8 (or float in [0, 1]) array, shape (H, W), (H, W, 3) or (H, W, 4); any polarity.
     shape
         Target (h, w), the model's image shape. The ink is fitted into
-        ``round(h * 20 / 28) x round(w * 20 / 28)``.
+        ``round(h * fit) x round(w * fit)``.
     empty
         What an image without ink gives: ``"error"`` raises DataError, ``"blank"`` returns zeros.
+    fit
+        Fraction of the frame the digit's longer side fills: the training data's convention
+        (:data:`MNIST_FIT`; 1.0 for scikit-learn's 8x8 digits, see
+        :attr:`digitlab.data.registry.DatasetSpec.fit`).
 
     Returns
     -------
@@ -382,7 +445,9 @@ def to_model_input(
     if len(shape) != 2 or min(int(s) for s in shape) < 1:
         raise ShapeError(f"target shape must be two positive sizes, got {tuple(shape)}")
     th, tw = int(shape[0]), int(shape[1])
-    x = _float_image(image)
+    if not 0.0 < fit <= 1.0:
+        raise ShapeError(f"fit must lie in (0, 1], got {fit!r}")
+    x = _framed(_float_image(image))
     H, W = x.shape[:2]
     if max(H, W) > WORK_SIDE:  # area-average down: enough detail for a 20x20 box, and fast
         f = WORK_SIDE / max(H, W)
@@ -395,6 +460,8 @@ def to_model_input(
 
     if _ink_is_dark(g):
         g = 1.0 - g
+    if fit >= THICK_FIT:
+        return _fill_frame(g, th, tw, empty)
 
     # background: an opening wider than strokes keeps the paper, gradients and vignettes;
     # the image is extended by point reflection so that light rising towards an edge is
@@ -446,7 +513,7 @@ def to_model_input(
     cols = np.flatnonzero(levels.any(axis=0))
     crop = levels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
-    bh, bw = max(1, round(th * _FIT)), max(1, round(tw * _FIT))
+    bh, bw = max(1, round(th * fit)), max(1, round(tw * fit))
     ch, cw = crop.shape
     s = min(bh / ch, bw / cw)
     nh, nw = min(bh, max(1, round(ch * s))), min(bw, max(1, round(cw * s)))
@@ -500,6 +567,7 @@ def load_images(
     raw: bool = False,
     empty: Literal["error", "blank"] = "error",
     max_pixels: int | None = None,
+    fit: float = MNIST_FIT,
 ) -> tuple[list[str], np.ndarray]:
     """Read image files and folders into model inputs.
 
@@ -517,6 +585,8 @@ def load_images(
         Passed to :func:`to_model_input`.
     max_pixels
         Passed to :func:`read_image`.
+    fit
+        Passed to :func:`to_model_input`.
 
     Returns
     -------
@@ -546,7 +616,7 @@ def load_images(
             out[i] = g
             continue
         try:
-            out[i] = to_model_input(img, (th, tw), empty=empty)
+            out[i] = to_model_input(img, (th, tw), empty=empty, fit=fit)
         except DataError as e:
             raise DataError(f"{f}: {e}") from None
     return [str(f) for f in files], out

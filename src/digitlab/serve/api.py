@@ -351,6 +351,7 @@ def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
     ``evidence_bias`` the per-class constant (bias) term.
     """
     from digitlab.data.images import to_model_input
+    from digitlab.data.registry import frame_fit
     from digitlab.predict import predict_arrays
 
     t0 = time.perf_counter()
@@ -360,16 +361,18 @@ def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
         raise ServeError("at most 8 runs per prediction", 400)
     loaded = [models.get(index.resolve(i)) for i in run_ids]
     image = decode_upload(body)
-    inputs: dict[tuple[int, int], np.ndarray] = {}
+    inputs: dict[tuple[int, int, float], np.ndarray] = {}
     results = []
     for run_id, lm in zip(run_ids, loaded, strict=True):
-        if lm.image_shape not in inputs:
+        fit = frame_fit(lm.meta["extra"].get("dataset"))  # the training data's framing
+        key = (*lm.image_shape, fit)
+        if key not in inputs:
             try:
-                inputs[lm.image_shape] = to_model_input(image, shape=lm.image_shape)
+                inputs[key] = to_model_input(image, shape=lm.image_shape, fit=fit)
             except DigitlabError as exc:
                 raise ServeError(f"cannot preprocess the image: {exc}", 422) from None
         # the training format, uint8 ink bright, and the same function as `digitlab predict`
-        pixels = np.rint(inputs[lm.image_shape] * 255.0).astype(np.uint8)
+        pixels = np.rint(inputs[key] * 255.0).astype(np.uint8)
         labels, proba = predict_arrays(lm.model, lm.prep, pixels[None])
         p, pred = proba[0].astype(np.float64), int(labels[0])
         item: dict[str, Any] = {
@@ -395,7 +398,7 @@ def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
             item["evidence_titles"] = weight_titles(lm)
             item["evidence_bias"] = np.round(np.atleast_1d(bias), 5).tolist()
         results.append(item)
-    first = np.rint(inputs[loaded[0].image_shape] * 255.0) / 255.0
+    first = np.rint(next(iter(inputs.values())) * 255.0) / 255.0
     return {
         "shape": list(first.shape),
         "image": np.round(first, 4).tolist(),
