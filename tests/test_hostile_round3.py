@@ -182,3 +182,84 @@ def test_a_run_folder_stands_for_its_checkpoint(run8, batch, capsys, command):
     assert main(argv) == 0
     assert main([command, str(batch)] + argv[2:]) == 2
     one_line_error(capsys, "without checkpoint.npz")
+
+
+# ---------------------------------------------------------------------------------- resume
+@pytest.fixture(scope="module")
+def live_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLP run with momentum named ``live``, trained one epoch on digits-8x8."""
+    runs = tmp_path_factory.mktemp("live")
+    argv = ["train", "--dataset", "digits-8x8", "--model", "mlp", "--hidden", "8",
+            "--momentum", "0.9", "--epochs", "1", "--quiet", "--name", "live"]  # fmt: skip
+    assert main([*argv, "--out", str(runs)]) == 0
+    return next(runs.glob("live/*"))
+
+
+def test_a_checkpoint_without_its_velocity_is_refused_by_resume(live_run, tmp_path, capsys):
+    def drop_velocity(arrays: dict) -> None:
+        for k in [k for k in arrays if k.startswith("optim/")]:
+            arrays.pop(k)
+
+    ck = craft(live_run, tmp_path / "ck.npz", array_change=drop_velocity)
+    out = tmp_path / "runs"
+    capsys.readouterr()
+    assert main(["resume", str(ck), "--more-epochs", "1", "--out", str(out), "--quiet"]) == 2
+    one_line_error(capsys, "optimiser state", "--restart-momentum")
+    assert not out.exists()
+    argv = ["resume", str(ck), "--more-epochs", "1", "--out", str(out), "--quiet"]
+    assert main([*argv, "--restart-momentum"]) == 0
+
+
+def test_resume_of_a_named_run_stays_under_its_name(live_run, capsys):
+    out = live_run.parent.parent
+    assert main(["resume", str(live_run), "--more-epochs", "1", "--out", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["live"]
+    assert len(list((out / "live").iterdir())) == 2
+
+
+def test_resume_help_lists_only_what_resume_accepts(capsys):
+    with pytest.raises(SystemExit):
+        main(["resume", "--help"])
+    text = capsys.readouterr().out
+    for refused in ("--model", "--dataset", "--batch ", "--seed ", "--hidden"):
+        assert refused not in text, refused
+    for accepted in ("--lr", "--more-epochs", "--restart-momentum", "--data-root"):
+        assert accepted in text
+    assert "train this many epochs more" in text and "or its run folder" in text
+
+
+# ---------------------------------------------------------------------------------- help
+def test_abbreviations_are_refused_and_typos_get_a_suggestion(capsys):
+    assert main(["train", "--epoch", "3"]) == 2
+    one_line_error(capsys, "--epoch", "did you mean --epochs?", "digitlab train --help")
+    assert main(["resume", "x.npz", "--model", "mlp"]) == 2
+    one_line_error(capsys, "cannot change model with this command")
+    assert main(["serve", "--prot", "3"]) == 2
+    one_line_error(capsys, "did you mean --port?")
+
+
+def test_help_describes_flags_as_they_behave(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--seed-split split = seed (default: all)" in text
+    assert "--no-shuffle turn --shuffle off" in text and "--no-augment turn --augment off" in text
+    with pytest.raises(SystemExit):
+        main(["gradcheck", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "central-difference step" in text and "hidden layer sizes" in text
+    assert "--data-root DATA_ROOT folder holding the dataset files" in text
+
+
+# ---------------------------------------------------------------------------------- report
+def test_report_without_arguments_reports_the_runs_folder(live_run, tmp_path, monkeypatch):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(live_run, runs / "live" / live_run.name)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report"]) == 0
+    md = (runs / "live" / live_run.name / "report.md").read_text()
+    assert "| momentum | 0.9 |" in md
+    for other in ("beta1", "beta2", "weight_decay", "| alpha |"):
+        assert other not in md, other  # an SGD run: no other optimiser's settings

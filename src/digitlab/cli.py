@@ -116,10 +116,50 @@ class ProgressDisplay:
 
 # ------------------------------------------------------------------------------- options
 class Parser(argparse.ArgumentParser):
-    """argparse with errors as one line ``digitlab: error: ...`` (exit 2), no usage block."""
+    """argparse with errors as one line ``digitlab: error: ...`` (exit 2), no usage block,
+    no abbreviated options (``--epoch`` is not ``--epochs``) and "did you mean" for a typo."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.argv: list[str] = []
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see {self.prog} --help)")
+        prog, known = self.prog, set(self._option_string_actions)
+        for action in self._actions:  # the command used: its own options and help
+            if isinstance(action, argparse._SubParsersAction):
+                command = next((a for a in self.argv if a in action.choices), None)
+                if command is not None:
+                    prog = action.choices[command].prog
+                    known = set(action.choices[command]._option_string_actions)
+        hint = did_you_mean(message, known)
+        raise UsageError(f"{message}{hint} (see {prog} --help)")
+
+
+def did_you_mean(message: str, known: set[str]) -> str:
+    """For argparse's "unrecognized arguments: ..." message, a hint about its first option:
+    a setting this command does not take, or the closest of ``known`` options."""
+    import difflib
+
+    from digitlab.settings import SPECS
+
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    settings = {spec.flag: name for name, spec in SPECS.items()}
+    for word in message.split(":", 1)[1].split():
+        option = word.split("=", 1)[0]
+        if not option.startswith("--"):
+            continue
+        if option in settings:
+            return f"; cannot change {settings[option]} with this command"
+        close = difflib.get_close_matches(option, sorted(known), n=1, cutoff=0.6)
+        if close:
+            return f"; did you mean {close[0]}?"
+    return ""
 
 
 class UsageError(DigitlabError):
@@ -193,9 +233,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     options = options_given(args)
     args.checkpoint = checkpoint_file(args.checkpoint)
+    folder = Path(args.checkpoint).parent
+    if args.name is None and (folder / "config.toml").is_file():
+        args.name = folder.parent.name  # runs/<name>/<stamp>: continue under the same name
     plan = plan_resume(
-        args.checkpoint, options, more_steps=args.more_steps, more_epochs=args.more_epochs
-    )
+        args.checkpoint, options, more_steps=args.more_steps, more_epochs=args.more_epochs,
+        restart_momentum=args.restart_momentum,
+    )  # fmt: skip
     chosen = bool({"dataset", "data_root"} & set(options))  # data chosen explicitly
     data = data_for_checkpoint(
         plan.settings, plan.checkpoint[1], args.checkpoint, dataset_given=chosen
@@ -495,12 +539,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from digitlab.report import write_report, write_run_report
 
-    if getattr(args, "run_dirs", None):
-        html, md = write_run_report(args.run_dirs, out=args.out)
+    run_dirs = getattr(args, "run_dirs", None) or _plain_runs(Path(args.runs))
+    if run_dirs:
+        html, md = write_run_report(run_dirs, out=getattr(args, "out", None))
     else:
         html, md = write_report(Path(args.runs), redraw=getattr(args, "redraw", False))
     out(f"report: {html} and {md}")
     return 0
+
+
+def _plain_runs(root: Path) -> list[str]:
+    """The run folders (``<root>/<name>/<stamp>`` with a ``config.toml``) of a runs root that
+    holds no experiment (no ``*/experiment.json``): what ``digitlab report`` reports alone."""
+    if not root.is_dir() or any(root.glob("*/experiment.json")):
+        return []
+    return sorted(str(p.parent) for p in root.glob("*/*/config.toml") if p.is_file())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -541,6 +594,13 @@ RESUME_NOTE = (
 )
 
 
+CHECKPOINT_HELP = "a run's checkpoint.npz, or its run folder"
+DATA_ROOT_HELP = (
+    "folder holding the dataset files (default: $DIGITLAB_DATA, the cache, then the "
+    "embedded sample)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from digitlab import __version__
     from digitlab.models import ACTIVATIONS, MODELS
@@ -553,14 +613,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"digitlab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def runs_options(sp: argparse.ArgumentParser) -> None:
+    def runs_options(
+        sp: argparse.ArgumentParser, name_help: str = "run name (default: the model kind)"
+    ) -> None:
         sp.add_argument("--out", default="runs", help="runs root folder (default: runs)")
-        sp.add_argument("--name", default=None, help="run name (default: the model kind)")
+        sp.add_argument("--name", default=None, help=name_help)
         sp.add_argument("--quiet", action="store_true", help="no progress output while training")
 
     def data_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--dataset", default=None, help="use this dataset, not the run's")
-        sp.add_argument("--data-root", default=None, help="folder holding the dataset files")
+        sp.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
 
     t = sub.add_parser("train", help="train a model; writes a run folder")
     t.add_argument("--config", help="TOML file of settings (command-line options override it)")
@@ -569,20 +631,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("resume", help="continue a run from its checkpoint", description=RESUME_NOTE)
-    r.add_argument("checkpoint")
-    r.add_argument("--more-steps", type=_positive_int, default=None)
-    r.add_argument("--more-epochs", type=_positive_int, default=None)
-    runs_options(r)
-    add_options(r)
+    r.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    r.add_argument("--more-steps", type=_positive_int, default=None,
+                   help="train this many steps more than the checkpoint's")  # fmt: skip
+    r.add_argument("--more-epochs", type=_positive_int, default=None,
+                   help="train this many epochs more than the checkpoint's")  # fmt: skip
+    r.add_argument("--restart-momentum", action="store_true",
+                   help="resume a checkpoint that lacks its optimiser state (momentum "
+                   "velocity, Adam moments), restarting that state from zero")  # fmt: skip
+    runs_options(r, name_help="run name (default: the resumed run's, e.g. runs/live/...)")
+    add_options(r, changeable_only=True)
     r.set_defaults(func=cmd_resume)
 
     e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on its splits")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help=CHECKPOINT_HELP)
     data_options(e)
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict the classes of images (files, folders, IDX, CSV)")
-    pr.add_argument("checkpoint")
+    pr.add_argument("checkpoint", help=CHECKPOINT_HELP)
     pr.add_argument(
         "inputs",
         nargs="+",
@@ -624,20 +691,27 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_predict)
 
     g = sub.add_parser("gradcheck", help="central-difference gradient check on real images")
-    g.add_argument("--model", choices=list(MODELS), default="mlp", help="(default: mlp)")
-    g.add_argument("--hidden", type=_ints, default=[32], help="(default: 32)")
+    g.add_argument("--model", choices=list(MODELS), default="mlp",
+                   help="model whose gradient is checked (default: mlp)")  # fmt: skip
+    g.add_argument("--hidden", type=_ints, default=[32],
+                   help="mlp: hidden layer sizes, comma-separated (default: 32)")  # fmt: skip
     g.add_argument("--activation", choices=list(ACTIVATIONS), default="tanh",
-                   help="(default: tanh)")  # fmt: skip
-    g.add_argument("--l1", type=float, default=0.0, help="(default: 0)")
-    g.add_argument("--l2", type=float, default=0.0, help="(default: 0)")
-    g.add_argument("--eps", type=float, default=1e-2, help="(default: 0.01)")
+                   help="mlp: hidden activation (default: tanh)")  # fmt: skip
+    g.add_argument("--l1", type=float, default=0.0,
+                   help="L1 penalty included in the checked loss (default: 0)")  # fmt: skip
+    g.add_argument("--l2", type=float, default=0.0,
+                   help="L2 penalty included in the checked loss (default: 0)")  # fmt: skip
+    g.add_argument("--eps", type=float, default=1e-2,
+                   help="central-difference step; PASS when the largest error is below "
+                   "10*eps^2 (default: 0.01)")  # fmt: skip
     g.add_argument("--n", type=_positive_int, default=20, help="images in the batch (default: 20)")
     g.add_argument(
         "--checks", type=_checks, default="30",
         help="random entries checked per parameter array, or all (default: 30)",
     )  # fmt: skip
-    g.add_argument("--dataset", default="mnist", help="(default: mnist)")
-    g.add_argument("--data-root", default=None)
+    g.add_argument("--dataset", default="mnist",
+                   help="dataset the images come from (default: mnist)")  # fmt: skip
+    g.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
     g.set_defaults(func=cmd_gradcheck)
 
     d = sub.add_parser(
@@ -667,7 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--jobs", type=_jobs, default=-1,
                     help="parallel processes, -1 for all cores (default: -1)")  # fmt: skip
     rp.add_argument("--scheduler", default=None, help="address of a Dask distributed scheduler")
-    rp.add_argument("--data-root", default=None)
+    rp.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
     rp.add_argument("--no-report", action="store_true", help="skip writing runs/report.html")
     rp.set_defaults(func=cmd_reproduce)
 
@@ -698,7 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("demo", help="short softmax and MLP runs on the best MNIST data found")
-    m.add_argument("--data-root", default=None)
+    m.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
     runs_options(m)
     m.set_defaults(func=cmd_demo)
     return p

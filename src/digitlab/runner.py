@@ -552,12 +552,15 @@ def plan_resume(
     *,
     more_steps: int | None = None,
     more_epochs: int | None = None,
+    restart_momentum: bool = False,
 ) -> ResumePlan:
     """The settings a resumed run continues with: the checkpoint's, with ``options`` applied.
 
     ``options`` are command-line values (text). Settings declared ``fixed`` (model shape,
     data, batching, seed) cannot change; ``lr`` sets the schedule's start again (annealing
-    still counts from the run's step). ``more_steps``/``more_epochs`` extend the run.
+    still counts from the run's step). ``more_steps``/``more_epochs`` extend the run. A
+    checkpoint without the optimiser state its run had (an MLP's velocity) is refused unless
+    ``restart_momentum`` (then that state restarts from zero).
 
     Raises
     ------
@@ -571,6 +574,8 @@ def plan_resume(
     arrays, meta = load_checkpoint(path)
     saved = run_settings(meta, path)
     progress = checkpoint_progress(meta, path)
+    if progress["step"] > 0 and not restart_momentum:
+        check_optimizer_state(arrays, meta, path)
     settings = Settings.merge([(f"checkpoint {path}", saved.to_dict()), (COMMAND_LINE, options)])
     changed = sorted(
         k for k in options if SPECS[k].fixed and getattr(settings, k) != getattr(saved, k)
@@ -588,6 +593,39 @@ def plan_resume(
     elif more_epochs is not None:
         settings = settings.replace(epochs=progress["epoch"] + more_epochs)
     return ResumePlan(settings, (arrays, meta), step)
+
+
+def check_optimizer_state(
+    arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], path: str | os.PathLike
+) -> None:
+    """Refuse (CheckpointError) a checkpoint that lacks optimiser state its optimiser keeps
+    after a step (momentum velocity, Adam's moments): resuming would silently restart it.
+
+    The expected names come from the optimiser itself: a fresh one takes one zero step on
+    zero parameters shaped like the checkpoint's.
+    """
+
+    config = meta.get("optimizer")
+    if not isinstance(config, Mapping):
+        return  # older checkpoints: the trainer's own checks apply
+    try:
+        opt = make_optimizer(config)
+        params = {
+            k[len("model/") :]: np.zeros(v.shape, dtype=np.float32)
+            for k, v in arrays.items() if k.startswith("model/")
+        }  # fmt: skip
+        opt.step(params, {k: np.zeros_like(p) for k, p in params.items()}, 0.0)
+        expected = set(opt.state_dict())
+    except (ConfigError, TypeError, ValueError, AttributeError):
+        return  # not a standard optimiser: the trainer's own checks apply
+    present = {k[len("optim/") :] for k in arrays if k.startswith("optim/")}
+    missing = sorted(expected - present)
+    if missing:
+        raise CheckpointError(
+            f"{path}: lacks the {config.get('name', 'sgd')} optimiser state "
+            f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}; resuming would "
+            "restart it from zero (give --restart-momentum to resume so anyway)"
+        )
 
 
 def data_for_checkpoint(
