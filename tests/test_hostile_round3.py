@@ -263,3 +263,41 @@ def test_report_without_arguments_reports_the_runs_folder(live_run, tmp_path, mo
     assert "| momentum | 0.9 |" in md
     for other in ("beta1", "beta2", "weight_decay", "| alpha |"):
         assert other not in md, other  # an SGD run: no other optimiser's settings
+
+
+# ---------------------------------------------------------------------------------- splits
+@pytest.mark.parametrize(
+    "options", [["--n-train", "1"], ["--n-train", "2", "--holdout", "0.5"]]
+)
+def test_degenerate_splits_are_refused_before_training(tmp_path, capsys, options):
+    out = tmp_path / "runs"
+    argv = ["train", "--dataset", "digits-8x8", "--epochs", "1", "--quiet", "--out", str(out)]
+    assert main([*argv, *options]) == 2
+    one_line_error(capsys, "at least 2 training images")
+    assert not out.exists()
+
+
+def test_the_library_refuses_an_empty_test_split():
+    from digitlab.data import load
+    from digitlab.data.splits import Splits
+    from digitlab.errors import ConfigError
+
+    ds = load("digits-8x8")
+    empty = (ds.x_test[:0], ds.y_test[:0])
+    splits = Splits((ds.x_train, ds.y_train), None, empty, ds.classes)
+    with pytest.raises(ConfigError, match="0 test images"):
+        splits.check_trainable()
+
+
+def test_a_csv_whose_first_line_is_blank_is_read(tmp_path):
+    from digitlab.data import read_csv
+    from digitlab.errors import DataError
+
+    rows = ["label," + ",".join(f"p{i}" for i in range(64))]
+    rows += [f"{i},{','.join(str((i * j) % 256) for j in range(64))}" for i in range(3)]
+    (tmp_path / "a.csv").write_text("\n \n" + "\n".join(rows) + "\n")
+    x, y = read_csv(tmp_path / "a.csv")
+    assert x.shape == (3, 8, 8) and y.tolist() == [0, 1, 2]
+    (tmp_path / "b.csv").write_text("\n\n\n")
+    with pytest.raises(DataError, match="only blank lines"):
+        read_csv(tmp_path / "b.csv")

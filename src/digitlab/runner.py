@@ -96,6 +96,7 @@ def prepare_data(settings: Settings, dataset: Dataset | None = None) -> Prepared
         ds, n_train=n_train, n_test=n_test, holdout=holdout, holdout_mode=mode,
         classes=classes, rng=rng,
     )  # fmt: skip
+    splits.check_trainable()  # empty or one-image splits: one line, before any training
     prep = Preprocessor(s.preprocess, bias_column=s.bias_column).fit(splits.train[0])
     train = (ImageRows(splits.train[0], prep), splits.train[1])
     val = (ImageRows(splits.val[0], prep), splits.val[1]) if splits.val is not None else None
