@@ -301,3 +301,32 @@ def test_a_csv_whose_first_line_is_blank_is_read(tmp_path):
     (tmp_path / "b.csv").write_text("\n\n\n")
     with pytest.raises(DataError, match="only blank lines"):
         read_csv(tmp_path / "b.csv")
+
+
+# ---------------------------------------------------------------------------------- clusters
+def test_a_worker_that_finds_other_data_than_the_client_says_so(tmp_path):
+    import socket
+
+    from digitlab.errors import DataError
+    from digitlab.experiments.engine import run_member
+    from digitlab.runner import job_data
+
+    settings = {"dataset": "digits-8x8", "model": "softmax", "epochs": 1}
+    client = job_data(settings)  # what the client resolved
+    assert client["name"] == "digits-8x8" and client["n_train"] > 0 and client["crc32"]
+    full_mnist = {"name": "mnist", "n_train": 60000, "n_test": 10000, "crc32": "0badc0de"}
+    with pytest.raises(DataError, match=f"worker {socket.gethostname()}") as exc:
+        run_member(settings, [], str(tmp_path / "job"), expected_data=full_mnist)
+    assert "planned on mnist (60000 train / 10000 test)" in str(exc.value)
+    assert not (tmp_path / "job").exists()
+    metrics = run_member(settings, [], str(tmp_path / "ok"), expected_data=client)
+    assert metrics["test_acc"] > 0.5
+
+
+def test_every_cluster_job_carries_the_clients_dataset_identity(tmp_path):
+    from digitlab.experiments import builtin_experiments
+    from digitlab.experiments.engine import _jobs
+
+    exp = next(e for e in builtin_experiments().values() if not e.on_request)
+    jobs, _, _ = _jobs([exp], tmp_path, {"dataset": "digits-8x8"})
+    assert jobs and all(j.data and j.data["name"] == "digits-8x8" for j in jobs)

@@ -297,6 +297,33 @@ def data_record(ds: Dataset) -> dict[str, Any]:
             "crc32": f"{crc:08x}", "source": ds.source, "is_sample": ds.is_sample}  # fmt: skip
 
 
+def job_data(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity (name, sizes, checksum: :func:`data_record`) of the dataset that a job's
+    ``settings`` resolve to here: what the client sends with each cluster job."""
+    s = Settings.from_dict(dict(settings))
+    return data_record(load(s.dataset, root=s.data_root))
+
+
+def check_job_data(expected: Mapping[str, Any] | None, ds: Dataset) -> None:
+    """Refuse (DataError, naming this worker) data other than the client's ``expected``
+    :func:`job_data`: a worker without ``DIGITLAB_DATA`` finds the embedded sample instead of
+    full MNIST, and must say so rather than train on it or fail on its sizes."""
+    import socket
+
+    if not expected:
+        return
+    now = data_record(ds)
+    if any(expected.get(k) != now[k] for k in ("name", "n_train", "n_test", "crc32")):
+        n_tr, n_te = expected.get("n_train"), expected.get("n_test")
+        was = f"{expected.get('name')} ({n_tr} train / {n_te} test)"
+        raise DataError(
+            f"worker {socket.gethostname()} (pid {os.getpid()}) finds {ds.name} "
+            f"({now['n_train']} train / {now['n_test']} test, {ds.source}) but the job was "
+            f"planned on {was}; give the workers the same data (DIGITLAB_DATA or --data-root "
+            "on a shared folder)"
+        )
+
+
 def _bytes(a: np.ndarray) -> np.ndarray:
     """The bytes of ``a`` in C order (uint8 (nbytes,)), without a copy when it is contiguous."""
     return np.ascontiguousarray(a).reshape(-1).view(np.uint8)

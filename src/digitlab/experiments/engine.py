@@ -49,10 +49,17 @@ def _load_params(folder: str) -> dict[str, np.ndarray]:
     return {k[len("model/") :]: v for k, v in arrays.items() if k.startswith("model/")}
 
 
-def _prepared(base: Any, bias_input: float, validation: str, dataset: Any = None) -> Any:
-    """The member's data: the settings' splits, validation on test, scaled bias input."""
-    from digitlab.runner import prepare_data
+def _prepared(
+    base: Any, bias_input: float, validation: str, dataset: Any = None, expected: Any = None
+) -> Any:
+    """The member's data: the settings' splits, validation on test, scaled bias input;
+    refused when it is not the client's ``expected`` data (:func:`~digitlab.runner.job_data`)."""
+    from digitlab.data import load
+    from digitlab.runner import check_job_data, prepare_data
 
+    if expected:
+        dataset = dataset if dataset is not None else load(base.dataset, root=base.data_root)
+        check_job_data(expected, dataset)
     if validation == "test":
         data = prepare_data(base.replace(holdout=0.0, early_stopping=0), dataset)
         note = "validation on the test split (no hold-out cut from the training images)"
@@ -91,8 +98,11 @@ def run_member(
     bias_input: float = 1.0,
     validation: str = "split",
     eval_offset: int = 0,
+    expected_data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one job (all stages of one member, one seed) into ``folder``; return its metrics.
+
+    ``expected_data`` is the client's dataset identity; other data here is refused.
 
     ``init_from`` is the folder of a finished job whose final weights this one starts from.
     A top-level function so that joblib and Dask can send it to worker processes. If it fails,
@@ -102,7 +112,7 @@ def run_member(
     from digitlab.runner import Settings, run
 
     base = Settings.from_dict(settings)
-    data = _prepared(base, bias_input, validation)
+    data = _prepared(base, bias_input, validation, expected=expected_data)
     init = _load_params(init_from) if init_from is not None else None
     out = Path(folder)
     out.mkdir(parents=True)
@@ -167,11 +177,13 @@ class Job:
     key: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     ran: bool = False
+    data: dict[str, Any] | None = None  # the client's dataset identity (runner.job_data)
 
     def call(self, init_folder: str | None) -> dict[str, Any]:
         return run_member(
             self.settings, self.stages, self.folder, init_from=init_folder,
             bias_input=self.bias_input, validation=self.validation, eval_offset=self.eval_offset,
+            expected_data=self.data,
         )  # fmt: skip
 
 
@@ -195,7 +207,7 @@ def run_together(jobs: list[Job], init_folders: list[str | None]) -> list[dict[s
     bases = [Settings.from_dict(j.settings) for j in jobs]
     first = jobs[0]
     dataset = load(bases[0].dataset, root=bases[0].data_root)
-    data = _prepared(bases[0], first.bias_input, first.validation, dataset)
+    data = _prepared(bases[0], first.bias_input, first.validation, dataset, first.data)
     for b in bases[1:]:  # each compared and dropped: one extra copy of the features at a time
         if not _same_data(data, _prepared(b, first.bias_input, first.validation, dataset)):
             return one_by_one()
@@ -487,6 +499,7 @@ def _jobs(
     experiment's member settings, and its notes."""
     from digitlab.data import locate
     from digitlab.errors import DatasetNotFoundError
+    from digitlab.runner import job_data
 
     jobs: list[Job] = []
     all_settings: list[list[dict[str, Any]]] = []
@@ -508,6 +521,7 @@ def _jobs(
                     f"{dataset} not found: the same protocol ran on {exp.fallback_dataset} instead"
                 )
         settings = [exp.member_settings(m, **extra) for m in exp.members]
+        identities: dict[str, dict[str, Any]] = {}  # the data each job must find: by source
         _prepare_folder(folder, out)
         index: dict[tuple[int, int], int] = {}
         labels = [m.label for m in exp.members]
@@ -532,6 +546,10 @@ def _jobs(
                     job.metrics = done
                 else:
                     _clear(sub, folder)
+                where = json.dumps([s.get("dataset"), s.get("data_root")])
+                if where not in identities:
+                    identities[where] = job_data(s)
+                job.data = identities[where]  # travels with the job to its worker
                 index[(k, r)] = len(jobs)
                 jobs.append(job)
         all_settings.append(settings)
