@@ -281,6 +281,8 @@ class RunIndex:
             st = path.stat()
         except OSError:
             return {}
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block the scan: not read
+            return {}
         cached = self._experiments.get(top)
         if cached is not None and cached[0] == st.st_mtime_ns:
             return cached[1]
