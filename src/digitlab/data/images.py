@@ -370,6 +370,13 @@ def _framed(x: np.ndarray) -> np.ndarray:
     return out[0] if x.ndim == 2 else np.stack(out, axis=-1)
 
 
+def _no_ink(th: int, tw: int, empty: Literal["error", "blank"]) -> np.ndarray:
+    """What an image without ink gives: zeros (th, tw) with ``empty="blank"``, else DataError."""
+    if empty == "blank":
+        return np.zeros((th, tw), dtype=np.float32)
+    raise DataError("no ink found: the image is uniform or nothing stands out of the paper's noise")
+
+
 def _fill_frame(
     g: np.ndarray, th: int, tw: int, empty: Literal["error", "blank"]
 ) -> np.ndarray:
@@ -384,11 +391,7 @@ def _fill_frame(
     resid = g - float(np.median(g[_ring(H, W)]))
     top = float(np.percentile(resid, 99.5))
     if top < 0.05:
-        if empty == "blank":
-            return np.zeros((th, tw), dtype=np.float32)
-        raise DataError(
-            "no ink found: the image is uniform or nothing stands out of the paper's noise"
-        )
+        return _no_ink(th, tw, empty)
     levels = np.clip(resid / top, 0.0, 1.0).astype(np.float32)
     rows = np.flatnonzero((levels > 0.1).any(axis=1))
     cols = np.flatnonzero((levels > 0.1).any(axis=0))
@@ -483,11 +486,7 @@ def to_model_input(
     hi = float(np.percentile(resid[ink], 30)) if n else 0.0
     # ink: a blob of some size (noise above 4 sigma comes in specks), clearly above the noise
     if sizes.max() < max(4.0, 2e-4 * H * W) or hi - mu_b < max(0.03, 3.0 * sd_b):
-        if empty == "blank":
-            return np.zeros((th, tw), dtype=np.float32)
-        raise DataError(
-            "no ink found: the image is uniform or nothing stands out of the paper's noise"
-        )
+        return _no_ink(th, tw, empty)
     lo = min(t, mu_b + 3.0 * sd_b)
     levels = np.clip((resid - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
 
@@ -509,6 +508,12 @@ def to_model_input(
     levels = np.where(near, levels, 0.0).astype(np.float32)
     levels = _thicken(levels, keep)
 
+    return _place(levels, th, tw, fit)
+
+
+def _place(levels: np.ndarray, th: int, tw: int, fit: float) -> np.ndarray:
+    """The ink of ``levels`` (H, W) cropped, fitted into ``fit`` of the (th, tw) frame
+    (antialiased) and placed with its centre of mass at the frame's centre."""
     rows = np.flatnonzero(levels.any(axis=1))
     cols = np.flatnonzero(levels.any(axis=0))
     crop = levels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
