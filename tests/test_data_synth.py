@@ -426,3 +426,11 @@ def _plant(folder, victim):
             part.symlink_to(victim)
 
     return progress
+
+
+def test_a_deeply_nested_synth_record_is_one_line(tmp_path, source):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / PROGRESS).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match="unreadable synth record"):
+        _make(out, source, n=350, seed=1)

@@ -549,11 +549,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _plain_runs(root: Path) -> list[str]:
-    """The run folders (``<root>/<name>/<stamp>`` with a ``config.toml``) of a runs root that
-    holds no experiment (no ``*/experiment.json``): what ``digitlab report`` reports alone."""
+    """The run folders (``<root>/<name>/<stamp>`` or ``<root>/<name>`` with a ``config.toml``)
+    of a runs root that holds no experiment (no ``*/experiment.json``): what
+    ``digitlab report`` reports alone."""
     if not root.is_dir() or any(root.glob("*/experiment.json")):
         return []
-    return sorted(str(p.parent) for p in root.glob("*/*/config.toml") if p.is_file())
+    found = [*root.glob("*/config.toml"), *root.glob("*/*/config.toml")]
+    return sorted(str(p.parent) for p in found if p.is_file())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

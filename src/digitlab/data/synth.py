@@ -243,7 +243,7 @@ def _open_part(path: Path, mode: str) -> Any:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # deep nesting too
         raise DataError(f"{path}: unreadable synth record ({e}); delete it to start again") \
             from None
     if not isinstance(value, dict):
