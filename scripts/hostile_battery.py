@@ -435,7 +435,9 @@ def png_cases(base: Base) -> list[Case]:
             Case(
                 "png",
                 name,
-                ["predict", ck, "imgs", "-o", "out.csv"],
+                # --strict: one bad image refuses the batch (the batch class covers the
+                # default, where its row is left without a class and the rest predicted)
+                ["predict", ck, "imgs", "-o", "out.csv", "--strict"],
                 setup,
                 outputs=("out.csv",) if ok is not None else (),
                 check=predict_ok(ok) if ok is not None else None,
@@ -495,7 +497,7 @@ def png_cases(base: Base) -> list[Case]:
         Case(
             "png",
             "single-file-corrupt",
-            ["predict", ck, "one.png", "-o", "out.csv"],
+            ["predict", ck, "one.png", "-o", "out.csv", "--strict"],
             writes("one.png", good[:30]),
         )
     )
