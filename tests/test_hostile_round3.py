@@ -330,3 +330,15 @@ def test_every_cluster_job_carries_the_clients_dataset_identity(tmp_path):
     exp = next(e for e in builtin_experiments().values() if not e.on_request)
     jobs, _, _ = _jobs([exp], tmp_path, {"dataset": "digits-8x8"})
     assert jobs and all(j.data and j.data["name"] == "digits-8x8" for j in jobs)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [("a = " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply"),
+     (b'name = "x\xff"\n', "not valid TOML")],
+)  # fmt: skip
+def test_hostile_experiment_files_are_one_line(tmp_path, capsys, text, words):
+    path = tmp_path / "exp.toml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert main(["reproduce", str(path), "--out", str(tmp_path / "runs")]) == 2
+    one_line_error(capsys, words)
