@@ -116,7 +116,10 @@ def test_a_string_where_a_number_belongs_is_not_sent_and_the_page_escapes_values
 
 
 # ---------------------------------------------------------------------------------- data
-def test_a_data_root_written_in_a_checkpoint_is_never_read(sample_run, other_mnist, tmp_path):
+def test_a_data_root_written_in_a_checkpoint_is_never_read(
+    sample_run, other_mnist, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.delenv("DIGITLAB_DATA", raising=False)  # the server's data: the sample
     root = tmp_path / "runs"
     shutil.copytree(sample_run, root / "r")
     arrays, meta = load_checkpoint(root / "r" / "checkpoint.npz")
