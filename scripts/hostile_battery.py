@@ -70,6 +70,8 @@ class Case:
     outputs: tuple[str, ...] = ()  # top-level names a success may create
     check: Callable[[Path], str | None] | None = None  # success validator: problem or None
     library: bool = False  # run through the library wrapper instead of the command
+    wrapper: str = ""  # run this Python source (argv after it) instead of the command
+    env: dict[str, str] = field(default_factory=dict)  # extra environment variables
     quick: bool = False
     expect: str = ""  # "ok", "error" or "either"; default: "ok" when check is set
 
@@ -433,7 +435,9 @@ def png_cases(base: Base) -> list[Case]:
             Case(
                 "png",
                 name,
-                ["predict", ck, "imgs", "-o", "out.csv"],
+                # --strict: one bad image refuses the batch (the batch class covers the
+                # default, where its row is left without a class and the rest predicted)
+                ["predict", ck, "imgs", "-o", "out.csv", "--strict"],
                 setup,
                 outputs=("out.csv",) if ok is not None else (),
                 check=predict_ok(ok) if ok is not None else None,
@@ -493,7 +497,7 @@ def png_cases(base: Base) -> list[Case]:
         Case(
             "png",
             "single-file-corrupt",
-            ["predict", ck, "one.png", "-o", "out.csv"],
+            ["predict", ck, "one.png", "-o", "out.csv", "--strict"],
             writes("one.png", good[:30]),
         )
     )
@@ -1118,7 +1122,438 @@ CLASSES = {
     "options": option_cases,
     "checkpoint": checkpoint_cases,
     "paths": path_cases,
+    "app": lambda base: app_cases(base),
+    "batch": lambda base: batch_cases(base),
+    "report": lambda base: report_cases(base),
+    "synth": lambda base: synth_cases(base),
+    "concurrency": lambda base: concurrency_cases(base),
 }
+
+# ------------------------------------------------------------------------------- the app
+
+#: One request to ``digitlab serve``'s application over ``runs/`` (Starlette's TestClient, no
+#: socket). argv: METHOD PATH EXPECT [header:value ...] [@bodyfile]. EXPECT is a status class
+#: (``2xx``, ``4xx``, ``any``). Exit 0 when the answer is in that class and not a 5xx (JSON
+#: answers must parse), 1 when not, after 20 s (a hang), or on a 5xx; a DigitlabError from
+#: building the app (a bad $DIGITLAB_MAX_*) is one line and exit 2, as the command does.
+APP_WRAPPER = """
+import json, sys, threading, warnings
+warnings.simplefilter("ignore")
+from digitlab.errors import DigitlabError
+method, path, expect, *rest = sys.argv[1:]
+headers = dict(r.split(":", 1) for r in rest if not r.startswith("@"))
+body = next((open(r[1:], "rb").read() for r in rest if r.startswith("@")), None)
+try:
+    from starlette.testclient import TestClient
+    from digitlab.serve import create_app
+    from digitlab.serve.app import host_names
+    hosts = host_names(headers.pop("x-listen", "127.0.0.1"))
+    client = TestClient(create_app("runs", allowed_hosts=hosts), base_url="http://127.0.0.1",
+                        raise_server_exceptions=False)
+except DigitlabError as exc:
+    print(f"digitlab: error: {exc}", file=sys.stderr)
+    sys.exit(2)
+out = []
+def go():
+    out.append(client.request(method, path, headers=headers, content=body))
+t = threading.Thread(target=go, daemon=True)
+t.start()
+t.join(20)
+if not out:
+    print("hang: no answer in 20 s", file=sys.stderr)
+    sys.exit(1)
+r = out[0]
+if r.status_code >= 500 or (expect != "any" and str(r.status_code)[0] != expect[0]):
+    print(f"HTTP {r.status_code} (wanted {expect}): {r.text[:200]}", file=sys.stderr)
+    sys.exit(1)
+if r.headers.get("content-type", "").startswith("application/json"):
+    json.loads(r.text)
+print(r.status_code)
+"""
+
+
+def _ok(folder: Path) -> str | None:
+    return None
+
+
+def _copy_run(base: Base, dest: Path) -> Path:
+    """A copy of the base run folder (config, history, metrics, checkpoint) at ``dest``."""
+    shutil.copytree(base.checkpoints["mlp"].parent, dest)
+    return dest
+
+
+def _run_with(base: Base, changes: dict[str, bytes | str | None], name: str = "r") -> Setup:
+    """Setup: runs/<name> (a copy of the base run) with files replaced (None: removed),
+    ``"->target"``: a symbolic link, ``"|fifo"``: a FIFO; and a good run runs/good."""
+
+    def setup(d: Path) -> None:
+        run = _copy_run(base, d / "runs" / name)
+        _copy_run(base, d / "runs" / "good")
+        for fname, data in changes.items():
+            p = run / fname
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if p.exists() or p.is_symlink():
+                p.unlink()
+            if data is None:
+                continue
+            if isinstance(data, str) and data.startswith("->"):
+                p.symlink_to(data[2:])
+            elif data == "|fifo":
+                os.mkfifo(p)
+            else:
+                _write(p, data)
+
+    return setup
+
+
+def _rgba_bomb(side: int = 7000) -> bytes:
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGBA", (side, side), (255, 255, 255, 0))
+    ImageDraw.Draw(im).line([(side // 2, side // 8), (side // 2, side * 7 // 8)],
+                            fill=(0, 0, 0, 255), width=side // 14)  # fmt: skip
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def app_cases(base: Base) -> list[Case]:
+    """Every endpoint of the app over hostile run folders, ids, headers and uploads: never a
+    5xx, a hang or a traceback; escapes and foreign origins refused (4xx)."""
+    cases: list[Case] = []
+    endpoints = ["/api/runs", "/api/run?id=r", "/api/run/history?id=r",
+                 "/api/run/weights.png?id=r&unit=0", "/api/run/confusion?id=r",
+                 "/api/run/examples.png?id=r&true=1&pred=2", "/api/compare?ids=r,good"]  # fmt: skip
+    deep = "[" * 100_000 + "]" * 100_000
+    bad_runs = {
+        "metrics-deep": {"metrics.json": deep},
+        "metrics-string-steps": {"metrics.json": json.dumps({"steps": "<b>x</b>",
+                                                             "seconds": "abc"})},  # fmt: skip
+        "metrics-confusion-300": {"metrics.json": json.dumps(
+            {"confusion_test": [[1] * 300 for _ in range(300)]})},
+        "config-train-5": {"config.toml": "train = 5\n"},
+        "config-deep": {"config.toml": "a = " + "[" * 50_000 + "]" * 50_000 + "\n"},
+        "config-binary": {"config.toml": b"\xff\xfe\x00model"},
+        "history-nul": {"history.csv": b"step,val_acc\n1,0.5\x00\n"},
+        "history-loop": {"history.csv": "->history.csv"},
+        "history-fifo": {"history.csv": "|fifo"},
+        "history-out": {"history.csv": "->/etc/passwd"},
+        "history-ragged": {"history.csv": "step,val_acc\n1\n2,3,4\n,,\n"},
+        "checkpoint-garbage": {"checkpoint.npz": b"PK\x03\x04garbage"},
+        "checkpoint-dir": {"checkpoint.npz": None, "checkpoint.npz/x": "x"},
+        "no-config": {"config.toml": None},
+    }
+    for what, changes in bad_runs.items():
+        for ep in endpoints:
+            cases.append(Case("app", f"{what} {ep.split('?')[0]}", ["GET", ep, "any"],
+                              _run_with(base, changes), outputs=("runs",), check=_ok,
+                              wrapper=APP_WRAPPER, quick=ep == "/api/runs"))  # fmt: skip
+    fifo = _run_with(base, {})
+
+    def fifo_experiment(d: Path) -> None:
+        fifo(d)
+        os.mkfifo(d / "runs" / "experiment.json")
+        (d / "runs" / "exp").mkdir()
+        shutil.copytree(d / "runs" / "good", d / "runs" / "exp" / "m")
+        os.mkfifo(d / "runs" / "exp" / "experiment.json")
+
+    cases.append(Case("app", "experiment.json fifo", ["GET", "/api/runs", "2xx"], fifo_experiment,
+                      outputs=("runs",), check=_ok, wrapper=APP_WRAPPER, quick=True))  # fmt: skip
+    for rid in ("../x", "..%2Fx", "%2e%2e/x", "/etc", "r/../../x", "r%00", "r\\..", "a" * 2000,
+                "good/../../outside"):
+        cases.append(Case("app", f"id {rid[:20]}", ["GET", f"/api/run?id={rid}", "4xx"],
+                          _run_with(base, {}), outputs=("runs",), check=_ok,
+                          wrapper=APP_WRAPPER))  # fmt: skip
+    cases += _app_request_cases(base)
+    return cases
+
+
+def _app_request_cases(base: Base) -> list[Case]:
+    """Headers, origins, uploads and crafted checkpoints."""
+    cases: list[Case] = []
+    digit = png(np.pad(np.full((20, 4), 255, np.uint8), 8))
+    post = ["POST", "/api/predict?ids=good"]
+
+    def add(name, argv, setup=None, env=None, quick=False):
+        cases.append(Case("app", name, argv, setup or _run_with(base, {}), outputs=("runs", "b"),
+                          check=_ok, wrapper=APP_WRAPPER, env=env or {}, quick=quick))  # fmt: skip
+
+    def body(data: bytes) -> Setup:
+        def setup(d: Path) -> None:
+            _run_with(base, {})(d)
+            _write(d / "b", data)
+
+        return setup
+
+    add("host foreign", ["GET", "/api/runs", "4xx", "host:attacker.example"], quick=True)
+    add("host foreign on 127.0.0.2", ["GET", "/api/runs", "4xx", "host:evil.example",
+                                      "x-listen:127.0.0.2"])  # fmt: skip
+    add("host 127.0.0.2 own", ["GET", "/api/runs", "2xx", "host:127.0.0.2",
+                               "x-listen:127.0.0.2"])  # fmt: skip
+    add("origin foreign", [*post, "4xx", "origin:http://evil.example", "@b"], body(digit),
+        quick=True)  # fmt: skip
+    add("origin null", [*post, "4xx", "origin:null", "@b"], body(digit))
+    add("sec-fetch cross-site", [*post, "4xx", "sec-fetch-site:cross-site", "@b"], body(digit))
+    add("origin own", [*post, "2xx", "origin:http://127.0.0.1", "@b"], body(digit))
+    add("upload digit", [*post, "2xx", "@b"], body(digit))
+    add("upload rgba bomb", [*post, "any", "@b"], body(_rgba_bomb()), quick=True)
+    add("upload empty", [*post, "4xx", "@b"], body(b""))
+    add("upload garbage", [*post, "4xx", "@b"], body(b"\x89PNG\r\n\x1a\nnope"))
+    add("upload 3 MB", [*post, "4xx", "@b"], body(b"\0" * (3 << 20)))
+    add("upload header 60000x60000", [*post, "4xx", "@b"], body(hf.png_bytes(60000, 60000)))
+    add("upload blank", [*post, "4xx", "@b"], body(png(np.full((50, 50), 255, np.uint8))))
+    add("upload over DIGITLAB_MAX_PIXELS", [*post, "4xx", "@b"], body(png(np.zeros((200, 200),
+        np.uint8))), env={"DIGITLAB_MAX_PIXELS": "10000"})  # fmt: skip
+    add("DIGITLAB_MAX_PIXELS=abc", ["GET", "/api/runs", "any"], env={"DIGITLAB_MAX_PIXELS": "abc"})
+    cases[-1].expect = "error"
+    add("DIGITLAB_MAX_BYTES=-5", ["GET", "/api/runs", "any"], env={"DIGITLAB_MAX_BYTES": "-5"})
+    cases[-1].expect = "error"
+    add("predict no ids", ["POST", "/api/predict", "4xx", "@b"], body(digit))
+    add("predict 9 ids", ["POST", "/api/predict?ids=" + ",".join(["good"] * 9), "4xx", "@b"],
+        body(digit))  # fmt: skip
+    for name, change in (("image_shape 20000", lambda m, a: m["extra"].__setitem__(
+            "image_shape", [20000, 20000])),
+            ("classes short", lambda m, a: m["extra"].__setitem__("classes", ["0"])),
+            ("data_root private", lambda m, a: m["extra"]["settings"].__setitem__(
+                "data_root", "/etc")),
+            ("weights 3e38", lambda m, a: a["model/W1"].fill(3e38))):  # fmt: skip
+        data = _crafted_checkpoint(base, change)
+        for ep, expect in (("/api/run/confusion?id=r", "any"), ("/api/run?id=r", "2xx")):
+            add(f"checkpoint {name} {ep.split('?')[0]}", ["GET", ep, expect],
+                _run_with(base, {"checkpoint.npz": data}))  # fmt: skip
+        add(f"checkpoint {name} predict", ["POST", "/api/predict?ids=r", "any", "@b"],
+            body_and(base, {"checkpoint.npz": data}, digit))  # fmt: skip
+    return cases
+
+
+def body_and(base: Base, changes: dict, data: bytes) -> Setup:
+    def setup(d: Path) -> None:
+        _run_with(base, changes)(d)
+        _write(d / "b", data)
+
+    return setup
+
+
+# ------------------------------------------------------------------------------- batches
+
+
+def _rows_ok(n: int, classes: int | None = None) -> Callable[[Path], str | None]:
+    """out.csv parses as CSV with ``n`` rows (``classes`` of them predicted)."""
+
+    def check(folder: Path) -> str | None:
+        import csv
+
+        try:
+            rows = list(csv.reader((folder / "out.csv").read_text().splitlines()))
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            return f"out.csv: {e}"
+        if len(rows) != n + 1 or rows[0][:2] != ["file", "class"]:
+            return f"out.csv has {len(rows) - 1} rows, not {n}"
+        got = sum(bool(r[1]) for r in rows[1:])
+        if classes is not None and got != classes:
+            return f"out.csv predicts {got} rows, not {classes}"
+        return None
+
+    return check
+
+
+def batch_cases(base: Base) -> list[Case]:
+    """``predict`` over folders mixing good and bad images, odd names and outputs."""
+    ck = str(base.checkpoints["mlp"])
+    good = png(np.pad(np.full((40, 8), 0, np.uint8), 20, constant_values=255))
+    bad = {"blank": png(np.full((30, 30), 255, np.uint8)), "broken": b"\x89PNG\r\n\x1a\nx",
+           "empty": b"", "text": b"hello", "bmp-trunc": b"BM\x00\x01",
+           "huge-header": hf.png_bytes(60000, 60000)}  # fmt: skip
+    cases: list[Case] = []
+
+    def folder(files: dict[str, bytes]) -> Setup:
+        def setup(d: Path) -> None:
+            for name, data in files.items():
+                p = os.path.join(os.fsencode(d / "in"), name.encode("utf-8", "surrogateescape"))
+                os.makedirs(os.path.dirname(p), exist_ok=True)
+                with open(p, "wb") as f:
+                    f.write(data)
+
+        return setup
+
+    for what, data in bad.items():
+        files = {"a.png": good, f"b-{what}.png": data, "c.png": good}
+        cases.append(Case("batch", f"one {what} in three", ["predict", ck, "in", "-o", "out.csv"],
+                          folder(files), ("out.csv",), _rows_ok(3, 2), quick=what == "blank"))
+        cases.append(Case("batch", f"one {what} in three --strict",
+                          ["predict", ck, "in", "-o", "out.csv", "--strict"], folder(files)))
+    mixed = {f"{i:03d}.png": (good if i % 3 else bad["blank"]) for i in range(30)}
+    cases.append(Case("batch", "30 files, 10 blank", ["predict", ck, "in", "-o", "out.csv",
+                      "--proba"], folder(mixed), ("out.csv",), _rows_ok(30, 20)))  # fmt: skip
+    for label, name in (("CR", "a\rb.png"), ("LF", "a\nb.png"), ("byte ff", "a\udcffb.png"),
+                        ("comma quote", 'a,"b.png'), ("tab", "a\tb.png")):  # fmt: skip
+        cases.append(Case("batch", f"file name with {label}", ["predict", ck, "in", "-o",
+                          "out.csv"], folder({name: good}), ("out.csv",), _rows_ok(1, 1),
+                          quick=label == "CR"))  # fmt: skip
+        cases.append(Case("batch", f"file name with {label} --kaggle", ["predict", ck, "in", "-o",
+                          "out.csv", "--kaggle"], folder({name: good}), ("out.csv",),
+                          _maybe_csv))  # fmt: skip
+    for out in ("/dev/full", "adir", "missing/dir/out.csv"):
+        def setup(d: Path, out=out) -> None:
+            folder({"a.png": good})(d)
+            if out == "adir":
+                (d / "adir").mkdir()
+
+        cases.append(Case("batch", f"-o {out} with a contact sheet",
+                          ["predict", ck, "in", "-o", out, "--contact-sheet", "s.png"], setup,
+                          quick=out == "/dev/full"))  # fmt: skip
+        if out.startswith("missing"):  # the folders are created: a success is fine
+            cases[-1].outputs, cases[-1].check = ("missing", "s.png"), _ok
+            cases[-1].expect = "ok"
+    cases.append(Case("batch", "run folder as checkpoint", ["predict", str(Path(ck).parent), "in",
+                      "-o", "out.csv"], folder({"a.png": good}), ("out.csv",), _rows_ok(1, 1)))
+    cases.append(Case("batch", "folder without checkpoint", ["predict", "in", "in"],
+                      folder({"a.png": good})))  # fmt: skip
+    cases.append(Case("batch", "DIGITLAB_MAX_PIXELS=100", ["predict", ck, "in", "-o", "out.csv"],
+                      folder({"a.png": good, "b.png": good}), ("out.csv",), _rows_ok(2, 0),
+                      env={"DIGITLAB_MAX_PIXELS": "100"}))  # fmt: skip
+    cases.append(Case("batch", "DIGITLAB_MAX_PIXELS=abc", ["predict", ck, "in"],
+                      folder({"a.png": good}), env={"DIGITLAB_MAX_PIXELS": "abc"}))  # fmt: skip
+    return cases
+
+
+# ------------------------------------------------------------------------------- reports
+
+
+def _report_ok(folder: Path) -> str | None:
+    html = list(folder.rglob("report.html"))
+    return None if html else "no report.html written"
+
+
+def report_cases(base: Base) -> list[Case]:
+    """``digitlab report`` of run folders holding hostile files."""
+    cases: list[Case] = []
+    changes = {
+        "metrics-deep": {"metrics.json": "[" * 100_000 + "]" * 100_000},
+        "metrics-seconds-string": {"metrics.json": json.dumps({"seconds": "abc"})},
+        "metrics-null": {"metrics.json": "null"},
+        "history-nul": {"history.csv": b"step,val_acc\n1,0.5\x00\n"},
+        "history-loop": {"history.csv": "->history.csv"},
+        "config-train-5": {"config.toml": "train = 5\n"},
+        "config-deep": {"config.toml": "a = " + "[" * 50_000 + "]" * 50_000 + "\n"},
+        "checkpoint-garbage": {"checkpoint.npz": b"PK\x03\x04garbage"},
+        "figures-link-out": {"figures": "->../../victimdir"},
+        "report-tmp-link": {".report.html.tmp": "->../../victim"},
+        "report-md-tmp-link": {".report.md.tmp": "->../../victim"},
+    }
+
+    def with_victims(setup: Setup) -> Setup:
+        def both(d: Path) -> None:
+            setup(d)
+            _write(d / "victim", b"precious")
+            (d / "victimdir").mkdir()
+
+        return both
+
+    def check(d: Path) -> str | None:
+        if any((d / "victimdir").iterdir()):
+            return "wrote figures through a linked figures/ folder"
+        return _victim_ok(d) or _report_ok(d)
+
+    for what, change in changes.items():
+        c = Case("report", what, ["report", "runs/r"], with_victims(_run_with(base, change)),
+                 outputs=("runs",), check=check, quick=what == "metrics-deep")  # fmt: skip
+        c.expect = "either"
+        cases.append(c)
+    none = Case("report", "no argument, plain runs", ["report"], _run_with(base, {}),
+                outputs=("runs",), check=_report_ok, quick=True)  # fmt: skip
+    cases.append(none)
+    cases.append(Case("report", "no argument, no runs", ["report"]))
+    cases.append(Case("report", "a file as run", ["report", "f"], writes("f", "x")))
+    return cases
+
+
+# ------------------------------------------------------------------------------- synth
+
+SHARED_DATA = os.environ.get("DIGITLAB_BATTERY_DATA", "/work/shared/data")
+
+
+def _victim_ok(folder: Path) -> str | None:
+    victim = folder / "victim"
+    if victim.exists() and victim.read_bytes() != b"precious":
+        return "wrote through a planted link into victim"
+    return None
+
+
+def synth_cases(base: Base) -> list[Case]:
+    """``data synth`` with planted links, odd options and leftovers (needs full MNIST at
+    $DIGITLAB_BATTERY_DATA, default /work/shared/data; skipped without it)."""
+    if not (Path(SHARED_DATA) / "mnist").is_dir():
+        return []
+    env = {"DIGITLAB_DATA": SHARED_DATA}
+    argv = ["data", "synth", "mnist-8m", "--n", "61000", "--root", "root"]
+    cases: list[Case] = []
+    for name in ("t10k-labels-idx1-ubyte.gz.part", "t10k-images-idx3-ubyte.gz.part",
+                 "train-images-idx3-ubyte.part", "train-labels-idx1-ubyte.part",
+                 "synth.json.part", "t10k-labels-idx1-ubyte.gz", "synth.json"):  # fmt: skip
+        def setup(d: Path, name=name) -> None:
+            (d / "root" / "mnist-8m").mkdir(parents=True)
+            _write(d / "victim", b"precious")
+            (d / "root" / "mnist-8m" / name).symlink_to(d / "victim")
+
+        def check(d: Path) -> str | None:
+            return _victim_ok(d)
+
+        c = Case("synth", f"link planted at {name}", argv, setup, ("root",), check, env=env,
+                 quick=name.endswith(".gz.part"))  # fmt: skip
+        c.expect = "either"
+        cases.append(c)
+        cases[-1].outputs = ("root",)
+    deep = "[" * 100_000 + "]" * 100_000
+    for what, data in (("deep", deep), ("binary", b"\xff\x00"), ("list", "[]"),
+                       ("done-huge", json.dumps({"done": 10**30}))):  # fmt: skip
+        cases.append(Case("synth", f"synth.json.part {what}", argv,
+                          writes("root/mnist-8m/synth.json.part", data), env=env))  # fmt: skip
+    for n in ("0", "-1", "abc", "99999999999999"):
+        cases.append(Case("synth", f"--n {n}", ["data", "synth", "mnist-8m", "--n", n, "--root",
+                          "root"], env=env))  # fmt: skip
+    return cases
+
+
+# ------------------------------------------------------------------------------- concurrency
+
+#: Runs the digitlab command given (argv after N) N times at once; exit 0 when every run
+#: exits 0 without a traceback, else one line and exit 1.
+CONCURRENT_WRAPPER = """
+import subprocess, sys
+n, argv = int(sys.argv[1]), sys.argv[2:]
+procs = [subprocess.Popen([sys.executable, "-m", "digitlab.cli", *argv],
+         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+bad = []
+for p in procs:
+    err = p.communicate(timeout=100)[1]
+    if p.returncode != 0 or "Traceback" in err:
+        bad.append(f"exit {p.returncode}: {err.strip().splitlines()[-1:]}")
+if bad:
+    print(f"{len(bad)} of {n} failed: {bad[0][:150]}", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def concurrency_cases(base: Base) -> list[Case]:
+    """The same command several times at once in one folder."""
+    ck = str(base.checkpoints["mlp"])
+    digit = png(np.pad(np.full((40, 8), 0, np.uint8), 20, constant_values=255))
+    fast = ["--dataset", "digits-8x8", "--epochs", "1", "--quiet", "--out", "runs"]
+    cases = [
+        Case("concurrency", "4 reports of one run", ["4", "report", "runs/r"],
+             _run_with(base, {}), ("runs",), _report_ok, wrapper=CONCURRENT_WRAPPER, quick=True),
+        Case("concurrency", "4 trains, one name", ["4", "train", *fast, "--name", "same"],
+             None, ("runs",), _runs_ok, wrapper=CONCURRENT_WRAPPER),
+        Case("concurrency", "4 predicts, one output", ["4", "predict", ck, "a.png", "-o",
+             "out.csv"], writes("a.png", digit), ("out.csv",), predict_ok(1),
+             wrapper=CONCURRENT_WRAPPER),
+        Case("concurrency", "3 resumes of one run", ["3", "resume", ck, "--more-steps", "5",
+             "--out", "runs", "--quiet"], None, ("runs",), _runs_ok,
+             wrapper=CONCURRENT_WRAPPER),
+    ]  # fmt: skip
+    return cases
+
 
 # ------------------------------------------------------------------------------- running
 
@@ -1211,15 +1646,15 @@ def run_case(case: Case, scratch: Path, env: dict[str, str]) -> Outcome:
             case.setup(folder)
         before = _tree(folder)
         outside = _tree(scratch.parent / "outside")
-        if case.library:
-            cmd = [sys.executable, "-c", LIBRARY_WRAPPER, *case.argv]
+        if case.library or case.wrapper:
+            cmd = [sys.executable, "-c", case.wrapper or LIBRARY_WRAPPER, *case.argv]
         else:
             cmd = [sys.executable, "-m", "digitlab.cli", *case.argv]
         try:
             proc = subprocess.run(
                 cmd,
                 cwd=folder,
-                env=env,
+                env=env | case.env,
                 capture_output=True,
                 text=True,
                 timeout=TIME_LIMIT,

@@ -368,3 +368,69 @@ def test_sigterm_mid_synth_then_rerun_equals_an_uninterrupted_run(tmp_path, sour
     whole = synthesize(tmp_path / "whole", x, y, [mnist_folder / n for n in
                        registry.MNIST_FILES[2:]], 20000, 7, name="mnist-8m")  # fmt: skip
     assert _bytes(root / "mnist-8m") == _bytes(whole.folder)
+
+
+@pytest.mark.parametrize("stop_at", [1, 2, 3, 4, 5])
+def test_synth_finishes_after_a_stop_at_any_rename_of_its_last_steps(
+    tmp_path, source, monkeypatch, stop_at
+):
+    """Killed between its final renames (test copies, record, the two training files), a
+    rerun finishes the set as an uninterrupted run makes it (it refused to continue)."""
+    from digitlab.data import synth as synth_module
+
+    whole = tmp_path / "whole"
+    _make(whole, source, n=450, seed=2)
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        if Path(dst).name != PROGRESS:  # the last steps: test copies, record, training files
+            calls.append(Path(dst).name)
+            if len(calls) == stop_at:
+                raise KeyboardInterrupt
+        return real(src, dst)
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(synth_module.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        _make(part, source, n=450, seed=2)
+    monkeypatch.setattr(synth_module.os, "replace", real)
+    _make(part, source, n=450, seed=2)
+    assert _bytes(part) == _bytes(whole)
+
+
+def test_synth_never_writes_through_planted_part_or_temporary_links(tmp_path, source):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    for name in ("t10k-labels-idx1-ubyte.gz.part", "t10k-images-idx3-ubyte.gz.part",
+                 f".{RECORD}.tmp", f".{PROGRESS}.tmp"):  # fmt: skip
+        (out / name).symlink_to(victim)
+    _make(out, source, n=350, seed=1)
+    assert victim.read_bytes() == b"precious"
+    for name in ("t10k-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        assert not (out / name).is_symlink()
+        assert (out / name).read_bytes() == (tmp_path / "testsrc" / name).read_bytes()
+    with pytest.raises((OutputError, DataError)):  # a link swapped in mid-run: refused
+        _make(tmp_path / "x", source, n=350, seed=1, progress=_plant(tmp_path / "x", victim))
+    assert victim.read_bytes() == b"precious"
+
+
+def _plant(folder, victim):
+    """A progress callback that swaps the images' .part file for a link (a race)."""
+
+    def progress(done, n):
+        part = folder / (TRAIN_X + ".part")
+        if done == 100 and part.exists() and not part.is_symlink():
+            part.unlink()
+            part.symlink_to(victim)
+
+    return progress
+
+
+def test_a_deeply_nested_synth_record_is_one_line(tmp_path, source):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / PROGRESS).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match="unreadable synth record"):
+        _make(out, source, n=350, seed=1)

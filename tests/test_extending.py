@@ -150,5 +150,5 @@ def test_optimizer_state_of_format_1_is_read_and_missing_state_refused(tmp_path)
     np.testing.assert_array_equal(resumed.optimizer.velocity["W"], arrays["optim/velocity/W"])
 
     partial = {k: v for k, v in arrays.items() if k != "optim/velocity/b"}
-    with pytest.raises(CheckpointError, match="lacks optimizer state velocity/b"):
+    with pytest.raises(CheckpointError, match="lacks optimiser state velocity/b"):
         fresh().load_state_dict(partial, meta)

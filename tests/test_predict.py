@@ -177,7 +177,7 @@ def test_errors_are_one_line_and_leave_no_file(tmp_path, checkpoint, digits, cap
     for needle, args in cases.items():
         capsys.readouterr()
         code = main(["predict", str(checkpoint), *args, "-o", str(out), "--contact-sheet",
-                     str(sheet)])  # fmt: skip
+                     str(sheet), "--strict"])  # fmt: skip
         err = capsys.readouterr().err
         assert code == 2, needle
         assert needle in err and err.count("\n") == 1, err

@@ -196,9 +196,12 @@ def test_confusion_says_why_when_the_test_data_cannot_be_loaded(trained, tmp_pat
     meta["extra"]["settings"] |= {"dataset": "mnist", "data_root": str(tmp_path / "nowhere")}
     meta.pop("format"), meta.pop("format_version")
     save_checkpoint(run / "checkpoint.npz", arrays, meta)
-    client = TestClient(create_app(tmp_path / "runs"), base_url=BASE)
-    c = client.get("/api/run/confusion", params={"id": "elsewhere"}).json()
-    assert "cannot load the test split of mnist" in c["error"]
+    # the data is looked for where the server was told, never where a checkpoint says
+    app = create_app(tmp_path / "runs", data_root=str(tmp_path / "server-data"))
+    c = TestClient(app, base_url=BASE).get("/api/run/confusion", params={"id": "elsewhere"})
+    c = c.json()
+    assert "cannot load the test split" in c["error"] and "server-data" in c["error"]
+    assert "nowhere" not in c["error"]
     assert c["matrix"] == json.loads((run / "metrics.json").read_text())["confusion_test"]
     assert c["examples"] == {}
 

@@ -116,10 +116,50 @@ class ProgressDisplay:
 
 # ------------------------------------------------------------------------------- options
 class Parser(argparse.ArgumentParser):
-    """argparse with errors as one line ``digitlab: error: ...`` (exit 2), no usage block."""
+    """argparse with errors as one line ``digitlab: error: ...`` (exit 2), no usage block,
+    no abbreviated options (``--epoch`` is not ``--epochs``) and "did you mean" for a typo."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.argv: list[str] = []
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see {self.prog} --help)")
+        prog, known = self.prog, set(self._option_string_actions)
+        for action in self._actions:  # the command used: its own options and help
+            if isinstance(action, argparse._SubParsersAction):
+                command = next((a for a in self.argv if a in action.choices), None)
+                if command is not None:
+                    prog = action.choices[command].prog
+                    known = set(action.choices[command]._option_string_actions)
+        hint = did_you_mean(message, known)
+        raise UsageError(f"{message}{hint} (see {prog} --help)")
+
+
+def did_you_mean(message: str, known: set[str]) -> str:
+    """For argparse's "unrecognized arguments: ..." message, a hint about its first option:
+    a setting this command does not take, or the closest of ``known`` options."""
+    import difflib
+
+    from digitlab.settings import SPECS
+
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    settings = {spec.flag: name for name, spec in SPECS.items()}
+    for word in message.split(":", 1)[1].split():
+        option = word.split("=", 1)[0]
+        if not option.startswith("--"):
+            continue
+        if option in settings:
+            return f"; cannot change {settings[option]} with this command"
+        close = difflib.get_close_matches(option, sorted(known), n=1, cutoff=0.6)
+        if close:
+            return f"; did you mean {close[0]}?"
+    return ""
 
 
 class UsageError(DigitlabError):
@@ -192,21 +232,28 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from digitlab.settings import options_given
 
     options = options_given(args)
+    args.checkpoint = checkpoint_file(args.checkpoint)
+    folder = Path(args.checkpoint).parent
+    if args.name is None and (folder / "config.toml").is_file():
+        args.name = folder.parent.name  # runs/<name>/<stamp>: continue under the same name
     plan = plan_resume(
-        args.checkpoint, options, more_steps=args.more_steps, more_epochs=args.more_epochs
-    )
+        args.checkpoint, options, more_steps=args.more_steps, more_epochs=args.more_epochs,
+        restart_momentum=args.restart_momentum,
+    )  # fmt: skip
     chosen = bool({"dataset", "data_root"} & set(options))  # data chosen explicitly
     data = data_for_checkpoint(
         plan.settings, plan.checkpoint[1], args.checkpoint, dataset_given=chosen
     )
     out(f"resuming {args.checkpoint} at step {plan.step}")
-    return _exit_code(_train(plan.settings, args, data=data, resume_from=plan.checkpoint))
+    return _exit_code(_train(plan.settings, args, data=data, resume_from=plan.checkpoint,
+                             restart_momentum=plan.restart_momentum))  # fmt: skip
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from digitlab.runfiles import checkpoint_progress, load_run_checkpoint, run_settings
     from digitlab.runner import data_for_checkpoint, split_metrics
 
+    args.checkpoint = checkpoint_file(args.checkpoint)
     model, _, meta = load_run_checkpoint(args.checkpoint)
     step = checkpoint_progress(meta, args.checkpoint)["step"]
     settings = run_settings(meta, args.checkpoint)
@@ -232,31 +279,78 @@ def _refuse_overwriting_inputs(inputs: list[str], outputs: list[str | None]) -> 
             raise OutputError(f"{out}: is one of the inputs; write the output elsewhere")
 
 
+def checkpoint_file(path: str) -> str:
+    """``path``, or ``path/checkpoint.npz`` when ``path`` is a run folder."""
+    from digitlab.errors import CheckpointError
+
+    if os.path.isdir(path):
+        inside = os.path.join(path, "checkpoint.npz")
+        if not os.path.isfile(inside):
+            raise CheckpointError(f"{path}: a folder without checkpoint.npz (not a run folder)")
+        return inside
+    return path
+
+
+def _write_all(files: list[tuple[str, Callable[[str], Any]]], stdout_text: str | None) -> None:
+    """Write each ``(path, writer)`` then ``stdout_text``; if any fails, the files already
+    written by this call are removed (nothing half-done is left) and the error is raised."""
+    done: list[str] = []
+    try:
+        for path, write in files:
+            write(path)
+            done.append(path)
+        if stdout_text is not None:
+            sys.stdout.write(stdout_text)
+            sys.stdout.flush()
+    except BaseException:
+        for path in done:
+            Path(path).unlink(missing_ok=True)
+        raise
+
+
+def _predictions_text(args: argparse.Namespace, pred: Any) -> str:
+    """The CSV (or Kaggle) text of ``pred``; rows of unreadable inputs have no class."""
+    from digitlab.predict import kaggle_csv, predictions_csv
+
+    if not args.kaggle:
+        return predictions_csv(pred, proba=args.proba)
+    if args.names:
+        return kaggle_csv(pred.predicted)
+    offset = pred.label_offset
+    return kaggle_csv(
+        ["" if pred.failed(k) else str(int(i) + offset) for k, i in enumerate(pred.labels)]
+    )
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from digitlab.errors import ConfigError
-    from digitlab.predict import contact_sheet, kaggle_csv, predict, predictions_csv, write_text
+    from digitlab.predict import contact_sheet, predict, printable_name, write_text
 
     if args.kaggle and args.proba:
         raise ConfigError("--proba adds columns to the default CSV; a --kaggle file has none")
+    args.checkpoint = checkpoint_file(args.checkpoint)
     _refuse_overwriting_inputs([args.checkpoint, *args.inputs], [args.output, args.contact_sheet])
-    pred = predict(args.checkpoint, args.inputs, raw=args.raw)
-    if args.kaggle:
-        offset = pred.label_offset
-        cats = pred.predicted if args.names else [str(int(i) + offset) for i in pred.labels]
-        text = kaggle_csv(cats)
-    else:
-        text = predictions_csv(pred, proba=args.proba)
+    pred = predict(args.checkpoint, args.inputs, raw=args.raw, keep_going=not args.strict)
+    text = _predictions_text(args, pred)
+    captions = [c or "error" for c in pred.predicted]
+    files: list[tuple[str, Callable[[str], Any]]] = []
+    if args.output != "-":
+        files.append((args.output, lambda p: write_text(p, text)))
+    if args.contact_sheet:
+        files.append((args.contact_sheet, lambda p: contact_sheet(pred.inputs, captions, p)))
+    _write_all(files, text if args.output == "-" else None)
+    failed = [printable_name(e) for e in pred.errors if e]
+    for e in failed:
+        print(f"digitlab: skipped {e}", file=sys.stderr, flush=True)
     note = sys.stderr if args.output == "-" else sys.stdout
+    if args.output != "-":
+        print(f"wrote {len(pred.names) - len(failed)} predictions to {args.output}", file=note)
     if args.contact_sheet:
-        contact_sheet(pred.inputs, pred.predicted, args.contact_sheet)
-    if args.output == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        write_text(args.output, text)
-        print(f"wrote {len(pred.names)} predictions to {args.output}", file=note, flush=True)
-    if args.contact_sheet:
-        print(f"wrote what the model saw to {args.contact_sheet}", file=note, flush=True)
+        print(f"wrote what the model saw to {args.contact_sheet}", file=note)
+    if failed:
+        print(f"digitlab: {len(failed)} of {len(pred.names)} inputs could not be read (their "
+              "rows have no class; --strict makes that an error)", file=sys.stderr)  # fmt: skip
+    note.flush()
     return 0
 
 
@@ -486,12 +580,23 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from digitlab.report import write_report, write_run_report
 
-    if getattr(args, "run_dirs", None):
-        html, md = write_run_report(args.run_dirs, out=args.out)
+    run_dirs = getattr(args, "run_dirs", None) or _plain_runs(Path(args.runs))
+    if run_dirs:
+        html, md = write_run_report(run_dirs, out=getattr(args, "out", None))
     else:
         html, md = write_report(Path(args.runs), redraw=getattr(args, "redraw", False))
     out(f"report: {html} and {md}")
     return 0
+
+
+def _plain_runs(root: Path) -> list[str]:
+    """The run folders (``<root>/<name>/<stamp>`` or ``<root>/<name>`` with a ``config.toml``)
+    of a runs root that holds no experiment (no ``*/experiment.json``): what
+    ``digitlab report`` reports alone."""
+    if not root.is_dir() or any(root.glob("*/experiment.json")):
+        return []
+    found = [*root.glob("*/config.toml"), *root.glob("*/*/config.toml")]
+    return sorted(str(p.parent) for p in found if p.is_file())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -500,7 +605,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from digitlab.serve import create_app
-    from digitlab.serve.app import LOCAL_HOSTS
+    from digitlab.serve.app import host_names
 
     root = Path(args.runs)
     if root.exists() and not root.is_dir():
@@ -508,10 +613,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:  # a busy port is a one-line error, not a uvicorn traceback
         with socket.create_server((args.host, args.port)):
             pass
-    except OSError as exc:
-        raise DigitlabError(f"cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
-    local = args.host in ("127.0.0.1", "localhost")
-    app = create_app(root, allowed_hosts=LOCAL_HOSTS if local else ["*"])
+    except PermissionError:
+        raise DigitlabError(
+            f"cannot listen on {args.host}:{args.port} (permission denied): ports below 1024 "
+            "need administrator rights; choose one from 1024 up, e.g. --port 8000"
+        ) from None
+    except (OSError, OverflowError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise DigitlabError(f"cannot listen on {args.host}:{args.port} ({why})") from None
+    app = create_app(root, allowed_hosts=host_names(args.host), data_root=args.data_root)
     out(f"digitlab serve: runs in {root.resolve()}")
     out(f"open http://{args.host}:{args.port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -558,6 +668,13 @@ def add_check_parser(sub: Any) -> None:
     ck.set_defaults(func=cmd_check)
 
 
+CHECKPOINT_HELP = "a run's checkpoint.npz, or its run folder"
+DATA_ROOT_HELP = (
+    "folder holding the dataset files (default: $DIGITLAB_DATA, the cache, then the "
+    "embedded sample)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from digitlab import __version__
     from digitlab.models import ACTIVATIONS, MODELS
@@ -570,14 +687,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"digitlab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def runs_options(sp: argparse.ArgumentParser) -> None:
+    def runs_options(
+        sp: argparse.ArgumentParser, name_help: str = "run name (default: the model kind)"
+    ) -> None:
         sp.add_argument("--out", default="runs", help="runs root folder (default: runs)")
-        sp.add_argument("--name", default=None, help="run name (default: the model kind)")
+        sp.add_argument("--name", default=None, help=name_help)
         sp.add_argument("--quiet", action="store_true", help="no progress output while training")
 
     def data_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--dataset", default=None, help="use this dataset, not the run's")
-        sp.add_argument("--data-root", default=None, help="folder holding the dataset files")
+        sp.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
 
     t = sub.add_parser("train", help="train a model; writes a run folder")
     t.add_argument("--config", help="TOML file of settings (command-line options override it)")
@@ -601,20 +720,25 @@ def build_parser() -> argparse.ArgumentParser:
     lf.set_defaults(func=cmd_lr_find)
 
     r = sub.add_parser("resume", help="continue a run from its checkpoint", description=RESUME_NOTE)
-    r.add_argument("checkpoint")
-    r.add_argument("--more-steps", type=_positive_int, default=None)
-    r.add_argument("--more-epochs", type=_positive_int, default=None)
-    runs_options(r)
-    add_options(r)
+    r.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    r.add_argument("--more-steps", type=_positive_int, default=None,
+                   help="train this many steps more than the checkpoint's")  # fmt: skip
+    r.add_argument("--more-epochs", type=_positive_int, default=None,
+                   help="train this many epochs more than the checkpoint's")  # fmt: skip
+    r.add_argument("--restart-momentum", action="store_true",
+                   help="resume a checkpoint that lacks its optimiser state (momentum "
+                   "velocity, Adam moments), restarting that state from zero")  # fmt: skip
+    runs_options(r, name_help="run name (default: the resumed run's, e.g. runs/live/...)")
+    add_options(r, changeable_only=True)
     r.set_defaults(func=cmd_resume)
 
     e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on its splits")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help=CHECKPOINT_HELP)
     data_options(e)
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict the classes of images (files, folders, IDX, CSV)")
-    pr.add_argument("checkpoint")
+    pr.add_argument("checkpoint", help=CHECKPOINT_HELP)
     pr.add_argument(
         "inputs",
         nargs="+",
@@ -647,23 +771,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a Kaggle submission (Id,Category; label numbers) instead",
     )
     pr.add_argument("--names", action="store_true", help="with --kaggle: class names, not numbers")
+    pr.add_argument(
+        "--strict", action="store_true",
+        help="an image that cannot be read (corrupt, blank, too large) is an error (exit 2, "
+        "nothing written); by default its row has no class, it is named on stderr and the "
+        "others are predicted",
+    )  # fmt: skip
     pr.set_defaults(func=cmd_predict)
 
     g = sub.add_parser("gradcheck", help="central-difference gradient check on real images")
-    g.add_argument("--model", choices=list(MODELS), default="mlp", help="(default: mlp)")
-    g.add_argument("--hidden", type=_ints, default=[32], help="(default: 32)")
+    g.add_argument("--model", choices=list(MODELS), default="mlp",
+                   help="model whose gradient is checked (default: mlp)")  # fmt: skip
+    g.add_argument("--hidden", type=_ints, default=[32],
+                   help="mlp: hidden layer sizes, comma-separated (default: 32)")  # fmt: skip
     g.add_argument("--activation", choices=list(ACTIVATIONS), default="tanh",
-                   help="(default: tanh)")  # fmt: skip
-    g.add_argument("--l1", type=float, default=0.0, help="(default: 0)")
-    g.add_argument("--l2", type=float, default=0.0, help="(default: 0)")
-    g.add_argument("--eps", type=float, default=1e-2, help="(default: 0.01)")
+                   help="mlp: hidden activation (default: tanh)")  # fmt: skip
+    g.add_argument("--l1", type=float, default=0.0,
+                   help="L1 penalty included in the checked loss (default: 0)")  # fmt: skip
+    g.add_argument("--l2", type=float, default=0.0,
+                   help="L2 penalty included in the checked loss (default: 0)")  # fmt: skip
+    g.add_argument("--eps", type=float, default=1e-2,
+                   help="central-difference step; PASS when the largest error is below "
+                   "10*eps^2 (default: 0.01)")  # fmt: skip
     g.add_argument("--n", type=_positive_int, default=20, help="images in the batch (default: 20)")
     g.add_argument(
         "--checks", type=_checks, default="30",
         help="random entries checked per parameter array, or all (default: 30)",
     )  # fmt: skip
-    g.add_argument("--dataset", default="mnist", help="(default: mnist)")
-    g.add_argument("--data-root", default=None)
+    g.add_argument("--dataset", default="mnist",
+                   help="dataset the images come from (default: mnist)")  # fmt: skip
+    g.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
     g.set_defaults(func=cmd_gradcheck)
 
     add_check_parser(sub)
@@ -695,7 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--jobs", type=_jobs, default=-1,
                     help="parallel processes, -1 for all cores (default: -1)")  # fmt: skip
     rp.add_argument("--scheduler", default=None, help="address of a Dask distributed scheduler")
-    rp.add_argument("--data-root", default=None)
+    rp.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
     rp.add_argument("--no-report", action="store_true", help="skip writing runs/report.html")
     rp.set_defaults(func=cmd_reproduce)
 
@@ -716,12 +853,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="browse, compare and follow runs, draw digits (web page)")
     sv.add_argument("--runs", default="runs", help="runs root folder (default: runs)")
-    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    sv.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1 only)")
+    sv.add_argument("--port", type=_port, default=8000, help="port, 1..65535 (default: 8000)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="interface (default: 127.0.0.1 only); requests must name it (or, "
+                    "for 0.0.0.0, this machine) in their Host header")  # fmt: skip
+    sv.add_argument("--data-root", default=None,
+                    help="folder of the datasets for confusion matrices and examples (default: "
+                    "$DIGITLAB_DATA, the cache, the embedded sample)")  # fmt: skip
     sv.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("demo", help="short softmax and MLP runs on the best MNIST data found")
-    m.add_argument("--data-root", default=None)
+    m.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
     runs_options(m)
     m.set_defaults(func=cmd_demo)
     return p
@@ -734,6 +876,16 @@ def _nonnegative_int(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {text!r}")
     return value
 
 
@@ -753,6 +905,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; user errors print one line and return 2, Ctrl-C returns 130."""
     try:
         args = build_parser().parse_args(argv)
+        from digitlab import limits
+
+        limits.check()  # a bad $DIGITLAB_MAX_* is one line now, not midway through a batch
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except DigitlabError as exc:

@@ -15,7 +15,9 @@ variable                       default                     what it bounds
                                                            a CSV file times 4, all PNGs of a
                                                            folder together, and all members of
                                                            a checkpoint together
-``DIGITLAB_MAX_PIXELS``        16,777,216 (4096 x 4096)    pixels of one image, from its header
+``DIGITLAB_MAX_PIXELS``        50,000,000 (a 50 MP photo)  pixels of one image, from its header
+                                                           (dataset PNGs, ``predict``'s images
+                                                           and the app's uploads alike)
 ``DIGITLAB_DOWNLOAD_DEADLINE`` 1800 (seconds)              one file's whole download
 =============================  ==========================  =====================================
 """
@@ -30,6 +32,7 @@ __all__ = [
     "DEFAULT_DOWNLOAD_DEADLINE",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "check",
     "download_deadline",
     "human_bytes",
     "max_bytes",
@@ -37,7 +40,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BYTES = 1 << 30
-DEFAULT_MAX_PIXELS = 1 << 24
+DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_DOWNLOAD_DEADLINE = 1800.0
 
 
@@ -61,8 +64,16 @@ def max_bytes() -> int:
 
 
 def max_pixels() -> int:
-    """Largest image (in pixels) a reader decodes: ``$DIGITLAB_MAX_PIXELS`` or 4096 x 4096."""
+    """Largest image (in pixels) a reader decodes: ``$DIGITLAB_MAX_PIXELS`` or 50,000,000."""
     return int(_env_number("DIGITLAB_MAX_PIXELS", DEFAULT_MAX_PIXELS, integer=True))
+
+
+def check() -> None:
+    """Validate every cap's variable now (ConfigError naming the first bad one), so a bad
+    value is one line at start-up, not an error in the middle of a batch or a request."""
+    max_bytes()
+    max_pixels()
+    download_deadline()
 
 
 def download_deadline() -> float:

@@ -17,13 +17,13 @@ import csv
 import io
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from digitlab.data.images import IMAGE_SUFFIXES, list_image_files, load_images
+from digitlab.data.images import IMAGE_SUFFIXES, MNIST_FIT, list_image_files, load_images
 from digitlab.errors import DataError, DatasetNotFoundError
 
 CONTACT_SHEET_MAX = 400
@@ -48,6 +48,9 @@ class Predictions:
         k class names; label ``i`` means ``classes[i]``.
     label_offset
         Added to a label to get the number the dataset's own files use (1 for EMNIST letters).
+    errors
+        n entries: None, or why input i could not be read (its label and probabilities are
+        then meaningless, its input is zeros); empty when every input was read.
     """
 
     names: list[str]
@@ -56,11 +59,18 @@ class Predictions:
     proba: np.ndarray
     classes: list[str]
     label_offset: int = 0
+    errors: list[str | None] = field(default_factory=list)
+
+    def failed(self, i: int) -> str | None:
+        """Why input ``i`` could not be read, or None."""
+        return self.errors[i] if self.errors else None
 
     @property
     def predicted(self) -> list[str]:
-        """The n predicted class names."""
-        return [self.classes[int(i)] for i in self.labels]
+        """The n predicted class names ("" for an input that could not be read)."""
+        return [
+            "" if self.failed(k) else self.classes[int(i)] for k, i in enumerate(self.labels)
+        ]
 
 
 def _is_array_file(path: Path) -> bool:
@@ -73,6 +83,8 @@ def read_inputs(
     image_shape: Sequence[int],
     *,
     raw: bool = False,
+    fit: float = MNIST_FIT,
+    errors: list[str | None] | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Read files and folders into model inputs in the training format.
 
@@ -86,6 +98,13 @@ def read_inputs(
     raw
         Images are used as they are (converted to grey, alpha over black) instead of through
         :func:`~digitlab.data.images.to_model_input`; they must be exactly ``image_shape``.
+    fit
+        Fraction of the frame a digit fills in the training data (see
+        :func:`~digitlab.data.images.to_model_input`).
+    errors
+        When given, an image file that cannot be read (corrupt, blank, too large, the wrong
+        size with ``raw``) does not stop the batch: its row is zeros and its message is
+        appended here; every other row appends None.
 
     Returns
     -------
@@ -109,11 +128,20 @@ def read_inputs(
     pending: list[Path] = []  # consecutive image files, read together
 
     def flush() -> None:
-        if pending:
-            got, x = load_images(pending, (h, w), raw=raw)
+        if pending and errors is None:
+            got, x = load_images(pending, (h, w), raw=raw, fit=fit)
             names.extend(got)
             parts.append(np.rint(x * 255.0).astype(np.uint8))
-            pending.clear()
+        for f in pending if errors is not None else []:
+            try:
+                _, x = load_images([f], (h, w), raw=raw, fit=fit)
+                errors.append(None)
+            except DataError as exc:
+                x = np.zeros((1, h, w), dtype=np.float32)
+                errors.append(str(exc) if str(f) in str(exc) else f"{f}: {exc}")
+            names.append(str(f))
+            parts.append(np.rint(x * 255.0).astype(np.uint8))
+        pending.clear()
 
     for p in map(Path, paths):
         if not p.exists():
@@ -133,6 +161,8 @@ def read_inputs(
             )
         names.extend(f"{p}#{i}" for i in range(1, len(arr) + 1))
         parts.append(arr)
+        if errors is not None:
+            errors.extend([None] * len(arr))
     flush()
     if not parts:
         raise DataError("no inputs given")
@@ -163,6 +193,7 @@ def predict(
     paths: Iterable[str | os.PathLike[str]],
     *,
     raw: bool = False,
+    keep_going: bool = False,
 ) -> Predictions:
     """Predict the classes of images with a checkpoint written by a digitlab run.
 
@@ -174,6 +205,9 @@ def predict(
         Inputs, as for :func:`read_inputs` (sized to the checkpoint's ``image_shape``).
     raw
         See :func:`read_inputs`.
+    keep_going
+        An image file that cannot be read does not stop the batch: its row's
+        :meth:`Predictions.failed` says why (otherwise the first such file raises).
 
     Raises
     ------
@@ -185,8 +219,12 @@ def predict(
     from digitlab.runfiles import load_run_checkpoint
 
     model, prep, meta = load_run_checkpoint(checkpoint)
+    from digitlab.data.registry import frame_fit
+
     extra = meta["extra"]
-    names, images = read_inputs(paths, extra["image_shape"], raw=raw)
+    errors: list[str | None] | None = [] if keep_going else None
+    fit = frame_fit(extra.get("dataset"))  # the training data's framing (8x8 digits fill it)
+    names, images = read_inputs(paths, extra["image_shape"], raw=raw, fit=fit, errors=errors)
     labels, proba = predict_arrays(model, prep, images)
     return Predictions(
         names=names,
@@ -195,7 +233,17 @@ def predict(
         proba=proba,
         classes=[str(c) for c in extra["classes"]],
         label_offset=int(extra.get("label_offset", 0)),
+        errors=errors if errors and any(errors) else [],
     )
+
+
+def printable_name(name: str) -> str:
+    """``name`` as text any UTF-8 file can hold: bytes that were not UTF-8 (a file name with
+    byte 0xff) as ``\\xff``, control characters (CR, LF, TAB...) as escapes."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def predictions_csv(pred: Predictions, *, proba: bool = False, digits: int = 6) -> str:
@@ -205,7 +253,8 @@ def predictions_csv(pred: Predictions, *, proba: bool = False, digits: int = 6) 
     w.writerow(["file", "class", *([f"p_{c}" for c in pred.classes] if proba else [])])
     fmt = f"{{:.{digits}f}}"
     for i, (name, cls) in enumerate(zip(pred.names, pred.predicted, strict=True)):
-        w.writerow([name, cls, *([fmt.format(v) for v in pred.proba[i]] if proba else [])])
+        probs = [("" if pred.failed(i) else fmt.format(v)) for v in pred.proba[i]] if proba else []
+        w.writerow([printable_name(name), cls, *probs])
     return buf.getvalue()
 
 

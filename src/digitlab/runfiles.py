@@ -294,7 +294,51 @@ def load_run_checkpoint(path: str | os.PathLike) -> tuple[Any, Any, dict[str, An
     model = build_model(meta["model"], params)
     state = dict(extra["preprocessor"])
     state |= {k[len("extra/prep_") :]: v for k, v in arrays.items() if k.startswith("extra/prep_")}
-    return model, Preprocessor.from_state_dict(state), meta
+    try:
+        prep = Preprocessor.from_state_dict(state)
+    except (ConfigError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: malformed preprocessor state ({exc})") from None
+    check_run_extra(model, prep, extra, path)
+    return model, prep, meta
+
+
+#: Largest weight magnitude a run checkpoint may hold: trained weights stay far below it, and
+#: sums of products of larger ones overflow float32 (max 3.4e38) on ordinary inputs.
+MAX_WEIGHT = 1e15
+
+
+def check_run_extra(model: Any, prep: Any, extra: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse (CheckpointError) a run checkpoint whose record disagrees with its model.
+
+    Checks the image shape (two sizes whose product is the preprocessor's input size and,
+    after it, the model's), the class list (one name per model output), the label offset,
+    and that every weight is finite and below :data:`MAX_WEIGHT` in magnitude.
+    """
+    shape = extra.get("image_shape")
+    ok = isinstance(shape, list | tuple) and len(shape) == 2
+    ok = ok and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
+    if not ok:
+        raise CheckpointError(f"{path}: malformed checkpoint metadata (image_shape {shape!r})")
+    d = shape[0] * shape[1]
+    if (prep.n_features_in_ not in (None, d)) or prep.n_features_out(d) != model.n_features:
+        raise CheckpointError(
+            f"{path}: image_shape {shape[0]}x{shape[1]} does not match the model's "
+            f"{model.n_features} input features"
+        )
+    classes = extra.get("classes")
+    k = 2 if model.kind == "logistic" else int(model.n_classes)
+    if not isinstance(classes, list) or len(classes) != k:
+        n = len(classes) if isinstance(classes, list) else classes
+        raise CheckpointError(f"{path}: the model has {k} classes but its class list holds {n!r}")
+    offset = extra.get("label_offset", 0)
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise CheckpointError(f"{path}: malformed checkpoint metadata (label_offset {offset!r})")
+    for name, w in model.params.items():
+        if not np.all(np.isfinite(w)) or (w.size and float(np.abs(w).max()) > MAX_WEIGHT):
+            raise CheckpointError(
+                f"{path}: parameter {name} holds non-finite values or values above "
+                f"{MAX_WEIGHT:.0e} in magnitude (an overflowing or diverged model)"
+            )
 
 
 def checkpoint_progress(meta: dict[str, Any], path: str | os.PathLike) -> dict[str, int]:

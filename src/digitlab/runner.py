@@ -102,6 +102,7 @@ def prepare_data(settings: Settings, dataset: Dataset | None = None) -> Prepared
         ds, n_train=n_train, n_test=n_test, holdout=holdout, holdout_mode=mode,
         classes=classes, rng=rng,
     )  # fmt: skip
+    splits.check_trainable()  # empty or one-image splits: one line, before any training
     prep = Preprocessor(s.preprocess, bias_column=s.bias_column).fit(splits.train[0])
     train = (ImageRows(splits.train[0], prep), splits.train[1])
     val = (ImageRows(splits.val[0], prep), splits.val[1]) if splits.val is not None else None
@@ -295,6 +296,33 @@ def data_record(ds: Dataset) -> dict[str, Any]:
             "crc32": f"{crc:08x}", "source": ds.source, "is_sample": ds.is_sample}  # fmt: skip
 
 
+def data_identity(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity (name, sizes, checksum: :func:`data_record`) of the dataset that a job's
+    ``settings`` resolve to here: what the client sends with each cluster job."""
+    s = Settings.from_dict(dict(settings))
+    return data_record(load(s.dataset, root=s.data_root))
+
+
+def check_data_identity(expected: Mapping[str, Any] | None, ds: Dataset) -> None:
+    """Refuse (DataError, naming this worker) data other than the client's ``expected``
+    :func:`data_identity`: a worker without ``DIGITLAB_DATA`` finds the embedded sample instead of
+    full MNIST, and must say so rather than train on it or fail on its sizes."""
+    import socket
+
+    if not expected:
+        return
+    now = data_record(ds)
+    if any(expected.get(k) != now[k] for k in ("name", "n_train", "n_test", "crc32")):
+        n_tr, n_te = expected.get("n_train"), expected.get("n_test")
+        was = f"{expected.get('name')} ({n_tr} train / {n_te} test)"
+        raise DataError(
+            f"worker {socket.gethostname()} (pid {os.getpid()}) finds {ds.name} "
+            f"({now['n_train']} train / {now['n_test']} test, {ds.source}) but the job was "
+            f"planned on {was}; give the workers the same data (DIGITLAB_DATA or --data-root "
+            "on a shared folder)"
+        )
+
+
 def _bytes(a: np.ndarray) -> np.ndarray:
     """The bytes of ``a`` in C order (uint8 (nbytes,)), without a copy when it is contiguous."""
     return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
@@ -368,6 +396,8 @@ class RunOptions:
         Evaluate after steps ``eval_offset + k * eval_every``.
     handle_signals : bool
         Turn SIGINT/SIGTERM into a clean stop with a checkpoint (main thread only).
+    restart_momentum : bool
+        Resume from a checkpoint that lacks optimiser state (it restarts from zero).
     """
 
     out: str | os.PathLike = "runs"
@@ -379,6 +409,7 @@ class RunOptions:
     init_params: dict[str, np.ndarray] | None = None
     eval_offset: int = 0
     handle_signals: bool = False
+    restart_momentum: bool = False
 
 
 def run(settings: Settings, options: RunOptions | None = None, **kwargs: Any) -> RunResult:
@@ -490,7 +521,7 @@ def _open_run(settings: Settings, opts: RunOptions) -> _OpenRun:
     model = build_run_model(settings, data.train[0].shape[1], len(data.classes))
     trainer = build_trainer(settings, model, data, list(opts.callbacks))
     if opts.resume_from is not None:
-        trainer.load_state_dict(*opts.resume_from)
+        trainer.load_state_dict(*opts.resume_from, restart_missing=opts.restart_momentum)
     if opts.init_params is not None:
         model.load_state(opts.init_params)
     trainer.eval_offset = opts.eval_offset
@@ -521,6 +552,8 @@ class ResumePlan:
     settings: Settings
     checkpoint: tuple[dict[str, np.ndarray], dict[str, Any]]
     step: int
+    #: resume even if the checkpoint lacks optimiser state (it then restarts from zero)
+    restart_momentum: bool = False
 
 
 def plan_resume(
@@ -529,12 +562,15 @@ def plan_resume(
     *,
     more_steps: int | None = None,
     more_epochs: int | None = None,
+    restart_momentum: bool = False,
 ) -> ResumePlan:
     """The settings a resumed run continues with: the checkpoint's, with ``options`` applied.
 
     ``options`` are command-line values (text). Settings declared ``fixed`` (model shape,
     data, batching, seed) cannot change; ``lr`` sets the schedule's start again (annealing
-    still counts from the run's step). ``more_steps``/``more_epochs`` extend the run.
+    still counts from the run's step). ``more_steps``/``more_epochs`` extend the run. A
+    checkpoint without the optimiser state its run had (an MLP's velocity) is refused unless
+    ``restart_momentum`` (then that state restarts from zero).
 
     Raises
     ------
@@ -564,7 +600,7 @@ def plan_resume(
         settings = settings.replace(steps=step + more_steps, epochs=None)
     elif more_epochs is not None:
         settings = settings.replace(epochs=progress["epoch"] + more_epochs)
-    return ResumePlan(settings, (arrays, meta), step)
+    return ResumePlan(settings, (arrays, meta), step, restart_momentum)
 
 
 def data_for_checkpoint(

@@ -755,11 +755,14 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ generated
-def add_options(parser: argparse.ArgumentParser) -> None:
+def add_options(parser: argparse.ArgumentParser, *, changeable_only: bool = False) -> None:
     """One option per setting, grouped, default shown; only options given end up in the
-    namespace (as text, parsed by :meth:`Settings.merge` with ``where="command line"``)."""
+    namespace (as text, parsed by :meth:`Settings.merge` with ``where="command line"``).
+    ``changeable_only``: leave out the settings a resumed run cannot change (``fixed``)."""
     groups: dict[str, Any] = {}
     for spec in SPECS.values():
+        if changeable_only and spec.fixed:
+            continue
         g = groups.get(spec.group)
         if g is None:
             g = groups[spec.group] = parser.add_argument_group(spec.group)
@@ -768,10 +771,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         if spec.kind == "bool":
             g.add_argument(spec.flag, dest=dest, action="store_true", default=S, help=help)
             no = "--no-" + spec.flag[2:]
-            g.add_argument(no, dest=dest, action="store_false", default=S, help=S)
-        elif spec.const is not None:
+            g.add_argument(no, dest=dest, action="store_false", default=S,
+                           help=f"turn {spec.flag} off")  # fmt: skip
+        elif spec.const is not None:  # a flag: sets the setting to one value
+            text = f"{spec.name} = {spec.const} (default: {spec.default_text()}); {spec.help}"
             g.add_argument(spec.flag, dest=dest, action="store_const", const=spec.const,
-                           default=S, help=spec.help.replace("%", "%%"))  # fmt: skip
+                           default=S, help=text.replace("%", "%%"))  # fmt: skip
         else:
             metavar = spec.metavar or ("{" + ",".join(spec.choice_names()) + "}" if spec.choices
                                        else spec.name.upper())  # fmt: skip

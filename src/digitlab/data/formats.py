@@ -126,13 +126,18 @@ def read_csv(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | Non
     path = Path(path)
     _require_file(path)
     _check_text_size(path)
+    blank = 0  # blank lines before the first line (numpy skips blank lines, but counts them)
     try:
         with _open_text(path) as f:
-            first = f.readline().strip()
+            first = f.readline()
+            while first and not first.strip() and blank < 10_000:
+                blank += 1
+                first = f.readline()
+            first = first.strip()
     except (OSError, UnicodeDecodeError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read as text ({e})") from None
     if not first:
-        raise DataError(f"{path}: empty file")
+        raise DataError(f"{path}: empty file" if not blank else f"{path}: only blank lines")
     fields = [x.strip().strip('"').lower() for x in first.split(",")]
     has_header = not all(_is_number(x) for x in fields)
     if has_header:
@@ -145,7 +150,7 @@ def read_csv(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray | Non
         with warnings.catch_warnings():  # "input contained no data": an empty table is fine
             warnings.simplefilter("ignore", UserWarning)
             table = np.loadtxt(
-                path, delimiter=",", skiprows=int(has_header), dtype=np.int32, ndmin=2
+                path, delimiter=",", skiprows=blank + int(has_header), dtype=np.int32, ndmin=2
             )
     except (ValueError, OverflowError, OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -1,7 +1,8 @@
 """Images as people have them: bounded decoding and MNIST's own preprocessing recipe.
 
 :func:`read_image` decodes a PNG, JPEG, BMP, TIFF, GIF or WebP file with Pillow, refusing
-before decoding any image whose header announces more than :data:`MAX_PIXELS` pixels.
+before decoding any image whose header announces more than
+:func:`digitlab.limits.max_pixels` pixels (``$DIGITLAB_MAX_PIXELS``, 50 MP by default).
 :func:`to_model_input` turns an image of any size, colour or grey, either polarity, into what
 a model trained on MNIST-style data expects, the way MNIST itself was made (LeCun et al.):
 
@@ -20,8 +21,9 @@ a model trained on MNIST-style data expects, the way MNIST itself was made (LeCu
    between; specks, paper texture and blobs far from the largest ink blob are dropped;
    strokes thinner than 5% of the ink's longer side are thickened to 10% of it (MNIST's
    median proportion; a ballpoint on a big digit would fade when fitted into 20x20);
-5. cropped to the ink's bounding box, fitted into a box of 20/28 of the target size (20x20
-   for 28x28, 6x6 for 8x8) keeping the aspect ratio, resampled with antialiasing;
+5. cropped to the ink's bounding box, fitted into a box of ``fit`` of the target size keeping
+   the aspect ratio, resampled with antialiasing: MNIST's 20/28 (20x20 in 28x28) by default,
+   the whole frame for datasets whose digits fill it (scikit-learn's 8x8 digits);
 6. placed in the target frame so that its centre of mass is at the frame's centre
    (``(h/2, w/2)``, where MNIST's test digits have theirs on average).
 
@@ -37,7 +39,7 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from scipy import ndimage
@@ -45,7 +47,7 @@ from scipy import ndimage
 from digitlab.errors import DataError, DatasetNotFoundError, ShapeError
 
 MAX_PIXELS = 50_000_000
-"""Largest width x height :func:`read_image` decodes (a 50-megapixel photo)."""
+"""The default of :func:`digitlab.limits.max_pixels` (a 50-megapixel photo)."""
 
 WORK_SIDE = 512
 """Images are first reduced (area average) until their longer side is at most this."""
@@ -54,15 +56,23 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".we
 """File suffixes :func:`load_images` picks from a folder (case-insensitive)."""
 
 _FORMATS = {"PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF", "GIF", "WEBP"}
-_FIT = 20 / 28  # MNIST: a 20x20 box in a 28x28 frame
+MNIST_FIT = 20 / 28
+"""MNIST's framing: a digit's longer side is 20 of the frame's 28 pixels."""
+THICK_FIT = 0.9
+"""Digits framed at least this tightly (scikit-learn's 8x8) go through :func:`_fill_frame`:
+their strokes are as wide as the background opening, and their grey levels are kept."""
+SMALL_SIDE = 64
+"""Images smaller than this (an 8x8 or 28x28 digit whose ink may touch the edge) are framed
+with paper and enlarged to it first, so that the steps below see a paper border."""
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def read_image(
     path: str | os.PathLike[str] | bytes | BinaryIO,
     *,
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int | None = None,
     name: str | None = None,
+    max_side: int | None = None,
 ) -> np.ndarray:
     """Decode one image file, bounded in size.
 
@@ -76,9 +86,14 @@ def read_image(
         A PNG, JPEG, BMP, TIFF, GIF or WebP file; or its bytes, or a binary file object
         (an upload, decoded without touching the disk).
     max_pixels
-        Largest accepted width x height.
+        Largest accepted width x height (default :func:`digitlab.limits.max_pixels`).
     name
         What error messages call the image (default: the path, or ``"image"``).
+    max_side
+        When given, an image whose longer side is at least twice this is reduced by an integer
+        factor (box average, alpha premultiplied) while still 8-bit, to a longer side in
+        ``[max_side, 2 * max_side)``: the float arrays made from it later stay small (a
+        50 MP RGBA image as float32 channels is gigabytes).
 
     Returns
     -------
@@ -95,6 +110,9 @@ def read_image(
     """
     from PIL import Image, ImageOps
 
+    from digitlab import limits
+
+    max_pixels = limits.max_pixels() if max_pixels is None else int(max_pixels)
     source: Path | BinaryIO
     if isinstance(path, bytes | bytearray | memoryview):
         source = io.BytesIO(bytes(path))
@@ -122,7 +140,7 @@ def read_image(
                     )
                 im.load()
                 im = ImageOps.exif_transpose(im) or im
-                return _to_uint8(im, label)
+                return _to_uint8(_reduced(im, max_side), label)
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -130,6 +148,20 @@ def read_image(
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error ...
         msg = " ".join(str(e).split()) or type(e).__name__
         raise DataError(f"{label}: cannot read as an image ({msg})") from None
+
+
+def _reduced(im: Any, max_side: int | None) -> Any:
+    """The Pillow image ``im`` reduced by an integer factor to a longer side below
+    ``2 * max_side`` (see :func:`read_image`); unchanged when small enough or no ``max_side``."""
+    factor = 0 if max_side is None else max(im.size) // max(1, int(max_side))
+    if factor < 2:
+        return im
+    if im.mode in ("LA", "PA", "RGBA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im if im.mode == "RGBA" else im.convert("RGBA")
+        return rgba.convert("RGBa").reduce(factor).convert("RGBA")
+    if im.mode not in ("L", "RGB"):
+        im = im.convert("RGB") if im.mode not in ("1", "I", "I;16", "F") else im.convert("F")
+    return im.reduce(factor)
 
 
 def _to_uint8(im: object, label: str) -> np.ndarray:
@@ -320,6 +352,59 @@ def _thicken(levels: np.ndarray, ink: np.ndarray) -> np.ndarray:
     return out
 
 
+def _framed(x: np.ndarray) -> np.ndarray:
+    """A small float image (h, w[, 3]) with a paper border (the border ring's median level,
+    a quarter of the longer side wide) added and enlarged to about :data:`SMALL_SIDE`;
+    larger images are returned unchanged."""
+    H, W = x.shape[:2]
+    if max(H, W) >= SMALL_SIDE:
+        return x
+    pad = max(2, max(H, W) // 4)
+    ring = _ring(H, W)
+    chans = [x] if x.ndim == 2 else [x[:, :, i] for i in range(x.shape[2])]
+    f = max(1, SMALL_SIDE // (max(H, W) + 2 * pad))
+    out = []
+    for c in chans:
+        c = np.pad(c, pad, constant_values=float(np.median(c[ring])))
+        out.append(np.clip(_resize(c, c.shape[0] * f, c.shape[1] * f, box=True), 0.0, 1.0))
+    return out[0] if x.ndim == 2 else np.stack(out, axis=-1)
+
+
+def _no_ink(th: int, tw: int, empty: Literal["error", "blank"]) -> np.ndarray:
+    """What an image without ink gives: zeros (th, tw) with ``empty="blank"``, else DataError."""
+    if empty == "blank":
+        return np.zeros((th, tw), dtype=np.float32)
+    raise DataError("no ink found: the image is uniform or nothing stands out of the paper's noise")
+
+
+def _fill_frame(
+    g: np.ndarray, th: int, tw: int, empty: Literal["error", "blank"]
+) -> np.ndarray:
+    """Ink-bright grey (H, W) -> float32 (th, tw): the digit scaled to fill the frame.
+
+    For data whose digits fill their frame with wide strokes and graded levels (scikit-learn's
+    8x8 digits): the paper is the border's level, levels are scaled so that the brightest ink
+    is 1 (not thresholded), the ink's bounding box is fitted into the whole frame (box
+    average) and centred.
+    """
+    H, W = g.shape
+    resid = g - float(np.median(g[_ring(H, W)]))
+    top = float(np.percentile(resid, 99.5))
+    if top < 0.05:
+        return _no_ink(th, tw, empty)
+    levels = np.clip(resid / top, 0.0, 1.0).astype(np.float32)
+    rows = np.flatnonzero((levels > 0.1).any(axis=1))
+    cols = np.flatnonzero((levels > 0.1).any(axis=0))
+    crop = levels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    ch, cw = crop.shape
+    s = min(th / ch, tw / cw)
+    nh, nw = min(th, max(1, round(ch * s))), min(tw, max(1, round(cw * s)))
+    out = np.zeros((th, tw), dtype=np.float32)
+    oy, ox = (th - nh) // 2, (tw - nw) // 2
+    out[oy : oy + nh, ox : ox + nw] = np.clip(_resize(crop, nh, nw, box=True), 0.0, 1.0)
+    return out
+
+
 def _odd(n: float) -> int:
     k = max(3, int(round(n)))
     return k if k % 2 else k + 1
@@ -330,6 +415,7 @@ def to_model_input(
     shape: Sequence[int] = (28, 28),
     *,
     empty: Literal["error", "blank"] = "error",
+    fit: float = MNIST_FIT,
 ) -> np.ndarray:
     """Turn an image of any size into an MNIST-style model input (see the module docstring).
 
@@ -339,9 +425,13 @@ def to_model_input(
         uint8 (or float in [0, 1]) array, shape (H, W), (H, W, 3) or (H, W, 4); any polarity.
     shape
         Target (h, w), the model's image shape. The ink is fitted into
-        ``round(h * 20 / 28) x round(w * 20 / 28)``.
+        ``round(h * fit) x round(w * fit)``.
     empty
         What an image without ink gives: ``"error"`` raises DataError, ``"blank"`` returns zeros.
+    fit
+        Fraction of the frame the digit's longer side fills: the training data's convention
+        (:data:`MNIST_FIT`; 1.0 for scikit-learn's 8x8 digits, see
+        :attr:`digitlab.data.registry.DatasetSpec.fit`).
 
     Returns
     -------
@@ -358,7 +448,9 @@ def to_model_input(
     if len(shape) != 2 or min(int(s) for s in shape) < 1:
         raise ShapeError(f"target shape must be two positive sizes, got {tuple(shape)}")
     th, tw = int(shape[0]), int(shape[1])
-    x = _float_image(image)
+    if not 0.0 < fit <= 1.0:
+        raise ShapeError(f"fit must lie in (0, 1], got {fit!r}")
+    x = _framed(_float_image(image))
     H, W = x.shape[:2]
     if max(H, W) > WORK_SIDE:  # area-average down: enough detail for a 20x20 box, and fast
         f = WORK_SIDE / max(H, W)
@@ -371,6 +463,8 @@ def to_model_input(
 
     if _ink_is_dark(g):
         g = 1.0 - g
+    if fit >= THICK_FIT:
+        return _fill_frame(g, th, tw, empty)
 
     # background: an opening wider than strokes keeps the paper, gradients and vignettes;
     # the image is extended by point reflection so that light rising towards an edge is
@@ -392,11 +486,7 @@ def to_model_input(
     hi = float(np.percentile(resid[ink], 30)) if n else 0.0
     # ink: a blob of some size (noise above 4 sigma comes in specks), clearly above the noise
     if sizes.max() < max(4.0, 2e-4 * H * W) or hi - mu_b < max(0.03, 3.0 * sd_b):
-        if empty == "blank":
-            return np.zeros((th, tw), dtype=np.float32)
-        raise DataError(
-            "no ink found: the image is uniform or nothing stands out of the paper's noise"
-        )
+        return _no_ink(th, tw, empty)
     lo = min(t, mu_b + 3.0 * sd_b)
     levels = np.clip((resid - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
 
@@ -418,11 +508,17 @@ def to_model_input(
     levels = np.where(near, levels, 0.0).astype(np.float32)
     levels = _thicken(levels, keep)
 
+    return _place(levels, th, tw, fit)
+
+
+def _place(levels: np.ndarray, th: int, tw: int, fit: float) -> np.ndarray:
+    """The ink of ``levels`` (H, W) cropped, fitted into ``fit`` of the (th, tw) frame
+    (antialiased) and placed with its centre of mass at the frame's centre."""
     rows = np.flatnonzero(levels.any(axis=1))
     cols = np.flatnonzero(levels.any(axis=0))
     crop = levels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
-    bh, bw = max(1, round(th * _FIT)), max(1, round(tw * _FIT))
+    bh, bw = max(1, round(th * fit)), max(1, round(tw * fit))
     ch, cw = crop.shape
     s = min(bh / ch, bw / cw)
     nh, nw = min(bh, max(1, round(ch * s))), min(bw, max(1, round(cw * s)))
@@ -475,7 +571,8 @@ def load_images(
     *,
     raw: bool = False,
     empty: Literal["error", "blank"] = "error",
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int | None = None,
+    fit: float = MNIST_FIT,
 ) -> tuple[list[str], np.ndarray]:
     """Read image files and folders into model inputs.
 
@@ -493,6 +590,8 @@ def load_images(
         Passed to :func:`to_model_input`.
     max_pixels
         Passed to :func:`read_image`.
+    fit
+        Passed to :func:`to_model_input`.
 
     Returns
     -------
@@ -511,7 +610,7 @@ def load_images(
     th, tw = int(shape[0]), int(shape[1])
     out = np.empty((len(files), th, tw), dtype=np.float32)
     for i, f in enumerate(files):
-        img = read_image(f, max_pixels=max_pixels)
+        img = read_image(f, max_pixels=max_pixels, max_side=None if raw else WORK_SIDE)
         if raw:
             g = _grey(img, paper=0.0)  # training format: alpha over MNIST's black
             if g.shape != (th, tw):
@@ -522,7 +621,7 @@ def load_images(
             out[i] = g
             continue
         try:
-            out[i] = to_model_input(img, (th, tw), empty=empty)
+            out[i] = to_model_input(img, (th, tw), empty=empty, fit=fit)
         except DataError as e:
             raise DataError(f"{f}: {e}") from None
     return [str(f) for f in files], out

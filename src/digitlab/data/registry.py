@@ -270,6 +270,9 @@ class DatasetSpec:
     synth
         ``(source dataset, default number of training rows)`` for a dataset made by
         :func:`synth` (``digitlab data synth``); None otherwise.
+    fit
+        Fraction of the frame a digit's longer side fills: MNIST's 20/28 (the default), 1.0
+        for digits that fill their frame. Image files given to ``predict`` are framed so.
     """
 
     name: str
@@ -286,6 +289,7 @@ class DatasetSpec:
     builtin: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]] | None = None
     fallback: str | None = None
     synth: tuple[str, int] | None = None
+    fit: float = 20 / 28
 
 
 def _emnist_files(split: str) -> tuple[str, str, str, str]:
@@ -436,8 +440,15 @@ DATASETS: dict[str, DatasetSpec] = {
         description="scikit-learn's 8x8 digits, 1,500 train / 297 test, rescaled to 0..255",
         classes=_DIGITS,
         builtin=_load_digits8x8,
+        fit=1.0,  # the 8x8 digits fill their frame (a mean height of 8 of 8 pixels)
     ),
 }
+
+
+def frame_fit(name: object) -> float:
+    """The :attr:`DatasetSpec.fit` of dataset ``name`` (MNIST's 20/28 for unknown names)."""
+    spec = DATASETS.get(name) if isinstance(name, str) else None
+    return spec.fit if spec is not None else 20 / 28
 
 
 def list_datasets() -> list[str]:

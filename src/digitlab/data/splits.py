@@ -236,6 +236,20 @@ class Splits:
         )
 
 
+    def check_trainable(self) -> None:
+        """Refuse (ConfigError) splits no run can train and evaluate on: fewer than 2
+        training images, or an empty validation or test split."""
+        n_val = None if self.val is None else len(self.val[1])
+        n_train, n_test = len(self.train[1]), len(self.test[1])
+        if n_train < 2 or n_test < 1 or n_val == 0:
+            val = "" if n_val is None else f"{n_val} validation, "
+            raise ConfigError(
+                f"the splits hold {n_train} training, {val}{n_test} test images: training "
+                "needs at least 2 training images and at least 1 test (and validation, with "
+                "a hold-out) image; raise n_train/n_test or lower holdout"
+            )
+
+
 def _take(x: np.ndarray, y: np.ndarray, n: int | None, how: str, what: str, rng) -> XY:
     if n is None:
         return x, y

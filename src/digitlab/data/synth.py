@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -203,20 +204,46 @@ def _header(shape: tuple[int, ...]) -> bytes:
 
 
 def _write_json(path: Path, values: dict[str, Any]) -> None:
-    """Write ``values`` atomically and durably (temporary file, fsync, rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(values, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``values`` atomically and durably (a new randomly named temporary file, fsync,
+    rename): no fixed temporary name, so nothing planted there is written through."""
+    text = json.dumps(values, indent=1) + "\n"
+    _replace_with(path, lambda f: f.write(text.encode()))
+
+
+def _replace_with(path: Path, write: Callable[[Any], Any]) -> None:
+    """Call ``write(binary file)`` on a new temporary file beside ``path`` (created with
+    O_EXCL under a random name: never a planted link), fsync it, rename it to ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _open_part(path: Path, mode: str) -> Any:
+    """``open(path, mode)`` for a ``*.part`` file that refuses to follow a symbolic link
+    (O_NOFOLLOW), so a link planted under that name is never written through."""
+    flags = {"wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "r+b": os.O_RDWR,
+             "ab": os.O_WRONLY | os.O_APPEND}[mode]  # fmt: skip
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"{path}: is a symbolic link; data synth writes only regular "
+                              "files") from None  # fmt: skip
+        raise
+    return os.fdopen(fd, mode)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # deep nesting too
         raise DataError(f"{path}: unreadable synth record ({e}); delete it to start again") \
             from None
     if not isinstance(value, dict):
@@ -360,7 +387,7 @@ def _synthesize_locked(
     row_bytes = math.prod(shape)
     heads = [_header((n, *shape)), _header((n,))]
     sizes = [len(heads[0]) + n * row_bytes, len(heads[1]) + n]
-    if done < n or any(p.exists() for p in parts):
+    if done < n:  # done == n: only the last steps of _finish are left (a stop between renames)
         _check_space(folder, sum(sizes) - sum(p.stat().st_size for p in parts if p.exists()))
         _open_parts(parts, heads, [len(h) for h in heads], [row_bytes, 1], done, state)
         if not state.exists():
@@ -414,7 +441,7 @@ def _open_parts(
     """Create the ``*.part`` files (header only), or cut them back to ``done`` rows."""
     if done == 0 or not state.exists():
         for part, head in zip(parts, heads, strict=True):
-            with open(part, "wb") as f:
+            with _open_part(part, "wb") as f:
                 f.write(head)
                 f.flush()
                 os.fsync(f.fileno())
@@ -426,7 +453,7 @@ def _open_parts(
                 f"{part}: shorter than the {done} rows its record says were written; "
                 "delete the *.part files to start again"
             )
-        with open(part, "r+b") as f:
+        with _open_part(part, "r+b") as f:
             if f.read(hsize) != head:
                 raise DataError(f"{part}: header does not match its record; delete the *.part "
                                 "files to start again")  # fmt: skip
@@ -441,7 +468,7 @@ def _write_batches(
     deformation = Deformation(**plan["deformation"])
     if done % batch and done != n:
         raise DataError(f"{state}: {done} rows is not a whole number of batches of {batch}")
-    with open(parts[0], "ab") as fx, open(parts[1], "ab") as fy:
+    with _open_part(parts[0], "ab") as fx, _open_part(parts[1], "ab") as fy:
         for b in range(done // batch, math.ceil(n / batch)):
             rows = min(batch, n - b * batch)
             images, labels = make_batch(x_src, y_src, b, rows, seed, batch, deformation)
@@ -468,16 +495,15 @@ def _finish(
             raise DataError(f"{have}: expected {size} bytes when complete; delete the *.part "
                             "files to start again")  # fmt: skip
     for src in tests:
-        dest = folder / src.name
-        tmp = dest.with_name(dest.name + ".part")
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
+        with open(src, "rb") as fsrc:
+            _replace_with(folder / src.name, lambda f, fsrc=fsrc: shutil.copyfileobj(fsrc, f))
     _write_json(folder / RECORD, plan)
     for part, final in zip(parts, finals, strict=True):
         if part.exists():
             os.replace(part, final)
     _fsync_dir(folder)
     (folder / PROGRESS).unlink(missing_ok=True)
-    (folder / (PROGRESS + ".tmp")).unlink(missing_ok=True)  # left by a stop mid-record
+    for stale in folder.glob(".*.tmp"):  # left by a stop mid-write (ours: random names)
+        names = [*(p.name for p in finals), *(t.name for t in tests), RECORD, PROGRESS]
+        if stale.name.startswith(tuple(f".{name}." for name in names)):
+            stale.unlink(missing_ok=True)

@@ -87,8 +87,11 @@ def run_member(
     bias_input: float = 1.0,
     validation: str = "split",
     eval_offset: int = 0,
+    expected_data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one job (all stages of one member, one seed) into ``folder``; return its metrics.
+
+    ``expected_data`` is the client's dataset identity; other data here is refused.
 
     ``init_from`` is the folder of a finished job whose final weights this one starts from.
     A top-level function so that joblib and Dask can send it to worker processes. If it fails,
@@ -98,7 +101,7 @@ def run_member(
     from digitlab.settings import Settings
 
     base = Settings.from_dict(settings)
-    data = job_data(base, bias_input, validation)
+    data = job_data(base, bias_input, validation, expected=expected_data)
     init = _load_params(init_from) if init_from is not None else None
     out = Path(folder)
     out.mkdir(parents=True)
@@ -121,6 +124,7 @@ def run_job(job: Job, init_from: str | None) -> dict[str, Any]:
     return run_member(
         job.settings, job.stages, job.folder, init_from=init_from,
         bias_input=job.bias_input, validation=job.validation, eval_offset=job.eval_offset,
+        expected_data=job.data,
     )  # fmt: skip
 
 
@@ -144,7 +148,7 @@ def run_jobs_together(jobs: list[Job], init_folders: list[str | None]) -> list[d
     bases = [Settings.from_dict(j.settings) for j in jobs]
     first = jobs[0]
     dataset = load(bases[0].dataset, root=bases[0].data_root)
-    data = job_data(bases[0], first.bias_input, first.validation, dataset)
+    data = job_data(bases[0], first.bias_input, first.validation, dataset, first.data)
     for b in bases[1:]:  # each compared and dropped: one extra copy of the features at a time
         if not same_data(data, job_data(b, first.bias_input, first.validation, dataset)):
             return one_by_one()

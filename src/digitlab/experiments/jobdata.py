@@ -14,10 +14,18 @@ import numpy as np
 from digitlab.errors import ConfigError
 
 
-def job_data(base: Any, bias_input: float, validation: str, dataset: Any = None) -> Any:
+def job_data(
+    base: Any, bias_input: float, validation: str, dataset: Any = None, expected: Any = None
+) -> Any:
     """The prepared data of a job with settings ``base`` (a :class:`~digitlab.settings.Settings`),
-    read from ``dataset`` when given."""
-    from digitlab.runner import prepare_data
+    read from ``dataset`` when given; refused (DataError naming this worker) when it is not
+    the client's ``expected`` data (:func:`~digitlab.runner.data_identity`)."""
+    from digitlab.data import load
+    from digitlab.runner import check_data_identity, prepare_data
+
+    if expected:
+        dataset = dataset if dataset is not None else load(base.dataset, root=base.data_root)
+        check_data_identity(expected, dataset)
 
     if validation == "test":
         data = prepare_data(base.replace(holdout=0.0, early_stopping=0), dataset)

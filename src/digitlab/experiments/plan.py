@@ -47,6 +47,9 @@ class Job:
     key: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     ran: bool = False
+    #: the client's dataset identity (:func:`digitlab.runner.data_identity`), checked by the
+    #: worker that runs the job
+    data: dict[str, Any] | None = None
 
 
 def _digest(value: Any) -> str:
@@ -60,8 +63,11 @@ def add_jobs(
     """Append the jobs of experiment number ``e`` (written under ``folder``, its members'
     full settings ``settings``) to ``jobs``, chained jobs after the job they start from;
     return the new ones."""
+    from digitlab.runner import data_identity
+
     start = len(jobs)
     index: dict[MemberKey, int] = {}
+    identities: dict[str, dict[str, Any]] = {}  # the data each job must find, by location
     labels = [m.label for m in exp.members]
     for k, (m, s) in enumerate(zip(exp.members, settings, strict=True)):
         for r in range(m.repeats):
@@ -76,6 +82,10 @@ def add_jobs(
                 [job.settings, job.stages, job.bias_input, job.validation, job.eval_offset,
                  None if after is None else jobs[after].key]
             )  # fmt: skip
+            where = json.dumps([s.get("dataset"), s.get("data_root")])
+            if where not in identities:
+                identities[where] = data_identity(s)
+            job.data = identities[where]  # travels with the job to its worker
             index[(k, r)] = len(jobs)
             jobs.append(job)
     return jobs[start:]

@@ -91,10 +91,24 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def used_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` without the hyperparameters of optimisers the run did not use (no Adam
+    betas on an SGD run)."""
+    from digitlab.optim import OPTIMIZERS
+
+    chosen = OPTIMIZERS.get(settings.get("optimizer", "sgd"))
+    if chosen is None:
+        return dict(settings)
+    others = {k for cls in OPTIMIZERS.values() for k in cls.hyperparameters}
+    unused = others - set(chosen.hyperparameters)
+    return {k: v for k, v in settings.items() if k not in unused}
+
+
 def settings_table(members: list[MemberRecord]) -> list[Block]:
-    """One run: every setting. Several: the settings that differ, one row per run."""
+    """One run: every setting it used. Several: the settings that differ, one row per run."""
     if len(members) == 1:
-        rows: list[list[Any]] = [[k, _text(v)] for k, v in members[0].settings.items()]
+        used = used_settings(members[0].settings)
+        rows: list[list[Any]] = [[k, _text(v)] for k, v in used.items()]
         return [Heading(3, "Settings"), Table(["setting", "value"], rows)]
     names = list(dict.fromkeys(k for m in members for k in m.settings))
     differ = [k for k in names if len({_text(m.settings.get(k)) for m in members}) > 1]

@@ -23,7 +23,7 @@ from digitlab.errors import DigitlabError, ServeError
 from digitlab.models import MODELS
 from digitlab.runfiles import CHECKPOINT, load_run_checkpoint
 from digitlab.serve.png import diverging, encode_png, tile
-from digitlab.serve.runs import RunFiles, RunIndex, metrics_of, settings_of
+from digitlab.serve.runs import RunFiles, RunIndex, metrics_of, run_error, settings_of
 
 #: Largest upload accepted by the predict endpoint, in bytes.
 MAX_UPLOAD_BYTES = 2 * 2**20
@@ -83,17 +83,13 @@ class ModelCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        try:
+        try:  # checked against its model: image shape, classes, finite weights
             model, prep, meta = load_run_checkpoint(path)
         except DigitlabError as exc:
             raise ServeError(f"run {run.id}: {exc}", 422) from None
-        extra = meta.get("extra", {})
-        shape = tuple(int(s) for s in extra.get("image_shape") or (28, 28))
-        k = 2 if model.kind == "logistic" else int(model.n_classes)
-        classes = [str(c) for c in extra.get("classes", [])]
-        if len(classes) != k:
-            classes = [str(i) for i in range(k)]
-        loaded = LoadedModel(model, prep, meta, classes, (shape[0], shape[1]))
+        extra = meta["extra"]
+        h, w = extra["image_shape"]
+        loaded = LoadedModel(model, prep, meta, [str(c) for c in extra["classes"]], (h, w))
         with self._lock:
             self._items[key] = loaded
             while len(self._items) > self.size:
@@ -120,9 +116,16 @@ def run_detail(index: RunIndex, models: ModelCache, run_id: str | None) -> dict[
     """Summary, full settings, metrics and the weight images' titles of one run."""
     run = index.resolve(run_id)
     out = index.summary(run)
-    out["config"] = settings_of(run)
-    metrics = metrics_of(run)
-    out["metrics"] = metrics
+    out["config"], out["metrics"] = {}, None
+    try:  # a bad file is this run's error, shown on its page
+        out["config"] = settings_of(run)
+        out["metrics"] = metrics_of(run)
+    except ServeError as exc:
+        if exc.status == 403:
+            raise
+        out["error"] = out.get("error") or str(exc)
+    except Exception as exc:  # noqa: BLE001
+        out["error"] = out.get("error") or run_error(run.id, exc)
     out["weights"] = []
     out["weights_error"] = None
     if out["has_checkpoint"]:
@@ -140,7 +143,16 @@ def run_history(index: RunIndex, run_id: str | None) -> dict[str, Any]:
     """``{"id", "status", "summary", "columns": {name: [value | None, ...]}}`` of a run."""
     run = index.resolve(run_id)
     summary = index.summary(run)
-    columns = index.history(run)
+    try:
+        columns = index.history(run)
+    except ServeError as exc:
+        if exc.status == 403:  # a link out of the root stays refused
+            raise
+        columns = {}
+        summary["error"] = summary.get("error") or str(exc)
+    except Exception as exc:  # noqa: BLE001 - a bad history.csv is this run's error
+        columns = {}
+        summary["error"] = summary.get("error") or run_error(run.id, exc)
     return {"id": run.id, "status": summary["status"], "summary": summary, "columns": columns}
 
 
@@ -172,12 +184,18 @@ def compare(index: RunIndex, ids: list[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- confusion
 class DataCache:
     """The last prepared dataset (a run's splits), keyed by the settings that define it, and
-    the confusion records computed from it, keyed by checkpoint."""
+    the confusion records computed from it, keyed by checkpoint.
+
+    Data is looked for only where the server was told (``data_root``, else the usual sources:
+    ``$DIGITLAB_DATA``, the cache, the embedded sample), never in a folder a checkpoint names,
+    and it must be the data the checkpoint trained on (as ``digitlab evaluate`` checks).
+    """
 
     KEYS = ("dataset", "data_root", "split", "n_train", "n_test", "holdout", "holdout_mode",
             "classes", "preprocess", "bias_column", "seed")  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, data_root: str | None = None) -> None:
+        self.data_root = data_root
         self._key: str | None = None
         self._data: Any = None
         self._lock = threading.Lock()
@@ -194,17 +212,39 @@ class DataCache:
             while len(self._confusions) > 32:
                 self._confusions.popitem(last=False)
 
-    def get(self, settings: dict[str, Any]) -> Any:
-        from digitlab.runner import prepare_data
-        from digitlab.settings import Settings
+    def get(self, loaded: LoadedModel, path: Any) -> Any:
+        """The prepared splits of the checkpoint ``loaded`` (read from ``path``).
 
-        key = json.dumps({k: settings.get(k) for k in self.KEYS}, sort_keys=True)
+        Raises
+        ------
+        DigitlabError
+            The data is not found here, or it is not the data the checkpoint trained on.
+        """
+        from digitlab.runfiles import run_settings
+        from digitlab.runner import check_same_data, prepare_data
+
+        settings = run_settings(loaded.meta, path).replace(data_root=self.data_root)
+        key = json.dumps({k: getattr(settings, k, None) for k in self.KEYS}, sort_keys=True)
         with self._lock:
             if key != self._key:
                 self._data = None
-                self._data = prepare_data(Settings.from_dict(settings))
+                self._data = prepare_data(settings)
                 self._key = key
-            return self._data
+            data = self._data
+        check_same_data(loaded.meta, data.dataset, path)
+        return data
+
+
+def saved_matrix(metrics: dict[str, Any] | None, k: int) -> list[list[int]] | None:
+    """The k x k ``confusion_test`` of a run's ``metrics.json``, None if absent or malformed."""
+    m = (metrics or {}).get("confusion_test")
+    if not isinstance(m, list) or len(m) != k:
+        return None
+    if not all(isinstance(r, list) and len(r) == k for r in m):
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for r in m for v in r):
+        return None
+    return m
 
 
 def confusion(
@@ -226,17 +266,15 @@ def confusion(
     cached = data.confusion(ckey)
     if cached is not None:
         return cached
-    settings = loaded.meta.get("extra", {}).get("settings", {})
     try:
-        prepared = data.get(settings)
+        prepared = data.get(loaded, path)
     except (DigitlabError, OSError) as exc:
-        metrics = metrics_of(run) or {}
         return {
             "classes": loaded.classes,
-            "matrix": metrics.get("confusion_test"),
+            "matrix": saved_matrix(metrics_of(run), len(loaded.classes)),
             "examples": {},
-            "source": "metrics.json (test data not available here)",
-            "error": f"cannot load the test split of {settings.get('dataset')}: {exc}",
+            "source": "metrics.json (the run's test data is not available here)",
+            "error": f"cannot load the test split: {exc}",
         }
     X, y = prepared.test
     pred = loaded.model.predict(X)
@@ -274,23 +312,30 @@ def examples_png(
     idx = conf["examples"].get(f"{true},{pred}", [])
     if not idx:
         raise ServeError(f"no misclassified test images with label {true} predicted {pred}", 404)
-    loaded = models.get(index.resolve(run_id))
-    prepared = data.get(loaded.meta.get("extra", {}).get("settings", {}))
+    run = index.resolve(run_id)
+    loaded = models.get(run)
+    prepared = data.get(loaded, run.file("checkpoint.npz"))
     images = prepared.splits.test[0][np.asarray(idx)]
     return encode_png(tile(255 - images.astype(np.uint8), cols=min(len(idx), 12), gap=2, fill=255))
 
 
 # ---------------------------------------------------------------------------------- predict
 def decode_upload(body: bytes) -> np.ndarray:
-    """The uploaded image as uint8 (h, w[, c]) through the bounded image reader."""
-    from digitlab.data.images import read_image
+    """The uploaded image as uint8 (h, w[, c]) through the bounded image reader.
+
+    The pixel cap is ``predict``'s (:func:`digitlab.limits.max_pixels`); a large image is
+    reduced while still 8-bit to a longer side below twice
+    :data:`~digitlab.data.images.WORK_SIDE` (what :func:`to_model_input` works at anyway),
+    so a small, very compressible upload cannot make the server allocate gigabytes.
+    """
+    from digitlab.data.images import WORK_SIDE, read_image
 
     if len(body) > MAX_UPLOAD_BYTES:
         raise ServeError(f"upload larger than {MAX_UPLOAD_BYTES} bytes", 413)
     if not body:
         raise ServeError("empty upload: send the image bytes as the request body", 400)
     try:
-        return read_image(body, name="<upload>")
+        return read_image(body, name="<upload>", max_side=WORK_SIDE)
     except DigitlabError as exc:
         msg = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
         raise ServeError(f"cannot read the image: {msg}", 422) from None
@@ -306,6 +351,7 @@ def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
     ``evidence_bias`` the per-class constant (bias) term.
     """
     from digitlab.data.images import to_model_input
+    from digitlab.data.registry import frame_fit
     from digitlab.predict import predict_arrays
 
     t0 = time.perf_counter()
@@ -315,16 +361,18 @@ def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
         raise ServeError("at most 8 runs per prediction", 400)
     loaded = [models.get(index.resolve(i)) for i in run_ids]
     image = decode_upload(body)
-    inputs: dict[tuple[int, int], np.ndarray] = {}
+    inputs: dict[tuple[int, int, float], np.ndarray] = {}
     results = []
     for run_id, lm in zip(run_ids, loaded, strict=True):
-        if lm.image_shape not in inputs:
+        fit = frame_fit(lm.meta["extra"].get("dataset"))  # the training data's framing
+        key = (*lm.image_shape, fit)
+        if key not in inputs:
             try:
-                inputs[lm.image_shape] = to_model_input(image, shape=lm.image_shape)
+                inputs[key] = to_model_input(image, shape=lm.image_shape, fit=fit)
             except DigitlabError as exc:
                 raise ServeError(f"cannot preprocess the image: {exc}", 422) from None
         # the training format, uint8 ink bright, and the same function as `digitlab predict`
-        pixels = np.rint(inputs[lm.image_shape] * 255.0).astype(np.uint8)
+        pixels = np.rint(inputs[key] * 255.0).astype(np.uint8)
         labels, proba = predict_arrays(lm.model, lm.prep, pixels[None])
         p, pred = proba[0].astype(np.float64), int(labels[0])
         item: dict[str, Any] = {
@@ -350,7 +398,7 @@ def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
             item["evidence_titles"] = weight_titles(lm)
             item["evidence_bias"] = np.round(np.atleast_1d(bias), 5).tolist()
         results.append(item)
-    first = np.rint(inputs[loaded[0].image_shape] * 255.0) / 255.0
+    first = np.rint(next(iter(inputs.values())) * 255.0) / 255.0
     return {
         "shape": list(first.shape),
         "image": np.round(first, 4).tolist(),

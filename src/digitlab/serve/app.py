@@ -11,20 +11,24 @@ Endpoints (all GET unless noted; ``id`` is a run id, its path under the runs roo
 - ``/api/compare?ids=a,b``: settings of several runs and which of them differ;
 - ``POST /api/predict?ids=a,b``: body = image file bytes (PNG, JPEG, ...); probabilities.
 
-The server only reads: files under the runs root (resolved, symlinks out refused) and its
-own static files. Uploads above :data:`~digitlab.serve.api.MAX_UPLOAD_BYTES` are refused
-while the body is read.
+The server only reads: files under the runs root (resolved, symlinks out refused), its
+own static files and the datasets of the data roots it was started with. Uploads above
+:data:`~digitlab.serve.api.MAX_UPLOAD_BYTES` are refused while the body is read, POSTs from
+another origin are refused, and each client's uploads are decoded one at a time. Whatever
+one run folder holds, an error reading it is that run's error (a JSON error, never a 500).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -40,11 +44,31 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from digitlab.errors import DigitlabError, ServeError
 from digitlab.runfiles import json_safe
 from digitlab.serve import api
-from digitlab.serve.runs import RunIndex
+from digitlab.serve.runs import RunIndex, run_error
 
 STATIC = Path(__file__).parent / "static"
 #: Host names accepted when the server listens on the loopback interface (DNS rebinding guard).
 LOCAL_HOSTS = ["127.0.0.1", "localhost"]
+
+
+def host_names(host: str) -> list[str]:
+    """The ``Host`` header names accepted by a server listening on ``host``.
+
+    Loopback: 127.0.0.1 and localhost (and ``host`` itself, e.g. 127.0.0.2); a named
+    interface: that name or address only; all interfaces (``0.0.0.0``, ``::``, ``""``): this
+    machine's names and addresses. A page served from any other name (DNS rebinding) is
+    refused whatever the interface.
+    """
+    import socket
+
+    names = {host.lower().strip("[]")} | (set(LOCAL_HOSTS) if host.startswith("127.") else set())
+    if host in ("localhost", "::1"):
+        names |= set(LOCAL_HOSTS)
+    if host in ("0.0.0.0", "::", ""):
+        names = set(LOCAL_HOSTS) | {socket.gethostname().lower(), socket.getfqdn().lower()}
+        with contextlib.suppress(OSError):
+            names |= {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None)}
+    return sorted(n for n in names if n)
 
 
 class JSON(JSONResponse):
@@ -124,13 +148,66 @@ def _png(content: bytes) -> Response:
     return Response(content, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
 
+def _guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+    """``handler`` with any exception other than a DigitlabError turned into a 422 naming the
+    run: a run folder's files may hold anything (deep nesting, wrong types, link loops)."""
+
+    @functools.wraps(handler)
+    def wrapper(request: Request) -> Response:
+        try:
+            return handler(request)
+        except DigitlabError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one run's bad files are that run's error
+            rid = request.query_params.get("id") or request.query_params.get("ids") or "?"
+            raise ServeError(run_error(rid, exc), 422) from None
+
+    return wrapper
+
+
+def check_origin(request: Request) -> None:
+    """Refuse (403) a request sent by a page of another origin: its ``Origin`` (or, without
+    one, ``Sec-Fetch-Site: cross-site``) must name this server's own host and port."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            raise ServeError("cross-site requests are refused", 403)
+        return
+    host = request.headers.get("host", "")
+    if origin == "null" or urlsplit(origin).netloc.lower() != host.lower():
+        raise ServeError(f"requests from origin {origin[:100]!r} are refused", 403)
+
+
+class ClientLocks:
+    """One lock per client address: a client's uploads are decoded one at a time."""
+
+    def __init__(self, wait_s: float = 30.0) -> None:
+        self.wait_s = wait_s
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, client: str) -> Iterator[None]:
+        with self._lock:
+            if len(self._locks) > 1024:  # forget idle clients
+                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+            lock = self._locks.setdefault(client, threading.Lock())
+        if not lock.acquire(timeout=self.wait_s):
+            raise ServeError("another upload of this client is still being decoded", 429)
+        try:
+            yield
+        finally:
+            lock.release()
+
+
 class _Handlers:
     """The route handlers over one runs index and its caches."""
 
-    def __init__(self, runs: str | Path) -> None:
+    def __init__(self, runs: str | Path, data_root: str | None = None) -> None:
         self.index = RunIndex(runs)
         self.models = api.ModelCache()
-        self.data = api.DataCache()
+        self.data = api.DataCache(data_root)
+        self.decoding = ClientLocks()
         self.last: list[Any] = [None, b""]  # the runs list last sent and its JSON body
 
     async def home(self, request: Request) -> Response:
@@ -169,9 +246,20 @@ class _Handlers:
         return JSON(api.compare(self.index, _ids(request)))
 
     async def predict(self, request: Request) -> Response:
+        check_origin(request)
         ids = _ids(request)
         body = await read_body(request, api.MAX_UPLOAD_BYTES)
-        return JSON(await run_in_threadpool(api.predict, self.index, self.models, ids, body))
+        client = request.client.host if request.client else "?"
+        return JSON(await run_in_threadpool(self.predict_one, client, ids, body))
+
+    def predict_one(self, client: str, ids: list[str], body: bytes) -> dict[str, Any]:
+        with self.decoding.hold(client):
+            try:
+                return api.predict(self.index, self.models, ids, body)
+            except DigitlabError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see _guarded
+                raise ServeError(run_error(",".join(ids) or "?", exc), 422) from None
 
 
 async def _serve_error(request: Request, exc: Exception) -> Response:
@@ -179,7 +267,11 @@ async def _serve_error(request: Request, exc: Exception) -> Response:
     return JSON({"error": str(exc)}, status_code=status)
 
 
-def create_app(runs: str | Path = "runs", allowed_hosts: list[str] | None = None) -> Starlette:
+def create_app(
+    runs: str | Path = "runs",
+    allowed_hosts: list[str] | None = None,
+    data_root: str | None = None,
+) -> Starlette:
     """The ``digitlab serve`` application over the runs root ``runs``.
 
     Parameters
@@ -188,22 +280,29 @@ def create_app(runs: str | Path = "runs", allowed_hosts: list[str] | None = None
         Runs root; it is rescanned on every ``/api/runs`` request.
     allowed_hosts : list of str, optional
         Accepted ``Host`` headers (default: 127.0.0.1 and localhost); ``["*"]`` for any.
+    data_root : str, optional
+        Folder of the datasets for confusion matrices and examples (default: the usual
+        sources, ``$DIGITLAB_DATA``, the cache, the embedded sample); a ``data_root``
+        written in a checkpoint is never used.
 
     Returns
     -------
     Starlette
     """
-    h = _Handlers(runs)
+    from digitlab import limits
+
+    limits.check()  # the caps the uploads are decoded under, validated at start-up
+    h = _Handlers(runs, data_root)
     index, models = h.index, h.models
     routes = [
         Route("/", h.home),
-        Route("/api/runs", h.runs_list),
-        Route("/api/run", h.run_one),
-        Route("/api/run/history", h.history),
-        Route("/api/run/weights.png", h.weights),
-        Route("/api/run/confusion", h.conf),
-        Route("/api/run/examples.png", h.examples),
-        Route("/api/compare", h.comp),
+        Route("/api/runs", _guarded(h.runs_list)),
+        Route("/api/run", _guarded(h.run_one)),
+        Route("/api/run/history", _guarded(h.history)),
+        Route("/api/run/weights.png", _guarded(h.weights)),
+        Route("/api/run/confusion", _guarded(h.conf)),
+        Route("/api/run/examples.png", _guarded(h.examples)),
+        Route("/api/compare", _guarded(h.comp)),
         Route("/api/predict", h.predict, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

@@ -50,11 +50,22 @@ MAX_DEPTH = 4
 RUN_FILES = (CONFIG, HISTORY, METRICS, CHECKPOINT)
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with NaN/inf floats replaced by None (JSON has no NaN)."""
+def _finite(value: Any) -> float | int | None:
+    """``value`` if it is a finite number, else None (JSON has no NaN; a run file's string
+    where a number belongs is not shown)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def run_error(run_id: str, exc: BaseException) -> str:
+    """One line saying why the run ``run_id`` cannot be read (any exception of its files)."""
+    if isinstance(exc, ServeError):
+        return str(exc)
+    text = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return f"{run_id}: cannot read this run ({type(exc).__name__}: {text})"
 
 
 @dataclass
@@ -195,10 +206,7 @@ class RunIndex:
                 except OSError:
                     continue
                 if is_run:
-                    try:
-                        found.append(self._summary(folder, rel, mtime))
-                    except (OSError, DigitlabError) as exc:
-                        found.append(error_summary(rel, str(exc)))
+                    found.append(self._safe_summary(folder, rel, mtime))
                 if depth < MAX_DEPTH:
                     for name in reversed(subdirs):
                         stack.append((folder / name, f"{rel}/{name}" if rel else name, depth + 1))
@@ -210,9 +218,19 @@ class RunIndex:
             return found
 
     def summary(self, run: RunFiles) -> dict[str, Any]:
-        """The summary of one resolved run."""
+        """The summary of one resolved run (its error row when its files cannot be read)."""
         with self._lock:
-            return self._summary(run.folder, run.id, os.stat(run.folder).st_mtime_ns)
+            return self._safe_summary(run.folder, run.id, None)
+
+    def _safe_summary(self, folder: Path, rel: str, mtime: int | None) -> dict[str, Any]:
+        """:meth:`_summary`, or the run's error row: whatever one run's files hold (deep
+        nesting, wrong types, NUL bytes, link loops), the list and other runs keep working."""
+        try:
+            if mtime is None:
+                mtime = os.stat(folder).st_mtime_ns
+            return self._summary(folder, rel, mtime)
+        except Exception as exc:  # noqa: BLE001 - any failure of one run is that run's error
+            return error_summary(rel, run_error(rel, exc))
 
     def _experiment_labels(self, top: str) -> dict[str, str]:
         """``{member folder: label}`` of ``<root>/<top>/experiment.json`` (empty if none)."""
@@ -220,6 +238,8 @@ class RunIndex:
         try:
             st = path.stat()
         except OSError:
+            return {}
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block the scan: not read
             return {}
         cached = self._experiments.get(top)
         if cached is not None and cached[0] == st.st_mtime_ns:
@@ -326,11 +346,14 @@ def build_summary(run: RunFiles) -> dict[str, Any]:
     found = [run.lookup(name) for name in RUN_FILES]
     mtimes = [f[1].st_mtime for f in found if f is not None]
     m = metrics or {}
+    shown = {k: settings.get(k) for k in KEY_SETTINGS if k in settings}
+    if isinstance(m.get("dataset"), str):  # the data it trained on ("mnist" may be the sample)
+        shown["dataset"] = m["dataset"]
     return {
         "id": run.id,
         "experiment": None,
         "member": None,
-        "settings": {k: settings.get(k) for k in KEY_SETTINGS if k in settings},
+        "settings": shown,
         "best_val_acc": best.get("val_acc", _finite(m.get("val_acc"))),
         "val_acc": _finite(m.get("val_acc", last.get("val_acc"))),
         "test_acc": _finite(m.get("test_acc", last.get("test_acc"))),
@@ -339,7 +362,7 @@ def build_summary(run: RunFiles) -> dict[str, Any]:
         "steps": _finite(m.get("steps", last.get("step"))),
         "seconds": _finite(m.get("seconds", last.get("time"))),
         "n_evals": n_rows,
-        "stop_reason": m.get("stop_reason"),
+        "stop_reason": m.get("stop_reason") if isinstance(m.get("stop_reason"), str) else None,
         "early_stopped": bool(m.get("early_stopped", False)),
         "interrupted": bool(m.get("interrupted", False)),
         "has_metrics": metrics is not None,

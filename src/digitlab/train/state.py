@@ -60,11 +60,15 @@ def trainer_state(trainer: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
-def restore_trainer(trainer: Any, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+def restore_trainer(
+    trainer: Any, arrays: dict[str, np.ndarray], meta: dict[str, Any], restart_missing: bool = False
+) -> None:
     """Restore progress, model state, optimiser, RNGs and callback state from a checkpoint.
 
     The model, optimizer, schedule and callbacks are the ones ``trainer`` was built with (the
-    schedule may differ from the saved one: a run resumed with a new learning rate).
+    schedule may differ from the saved one: a run resumed with a new learning rate). A
+    checkpoint of the same update rule that lacks part of its state (a velocity) is refused
+    unless ``restart_missing``: that state then restarts from zero.
 
     Raises
     ------
@@ -72,7 +76,7 @@ def restore_trainer(trainer: Any, arrays: dict[str, np.ndarray], meta: dict[str,
         The arrays do not fit the model or the optimiser, or a generator state is missing.
     """
     trainer.model.load_state(split_prefixed(arrays, "model"))
-    _restore_optimizer(trainer, split_prefixed(arrays, "optim"), meta)
+    _restore_optimizer(trainer, split_prefixed(arrays, "optim"), meta, restart_missing)
     progress = meta["progress"]
     for key in PROGRESS:
         setattr(trainer, key, int(progress[key]))
@@ -97,7 +101,9 @@ def restore_trainer(trainer: Any, arrays: dict[str, np.ndarray], meta: dict[str,
     trainer.extra_arrays = split_prefixed(arrays, "extra")
 
 
-def _restore_optimizer(trainer: Any, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+def _restore_optimizer(
+    trainer: Any, state: dict[str, np.ndarray], meta: dict[str, Any], restart_missing: bool
+) -> None:
     """The optimiser's state, checked for its name and for shapes that fit the parameters
     (a wrong shape would only fail mid-training)."""
     name = trainer.optimizer.config()["name"]
@@ -117,11 +123,12 @@ def _restore_optimizer(trainer: Any, state: dict[str, np.ndarray], meta: dict[st
     trainer.optimizer.load_state_dict(state)
     same_rule = meta.get("optimizer") == trainer.optimizer.config()
     missing = trainer.optimizer.missing_state(params) if same_rule else []
-    if missing and int(meta["progress"]["step"]) > 0:
+    if missing and int(meta["progress"]["step"]) > 0 and not restart_missing:
         raise CheckpointError(
-            f"checkpoint lacks optimizer state {', '.join(missing[:4])}"
+            f"checkpoint lacks optimiser state {', '.join(missing[:4])}"
             f"{' ...' if len(missing) > 4 else ''}: resuming would restart the {name} "
-            "rule's running averages (momentum) from zero"
+            "rule's running averages (momentum) from zero (digitlab resume --restart-momentum "
+            "accepts that)"
         )
 
 

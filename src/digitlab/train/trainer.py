@@ -218,10 +218,8 @@ class Trainer:
         test: ArrayPair | None = None,
         sample_weight: np.ndarray | None = None,
     ) -> Splits:
-        """Check the splits and set this fit's batch size, steps per epoch and buffers.
-
-        A :class:`BatchSource` trained full-batch becomes one feature array here, once.
-        """
+        """Check the splits and set this fit's batch size, steps per epoch and buffers (a
+        :class:`BatchSource` trained full-batch becomes one feature array here, once)."""
         X, y = check_pair(self.model, "train", train)
         self._weight = self.model.check_weight(sample_weight, X.shape[0])
         if self._weight is not None:
@@ -390,9 +388,11 @@ class Trainer:
         """Everything needed to resume bit-identically: arrays and JSON-able metadata."""
         return state.trainer_state(self)
 
-    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (:func:`~digitlab.train.state.restore_trainer`)."""
-        state.restore_trainer(self, arrays, meta)
+    def load_state_dict(
+        self, arrays: dict[str, np.ndarray], meta: dict[str, Any], *, restart_missing: bool = False
+    ) -> None:
+        """Restore what :meth:`state_dict` saved (see :func:`state.restore_trainer`)."""
+        state.restore_trainer(self, arrays, meta, restart_missing)
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint (atomic; see :mod:`digitlab.checkpoint`)."""

@@ -264,7 +264,8 @@ function renderRunRows() {
         const sub = r.experiment ? `<div class="muted">${esc(r.experiment)} · ${esc(r.member)}</div>` : "";
         return `<td class="id"><a href="#/run?id=${enc(r.id)}" title="${esc(r.id)}">${esc(r.id)}</a>${sub}</td>`;
       }
-      return `<td class="${c.num ? "num" : ""}">${c.show ? c.show(v) : esc(fmt.value(v))}</td>`;
+      if (c.key === "status") return `<td>${r.error ? `<span title="${esc(r.error)}">${badge("error")}</span>` : badge(v)}</td>`;
+      return `<td class="${c.num ? "num" : ""}">${esc(c.show ? c.show(v) : fmt.value(v))}</td>`;
     }).join("");
     return `<tr data-id="${esc(r.id)}"><td><input type="checkbox" value="${esc(r.id)}"${selected.has(r.id) ? " checked" : ""} aria-label="select ${esc(r.id)}"></td>${cells}</tr>`;
   }).join("");
@@ -290,7 +291,7 @@ function kvTable(obj, highlight) {
 }
 
 function runStats(d) {
-  const stat = (label, value) => `<div class="stat"><b>${value}</b><span>${label}</span></div>`;
+  const stat = (label, value) => `<div class="stat"><b>${esc(value)}</b><span>${esc(label)}</span></div>`;
   return stat("best validation", fmt.acc(d.best_val_acc)) + stat("test accuracy", fmt.acc(d.test_acc)) +
     stat("train accuracy", fmt.acc(d.train_acc)) + stat("epochs", fmt.num(d.epochs, 4)) +
     stat("steps", fmt.value(d.steps)) + stat("time", fmt.secs(d.seconds)) + stat("evaluations", d.n_evals);
@@ -316,7 +317,7 @@ async function showRun(id, token) {
   view().innerHTML = `
     <div class="row"><h1>${esc(d.id)}</h1><span id="run-status">${badge(d.status)}</span><span class="spacer"></span>
       <button class="secondary" id="add-compare">${selected.has(d.id) ? "Selected for comparison" : "Select for comparison"}</button></div>
-    <div class="muted">${sub}${esc(modelName(d.settings))} on ${esc(d.settings.dataset || "?")}${d.stop_reason ? " · " + esc(d.stop_reason) : ""}</div>
+    <div class="muted">${sub}${esc(modelName(d.settings))} on ${esc(d.settings.dataset || "?")}${d.stop_reason ? " · " + esc(d.stop_reason) : ""}</div>${d.error ? `<div class="card error">${esc(d.error)}</div>` : ""}
     <div class="stats" id="run-stats">${runStats(d)}</div>
     <div class="grid two">
       <div class="card"><h2>Loss</h2><div id="chart-loss"></div></div>
@@ -373,7 +374,7 @@ async function loadConfusion(id, token) {
       const a = n / rowMax[i];
       const bg = i === j ? `rgba(47,133,90,${(0.1 + 0.6 * a).toFixed(2)})` : n ? `rgba(197,48,48,${(0.12 + 0.75 * Math.min(1, (4 * n) / rowMax[i])).toFixed(2)})` : "transparent";
       const off = i !== j && n > 0 && c.examples[`${i},${j}`];
-      h += `<td style="background:${bg}" class="${off ? "off" : ""}" data-t="${i}" data-p="${j}" title="true ${esc(c.classes[i])}, predicted ${esc(c.classes[j])}: ${n}">${n || ""}</td>`;
+      h += `<td style="background:${bg}" class="${off ? "off" : ""}" data-t="${i}" data-p="${j}" title="true ${esc(c.classes[i])}, predicted ${esc(c.classes[j])}: ${esc(n)}">${esc(n || "")}</td>`;
     }
     h += `</tr>`;
   }
