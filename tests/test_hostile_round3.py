@@ -308,7 +308,7 @@ def test_a_worker_that_finds_other_data_than_the_client_says_so(tmp_path):
     import socket
 
     from digitlab.errors import DataError
-    from digitlab.experiments.engine import run_member
+    from digitlab.experiments.execute import run_member
     from digitlab.runner import data_identity
 
     settings = {"dataset": "digits-8x8", "model": "softmax", "epochs": 1}
@@ -325,10 +325,10 @@ def test_a_worker_that_finds_other_data_than_the_client_says_so(tmp_path):
 
 def test_every_cluster_job_carries_the_clients_dataset_identity(tmp_path):
     from digitlab.experiments import builtin_experiments
-    from digitlab.experiments.engine import _jobs
+    from digitlab.experiments.engine import plan_jobs
 
     exp = next(e for e in builtin_experiments().values() if not e.on_request)
-    jobs, _, _ = _jobs([exp], tmp_path, {"dataset": "digits-8x8"})
+    jobs, _, _ = plan_jobs([exp], tmp_path, {"dataset": "digits-8x8"})
     assert jobs and all(j.data and j.data["name"] == "digits-8x8" for j in jobs)
 
 

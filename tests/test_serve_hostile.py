@@ -92,7 +92,9 @@ def test_one_bad_run_is_that_runs_error_and_the_rest_keep_working(tmp_path) -> N
     for what, rid in bad.items():
         if what == "fine":
             assert runs[rid]["error"] is None and runs[rid]["test_acc"] is not None
-        elif what != "NUL in history":
+        elif what not in ("NUL in history", "train = 5", "history link loop"):
+            # (a flat config.toml with a "train" key and a history.csv that loops are read
+            # as a config of unknown settings and a run without history: not errors)
             assert runs[rid]["error"] and rid in runs[rid]["error"], what
         for endpoint in ("/api/run", "/api/run/history"):
             resp = c.get(endpoint, params={"id": rid})
@@ -108,7 +110,12 @@ def test_a_string_where_a_number_belongs_is_not_sent_and_the_page_escapes_values
     (root / rid / "metrics.json").write_text(json.dumps({"steps": markup, "seconds": "abc",
                                                          "stop_reason": 5}))  # fmt: skip
     s = client_of(root).get("/api/runs").json()["runs"][0]
-    assert s["steps"] is None and s["seconds"] is None and s["stop_reason"] is None
+    # a metrics.json of the wrong types is refused as a whole (the row says so); the numbers
+    # shown come from the history, and no string reaches the page where a number belongs
+    assert s["error"] and "metrics.json" in s["error"]
+    for key in ("steps", "seconds"):
+        assert s[key] is None or isinstance(s[key], int | float)
+    assert s["stop_reason"] is None
     js = (STATIC / "app.js").read_text()
     stat = re.search(r"const stat = \(label, value\) => `(.*)`;", js)
     assert stat and "${esc(value)}" in stat.group(1) and "${value}" not in stat.group(1)
