@@ -675,34 +675,30 @@ DATA_ROOT_HELP = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from digitlab import __version__
-    from digitlab.models import ACTIVATIONS, MODELS
+def _runs_options(
+    sp: argparse.ArgumentParser, name_help: str = "run name (default: the model kind)"
+) -> None:
+    sp.add_argument("--out", default="runs", help="runs root folder (default: runs)")
+    sp.add_argument("--name", default=None, help=name_help)
+    sp.add_argument("--quiet", action="store_true", help="no progress output while training")
+
+def _data_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--dataset", default=None, help="use this dataset, not the run's")
+    sp.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
+
+def _add_train(sub: Any) -> None:
+    """The ``train`` subcommand's options."""
     from digitlab.settings import add_options
-
-    p = Parser(
-        prog="digitlab",
-        description="Train and study gradient-descent classifiers for handwritten characters.",
-    )
-    p.add_argument("--version", action="version", version=f"digitlab {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def runs_options(
-        sp: argparse.ArgumentParser, name_help: str = "run name (default: the model kind)"
-    ) -> None:
-        sp.add_argument("--out", default="runs", help="runs root folder (default: runs)")
-        sp.add_argument("--name", default=None, help=name_help)
-        sp.add_argument("--quiet", action="store_true", help="no progress output while training")
-
-    def data_options(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--dataset", default=None, help="use this dataset, not the run's")
-        sp.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
 
     t = sub.add_parser("train", help="train a model; writes a run folder")
     t.add_argument("--config", help="TOML file of settings (command-line options override it)")
-    runs_options(t)
+    _runs_options(t)
     add_options(t)
     t.set_defaults(func=cmd_train)
+
+def _add_lr_find(sub: Any) -> None:
+    """The ``lr-find`` subcommand's options."""
+    from digitlab.settings import add_options
 
     lf = sub.add_parser(
         "lr-find", help="learning-rate range test: sweep, suggested rate, plot",
@@ -719,6 +715,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(lf)
     lf.set_defaults(func=cmd_lr_find)
 
+def _add_resume(sub: Any) -> None:
+    """The ``resume`` subcommand's options."""
+    from digitlab.settings import add_options
+
     r = sub.add_parser("resume", help="continue a run from its checkpoint", description=RESUME_NOTE)
     r.add_argument("checkpoint", help=CHECKPOINT_HELP)
     r.add_argument("--more-steps", type=_positive_int, default=None,
@@ -728,15 +728,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--restart-momentum", action="store_true",
                    help="resume a checkpoint that lacks its optimiser state (momentum "
                    "velocity, Adam moments), restarting that state from zero")  # fmt: skip
-    runs_options(r, name_help="run name (default: the resumed run's, e.g. runs/live/...)")
+    _runs_options(r, name_help="run name (default: the resumed run's, e.g. runs/live/...)")
     add_options(r, changeable_only=True)
     r.set_defaults(func=cmd_resume)
 
+def _add_evaluate(sub: Any) -> None:
+    """The ``evaluate`` subcommand's options."""
     e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on its splits")
     e.add_argument("checkpoint", help=CHECKPOINT_HELP)
-    data_options(e)
+    _data_options(e)
     e.set_defaults(func=cmd_evaluate)
 
+def _add_predict(sub: Any) -> None:
+    """The ``predict`` subcommand's options."""
     pr = sub.add_parser("predict", help="predict the classes of images (files, folders, IDX, CSV)")
     pr.add_argument("checkpoint", help=CHECKPOINT_HELP)
     pr.add_argument(
@@ -779,6 +783,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     pr.set_defaults(func=cmd_predict)
 
+def _add_gradcheck(sub: Any) -> None:
+    """The ``gradcheck`` subcommand's options."""
+    from digitlab.models import ACTIVATIONS, MODELS
+
     g = sub.add_parser("gradcheck", help="central-difference gradient check on real images")
     g.add_argument("--model", choices=list(MODELS), default="mlp",
                    help="model whose gradient is checked (default: mlp)")  # fmt: skip
@@ -803,8 +811,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
     g.set_defaults(func=cmd_gradcheck)
 
-    add_check_parser(sub)
-
+def _add_data(sub: Any) -> None:
+    """The ``data`` subcommand's options."""
     d = sub.add_parser(
         "data", help="list, inspect, download or synthesise datasets",
         description="synth NAME writes a synthesised dataset (mnist-8m: MNIST's training "
@@ -821,9 +829,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synth: seed of the deformations (default: 0)")  # fmt: skip
     d.set_defaults(func=cmd_data)
 
+def _add_experiments(sub: Any) -> None:
+    """The ``experiments`` subcommand's options."""
     x = sub.add_parser("experiments", help="list the experiments of the source documents")
     x.set_defaults(func=cmd_experiments)
 
+def _add_reproduce(sub: Any) -> None:
+    """The ``reproduce`` subcommand's options."""
     rp = sub.add_parser("reproduce", help="run experiments of the source documents and the report")
     rp.add_argument(
         "names", nargs="*", help="experiment names or TOML files (default: all but on-request ones)"
@@ -836,6 +848,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-report", action="store_true", help="skip writing runs/report.html")
     rp.set_defaults(func=cmd_reproduce)
 
+def _add_report(sub: Any) -> None:
+    """The ``report`` subcommand's options."""
     rr = sub.add_parser(
         "report", help="report of run folders, or of the experiments under runs/ (no RUN_DIR)"
     )
@@ -851,6 +865,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rr.set_defaults(func=cmd_report)
 
+def _add_serve(sub: Any) -> None:
+    """The ``serve`` subcommand's options."""
     sv = sub.add_parser("serve", help="browse, compare and follow runs, draw digits (web page)")
     sv.add_argument("--runs", default="runs", help="runs root folder (default: runs)")
     sv.add_argument("--port", type=_port, default=8000, help="port, 1..65535 (default: 8000)")
@@ -862,10 +878,40 @@ def build_parser() -> argparse.ArgumentParser:
                     "$DIGITLAB_DATA, the cache, the embedded sample)")  # fmt: skip
     sv.set_defaults(func=cmd_serve)
 
+def _add_demo(sub: Any) -> None:
+    """The ``demo`` subcommand's options."""
     m = sub.add_parser("demo", help="short softmax and MLP runs on the best MNIST data found")
     m.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
-    runs_options(m)
+    _runs_options(m)
     m.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from digitlab import __version__
+
+    p = Parser(
+        prog="digitlab",
+        description="Train and study gradient-descent classifiers for handwritten characters.",
+    )
+    p.add_argument("--version", action="version", version=f"digitlab {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = (
+        _add_train,
+        _add_lr_find,
+        _add_resume,
+        _add_evaluate,
+        _add_predict,
+        _add_gradcheck,
+        add_check_parser,
+        _add_data,
+        _add_experiments,
+        _add_reproduce,
+        _add_report,
+        _add_serve,
+        _add_demo,
+    )
+    for add in commands:
+        add(sub)
     return p
 
 

@@ -826,29 +826,14 @@ class MLPClassifier(_DigitlabClassifier):
         class_weight: dict[Any, float] | str | None = None,
     ) -> None:
         super().__init__(
-            penalty=penalty,
-            alpha=alpha,
-            solver=solver,
-            batch_size=batch_size,
-            learning_rate_init=learning_rate_init,
-            anneal_T=anneal_T,
-            schedule=schedule,
-            momentum=momentum,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
-            weight_decay=weight_decay,
-            max_iter=max_iter,
-            early_stopping=early_stopping,
-            validation_fraction=validation_fraction,
-            n_iter_no_change=n_iter_no_change,
-            shuffle=shuffle,
-            tol=tol,
-            random_state=random_state,
-            warm_start=warm_start,
-            verbose=verbose,
-            class_weight=class_weight,
-        )
+            penalty=penalty, alpha=alpha, solver=solver, batch_size=batch_size,
+            learning_rate_init=learning_rate_init, anneal_T=anneal_T, schedule=schedule,
+            momentum=momentum, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+            weight_decay=weight_decay, max_iter=max_iter, early_stopping=early_stopping,
+            validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
+            shuffle=shuffle, tol=tol, random_state=random_state, warm_start=warm_start,
+            verbose=verbose, class_weight=class_weight,
+        )  # fmt: skip
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.init = init
