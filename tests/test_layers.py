@@ -85,6 +85,8 @@ CASES = {
     "dropout_per_layer_elu": dict(dropout=[0.5, 0.1], activation="elu", hidden=(6, 5)),
     "bn_dropout_leaky": dict(batch_norm=True, dropout=0.25, activation="leaky_relu"),
     "scaled_tanh": dict(activation="scaled_tanh"),
+    "leaky_slope_plain": dict(activation="leaky_relu", leaky_slope=0.2),
+    "elu_plain": dict(activation="elu", hidden=(6, 5)),
 }
 
 
@@ -241,3 +243,19 @@ def test_cli_trains_with_the_tricks_and_refuses_bad_values(tmp_path, capsys):
                 ["--activation", "swish"], ["--init", "orthogonal"]):  # fmt: skip
         assert main([*base, *bad]) == 2
         assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--activation", "relu"], ["--activation", "leaky_relu", "--leaky-slope", "0.2"],
+     ["--activation", "gelu", "--dropout", "0.3", "--batch-norm", "--init", "he_normal",
+      "--hidden", "16,8"],
+     ["--activation", "scaled_tanh", "--init", "lecun_normal"]],
+)  # fmt: skip
+def test_the_gradcheck_command_passes_for_the_new_options(options, capsys):
+    """ReLU-like units: entries whose difference crosses a kink are left out, the rest agree."""
+    from digitlab.cli import main
+
+    argv = ["gradcheck", "--model", "mlp", "--dataset", "mnist-5k", "--n", "8", *options]
+    assert main(argv) == 0, capsys.readouterr().out
+    assert capsys.readouterr().out.strip().endswith("PASS")

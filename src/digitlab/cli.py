@@ -358,9 +358,13 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     from digitlab.gradcheck import gradcheck_arrays
     from digitlab.runner import gradcheck_problem
 
+    layers = {k: getattr(args, k) for k in ("dropout", "init", "leaky_slope")}
+    layers = {k: v for k, v in layers.items() if v is not None}
+    if args.batch_norm:
+        layers["batch_norm"] = True
     model, X, y, name = gradcheck_problem(
         args.model, args.hidden, args.activation, args.l1, args.l2, n=args.n,
-        dataset=args.dataset, data_root=args.data_root,
+        dataset=args.dataset, data_root=args.data_root, layers=layers,
     )  # fmt: skip
     n_checks = None if args.checks == "all" else int(args.checks)
     per_array = gradcheck_arrays(model, X, y, eps=args.eps, n_checks=n_checks, rng=0)
@@ -798,6 +802,14 @@ def _add_gradcheck(sub: Any) -> None:
                    help="L1 penalty included in the checked loss (default: 0)")  # fmt: skip
     g.add_argument("--l2", type=float, default=0.0,
                    help="L2 penalty included in the checked loss (default: 0)")  # fmt: skip
+    g.add_argument("--dropout", default=None,
+                   help="mlp: dropout rate(s) of the hidden layers, e.g. 0.3 or 0.2,0.5; the "
+                   "check uses one fixed set of masks (default: none)")  # fmt: skip
+    g.add_argument("--batch-norm", action="store_true",
+                   help="mlp: batch-normalise the hidden layers (training-mode statistics)")
+    g.add_argument("--init", default=None,
+                   help="weight initialisation (default: the model's; normal with --l1)")
+    g.add_argument("--leaky-slope", default=None, help="leaky_relu slope (default: 0.01)")
     g.add_argument("--eps", type=float, default=1e-2,
                    help="central-difference step; PASS when the largest error is below "
                    "10*eps^2 (default: 0.01)")  # fmt: skip

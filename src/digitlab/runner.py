@@ -617,23 +617,24 @@ def data_for_checkpoint(
 # ---------------------------------------------------------------------------------- gradcheck
 def gradcheck_problem(
     model: str, hidden: list[int], activation: str, l1: float, l2: float, *, n: int,
-    dataset: str = "mnist", data_root: str | None = None,
+    dataset: str = "mnist", data_root: str | None = None, layers: Mapping[str, Any] = {},
 ) -> tuple[Model, np.ndarray, np.ndarray, str]:  # fmt: skip
     """A float64 model and ``n`` real images to check its gradient on.
 
     The logistic model gets 2s (label 1) and 3s (label 0); the weights start from N(0, 1)
-    when ``l1`` is set (so no weight sits at the kink of ``|w|``).
+    when ``l1`` is set (so no weight sits at the kink of ``|w|``). ``layers`` holds more
+    settings of the model (``dropout``, ``batch_norm``, ``init``, ``leaky_slope``), as
+    command-line text or values.
 
     Returns
     -------
     model, X (n, d) float32 in [0, 1], y (n,) int64, dataset name
     """
     logistic = model == "logistic"
-    settings = Settings.from_dict(
-        {"model": model, "hidden": hidden, "activation": activation, "l1": l1, "l2": l2,
-         "init": "normal" if l1 else None, "dtype": "float64",
-         "classes": [2, 3] if logistic else None}, where="gradcheck options",
-    )  # fmt: skip
+    base = {"model": model, "hidden": hidden, "activation": activation, "l1": l1, "l2": l2,
+            "init": "normal" if l1 else None, "dtype": "float64",
+            "classes": [2, 3] if logistic else None}  # fmt: skip
+    settings = Settings.merge([("gradcheck options", base), (COMMAND_LINE, dict(layers))])
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"option --n {n!r}: expected a whole number >= 1")
     ds = load(dataset, root=data_root)

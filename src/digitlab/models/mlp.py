@@ -195,6 +195,15 @@ class MLPModel(Model):
         """The evaluation-mode output ``(n, n_i)`` of every hidden layer for ``X (n, d)``."""
         return self._forward_hidden(self.check_X(X))[1:]
 
+    def kink_pattern(self, X: np.ndarray, rng: np.random.Generator | None) -> np.ndarray | None:
+        """For a kinked activation (relu, leaky_relu): which hidden outputs of the training
+        pass are above 0, flat bool; None for smooth activations. A finite difference whose
+        two evaluations differ here crossed a kink and measures no derivative."""
+        if self.activation not in ("relu", "leaky_relu"):
+            return None
+        layers = self._forward_train(self.check_X(X), rng, update=False)[1]
+        return np.concatenate([layer.a.ravel() > 0 for layer in layers])
+
     def _forward_train(
         self, X: np.ndarray, rng: np.random.Generator | None, update: bool
     ) -> tuple[list[np.ndarray], list[_Hidden]]:
@@ -285,7 +294,7 @@ class MLPModel(Model):
                 if layers:
                     delta = self._hidden_backward(i - 1, delta, layers[i - 2], grads)
                 else:
-                    activation_backward_(delta, a_prev, self.activation)  # dE/dz_{i-1}
+                    activation_backward_(delta, a_prev, self.activation, None, self.leaky_slope)
         return loss_sum, {k: grads[k] for k in self.params}
 
     def _hidden_backward(
