@@ -127,8 +127,8 @@ def test_layer_columns_and_panels_of_an_mlp_and_a_linear_model(runs: Path) -> No
 def test_linear_model_report_has_the_weight_curves_only(runs: Path) -> None:
     folder = runs / "logistic"
     text = write_run_report([folder])[0].read_text()
-    assert _figure_ids(text) == [f"logistic/{k}" for k in
-                                 ("curves", "weights", "confusion", "layers", "loss_gallery")]  # fmt: skip
+    kinds = ["curves", "weights", "confusion", "layers", "loss_gallery"]
+    assert _figure_ids(text) == [f"logistic/{k}" for k in kinds]
     assert not (folder / "figures" / "activations.png").exists()
     assert "could not be drawn" not in text
 

@@ -206,9 +206,7 @@ def draw_loss_gallery(exp: ExperimentRecord) -> Figure:
         frame(ax, color, 1.0 if ok else 2.0)
     for ax in axes[len(g.index) :]:
         ax.set_visible(False)
-    fig.suptitle(
-        f"Test images ranked by loss, highest first ({g.n_wrong} of {g.n_test} wrong)"
-    )
+    fig.suptitle(f"Test images ranked by loss, highest first ({g.n_wrong} of {g.n_test} wrong)")
     return fig
 
 
