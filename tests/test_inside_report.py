@@ -145,14 +145,20 @@ def test_a_history_without_layer_statistics_gets_no_layer_figures(runs: Path) ->
 
 
 # ---------------------------------------------------------------------------------- gallery
-def test_gallery_is_ranked_by_the_models_own_loss_per_image(runs: Path) -> None:
-    folder = runs / "mlp"
+def _ranked_against_own_loss(folder: Path, settings: Settings) -> tuple:
+    """The run's loss gallery, its model and test split, after checking that the gallery's
+    first image has the highest loss by the model's own per-image ``loss``."""
     g = member_loss_gallery(load_run(folder))
     model, _, _ = load_run_checkpoint(folder / "checkpoint.npz")
-    X, y = prepare_data(MLP).test
+    X, y = prepare_data(settings).test
     own = np.array([model.loss(X[i : i + 1], y[i : i + 1], penalty=False) for i in range(len(y))])
     assert g.index[0] == int(np.argmax(own))
     np.testing.assert_allclose(g.loss, own[g.index], rtol=1e-4)
+    return g, model, X, y
+
+
+def test_gallery_is_ranked_by_the_models_own_loss_per_image(runs: Path) -> None:
+    g, model, X, y = _ranked_against_own_loss(runs / "mlp", MLP)
     assert np.all(np.diff(g.loss) <= 0) and len(g.index) == 24
     probs = model.forward(X[g.index])
     np.testing.assert_allclose(g.prob, probs.max(axis=1), rtol=1e-4)
@@ -161,13 +167,7 @@ def test_gallery_is_ranked_by_the_models_own_loss_per_image(runs: Path) -> None:
 
 
 def test_gallery_of_a_logistic_run_uses_both_class_probabilities(runs: Path) -> None:
-    folder = runs / "logistic"
-    g = member_loss_gallery(load_run(folder))
-    model, _, _ = load_run_checkpoint(folder / "checkpoint.npz")
-    X, y = prepare_data(LOGISTIC).test
-    own = np.array([model.loss(X[i : i + 1], y[i : i + 1], penalty=False) for i in range(len(y))])
-    assert g.index[0] == int(np.argmax(own))
-    np.testing.assert_allclose(g.loss, own[g.index], rtol=1e-4)
+    g, *_ = _ranked_against_own_loss(runs / "logistic", LOGISTIC)
     assert np.all(g.prob >= 0.5) and g.classes == ["3", "2"]  # label 1 is the first class
 
 
