@@ -18,6 +18,7 @@ from digitlab.checkpoint import load_checkpoint, save_checkpoint
 from digitlab.report import ExperimentRecord, ReportError, write_report, write_run_report
 from digitlab.report.inside import (
     class_scores,
+    draw_activations,
     draw_layers,
     hidden_layers,
     member_loss_gallery,
@@ -34,12 +35,13 @@ SMALL = {"dataset": "mnist-5k", "n_train": 300, "n_test": 200, "holdout": 0.2, "
          "lr": 0.2, "epochs": 2}  # fmt: skip
 MLP = Settings(model="mlp", hidden=[16, 8], **SMALL)
 LOGISTIC = Settings(model="logistic", classes=[2, 3], **SMALL)
+TANH = Settings(model="mlp", hidden=[8], activation="tanh", **SMALL)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("inside")
-    for name, settings in (("mlp", MLP), ("logistic", LOGISTIC)):
+    for name, settings in (("mlp", MLP), ("logistic", LOGISTIC), ("tanh", TANH)):
         run(settings, folder=root / name, data=prepare_data(settings))
     return root
 
@@ -122,6 +124,23 @@ def test_layer_columns_and_panels_of_an_mlp_and_a_linear_model(runs: Path) -> No
         visible[name] = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert visible["mlp"][-1] == "Saturated / dead units" and len(visible["mlp"]) == 4
     assert len(visible["logistic"]) == 3 and "Saturated / dead units" not in visible["logistic"]
+
+
+def test_activation_figures_follow_the_activation_or_guess_it(runs: Path) -> None:
+    tanh = draw_layers(runs_record([runs / "tanh"]))
+    assert [t.get_text() for t in tanh.axes[3].get_legend().get_texts()] == [
+        "saturated: hidden layer 1"
+    ]
+    heat = draw_activations(runs_record([runs / "tanh"]))
+    assert heat.axes[0].get_title() == "hidden layer 1 (tanh)"
+    assert heat.axes[0].get_xlim() == (-1.0, 1.0)
+    (runs / "mlp" / "config.toml").unlink()  # no settings: the dead-unit columns say relu
+    heat = draw_activations(runs_record([runs / "mlp"]))
+    assert [ax.get_title() for ax in heat.axes[:2]] == [
+        "hidden layer 1 (relu)",
+        "hidden layer 2 (relu)",
+    ]
+    assert heat.axes[0].get_xlim() == (0.0, 4.0)
 
 
 def test_linear_model_report_has_the_weight_curves_only(runs: Path) -> None:

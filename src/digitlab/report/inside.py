@@ -302,6 +302,17 @@ def draw_layers(exp: ExperimentRecord) -> Figure:
     return fig
 
 
+def _activation(m: MemberRecord) -> str:
+    """The run's hidden activation: from its settings, else a guess from its statistics
+    (dead units are counted for rectifiers, saturated ones for tanh and sigmoid)."""
+    given = m.settings.get("activation")
+    if isinstance(given, str) and given:
+        return given
+    if any(k.endswith("_dead") for k in m.history):
+        return "relu"
+    return "tanh" if any(k.endswith("_saturated") for k in m.history) else "unknown"
+
+
 def draw_activations(exp: ExperimentRecord) -> Figure:
     """Each hidden layer's activation histogram on the probe batch at every evaluation, as a
     heat map (evaluations up, activation value across; shading the fraction of values)."""
@@ -309,7 +320,7 @@ def draw_activations(exp: ExperimentRecord) -> Figure:
     hidden = hidden_layers(m.history)
     if not hidden:
         raise ReportError(f"{m.folder}: history.csv has no activation histograms (no hidden layer)")
-    activation = str(m.settings.get("activation") or "relu")
+    activation = _activation(m)
     lo, hi = histogram_range(activation)
     edges = np.linspace(lo, hi, HIST_BINS + 1)
     x, xlabel = m.x_axis()
