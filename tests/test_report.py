@@ -474,14 +474,15 @@ def test_report_of_one_run_draws_curves_weights_confusion_settings(runs: Path) -
     html, md = write_run_report([run_dir])
     assert (html, md) == (run_dir / "report.html", run_dir / "report.md")
     text = html.read_text()
-    assert _figure_ids(text) == ["l2-0.0001/curves", "l2-0.0001/weights", "l2-0.0001/confusion"]
-    assert 'data-figures="3"' in text
+    kinds = ["curves", "weights", "confusion", "layers", "loss_gallery"]
+    assert _figure_ids(text) == [f"l2-0.0001/{k}" for k in kinds]
+    assert 'data-figures="5"' in text
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert f'<td class="num">{100 * metrics["test_acc"]:.2f}%</td>' in text
     assert '<tr><td>l2</td><td class="num">0.0001</td></tr>' in text  # every setting
     assert "<td>model</td><td>softmax</td>" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md.read_text())
-    assert links == ["figures/curves.png", "figures/weights.png", "figures/confusion.png"]
+    assert links == [f"figures/{k}.png" for k in kinds]
     assert all((run_dir / link).is_file() for link in links)
 
 
@@ -506,7 +507,7 @@ def test_run_report_of_a_run_in_progress_without_metrics(runs: Path) -> None:
     for name in ("metrics.json", "checkpoint.npz"):
         (run_dir / name).unlink()
     html, _ = write_run_report([run_dir])
-    assert _figure_ids(html.read_text()) == ["l2-0.01/curves"]
+    assert _figure_ids(html.read_text()) == ["l2-0.01/curves", "l2-0.01/layers"]
 
 
 def test_bad_run_folders_are_one_line_errors_and_write_nothing(
@@ -538,5 +539,5 @@ def test_cli_report_of_a_run_folder(runs: Path, capsys: pytest.CaptureFixture[st
     run_dir = runs / "toy-logistic" / "2v3"
     assert main(["report", str(run_dir)]) == 0
     assert str(run_dir / "report.html") in capsys.readouterr().out
-    assert _figure_ids((run_dir / "report.html").read_text()) == ["2v3/curves", "2v3/weights",
-                                                                   "2v3/confusion"]  # fmt: skip
+    kinds = ["curves", "weights", "confusion", "layers", "loss_gallery"]
+    assert _figure_ids((run_dir / "report.html").read_text()) == [f"2v3/{k}" for k in kinds]

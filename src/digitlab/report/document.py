@@ -411,6 +411,26 @@ def members_table(exp: ExperimentRecord) -> list[Block]:
     return [Heading(3, "Settings"), Table(header, list(rows), classes)]
 
 
+def figure_tables(exp: ExperimentRecord, fig: Figure) -> list[Block]:
+    """The tables shown under a drawn figure: the L-BFGS numbers under ``lbfgs``, the chosen
+    member's per-class precision, recall and F1 under ``confusion``."""
+    if fig.png is None:
+        return []
+    if fig.kind == "lbfgs":
+        header, rows = lbfgs_rows(exp)
+        return [Table(header, list(rows))] if rows else []
+    if fig.kind == "confusion":
+        from digitlab.report.inside import SCORE_NOTE, class_scores_table
+
+        try:
+            header, rows = class_scores_table(exp.member("chosen"))
+        except ReportError as exc:
+            return [Paragraph.of(f"Per-class scores not shown: {exc}", style="note")]
+        return [Heading(3, "Per-class precision, recall and F1"), Table(header, list(rows)),
+                Paragraph.of(SCORE_NOTE, style="note")]  # fmt: skip
+    return []
+
+
 def _figures_and_tables(exp: ExperimentRecord, figs: list[Figure]) -> list[Block]:
     """Figures and the members table in the listed order (the table last if not listed)."""
     by_kind = {f.kind: f for f in figs}
@@ -419,10 +439,7 @@ def _figures_and_tables(exp: ExperimentRecord, figs: list[Figure]) -> list[Block
         if kind == "table":
             blocks += members_table(exp)
         elif kind in by_kind:
-            blocks.append(by_kind[kind])
-            header, rows = lbfgs_rows(exp) if kind == "lbfgs" and by_kind[kind].png else ([], [])
-            if rows:
-                blocks.append(Table(header, list(rows)))
+            blocks += [by_kind[kind], *figure_tables(exp, by_kind[kind])]
     if "table" not in exp.figures:
         blocks += members_table(exp)
     return blocks

@@ -211,6 +211,12 @@ def _series(m: MemberRecord, *keys: str) -> tuple[np.ndarray, str] | None:
     return None
 
 
+#: Helpers shared with the drawers of :mod:`digitlab.report.inside`.
+new_figure, bare, frame, line_style, mark_epochs = (
+    _figure, _bare, _frame, _line_style, _mark_epochs
+)
+
+
 # ---------------------------------------------------------------------------------- drawers
 def draw_curves(exp: ExperimentRecord) -> Figure:
     """Loss and accuracy over training of the chosen member, train/validation/test."""

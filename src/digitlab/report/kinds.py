@@ -20,6 +20,7 @@ import matplotlib
 
 from digitlab.errors import OutputError, ReportError
 from digitlab.report import figures as f
+from digitlab.report import inside
 from digitlab.report.rundata import load_experiment
 from digitlab.runfiles import CHECKPOINT
 
@@ -131,6 +132,27 @@ for _kind in (
                "Published numbers (red line) among the results of the member's random seeds "
                "(dots: one per seed, e.g. per N(0, 1) draw of the initial weights; bar: "
                "mean ± 2 sd)."),
+    FigureKind("layers", inside.draw_layers,
+               "Inside {chosen}, layer by layer over training: weight and bias norms, gradient "
+               "norms and the update/weight ratio of the last step (log axis; shaded: the usual "
+               "1e-4 – 1e-1). Look for ratios far above the band (the learning rate is too "
+               "large: the weights change by a tenth each step), far below it (the layer "
+               "hardly learns), gradient norms that shrink towards the first layer (vanishing "
+               "gradients) and, for hidden layers, a large fraction of saturated (tanh, sigmoid "
+               "near their limits) or dead (ReLU never above 0) units: those units pass no "
+               "gradient."),
+    FigureKind("activations", inside.draw_activations,
+               "Activation histograms of each hidden layer of {chosen} on a fixed probe batch "
+               "at every evaluation (bright = many values). Look for mass piling up at the "
+               "limits of tanh or sigmoid (saturation), at 0 for ReLU (dead or silent units), "
+               "or a distribution that collapses towards 0 (shrinking activations, often a too "
+               "small initialisation)."),
+    FigureKind("loss_gallery", inside.draw_loss_gallery,
+               "Test images of {chosen} ranked by loss (cross-entropy under the final "
+               "checkpoint), the highest first: the most confidently wrong images, each titled "
+               "true / predicted class with the predicted probability. Look for wrong labels, "
+               "ambiguous digits and classes that the model confuses with confidence.",
+               any_member_files=(CHECKPOINT,)),
 ):  # fmt: skip
     register_figure(_kind)
 

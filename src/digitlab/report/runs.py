@@ -18,6 +18,7 @@ from typing import Any
 from digitlab.errors import ReportError
 from digitlab.report.document import (
     data_notes,
+    figure_tables,
     fmt_seconds,
     header_section,
     member_rows,
@@ -38,6 +39,17 @@ def _labels(folders: list[Path]) -> tuple[list[str], Path]:
     parent = Path(os.path.commonpath([str(f) for f in folders]))
     # a run folder that holds the others is called by its name
     return [f.relative_to(parent).as_posix() if f != parent else f.name for f in folders], parent
+
+
+def inside_kinds(m: MemberRecord) -> list[str]:
+    """The figures of what is inside run ``m`` that its files allow: per-layer curves where
+    the history has per-layer statistics, activation heat maps where it has hidden layers,
+    the test images ranked by loss where there is a checkpoint."""
+    from digitlab.report.inside import hidden_layers, weight_layers
+
+    kinds = ["layers"] if weight_layers(m.history) else []
+    kinds += ["activations"] if hidden_layers(m.history) else []
+    return kinds + (["loss_gallery"] if find_checkpoint(m.folder) is not None else [])
 
 
 def runs_record(
@@ -73,6 +85,7 @@ def runs_record(
         kinds = ["curves"]
         kinds += ["weights"] if find_checkpoint(m.folder) is not None else []
         kinds += ["confusion"] if "confusion_test" in m.metrics else []
+        kinds += inside_kinds(m)
         title = "digitlab run"
     else:
         kinds, title = ["overlay"], f"digitlab: {len(members)} runs compared"
@@ -139,7 +152,8 @@ def runs_document(record: ExperimentRecord) -> Document:
     ]
     if record.data:
         blocks += [Paragraph.of(note, style="note") for note in data_notes(record.data)]
-    blocks += figs
+    for fig in figs:
+        blocks += [fig, *figure_tables(record, fig)]
     header, rows = member_rows(record, first="run")
     blocks += [Heading(3, "Metrics"), Table(header, list(rows))]
     blocks += settings_table(record.members)
