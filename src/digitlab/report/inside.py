@@ -165,7 +165,8 @@ def member_loss_gallery(m: MemberRecord, size: int = GALLERY_SIZE) -> LossGaller
         raise ReportError(f"{m.folder}: no checkpoint to rank the test images by loss")
     try:
         model, _prep, meta = load_run_checkpoint(path)
-        data = data_for_checkpoint(run_settings(meta, path), meta, path, dataset_given=False)
+        settings = run_settings(meta, path).replace(data_root=None)  # never a path from a file
+        data = data_for_checkpoint(settings, meta, path, dataset_given=False)
     except DigitlabError as exc:
         raise ReportError(str(exc)) from None
     X, y = data.test
