@@ -21,6 +21,7 @@ import numpy as np
 
 from digitlab.errors import DigitlabError, ServeError
 from digitlab.models import MODELS
+from digitlab.models.inspect import histogram_range
 from digitlab.runfiles import CHECKPOINT, load_run_checkpoint
 from digitlab.serve.png import diverging, encode_png, tile
 from digitlab.serve.runs import RunFiles, RunIndex, metrics_of, run_error, settings_of
@@ -113,7 +114,8 @@ def weight_titles(loaded: LoadedModel) -> list[str]:
 
 
 def run_detail(index: RunIndex, models: ModelCache, run_id: str | None) -> dict[str, Any]:
-    """Summary, full settings, metrics and the weight images' titles of one run."""
+    """Summary, full settings, metrics, the weight images' titles and the range of the
+    activation histograms (``hist_range``) of one run."""
     run = index.resolve(run_id)
     out = index.summary(run)
     out["config"], out["metrics"] = {}, None
@@ -126,6 +128,9 @@ def run_detail(index: RunIndex, models: ModelCache, run_id: str | None) -> dict[
         out["error"] = out.get("error") or str(exc)
     except Exception as exc:  # noqa: BLE001
         out["error"] = out.get("error") or run_error(run.id, exc)
+    activation = out["config"].get("activation") if isinstance(out["config"], dict) else None
+    # the fixed range of the history's activation histograms (a{i}_hist00 ...)
+    out["hist_range"] = list(histogram_range(activation if isinstance(activation, str) else ""))
     out["weights"] = []
     out["weights_error"] = None
     if out["has_checkpoint"]:
