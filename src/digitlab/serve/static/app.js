@@ -367,9 +367,9 @@ function heatMap(cols, i, xs, xlabel, range) {
   let g = `<svg class="chart heatmap" data-layer="${i}" viewBox="0 0 ${W} ${H}" role="img" aria-label="hidden layer ${i} activation histograms">`;
   picks.forEach((r, k) => {
     const counts = bins.map((b) => b[r] || 0);
-    const top = Math.max(1, ...counts);
+    const top = Math.log1p(Math.max(1, ...counts));
     counts.forEach((c, j) => {
-      const a = (c / top).toFixed(3);
+      const a = (Math.log1p(c) / top).toFixed(3);
       g += `<rect x="${(m.l + k * cw).toFixed(2)}" y="${(H - m.b - (j + 1) * ch).toFixed(2)}" width="${(cw + 0.3).toFixed(2)}" height="${(ch + 0.3).toFixed(2)}" fill="rgba(43,108,176,${a})"><title>${esc(xlabel)} ${esc(fmt.num(xs[r], 4))}, bin ${j}: ${esc(c)}</title></rect>`;
     });
   });
@@ -396,12 +396,12 @@ function drawLayers(cols, range) {
   const charts = [
     ["norms", "Weight and bias norms", per(weights, (i) => `W${i}_norm`, (i) => `W${i}`).concat(per(weights, (i) => `b${i}_norm`, (i) => `b${i}`, { dash: "4 3" })), { ylabel: "L2 norm", y0: 0 }],
     ["grad", "Gradient norms", per(weights, (i) => `W${i}_grad_norm`, (i) => `dW${i}`), { ylabel: "gradient L2 norm", y0: 0 }],
-    ["ratio", "Update / weight ratio (log scale)", per(weights, (i) => `W${i}_update_ratio`, (i) => `W${i}`).map((s) => ({ ...s, ys: log10s(s.ys) })), { ylabel: "||ΔW|| / ||W||", yfmt: pow10, guides: [-4, -1] }],
+    ["ratio", "Update / weight ratio (log scale)", per(weights, (i) => `W${i}_update_ratio`, (i) => `W${i}`).map((s) => ({ ...s, ys: log10s(s.ys) })), { ylabel: "||ΔW|| / ||W||", yfmt: pow10, guides: [-4, -1], empty: "no positive ratio recorded: the weights did not move (ratio 0)" }],
     ["units", "Dead or saturated units", per(hidden, (i) => (cols[`a${i}_dead`] ? `a${i}_dead` : `a${i}_saturated`), (i) => `layer ${i} ${cols[`a${i}_dead`] ? "dead" : "saturated"}`), { ylabel: "fraction of units", y0: 0, guides: [0, 0.5, 1], yfmt: (v) => (100 * v).toFixed(0) + "%", empty: "this activation neither dies nor saturates" }],
     ["act", "Activation mean (solid) and std (dashed)", per(hidden, (i) => `a${i}_mean`, (i) => `layer ${i} mean`).concat(per(hidden, (i) => `a${i}_std`, (i) => `layer ${i} std`, { dash: "4 3" })), { ylabel: "activation" }],
   ];
   if (bn.length) charts.push(["bn", "Batch norm running mean (solid) and variance (dashed)", per(bn, (i) => `bn${i}_running_mean`, (i) => `bn${i} mean`).concat(per(bn, (i) => `bn${i}_running_var`, (i) => `bn${i} var`, { dash: "4 3" })), { ylabel: "mean over units" }]);
-  const heat = hidden.map((i) => `<div class="card"><h2>Hidden layer ${i}: activation histograms over training</h2>${heatMap(cols, i, xs, xlabel, range)}<p class="muted">each column one evaluation on the probe batch, darker: more activations in that bin (scaled per column)</p></div>`).join("");
+  const heat = hidden.map((i) => `<div class="card"><h2>Hidden layer ${i}: activation histograms over training</h2>${heatMap(cols, i, xs, xlabel, range)}<p class="muted">each column one evaluation on the probe batch, darker: more activations in that bin (log scale, per column)</p></div>`).join("");
   box.innerHTML = `<div id="layer-warnings">${warningsHtml(layerWarnings(cols))}</div>
     <div class="grid two">${charts.map(([key, title]) => `<div class="card"><h2>${esc(title)}</h2><div id="layer-${key}"></div></div>`).join("")}${heat}</div>`;
   for (const [key, , series, opts] of charts) $(`#layer-${key}`).innerHTML = lineChart(series, { xlabel, ...opts });
