@@ -87,6 +87,7 @@ function lineChart(series, opts = {}) {
   let [x0, x1] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
   let [y0, y1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
   if (opts.y0 != null) y0 = Math.min(y0, opts.y0);
+  if (opts.y1 != null) y1 = Math.max(y1, opts.y1);
   for (const gd of opts.guides || []) { y0 = Math.min(y0, gd); y1 = Math.max(y1, gd); }
   if (x1 === x0) { x0 -= 0.5; x1 += 0.5; }
   if (y1 === y0) { const d = Math.abs(y0) * 0.1 || 1; y0 -= d; y1 += d; }
@@ -367,9 +368,9 @@ function heatMap(cols, i, xs, xlabel, range) {
   let g = `<svg class="chart heatmap" data-layer="${i}" viewBox="0 0 ${W} ${H}" role="img" aria-label="hidden layer ${i} activation histograms">`;
   picks.forEach((r, k) => {
     const counts = bins.map((b) => b[r] || 0);
-    const top = Math.log1p(Math.max(1, ...counts));
+    const top = Math.sqrt(Math.max(1, ...counts));
     counts.forEach((c, j) => {
-      const a = (Math.log1p(c) / top).toFixed(3);
+      const a = (Math.sqrt(c) / top).toFixed(3);
       g += `<rect x="${(m.l + k * cw).toFixed(2)}" y="${(H - m.b - (j + 1) * ch).toFixed(2)}" width="${(cw + 0.3).toFixed(2)}" height="${(ch + 0.3).toFixed(2)}" fill="rgba(43,108,176,${a})"><title>${esc(xlabel)} ${esc(fmt.num(xs[r], 4))}, bin ${j}: ${esc(c)}</title></rect>`;
     });
   });
@@ -397,11 +398,11 @@ function drawLayers(cols, range) {
     ["norms", "Weight and bias norms", per(weights, (i) => `W${i}_norm`, (i) => `W${i}`).concat(per(weights, (i) => `b${i}_norm`, (i) => `b${i}`, { dash: "4 3" })), { ylabel: "L2 norm", y0: 0 }],
     ["grad", "Gradient norms", per(weights, (i) => `W${i}_grad_norm`, (i) => `dW${i}`), { ylabel: "gradient L2 norm", y0: 0 }],
     ["ratio", "Update / weight ratio (log scale)", per(weights, (i) => `W${i}_update_ratio`, (i) => `W${i}`).map((s) => ({ ...s, ys: log10s(s.ys) })), { ylabel: "||ΔW|| / ||W||", yfmt: pow10, guides: [-4, -1], empty: "no positive ratio recorded: the weights did not move (ratio 0)" }],
-    ["units", "Dead or saturated units", per(hidden, (i) => (cols[`a${i}_dead`] ? `a${i}_dead` : `a${i}_saturated`), (i) => `layer ${i} ${cols[`a${i}_dead`] ? "dead" : "saturated"}`), { ylabel: "fraction of units", y0: 0, guides: [0, 0.5, 1], yfmt: (v) => (100 * v).toFixed(0) + "%", empty: "this activation neither dies nor saturates" }],
+    ["units", "Dead or saturated units", per(hidden, (i) => (cols[`a${i}_dead`] ? `a${i}_dead` : `a${i}_saturated`), (i) => `layer ${i} ${cols[`a${i}_dead`] ? "dead" : "saturated"}`), { ylabel: "fraction of units", y0: 0, y1: 1, guides: [0.5], yfmt: (v) => (100 * v).toFixed(0) + "%", empty: "this activation neither dies nor saturates" }],
     ["act", "Activation mean (solid) and std (dashed)", per(hidden, (i) => `a${i}_mean`, (i) => `layer ${i} mean`).concat(per(hidden, (i) => `a${i}_std`, (i) => `layer ${i} std`, { dash: "4 3" })), { ylabel: "activation" }],
   ];
   if (bn.length) charts.push(["bn", "Batch norm running mean (solid) and variance (dashed)", per(bn, (i) => `bn${i}_running_mean`, (i) => `bn${i} mean`).concat(per(bn, (i) => `bn${i}_running_var`, (i) => `bn${i} var`, { dash: "4 3" })), { ylabel: "mean over units" }]);
-  const heat = hidden.map((i) => `<div class="card"><h2>Hidden layer ${i}: activation histograms over training</h2>${heatMap(cols, i, xs, xlabel, range)}<p class="muted">each column one evaluation on the probe batch, darker: more activations in that bin (log scale, per column)</p></div>`).join("");
+  const heat = hidden.map((i) => `<div class="card"><h2>Hidden layer ${i}: activation histograms over training</h2>${heatMap(cols, i, xs, xlabel, range)}<p class="muted">each column one evaluation on the probe batch, darker: more activations in that bin (square-root scale, per column)</p></div>`).join("");
   box.innerHTML = `<div id="layer-warnings">${warningsHtml(layerWarnings(cols))}</div>
     <div class="grid two">${charts.map(([key, title]) => `<div class="card"><h2>${esc(title)}</h2><div id="layer-${key}"></div></div>`).join("")}${heat}</div>`;
   for (const [key, , series, opts] of charts) $(`#layer-${key}`).innerHTML = lineChart(series, { xlabel, ...opts });
@@ -546,7 +547,7 @@ async function showCompare(idsParam, token) {
 const LAYER_DASH = (i) => (i > 1 ? `${2 + 2 * i} 3` : undefined);
 const LAYER_COMPARE = [
   ["layer-ratio", "Update / weight ratio per layer (log scale)", (c) => layerIndices(c, /^W(\d+)_update_ratio$/).map((i) => [`W${i}`, log10s(c[`W${i}_update_ratio`]), LAYER_DASH(i)]), { yfmt: pow10, guides: [-4, -1] }],
-  ["layer-units", "Dead or saturated units per hidden layer", (c) => layerIndices(c, /^a(\d+)_mean$/).filter((i) => c[`a${i}_dead`] || c[`a${i}_saturated`]).map((i) => [`layer ${i}`, c[`a${i}_dead`] || c[`a${i}_saturated`], LAYER_DASH(i)]), { y0: 0, guides: [0.5], yfmt: (v) => (100 * v).toFixed(0) + "%" }],
+  ["layer-units", "Dead or saturated units per hidden layer", (c) => layerIndices(c, /^a(\d+)_mean$/).filter((i) => c[`a${i}_dead`] || c[`a${i}_saturated`]).map((i) => [`layer ${i}`, c[`a${i}_dead`] || c[`a${i}_saturated`], LAYER_DASH(i)]), { y0: 0, y1: 1, guides: [0.5], yfmt: (v) => (100 * v).toFixed(0) + "%" }],
   ["layer-norms", "Weight norm per layer", (c) => layerIndices(c, /^W(\d+)_norm$/).map((i) => [`W${i}`, c[`W${i}_norm`], LAYER_DASH(i)]), { y0: 0 }],
   ["layer-act", "Activation std per hidden layer", (c) => layerIndices(c, /^a(\d+)_std$/).map((i) => [`layer ${i}`, c[`a${i}_std`], LAYER_DASH(i)]), { y0: 0 }],
 ];
