@@ -228,6 +228,10 @@ def test_run_page_draws_curves_weights_and_confusion(driver, base_url, trained, 
         ),
         "misclassified examples did not load",
     )
+    # a linear model's per-layer statistics: W and b (no hidden layer, no heat map)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#layer-norms svg path.line")) == 2
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#layer-ratio svg path.line")) == 1
+    assert not driver.find_elements(By.CSS_SELECTOR, "svg.heatmap")
     screenshot(driver, artifacts / "run.png")
     assert js_errors(driver) == []
 

@@ -395,7 +395,8 @@ def predict(
     ink bright), "models": [{"id", "kind", "classes", "probs", "pred", "label", "evidence",
     "evidence_titles", "evidence_bias", "hidden", "saliency"}], "ms"}``: the evidence of
     :func:`linear_evidence`, the hidden layers and saliency maps of :func:`inside_model`
-    (``cls``: a class name whose saliency is wanted besides the predicted class's).
+    (``cls``: a class name whose saliency is wanted besides the predicted class's). A model
+    whose input differs from the first one's (another size or framing) has its own ``image``.
     """
     from digitlab.data.images import to_model_input
     from digitlab.data.registry import frame_fit
@@ -431,6 +432,8 @@ def predict(
             "label": lm.classes[pred],
         }
         item |= linear_evidence(lm, pixels) | inside_model(lm, pixels, pred, cls)
+        if key != next(iter(inputs)):  # another framing or size than the page's image
+            item["image"] = np.round(pixels / 255.0, 4).tolist()
         results.append(item)
     first = np.rint(next(iter(inputs.values())) * 255.0) / 255.0
     return {

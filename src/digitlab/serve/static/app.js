@@ -326,7 +326,8 @@ const WARNINGS = {
 };
 
 function layerIndices(cols, re) {
-  return Object.keys(cols).map((k) => k.match(re)).filter(Boolean).map((m) => +m[1]).sort((a, b) => a - b);
+  // the layer numbers as strings ("" for a linear model's W and b), in order
+  return Object.keys(cols).map((k) => k.match(re)).filter(Boolean).map((m) => m[1]).sort((a, b) => +a - +b);
 }
 const lastValue = (ys) => { for (let i = (ys || []).length - 1; i >= 0; i--) if (ys[i] != null) return ys[i]; return null; };
 const log10s = (ys) => (ys || []).map((v) => (v != null && v > 0 ? Math.log10(v) : null));
@@ -341,11 +342,11 @@ function layerWarnings(cols) {
       if (v != null && v > 0.5) out.push({ layer: i, kind, text: `hidden layer ${i}: ${(100 * v).toFixed(0)}% ${kind} units` });
     }
   }
-  for (const i of layerIndices(cols, /^W(\d+)_update_ratio$/)) {
+  for (const i of layerIndices(cols, /^W(\d*)_update_ratio$/)) {
     const v = lastValue(cols[`W${i}_update_ratio`]);
     if (v == null) continue;
-    if (v > RATIO_RANGE[1]) out.push({ layer: i, kind: "high", text: `weights ${i}: update/weight ratio ${fmt.num(v, 2)} > 0.1` });
-    else if (v < RATIO_RANGE[0]) out.push({ layer: i, kind: "low", text: `weights ${i}: update/weight ratio ${fmt.num(v, 2)} < 0.0001` });
+    if (v > RATIO_RANGE[1]) out.push({ layer: i, kind: "high", text: `W${i}: update/weight ratio ${fmt.num(v, 2)} > 0.1` });
+    else if (v < RATIO_RANGE[0]) out.push({ layer: i, kind: "low", text: `W${i}: update/weight ratio ${fmt.num(v, 2)} < 0.0001` });
   }
   return out;
 }
@@ -387,11 +388,11 @@ function heatMap(cols, i, xs, xlabel, range) {
 function drawLayers(cols, range) {
   const box = $("#layers");
   if (!box) return;
-  const weights = layerIndices(cols, /^W(\d+)_norm$/);
+  const weights = layerIndices(cols, /^W(\d*)_norm$/);
   const hidden = layerIndices(cols, /^a(\d+)_mean$/);
   if (!weights.length && !hidden.length) { box.innerHTML = `<p class="muted">No per-layer statistics in this run's history.</p>`; return; }
   const [xs, xlabel] = xAxis(cols);
-  const color = (i) => LAYER_COLORS[(i - 1) % LAYER_COLORS.length];
+  const color = (i) => LAYER_COLORS[Math.max(0, (+i || 1) - 1) % LAYER_COLORS.length];
   const per = (idx, key, name, extra = {}) => idx.filter((i) => cols[key(i)]).map((i) => ({ name: name(i), color: color(i), xs, ys: cols[key(i)], ...extra }));
   const bn = layerIndices(cols, /^bn(\d+)_running_mean$/);
   const charts = [
@@ -546,9 +547,9 @@ async function showCompare(idsParam, token) {
 // each run has its colour, layers after the first are dashed.
 const LAYER_DASH = (i) => (i > 1 ? `${2 + 2 * i} 3` : undefined);
 const LAYER_COMPARE = [
-  ["layer-ratio", "Update / weight ratio per layer (log scale)", (c) => layerIndices(c, /^W(\d+)_update_ratio$/).map((i) => [`W${i}`, log10s(c[`W${i}_update_ratio`]), LAYER_DASH(i)]), { yfmt: pow10, guides: [-4, -1] }],
+  ["layer-ratio", "Update / weight ratio per layer (log scale)", (c) => layerIndices(c, /^W(\d*)_update_ratio$/).map((i) => [`W${i}`, log10s(c[`W${i}_update_ratio`]), LAYER_DASH(i)]), { yfmt: pow10, guides: [-4, -1] }],
   ["layer-units", "Dead or saturated units per hidden layer", (c) => layerIndices(c, /^a(\d+)_mean$/).filter((i) => c[`a${i}_dead`] || c[`a${i}_saturated`]).map((i) => [`layer ${i}`, c[`a${i}_dead`] || c[`a${i}_saturated`], LAYER_DASH(i)]), { y0: 0, y1: 1, guides: [0.5], yfmt: (v) => (100 * v).toFixed(0) + "%" }],
-  ["layer-norms", "Weight norm per layer", (c) => layerIndices(c, /^W(\d+)_norm$/).map((i) => [`W${i}`, c[`W${i}_norm`], LAYER_DASH(i)]), { y0: 0 }],
+  ["layer-norms", "Weight norm per layer", (c) => layerIndices(c, /^W(\d*)_norm$/).map((i) => [`W${i}`, c[`W${i}_norm`], LAYER_DASH(i)]), { y0: 0 }],
   ["layer-act", "Activation std per hidden layer", (c) => layerIndices(c, /^a(\d+)_std$/).map((i) => [`layer ${i}`, c[`a${i}_std`], LAYER_DASH(i)]), { y0: 0 }],
 ];
 
@@ -821,7 +822,8 @@ function showPrediction(data, ms) {
     return `<div class="model" data-id="${esc(m.id)}"><div class="row"><div class="pred" data-label="${esc(m.label)}">${esc(m.label)}</div><div><div class="mono">${esc(m.id)}</div><div class="muted">${esc(m.kind)} · p = ${(100 * m.probs[m.pred]).toFixed(1)}%</div></div></div><div class="bars">${bars}</div>${saliencyHtml(m, mi)}${hiddenHtml(m, mi)}${ev}</div>`;
   }).join("");
   data.models.forEach((m, mi) => {
-    paintInside(m, mi, data.image, h, w);
+    if (m.image) paintInside(m, mi, m.image, m.image.length, m.image[0].length);
+    else paintInside(m, mi, data.image, h, w);
     if (!m.evidence) return;
     const scale = Math.max(1e-12, ...m.evidence.map((row) => Math.max(...row.map(Math.abs))));
     $$(`canvas[data-m="${mi}"][data-i]`).forEach((c) => paintDiverging(c, m.evidence[+c.dataset.i], h, w, scale));
