@@ -45,7 +45,7 @@ def _trained_looking(model, rng: np.random.Generator):
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_mlp_saliency_equals_finite_differences(activation: str, batch_norm: bool) -> None:
     rng = np.random.default_rng(1)
-    model = MLPModel(12, 4, (7, 5), activation, batch_norm=batch_norm, dropout=0.3,
+    model = MLPModel(12, 4, (7, 5), activation, batch_norm=batch_norm, dropout=0.3, leaky_slope=0.2,
                      dtype=np.float64, rng=0)  # fmt: skip
     _trained_looking(model, rng)
     x = rng.normal(size=12)
