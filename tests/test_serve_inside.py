@@ -139,3 +139,21 @@ def test_the_inside_views_write_nothing(trained, tmp_path) -> None:
     r = client.post("/api/predict", params={"ids": "a"}, content=draw_digit(0))
     assert r.status_code == 200
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*")} == before
+
+
+def test_hidden_layers_of_a_deeper_tanh_net() -> None:
+    from digitlab.models import MLPModel
+    from digitlab.serve.inside import MAX_LAYER_VALUES, TOP_UNITS, hidden_layers
+
+    model = MLPModel(20, 3, (1500, 8), "tanh", rng=0)
+    X = np.random.default_rng(0).random((1, 20)).astype(np.float32)
+    first, second = hidden_layers(model, X, model.params["W1"])
+    acts = model.hidden_activations(X)
+    assert (first["units"], second["units"]) == (1500, 8)
+    assert len(first["values"]) == MAX_LAYER_VALUES and len(second["values"]) == 8
+    assert first["active"] is None  # "active" is a rectifier's notion
+    values = [u["value"] for u in first["top"]]
+    assert len(values) == TOP_UNITS and values == sorted(values, reverse=True)
+    assert values[0] == pytest.approx(float(acts[0].max()), abs=1e-5)
+    assert len(first["top"][0]["weights"]) == 20 and second["top"][0]["weights"] is None
+    assert [u["unit"] for u in second["top"]] == list(np.argsort(-acts[1][0], kind="stable"))

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from digitlab.models.inspect import hidden_activations, input_saliency
+from digitlab.models.inspect import RECTIFIERS, hidden_activations, input_saliency
 
 #: Hidden units per layer shown with their activation (and, in layer 1, input weights).
 TOP_UNITS = 12
@@ -37,9 +37,10 @@ def pixel_slope(prep: Any, d: int) -> np.ndarray:
 def hidden_layers(model: Any, X: np.ndarray, image_weights: np.ndarray | None) -> list[dict]:
     """Each hidden layer's activations for the one row ``X (1, d)``.
 
-    Returns ``[{"layer", "units", "activation", "mean", "active", "scale", "values" (the first
-    MAX_LAYER_VALUES activations / scale), "top": [{"unit", "value", "weights"}]}]``, ``top``
-    the TOP_UNITS most active units, most active first; ``weights`` (layer 1 only, with
+    Returns ``[{"layer", "units", "activation", "mean", "active" (the fraction of units above
+    0; rectifiers only, else None), "scale", "values" (the first MAX_LAYER_VALUES activations /
+    scale), "top": [{"unit", "value", "weights"}]}]``, ``top`` the TOP_UNITS most active units,
+    most active first; ``weights`` (layer 1 only, with
     ``image_weights (h*w, n_1)``) the unit's input weights scaled to a largest |w| of 1.
     """
     out = []
@@ -56,7 +57,8 @@ def hidden_layers(model: Any, X: np.ndarray, image_weights: np.ndarray | None) -
         scale, values = scaled(a[:MAX_LAYER_VALUES])
         out.append({
             "layer": i, "units": int(a.size), "activation": activation,
-            "mean": round(float(a.mean()), 5), "active": round(float((a > 0).mean()), 5),
+            "mean": round(float(a.mean()), 5),
+            "active": round(float((a > 0).mean()), 5) if activation in RECTIFIERS else None,
             "scale": scale, "values": values, "top": top,
         })  # fmt: skip
     return out

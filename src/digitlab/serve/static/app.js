@@ -784,7 +784,7 @@ function hiddenHtml(m, mi) {
       const pic = u.weights ? `<canvas data-m="${mi}" data-l="${li}" data-u="${ui}"></canvas>` : "";
       return `<figure class="unit">${pic}${bar}<figcaption>unit ${esc(u.unit + 1)}: ${esc(fmt.num(u.value, 3))}</figcaption></figure>`;
     }).join("");
-    return `<div class="hidden-layer" data-layer="${esc(L.layer)}"><div><b>layer ${esc(L.layer)}</b> <span class="muted">${esc(L.units)} ${esc(L.activation)} units · ${(100 * L.active).toFixed(0)}% active · mean ${esc(fmt.num(L.mean, 3))}</span></div>` +
+    return `<div class="hidden-layer" data-layer="${esc(L.layer)}"><div><b>layer ${esc(L.layer)}</b> <span class="muted">${esc(L.units)} ${esc(L.activation)} units${L.active != null ? ` · ${(100 * L.active).toFixed(0)}% active` : ""} · mean ${esc(fmt.num(L.mean, 3))}</span></div>` +
       `<canvas class="strip" data-m="${mi}" data-l="${li}"></canvas><div class="units">${units}</div></div>`;
   }).join("") + `<p class="muted">the most active units first${m.hidden[0].top.some((u) => u.weights) ? "; layer 1's units drawn as their input weights (red positive, blue negative)" : ""}; the strip shows every unit's activation.</p>`;
 }
