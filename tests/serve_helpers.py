@@ -86,3 +86,21 @@ def draw_digit(kind: int, size: int = 280, mode: str = "RGB") -> bytes:
     out = io.BytesIO()
     im.save(out, "PNG")
     return out.getvalue()
+
+
+def train_dead_relu_run(root: Path, name: str = "dead-relu") -> str:
+    """Train a small ReLU network on the embedded sample starting with its first-layer biases
+    at -10 (every hidden unit dead from the start, so it never learns); return its run id."""
+    from digitlab.data import load
+    from digitlab.models import MLPModel
+    from digitlab.runner import prepare_data, run
+    from digitlab.settings import Settings
+
+    settings = Settings.from_dict({"dataset": "mnist-5k", "model": "mlp", "hidden": [16],
+                                   "activation": "relu", "lr": 0.1, "batch": 64, "epochs": 2,
+                                   "holdout": 0.1})  # fmt: skip
+    data = prepare_data(settings, dataset=load("mnist-5k"))
+    init = MLPModel(784, 10, (16,), "relu", rng=0).state()
+    init["b1"] = np.full_like(init["b1"], -10.0)
+    result = run(settings, out=root, name=name, data=data, init_params=init)
+    return result.folder.relative_to(root).as_posix()

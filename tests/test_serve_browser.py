@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_helpers import draw_digit, train_runs, write_synthetic_runs
+from serve_helpers import draw_digit, train_dead_relu_run, train_runs, write_synthetic_runs
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -37,7 +37,7 @@ from selenium.webdriver.common.actions import interaction  # noqa: E402
 from selenium.webdriver.common.actions.action_builder import ActionBuilder  # noqa: E402
 from selenium.webdriver.common.actions.pointer_input import PointerInput  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 from digitlab.cli import main  # noqa: E402
 from digitlab.serve import serve_in_thread  # noqa: E402
@@ -228,6 +228,10 @@ def test_run_page_draws_curves_weights_and_confusion(driver, base_url, trained, 
         ),
         "misclassified examples did not load",
     )
+    # a linear model's per-layer statistics: W and b (no hidden layer, no heat map)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#layer-norms svg path.line")) == 2
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#layer-ratio svg path.line")) == 1
+    assert not driver.find_elements(By.CSS_SELECTOR, "svg.heatmap")
     screenshot(driver, artifacts / "run.png")
     assert js_errors(driver) == []
 
@@ -325,3 +329,90 @@ def test_a_thousand_runs_render(driver, tmp_path, artifacts) -> None:
         acc = first.find_elements(By.TAG_NAME, "td")[9].text
         assert acc == f"{100 * best:.2f}%"
         screenshot(driver, artifacts / "runs-1000.png")
+
+
+# ---------------------------------------------------------------------------------- inside
+def count(drv, selector: str) -> int:
+    return len(drv.find_elements(By.CSS_SELECTOR, selector))
+
+
+def test_run_page_shows_layer_charts_and_a_dead_relu_badge(driver, trained, tmp_path, artifacts):
+    root = tmp_path / "runs"
+    shutil.copytree(trained[0] / trained[1]["mlp"], root / "healthy")
+    dead = train_dead_relu_run(root)  # a real run: first-layer biases at -10 before training
+    with serving(root) as url:
+        driver.get(f"{url}/#/run?id={dead}")
+        warning = wait(
+            driver,
+            lambda d: d.find_element(By.CSS_SELECTOR, '.layer-warning[data-kind="dead"]'),
+            "no dead-unit badge",
+        )
+        assert "hidden layer 1: 100% dead units" in warning.text
+        assert "learning rate" in warning.text and "biases" in warning.text
+        assert count(driver, '.layer-warning[data-kind="low"]') == 2  # nothing moves at all
+        wait(driver, lambda d: count(d, "#layer-norms svg path.line") == 4, "norm curves")
+        assert count(driver, "#layer-units svg path.line") == 1
+        assert count(driver, "svg.heatmap rect") == 2 * 16  # two evaluations x 16 bins
+        screenshot(driver, artifacts / "layers-dead-relu.png")
+
+        driver.get(f"{url}/#/run?id=healthy")
+        wait(driver, lambda d: count(d, "#layer-ratio svg path.line") == 2, "ratio curves")
+        assert "No layer warnings" in driver.find_element(By.ID, "layer-warnings").text
+        assert count(driver, "svg.heatmap rect") == 6 * 16
+        guides = count(driver, "#layer-ratio svg line.guide")
+        assert guides == 2  # the 1e-4 and 1e-1 bounds drawn on the log axis
+        screenshot(driver, artifacts / "layers-healthy.png")
+
+        driver.get(f"{url}/#/compare?ids=healthy,{dead}")
+        wait(driver, lambda d: count(d, "#cmp-layer-units svg path.line") == 2, "compare units")
+        badges = driver.find_elements(By.CSS_SELECTOR, "#diff-table .badge.warn")
+        assert any("100% dead" in b.text for b in badges)
+        screenshot(driver, artifacts / "layers-compare.png")
+    assert js_errors(driver) == []
+
+
+OVERLAY_PIXELS = """
+const c = document.querySelector('canvas.overlay');
+const s = document.getElementById('seen');
+if (!c || !c.width) return null;
+const o = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+const g = s.getContext('2d').getImageData(0, 0, 28, 28).data;
+const out = [];
+for (let i = 0; i < o.length; i += 4) out.push([Math.abs(o[i] - o[i + 2]), g[i]]);
+return out;
+"""
+
+
+def test_draw_shows_hidden_layers_and_a_saliency_overlay(driver, base_url, trained, artifacts):
+    _, ids = trained
+    driver.get(base_url + "/#/draw")
+    pad = wait(driver, lambda d: d.find_element(By.ID, "pad"), "no drawing pad")
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#models input"), "no checkpoints")
+    choose_checkpoints(driver, [ids["mlp"]])
+    driver.find_element(By.ID, "clear").click()
+    chain = ActionChains(driver, duration=10)
+    chain.move_to_element_with_offset(pad, 12, -95).click_and_hold()
+    for _ in range(19):
+        chain.move_by_offset(-1, 10)
+    chain.release().perform()
+    wait(driver, lambda d: predicted(d) == "1", f"expected 1, page says {predicted(driver)!r}")
+    wait(driver, lambda d: count(d, ".hidden-layer .units canvas") == 12, "top hidden units")
+    layer = driver.find_element(By.CSS_SELECTOR, ".hidden-layer").text
+    assert "layer 1" in layer and "64 relu units" in layer
+    painted = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.hidden-layer .units canvas')).map(c =>"
+        " c.width * c.height ? Array.from(c.getContext('2d').getImageData(0, 0, c.width,"
+        " c.height).data).filter((v, i) => i % 4 == 1 && v < 200).length : 0)"
+    )
+    assert all(n > 20 for n in painted)  # each unit's 28x28 input weights are drawn
+    pixels = wait(driver, lambda d: d.execute_script(OVERLAY_PIXELS), "no saliency overlay")
+    colour = np.array([p[0] for p in pixels])
+    ink = np.array([p[1] for p in pixels])
+    assert (colour > 40).sum() > 10  # the overlay is drawn
+    assert (ink[colour > 40] > 0).all()  # coloured only where the digit has ink
+    assert (ink[np.argsort(-colour)[:10]] > 128).all()  # the strongest pixels on the stroke
+    Select(driver.find_element(By.ID, "cls")).select_by_visible_text("7")
+    wait(driver, lambda d: count(d, 'canvas.overlay[data-class="7"]') == 1, "class 7 saliency")
+    assert count(driver, "canvas.overlay") == 2 and count(driver, "canvas.gradient") == 2
+    screenshot(driver, artifacts / "draw-inside.png")
+    assert js_errors(driver) == []

@@ -24,8 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from digitlab.errors import ConfigError
 from digitlab.models.base import Model
-from digitlab.models.functional import SCALED_TANH, LinearGrad
+from digitlab.models.functional import (
+    NEEDS_INPUT,
+    SCALED_TANH,
+    LinearGrad,
+    activation_backward_,
+)
 
 #: History columns that are these statistics.
 LAYER_COLUMN = re.compile(r"(W|b)\d*_(norm|grad_norm|update_ratio)|a\d+_\w+|bn\d+_\w+")
@@ -107,3 +113,80 @@ def activation_statistics(model: Model, X: np.ndarray) -> dict[str, float]:
 def layer_histograms(record: Mapping[str, float], layer: int) -> np.ndarray:
     """The histogram counts ``(HIST_BINS,)`` of hidden layer ``layer`` in a history record."""
     return np.array([record[f"a{layer}_hist{j:02d}"] for j in range(HIST_BINS)])
+
+
+
+#: What :func:`input_saliency` differentiates: the class's logit or its log-probability.
+SALIENCY_TARGETS = ("logit", "log_prob")
+
+
+def _hidden_backward(model: Model, X: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """``delta (n, n_last)`` = dF/d(output of the last hidden layer) carried back to the
+    input ``(n, d)`` through every hidden layer in evaluation mode (running statistics)."""
+    params, act = model.params, getattr(model, "activation", "")
+    slope = float(getattr(model, "leaky_slope", 0.01))
+    bn = bool(getattr(model, "batch_norm", False))
+    acts = [model.check_X(X), *hidden_activations(model, X)]
+    for i in range(len(acts) - 1, 0, -1):
+        W = params[f"W{i}"].astype(np.float64)
+        pre, scale = None, None
+        if act in NEEDS_INPUT or bn:
+            pre = acts[i - 1].astype(np.float64) @ W + params[f"b{i}"]
+        if bn:
+            eps = float(getattr(model, "bn_eps", 1e-5))
+            scale = params[f"gamma{i}"] / np.sqrt(model.buffers[f"running_var{i}"] + eps)
+            pre = (pre - model.buffers[f"running_mean{i}"]) * scale + params[f"beta{i}"]
+        a = acts[i].astype(np.float64)
+        delta = activation_backward_(delta, a, act, pre, slope)
+        if scale is not None:
+            delta = delta * scale
+        delta = delta @ W.T
+    return delta
+
+
+def input_saliency(model: Model, x: np.ndarray, cls: int, target: str = "logit") -> np.ndarray:
+    """The gradient of class ``cls``'s logit (or log-probability) with respect to the input.
+
+    Evaluation mode (batch normalisation's running statistics, no dropout); the model is only
+    read. The logit of a logistic model's class 1 is ``z = x W + b``, of class 0 ``-z``.
+
+    Parameters
+    ----------
+    model : Model
+        A logistic, softmax or MLP model (weights ``W``, or ``W1`` ... ``WL``).
+    x : ndarray (d,)
+        One input row in the model's feature space.
+    cls : int
+        The class, ``0 <= cls < model.n_classes``.
+    target : {"logit", "log_prob"}
+
+    Returns
+    -------
+    ndarray (d,)
+        ``dF/dx`` in float64, ``F`` the class's logit or log-probability.
+
+    Raises
+    ------
+    ConfigError
+        An unknown target or class.
+    """
+    if target not in SALIENCY_TARGETS:
+        raise ConfigError(f"target={target!r} is not one of {', '.join(SALIENCY_TARGETS)}")
+    if not 0 <= int(cls) < model.n_classes:
+        raise ConfigError(f"class {cls} is not one of 0..{model.n_classes - 1}")
+    X = model.check_X(np.asarray(x).reshape(1, -1))
+    z = np.atleast_1d(model.logits(X)[0]).astype(np.float64)  # (k,), or (1,) for logistic
+    if model.kind == "logistic":  # logits (0, z): d log p_c / dz = [c == 1] - sigmoid(z)
+        p1 = 1.0 / (1.0 + np.exp(-z[0]))
+        dz = np.array([(1.0 if cls == 1 else -1.0) if target == "logit" else cls - p1])
+    else:
+        dz = np.zeros_like(z)
+        dz[int(cls)] = 1.0
+        if target == "log_prob":
+            e = np.exp(z - z.max())
+            dz -= e / e.sum()
+    last = "W" if "W" in model.params else f"W{len(model.weights)}"
+    delta = dz[None] @ model.params[last].astype(np.float64).T
+    if last != "W":
+        delta = _hidden_backward(model, X, delta)
+    return delta[0]

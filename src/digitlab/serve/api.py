@@ -21,6 +21,7 @@ import numpy as np
 
 from digitlab.errors import DigitlabError, ServeError
 from digitlab.models import MODELS
+from digitlab.models.inspect import histogram_range
 from digitlab.runfiles import CHECKPOINT, load_run_checkpoint
 from digitlab.serve.png import diverging, encode_png, tile
 from digitlab.serve.runs import RunFiles, RunIndex, metrics_of, run_error, settings_of
@@ -113,7 +114,8 @@ def weight_titles(loaded: LoadedModel) -> list[str]:
 
 
 def run_detail(index: RunIndex, models: ModelCache, run_id: str | None) -> dict[str, Any]:
-    """Summary, full settings, metrics and the weight images' titles of one run."""
+    """Summary, full settings, metrics, the weight images' titles and the range of the
+    activation histograms (``hist_range``) of one run."""
     run = index.resolve(run_id)
     out = index.summary(run)
     out["config"], out["metrics"] = {}, None
@@ -126,6 +128,9 @@ def run_detail(index: RunIndex, models: ModelCache, run_id: str | None) -> dict[
         out["error"] = out.get("error") or str(exc)
     except Exception as exc:  # noqa: BLE001
         out["error"] = out.get("error") or run_error(run.id, exc)
+    activation = out["config"].get("activation") if isinstance(out["config"], dict) else None
+    # the fixed range of the history's activation histograms (a{i}_hist00 ...)
+    out["hist_range"] = list(histogram_range(activation if isinstance(activation, str) else ""))
     out["weights"] = []
     out["weights_error"] = None
     if out["has_checkpoint"]:
@@ -341,14 +346,57 @@ def decode_upload(body: bytes) -> np.ndarray:
         raise ServeError(f"cannot read the image: {msg}", 422) from None
 
 
-def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes) -> dict[str, Any]:
-    """Class probabilities of one uploaded image under one or several runs' checkpoints.
+def linear_evidence(lm: LoadedModel, pixels: np.ndarray) -> dict[str, Any]:
+    """``evidence`` (m, h*w): weight x input per pixel of each class (one map for logistic),
+    ``evidence_bias`` the per-class constant (bias) term and ``evidence_titles``, for a linear
+    model and the uint8 image ``pixels (h, w)``; all None for other models."""
+    if lm.kind not in ("logistic", "softmax"):
+        return {"evidence": None, "evidence_titles": None, "evidence_bias": None}
+    X = lm.features(pixels[None])
+    W = lm.model.params["W"].astype(np.float64)
+    d = pixels.size
+    contrib = (W[:d] * X[0, :d, None]).T  # (m, d)
+    bias = W[d:].sum(axis=0) * float(X[0, d:].sum()) if W.shape[0] > d else 0.0
+    if "b" in lm.model.params:
+        bias = bias + lm.model.params["b"].astype(np.float64)
+    return {
+        "evidence": np.round(contrib, 5).tolist(),
+        "evidence_titles": weight_titles(lm),
+        "evidence_bias": np.round(np.atleast_1d(bias), 5).tolist(),
+    }
+
+
+def inside_model(
+    lm: LoadedModel, pixels: np.ndarray, pred: int, cls: str | None
+) -> dict[str, Any]:
+    """``hidden`` (see :func:`digitlab.serve.inside.hidden_layers`) and ``saliency`` (see
+    :func:`~digitlab.serve.inside.saliency_maps`) of the predicted class and, if the model
+    has a class named ``cls``, of that class too, for the uint8 image ``pixels (h, w)``."""
+    from digitlab.serve.inside import hidden_layers, saliency_maps
+
+    X = lm.features(pixels[None])
+    classes = [pred]
+    if cls is not None and cls in lm.classes and lm.classes.index(cls) != pred:
+        classes.append(lm.classes.index(cls))
+    intensity = pixels.reshape(-1).astype(np.float64) / 255.0
+    return {
+        "hidden": hidden_layers(lm.model, X, lm.weights() if lm.kind == "mlp" else None),
+        "saliency": saliency_maps(lm.model, lm.prep, X, intensity, classes),
+    }
+
+
+def predict(
+    index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes, cls: str | None = None
+) -> dict[str, Any]:
+    """Class probabilities of one uploaded image under one or several runs' checkpoints, and
+    what happens inside each model.
 
     Returns ``{"shape": [h, w], "image": h x w values in [0, 1] (what the first model sees,
     ink bright), "models": [{"id", "kind", "classes", "probs", "pred", "label", "evidence",
-    "evidence_titles", "evidence_bias"}], "ms"}``. ``evidence`` (linear models only) is
-    (m, h*w): weight x input per pixel for each class (one map for logistic), and
-    ``evidence_bias`` the per-class constant (bias) term.
+    "evidence_titles", "evidence_bias", "hidden", "saliency"}], "ms"}``: the evidence of
+    :func:`linear_evidence`, the hidden layers and saliency maps of :func:`inside_model`
+    (``cls``: a class name whose saliency is wanted besides the predicted class's). A model
+    whose input differs from the first one's (another size or framing) has its own ``image``.
     """
     from digitlab.data.images import to_model_input
     from digitlab.data.registry import frame_fit
@@ -382,21 +430,10 @@ def predict(index: RunIndex, models: ModelCache, run_ids: list[str], body: bytes
             "probs": [round(float(v), 6) for v in p],
             "pred": pred,
             "label": lm.classes[pred],
-            "evidence": None,
-            "evidence_titles": None,
-            "evidence_bias": None,
         }
-        if lm.kind in ("logistic", "softmax"):
-            X = lm.features(pixels[None])
-            W = lm.model.params["W"].astype(np.float64)
-            d = pixels.size
-            contrib = (W[:d] * X[0, :d, None]).T  # (m, d)
-            bias = W[d:].sum(axis=0) * float(X[0, d:].sum()) if W.shape[0] > d else 0.0
-            if "b" in lm.model.params:
-                bias = bias + lm.model.params["b"].astype(np.float64)
-            item["evidence"] = np.round(contrib, 5).tolist()
-            item["evidence_titles"] = weight_titles(lm)
-            item["evidence_bias"] = np.round(np.atleast_1d(bias), 5).tolist()
+        item |= linear_evidence(lm, pixels) | inside_model(lm, pixels, pred, cls)
+        if key != next(iter(inputs)):  # another framing or size than the page's image
+            item["image"] = np.round(pixels / 255.0, 4).tolist()
         results.append(item)
     first = np.rint(next(iter(inputs.values())) * 255.0) / 255.0
     return {

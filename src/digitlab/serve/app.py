@@ -9,7 +9,9 @@ Endpoints (all GET unless noted; ``id`` is a run id, its path under the runs roo
 - ``/api/run/confusion?id=``: test-split confusion matrix and misclassified examples;
 - ``/api/run/examples.png?id=&true=&pred=``: those examples as one image;
 - ``/api/compare?ids=a,b``: settings of several runs and which of them differ;
-- ``POST /api/predict?ids=a,b``: body = image file bytes (PNG, JPEG, ...); probabilities.
+- ``POST /api/predict?ids=a,b[&cls=name]``: body = image file bytes (PNG, JPEG, ...);
+  probabilities, hidden-layer activations and input-gradient saliency (of the predicted
+  class and of class ``cls``).
 
 The server only reads: files under the runs root (resolved, symlinks out refused), its
 own static files and the datasets of the data roots it was started with. Uploads above
@@ -248,14 +250,19 @@ class _Handlers:
     async def predict(self, request: Request) -> Response:
         check_origin(request)
         ids = _ids(request)
+        cls = request.query_params.get("cls") or None
+        if cls is not None and len(cls) > 64:
+            raise ServeError("query parameter cls must be a class name", 400)
         body = await read_body(request, api.MAX_UPLOAD_BYTES)
         client = request.client.host if request.client else "?"
-        return JSON(await run_in_threadpool(self.predict_one, client, ids, body))
+        return JSON(await run_in_threadpool(self.predict_one, client, ids, body, cls))
 
-    def predict_one(self, client: str, ids: list[str], body: bytes) -> dict[str, Any]:
+    def predict_one(
+        self, client: str, ids: list[str], body: bytes, cls: str | None = None
+    ) -> dict[str, Any]:
         with self.decoding.hold(client):
             try:
-                return api.predict(self.index, self.models, ids, body)
+                return api.predict(self.index, self.models, ids, body, cls)
             except DigitlabError:
                 raise
             except Exception as exc:  # noqa: BLE001 - see _guarded

@@ -87,6 +87,8 @@ function lineChart(series, opts = {}) {
   let [x0, x1] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
   let [y0, y1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
   if (opts.y0 != null) y0 = Math.min(y0, opts.y0);
+  if (opts.y1 != null) y1 = Math.max(y1, opts.y1);
+  for (const gd of opts.guides || []) { y0 = Math.min(y0, gd); y1 = Math.max(y1, gd); }
   if (x1 === x0) { x0 -= 0.5; x1 += 0.5; }
   if (y1 === y0) { const d = Math.abs(y0) * 0.1 || 1; y0 -= d; y1 += d; }
   const pad = (y1 - y0) * 0.05; y0 -= opts.y0 === 0 && y0 >= 0 ? 0 : pad; y1 += pad;
@@ -105,6 +107,7 @@ function lineChart(series, opts = {}) {
   g += `<text x="${(W + m.l) / 2}" y="${H - 4}" text-anchor="middle">${esc(opts.xlabel || "")}</text>`;
   g += `<text transform="translate(12 ${(H - m.b + m.t) / 2}) rotate(-90)" text-anchor="middle">${esc(opts.ylabel || "")}</text>`;
   g += `</g>`;
+  for (const gd of opts.guides || []) g += `<line class="guide" x1="${m.l}" x2="${W - m.r}" y1="${Y(gd)}" y2="${Y(gd)}"/>`;
   for (const s of series) {
     let d = "", pen = "M";
     s.xs.forEach((x, i) => {
@@ -308,6 +311,104 @@ function drawRunCharts(cols) {
   $("#chart-norm").innerHTML = lineChart([{ name: "weight L2 norm", color: "#2c7a7b", xs, ys: cols.weight_norm || [] }], { xlabel, ylabel: "weight norm", y0: 0 });
 }
 
+// ------------------------------------------------------------------------------ layers
+// Per-layer statistics recorded in history.csv at each evaluation (digitlab.models.inspect):
+// W{i}_norm, b{i}_norm, W{i}_grad_norm, W{i}_update_ratio, a{i}_mean/_std/_saturated/_dead,
+// a{i}_hist00..15, bn{i}_running_mean/_var.
+const LAYER_COLORS = ["#2b6cb0", "#c05621", "#2f855a", "#805ad5", "#b83280", "#2c7a7b"];
+const HIST_BINS = 16;
+const RATIO_RANGE = [1e-4, 1e-1];
+const WARNINGS = {
+  dead: "Dead ReLUs output 0 for every probe image and get no gradient: usually a learning rate that is too high, or biases driven negative.",
+  saturated: "Saturated units sit at the limits of tanh/sigmoid where the gradient vanishes: usually weights that are too large (a poor initialisation) or unscaled inputs.",
+  high: "Each step changes the weights by more than a tenth of their size: the learning rate is usually too high.",
+  low: "Each step changes the weights by less than 1/10,000 of their size: the learning rate is usually too low (or training has stalled).",
+};
+
+function layerIndices(cols, re) {
+  // the layer numbers as strings ("" for a linear model's W and b), in order
+  return Object.keys(cols).map((k) => k.match(re)).filter(Boolean).map((m) => m[1]).sort((a, b) => +a - +b);
+}
+const lastValue = (ys) => { for (let i = (ys || []).length - 1; i >= 0; i--) if (ys[i] != null) return ys[i]; return null; };
+const log10s = (ys) => (ys || []).map((v) => (v != null && v > 0 ? Math.log10(v) : null));
+const pow10 = (v) => fmt.num(Math.pow(10, v), 2);
+
+// Warnings from the last evaluation: [{layer, kind, text}].
+function layerWarnings(cols) {
+  const out = [];
+  for (const i of layerIndices(cols, /^a(\d+)_mean$/)) {
+    for (const kind of ["dead", "saturated"]) {
+      const v = lastValue(cols[`a${i}_${kind}`]);
+      if (v != null && v > 0.5) out.push({ layer: i, kind, text: `hidden layer ${i}: ${(100 * v).toFixed(0)}% ${kind} units` });
+    }
+  }
+  for (const i of layerIndices(cols, /^W(\d*)_update_ratio$/)) {
+    const v = lastValue(cols[`W${i}_update_ratio`]);
+    if (v == null) continue;
+    if (v > RATIO_RANGE[1]) out.push({ layer: i, kind: "high", text: `W${i}: update/weight ratio ${fmt.num(v, 2)} > 0.1` });
+    else if (v < RATIO_RANGE[0]) out.push({ layer: i, kind: "low", text: `W${i}: update/weight ratio ${fmt.num(v, 2)} < 0.0001` });
+  }
+  return out;
+}
+
+function warningsHtml(warnings) {
+  if (!warnings.length) return `<p class="muted">No layer warnings: under 50% dead or saturated units and update/weight ratios in [1e-4, 1e-1] at the last evaluation.</p>`;
+  return warnings.map((w) => `<div class="layer-warning" data-layer="${esc(w.layer)}" data-kind="${esc(w.kind)}"><span class="badge warn">${esc(w.text)}</span> <span>${esc(WARNINGS[w.kind])}</span></div>`).join("");
+}
+
+// Heat map of one hidden layer's activation histograms: evaluations (x) by bins (y, low at
+// the bottom), each column scaled to its largest count.
+function heatMap(cols, i, xs, xlabel, range) {
+  const bins = [...Array(HIST_BINS).keys()].map((j) => cols[`a${i}_hist${String(j).padStart(2, "0")}`]);
+  if (bins.some((b) => !b)) return "";
+  const n = bins[0].length;
+  if (!n) return `<p class="muted">no evaluations yet</p>`;
+  const W = 600, H = 200, m = { l: 66, r: 14, t: 8, b: 34 };
+  const picks = n > 200 ? [...Array(200).keys()].map((k) => Math.round((k * (n - 1)) / 199)) : [...Array(n).keys()];
+  const cw = (W - m.l - m.r) / picks.length, ch = (H - m.t - m.b) / HIST_BINS;
+  let g = `<svg class="chart heatmap" data-layer="${i}" viewBox="0 0 ${W} ${H}" role="img" aria-label="hidden layer ${i} activation histograms">`;
+  picks.forEach((r, k) => {
+    const counts = bins.map((b) => b[r] || 0);
+    const top = Math.sqrt(Math.max(1, ...counts));
+    counts.forEach((c, j) => {
+      const a = (Math.sqrt(c) / top).toFixed(3);
+      g += `<rect x="${(m.l + k * cw).toFixed(2)}" y="${(H - m.b - (j + 1) * ch).toFixed(2)}" width="${(cw + 0.3).toFixed(2)}" height="${(ch + 0.3).toFixed(2)}" fill="rgba(43,108,176,${a})"><title>${esc(xlabel)} ${esc(fmt.num(xs[r], 4))}, bin ${j}: ${esc(c)}</title></rect>`;
+    });
+  });
+  const [lo, hi] = range;
+  g += `<g class="axis"><line x1="${m.l}" x2="${m.l}" y1="${m.t}" y2="${H - m.b}"/><line x1="${m.l}" x2="${W - m.r}" y1="${H - m.b}" y2="${H - m.b}"/>`;
+  g += `<text x="${m.l - 6}" y="${H - m.b}" text-anchor="end">${esc(fmt.num(lo, 3))}</text><text x="${m.l - 6}" y="${m.t + 10}" text-anchor="end">${esc(fmt.num(hi, 3))}</text>`;
+  g += `<text x="${m.l}" y="${H - m.b + 16}" text-anchor="start">${esc(fmt.num(xs[picks[0]], 4))}</text><text x="${W - m.r}" y="${H - m.b + 16}" text-anchor="end">${esc(fmt.num(xs[picks[picks.length - 1]], 4))}</text>`;
+  g += `<text x="${(W + m.l) / 2}" y="${H - 4}" text-anchor="middle">${esc(xlabel)}</text>`;
+  g += `<text transform="translate(12 ${(H - m.b + m.t) / 2}) rotate(-90)" text-anchor="middle">activation</text></g></svg>`;
+  return g;
+}
+
+// The run page's per-layer charts, heat maps and warnings (empty when none were recorded).
+function drawLayers(cols, range) {
+  const box = $("#layers");
+  if (!box) return;
+  const weights = layerIndices(cols, /^W(\d*)_norm$/);
+  const hidden = layerIndices(cols, /^a(\d+)_mean$/);
+  if (!weights.length && !hidden.length) { box.innerHTML = `<p class="muted">No per-layer statistics in this run's history.</p>`; return; }
+  const [xs, xlabel] = xAxis(cols);
+  const color = (i) => LAYER_COLORS[Math.max(0, (+i || 1) - 1) % LAYER_COLORS.length];
+  const per = (idx, key, name, extra = {}) => idx.filter((i) => cols[key(i)]).map((i) => ({ name: name(i), color: color(i), xs, ys: cols[key(i)], ...extra }));
+  const bn = layerIndices(cols, /^bn(\d+)_running_mean$/);
+  const charts = [
+    ["norms", "Weight and bias norms", per(weights, (i) => `W${i}_norm`, (i) => `W${i}`).concat(per(weights, (i) => `b${i}_norm`, (i) => `b${i}`, { dash: "4 3" })), { ylabel: "L2 norm", y0: 0 }],
+    ["grad", "Gradient norms", per(weights, (i) => `W${i}_grad_norm`, (i) => `dW${i}`), { ylabel: "gradient L2 norm", y0: 0 }],
+    ["ratio", "Update / weight ratio (log scale)", per(weights, (i) => `W${i}_update_ratio`, (i) => `W${i}`).map((s) => ({ ...s, ys: log10s(s.ys) })), { ylabel: "||ΔW|| / ||W||", yfmt: pow10, guides: [-4, -1], empty: "no positive ratio recorded: the weights did not move (ratio 0)" }],
+    ["units", "Dead or saturated units", per(hidden, (i) => (cols[`a${i}_dead`] ? `a${i}_dead` : `a${i}_saturated`), (i) => `layer ${i} ${cols[`a${i}_dead`] ? "dead" : "saturated"}`), { ylabel: "fraction of units", y0: 0, y1: 1, guides: [0.5], yfmt: (v) => (100 * v).toFixed(0) + "%", empty: "this activation neither dies nor saturates" }],
+    ["act", "Activation mean (solid) and std (dashed)", per(hidden, (i) => `a${i}_mean`, (i) => `layer ${i} mean`).concat(per(hidden, (i) => `a${i}_std`, (i) => `layer ${i} std`, { dash: "4 3" })), { ylabel: "activation" }],
+  ];
+  if (bn.length) charts.push(["bn", "Batch norm running mean (solid) and variance (dashed)", per(bn, (i) => `bn${i}_running_mean`, (i) => `bn${i} mean`).concat(per(bn, (i) => `bn${i}_running_var`, (i) => `bn${i} var`, { dash: "4 3" })), { ylabel: "mean over units" }]);
+  const heat = hidden.map((i) => `<div class="card"><h2>Hidden layer ${i}: activation histograms over training</h2>${heatMap(cols, i, xs, xlabel, range)}<p class="muted">each column one evaluation on the probe batch, darker: more activations in that bin (square-root scale, per column)</p></div>`).join("");
+  box.innerHTML = `<div id="layer-warnings">${warningsHtml(layerWarnings(cols))}</div>
+    <div class="grid two">${charts.map(([key, title]) => `<div class="card"><h2>${esc(title)}</h2><div id="layer-${key}"></div></div>`).join("")}${heat}</div>`;
+  for (const [key, , series, opts] of charts) $(`#layer-${key}`).innerHTML = lineChart(series, { xlabel, ...opts });
+}
+
 async function showRun(id, token) {
   if (!id) { location.hash = "#/runs"; return; }
   const d = await getJSON(`/api/run?id=${enc(id)}`);
@@ -325,6 +426,7 @@ async function showRun(id, token) {
       <div class="card"><h2>Learning rate</h2><div id="chart-lr"></div></div>
       <div class="card"><h2>Weight norm</h2><div id="chart-norm"></div></div>
     </div>
+    <div class="card" style="margin-top:16px"><h2>Inside the network: per-layer statistics</h2><div id="layers" class="muted">loading…</div></div>
     <div class="card" style="margin-top:16px"><h2>Weights${d.kind === "mlp" ? " (first hidden units, input layer)" : " per class"}</h2>
       <div class="weights" id="weights">${d.weights.length ? d.weights.map((t, i) => `<figure><img alt="weights ${esc(t)}" src="/api/run/weights.png?id=${enc(d.id)}&unit=${i}&v=${v}"><figcaption>${esc(t)}</figcaption></figure>`).join("") : `<p class="muted">${esc(d.weights_error || "no checkpoint yet")}</p>`}</div>
       <p class="muted">red: positive weight, blue: negative, white: zero (each image scaled to its largest |weight|).</p></div>
@@ -341,21 +443,23 @@ async function showRun(id, token) {
   const hist = await getJSON(`/api/run/history?id=${enc(id)}`);
   if (token !== routeToken) return;
   drawRunCharts(hist.columns);
+  drawLayers(hist.columns, d.hist_range || [-4, 4]);
   if (d.has_checkpoint) loadConfusion(d.id, token);
-  if (d.status === "running") pollTimer = setTimeout(() => followRun(id, token, d.status), 2000);
+  if (d.status === "running") pollTimer = setTimeout(() => followRun(id, token, d.status, d.hist_range), 2000);
 }
 
-async function followRun(id, token, lastStatus) {
+async function followRun(id, token, lastStatus, range) {
   if (token !== routeToken) return;
   try {
     const hist = await getJSON(`/api/run/history?id=${enc(id)}`);
     if (token !== routeToken) return;
     drawRunCharts(hist.columns);
+    drawLayers(hist.columns, range || [-4, 4]);
     $("#run-status").innerHTML = badge(hist.status);
     $("#run-stats").innerHTML = runStats(hist.summary);
     if (hist.status !== "running") { route(); return; } // finished: reload weights, confusion, metrics
   } catch (e) { /* keep polling: the run may be between two writes */ }
-  if (token === routeToken) pollTimer = setTimeout(() => followRun(id, token, lastStatus), 2000);
+  if (token === routeToken) pollTimer = setTimeout(() => followRun(id, token, lastStatus, range), 2000);
 }
 
 async function loadConfusion(id, token) {
@@ -414,11 +518,13 @@ async function showCompare(idsParam, token) {
   view().innerHTML = `
     <div class="row"><h1>Compare ${ids.length} runs</h1><span class="spacer"></span><button class="secondary" id="clear-sel">Clear selection</button></div>
     <div class="grid two" style="margin-top:12px">${cards}</div>
+    <div class="grid two" style="margin-top:16px" id="cmp-layers">${LAYER_COMPARE.map(([key, label]) => `<div class="card"><h2>${esc(label)}</h2><div id="cmp-${key}"></div></div>`).join("")}</div>
     <div class="card" style="margin-top:16px"><h2>Settings that differ (${data.differing.length}) and results</h2>
       <div style="overflow:auto"><table class="kv" id="diff-table"><tr><th></th>${header}</tr>
       ${data.differing.map((k) => `<tr class="diff"><td>${esc(k)}</td>${ids.map((i) => `<td>${esc(fmt.value(data.settings[i][k]))}</td>`).join("")}</tr>`).join("")}
       ${row("status", (r) => badge(r.status))}${row("best val", (r) => fmt.acc(r.best_val_acc))}${row("test", (r) => fmt.acc(r.test_acc))}
       ${row("epochs", (r) => fmt.num(r.epochs, 4))}${row("time", (r) => fmt.secs(r.seconds))}
+      ${row("layer warnings", (r) => { const w = layerWarnings(hists[ids.indexOf(r.id)].columns); return w.length ? w.map((x) => `<span class="badge warn" title="${esc(WARNINGS[x.kind])}">${esc(x.text)}</span>`).join(" ") : "–"; })}
       </table></div>${data.differing.length ? "" : `<p class="muted">The runs have the same settings.</p>`}</div>
     <details class="card"><summary>All settings</summary>${kvTable(data.settings[ids[0]], diff)}</details>`;
   for (const [key, label] of metrics) {
@@ -426,11 +532,29 @@ async function showCompare(idsParam, token) {
     const acc = key.endsWith("acc");
     $(`#cmp-${key}`).innerHTML = lineChart(series, { xlabel: xAxis(hists[0].columns)[1], ylabel: label, yfmt: acc ? (v) => (100 * v).toFixed(1) + "%" : undefined, empty: `no ${label} recorded` });
   }
+  for (const [key, label, pick, opts] of LAYER_COMPARE) {
+    const series = [];
+    hists.forEach((h, i) => {
+      const [xs] = xAxis(h.columns);
+      for (const [name, ys, dash] of pick(h.columns)) series.push({ name: `${ids[i]} ${name}`, color: color(i), dash, xs, ys });
+    });
+    $(`#cmp-${key}`).innerHTML = lineChart(series, { xlabel: xAxis(hists[0].columns)[1], ylabel: label, empty: "no per-layer statistics recorded", ...opts });
+  }
   $("#clear-sel").addEventListener("click", () => { selected.clear(); saveSelected(); location.hash = "#/runs"; });
 }
 
+// Per-layer charts of the compare page: [key, title, columns -> [[name, ys, dash]], options];
+// each run has its colour, layers after the first are dashed.
+const LAYER_DASH = (i) => (i > 1 ? `${2 + 2 * i} 3` : undefined);
+const LAYER_COMPARE = [
+  ["layer-ratio", "Update / weight ratio per layer (log scale)", (c) => layerIndices(c, /^W(\d*)_update_ratio$/).map((i) => [`W${i}`, log10s(c[`W${i}_update_ratio`]), LAYER_DASH(i)]), { yfmt: pow10, guides: [-4, -1] }],
+  ["layer-units", "Dead or saturated units per hidden layer", (c) => layerIndices(c, /^a(\d+)_mean$/).filter((i) => c[`a${i}_dead`] || c[`a${i}_saturated`]).map((i) => [`layer ${i}`, c[`a${i}_dead`] || c[`a${i}_saturated`], LAYER_DASH(i)]), { y0: 0, y1: 1, guides: [0.5], yfmt: (v) => (100 * v).toFixed(0) + "%" }],
+  ["layer-norms", "Weight norm per layer", (c) => layerIndices(c, /^W(\d*)_norm$/).map((i) => [`W${i}`, c[`W${i}_norm`], LAYER_DASH(i)]), { y0: 0 }],
+  ["layer-act", "Activation std per hidden layer", (c) => layerIndices(c, /^a(\d+)_std$/).map((i) => [`layer ${i}`, c[`a${i}_std`], LAYER_DASH(i)]), { y0: 0 }],
+];
+
 // ------------------------------------------------------------------------------ draw
-const drawState = { dirty: false, inflight: false, pending: false, file: null, ink: false, timer: null };
+const drawState = { dirty: false, inflight: false, pending: false, file: null, ink: false, timer: null, cls: "" };
 
 async function showDraw(token) {
   const data = await getJSON("/api/runs");
@@ -454,6 +578,7 @@ async function showDraw(token) {
         <div class="card"><h2>Checkpoints</h2>
           ${usable.length ? `<div class="checklist" id="models">${usable.map((r) => `<label><input type="checkbox" value="${esc(r.id)}"${chosen.includes(r.id) ? " checked" : ""}> ${esc(r.id)} <span class="muted">${esc(modelName(r.settings))} · ${esc(r.settings.dataset || "")} · test ${fmt.acc(r.test_acc)}</span></label>`).join("")}</div>`
             : `<p class="muted">No run with a checkpoint under ${esc(data.root)} yet.</p>`}
+          <div class="row" style="margin-top:8px"><label class="muted">saliency also of class <select id="cls"><option value="">(predicted only)</option></select></label></div>
         </div>
         <div class="models" id="results"></div>
         <p class="error" id="draw-error"></p>
@@ -510,6 +635,7 @@ async function showDraw(token) {
   pad.addEventListener("dragover", (e) => { e.preventDefault(); pad.classList.add("over"); });
   pad.addEventListener("dragleave", () => pad.classList.remove("over"));
   pad.addEventListener("drop", (e) => { e.preventDefault(); pad.classList.remove("over"); useFile(e.dataTransfer.files[0]); });
+  $("#cls").addEventListener("change", (e) => { drawState.cls = e.target.value; schedulePredict(true); });
   const box = $("#models");
   if (box) box.addEventListener("change", () => {
     localStorage.setItem("drawRuns", JSON.stringify(chosenRuns()));
@@ -589,7 +715,8 @@ async function sendPredict() {
     if (!body) body = await padImage(pad);
     window.digitlabLastUpload = body; // what was sent (the browser tests read it)
     const t0 = performance.now();
-    const r = await fetch(`/api/predict?ids=${enc(ids.join(","))}`, { method: "POST", body, headers: { "Content-Type": body.type || "application/octet-stream" } });
+    const cls = drawState.cls ? `&cls=${enc(drawState.cls)}` : "";
+    const r = await fetch(`/api/predict?ids=${enc(ids.join(","))}${cls}`, { method: "POST", body, headers: { "Content-Type": body.type || "application/octet-stream" } });
     const data = await r.json();
     if (!r.ok) throw new Error(data.error || r.statusText);
     if (!$("#pad")) return;
@@ -624,18 +751,81 @@ function paintDiverging(canvas, values, h, w, scale) {
   ctx.putImageData(img, 0, 0);
 }
 
+// The input (grey) with a diverging overlay of ``values`` (h*w, in [-1, 1]) blended over it.
+function paintOverlay(canvas, image, values, h, w) {
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(w, h);
+  const grey = image.flat();
+  values.forEach((v, i) => {
+    const g = 255 * (0.25 + 0.5 * (1 - grey[i])); // ink dark grey, background light
+    const t = Math.max(-1, Math.min(1, v)), a = Math.abs(t);
+    const c = t >= 0 ? [215, 38, 38] : [33, 102, 172];
+    img.data.set([g + (c[0] - g) * a, g + (c[1] - g) * a, g + (c[2] - g) * a, 255], 4 * i);
+  });
+  ctx.putImageData(img, 0, 0);
+}
+
+function saliencyHtml(m, mi) {
+  if (!m.saliency || !m.saliency.length) return "";
+  const figs = m.saliency.map((s, si) => {
+    const name = esc(m.classes[s.class]) + (s.class === m.pred ? " (predicted)" : "");
+    return `<figure><canvas class="overlay" data-m="${mi}" data-s="${si}" data-class="${esc(m.classes[s.class])}"></canvas><figcaption>${name}: gradient × input</figcaption></figure>` +
+      `<figure><canvas class="gradient" data-m="${mi}" data-s="${si}"></canvas><figcaption>${name}: gradient</figcaption></figure>`;
+  }).join("");
+  return `<h2 style="margin-top:12px">Saliency (input gradient of the class logit)</h2><div class="saliency">${figs}</div><p class="muted">red: more ink there raises the class's logit, blue: lowers it; the overlay weighs the gradient by the ink drawn.</p>`;
+}
+
+function hiddenHtml(m, mi) {
+  if (!m.hidden || !m.hidden.length) return "";
+  return `<h2 style="margin-top:12px">Hidden layers</h2>` + m.hidden.map((L, li) => {
+    const units = L.top.map((u, ui) => {
+      const bar = `<div class="unit-bar" style="width:${(100 * Math.max(0, Math.min(1, u.value / L.scale))).toFixed(0)}%"></div>`;
+      const pic = u.weights ? `<canvas data-m="${mi}" data-l="${li}" data-u="${ui}"></canvas>` : "";
+      return `<figure class="unit">${pic}${bar}<figcaption>unit ${esc(u.unit + 1)}: ${esc(fmt.num(u.value, 3))}</figcaption></figure>`;
+    }).join("");
+    return `<div class="hidden-layer" data-layer="${esc(L.layer)}"><div><b>layer ${esc(L.layer)}</b> <span class="muted">${esc(L.units)} ${esc(L.activation)} units${L.active != null ? ` · ${(100 * L.active).toFixed(0)}% active` : ""} · mean ${esc(fmt.num(L.mean, 3))}</span></div>` +
+      `<canvas class="strip" data-m="${mi}" data-l="${li}"></canvas><div class="units">${units}</div></div>`;
+  }).join("") + `<p class="muted">the most active units first${m.hidden[0].top.some((u) => u.weights) ? "; layer 1's units drawn as their input weights (red positive, blue negative)" : ""}; the strip shows every unit's activation.</p>`;
+}
+
+function paintInside(m, mi, image, h, w) {
+  $$(`.saliency canvas.overlay[data-m="${mi}"]`).forEach((c) => paintOverlay(c, image, m.saliency[+c.dataset.s].times_input, h, w));
+  $$(`.saliency canvas.gradient[data-m="${mi}"]`).forEach((c) => paintDiverging(c, m.saliency[+c.dataset.s].gradient, h, w, 1));
+  (m.hidden || []).forEach((L, li) => {
+    const strip = $(`canvas.strip[data-m="${mi}"][data-l="${li}"]`);
+    if (strip) paintDiverging(strip, L.values, 1, L.values.length, 1);
+    L.top.forEach((u, ui) => {
+      const c = $(`canvas[data-m="${mi}"][data-l="${li}"][data-u="${ui}"]`);
+      if (c && u.weights) paintDiverging(c, u.weights, h, w, 1);
+    });
+  });
+}
+
+function updateClassPicker(models) {
+  const sel = $("#cls");
+  if (!sel) return;
+  const names = [...new Set(models.flatMap((m) => m.classes))];
+  const have = Array.from(sel.options).slice(1).map((o) => o.value);
+  if (have.join("\n") === names.join("\n")) return;
+  sel.innerHTML = `<option value="">(predicted only)</option>` + names.map((n) => `<option${n === drawState.cls ? " selected" : ""}>${esc(n)}</option>`).join("");
+}
+
 function showPrediction(data, ms) {
   paintGrey($("#seen"), data.image);
   $("#predict-info").textContent = `round trip ${ms.toFixed(0)} ms (server ${data.ms.toFixed(1)} ms)`;
   const [h, w] = data.shape;
+  updateClassPicker(data.models);
   $("#results").innerHTML = data.models.map((m, mi) => {
     const bars = m.classes.map((c, i) => `<div class="bar${i === m.pred ? " top" : ""}"><b>${esc(c)}</b><div class="track"><div class="fill" style="width:${(100 * m.probs[i]).toFixed(1)}%"></div></div><span class="p">${(100 * m.probs[i]).toFixed(1)}%</span></div>`).join("");
     const ev = m.evidence ? `<h2 style="margin-top:12px">Evidence (weight × input)</h2><div class="evidence">${m.evidence.map((_, i) => `<figure><canvas data-m="${mi}" data-i="${i}"></canvas><figcaption>${esc(m.evidence_titles[i])}: ${(m.evidence[i].reduce((a, b) => a + b, 0) + m.evidence_bias[i]).toFixed(2)}</figcaption></figure>`).join("")}</div><p class="muted">red pixels push towards the class, blue away; the number is the class's logit (sum + bias).</p>` : "";
-    return `<div class="model" data-id="${esc(m.id)}"><div class="row"><div class="pred" data-label="${esc(m.label)}">${esc(m.label)}</div><div><div class="mono">${esc(m.id)}</div><div class="muted">${esc(m.kind)} · p = ${(100 * m.probs[m.pred]).toFixed(1)}%</div></div></div><div class="bars">${bars}</div>${ev}</div>`;
+    return `<div class="model" data-id="${esc(m.id)}"><div class="row"><div class="pred" data-label="${esc(m.label)}">${esc(m.label)}</div><div><div class="mono">${esc(m.id)}</div><div class="muted">${esc(m.kind)} · p = ${(100 * m.probs[m.pred]).toFixed(1)}%</div></div></div><div class="bars">${bars}</div>${saliencyHtml(m, mi)}${hiddenHtml(m, mi)}${ev}</div>`;
   }).join("");
   data.models.forEach((m, mi) => {
+    if (m.image) paintInside(m, mi, m.image, m.image.length, m.image[0].length);
+    else paintInside(m, mi, data.image, h, w);
     if (!m.evidence) return;
     const scale = Math.max(1e-12, ...m.evidence.map((row) => Math.max(...row.map(Math.abs))));
-    $$(`canvas[data-m="${mi}"]`).forEach((c) => paintDiverging(c, m.evidence[+c.dataset.i], h, w, scale));
+    $$(`canvas[data-m="${mi}"][data-i]`).forEach((c) => paintDiverging(c, m.evidence[+c.dataset.i], h, w, scale));
   });
 }
