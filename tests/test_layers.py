@@ -259,3 +259,21 @@ def test_the_gradcheck_command_passes_for_the_new_options(options, capsys):
     argv = ["gradcheck", "--model", "mlp", "--dataset", "mnist-5k", "--n", "8", *options]
     assert main(argv) == 0, capsys.readouterr().out
     assert capsys.readouterr().out.strip().endswith("PASS")
+
+
+@pytest.mark.parametrize(
+    "batch", [["--batch", "sgd"], ["--batch", "1"], ["--batch", "199", "--holdout", "0"]]
+)
+def test_batch_norm_with_a_one_row_batch_is_refused_before_anything_is_written(
+    batch, tmp_path, capsys
+):
+    from digitlab.cli import main
+
+    argv = ["train", "--model", "mlp", "--hidden", "8", "--dataset", "mnist-5k", "--n-train",
+            "200", "--n-test", "50", "--epochs", "1", "--quiet", "--batch-norm",
+            "--out", str(tmp_path / "out"), *batch]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "at least 2 rows" in err
+    assert not (tmp_path / "out").exists()
+    assert main([*argv, "--drop-last"]) == (2 if batch[1] in ("sgd", "1") else 0)

@@ -511,6 +511,27 @@ class _OpenRun:
         return RunResult(self.folder, metrics, trainer, data)
 
 
+def check_batch_rows(settings: Settings, model: Model, n: int) -> None:
+    """Refuse (ConfigError), before anything is written, a batch-normalised model whose
+    training would meet a batch of one row (single samples, or an epoch's last batch)."""
+    if not model.batch_coupled:
+        return
+    if settings.batch == "sgd":
+        smallest = 1
+    else:
+        size = resolve_batch_size(settings.batch, n)
+        smallest = size if settings.drop_last or n % size == 0 else n % size
+    if smallest >= 2:
+        return
+    why = (
+        "single-sample training (batch sgd) has 1 row per batch"
+        if settings.batch == "sgd"
+        else f"{n} training images in batches of {settings.batch} leave a batch of 1 row: set "
+        "drop_last or another batch size"
+    )
+    raise ConfigError(f"batch_norm needs training batches of at least 2 rows, but {why}")
+
+
 def _open_run(settings: Settings, opts: RunOptions) -> _OpenRun:
     """Data, model, trainer and resume state, then the folder with ``config.toml``."""
     name = settings.model if opts.name is None else opts.name
@@ -519,6 +540,7 @@ def _open_run(settings: Settings, opts: RunOptions) -> _OpenRun:
     if len(data.train[1]) == 0:
         raise DataError(f"{data.dataset.name}: the training split is empty")
     model = build_run_model(settings, data.train[0].shape[1], len(data.classes))
+    check_batch_rows(settings, model, len(data.train[1]))
     trainer = build_trainer(settings, model, data, list(opts.callbacks))
     if opts.resume_from is not None:
         trainer.load_state_dict(*opts.resume_from, restart_missing=opts.restart_momentum)
