@@ -62,7 +62,7 @@ class LRFindResult:
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write ``step,lr,loss,smoothed_loss`` rows (atomically)."""
-        from digitlab.checkpoint import atomic_write_bytes
+        from digitlab.fileio import atomic_write_bytes
 
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
@@ -78,7 +78,7 @@ class LRFindResult:
         matplotlib.use("Agg")
         from matplotlib.figure import Figure
 
-        from digitlab.checkpoint import atomic_write_bytes
+        from digitlab.fileio import atomic_write_bytes
 
         fig = Figure(figsize=(6, 3.6), dpi=100)
         ax = fig.add_subplot()

@@ -291,7 +291,10 @@ def load_run_checkpoint(path: str | os.PathLike) -> tuple[Any, Any, dict[str, An
     if not isinstance(meta.get("model"), dict) or not isinstance(extra["preprocessor"], dict):
         raise CheckpointError(f"{path}: malformed checkpoint metadata")
     params = {k[len("model/") :]: v for k, v in arrays.items() if k.startswith("model/")}
-    model = build_model(meta["model"], params)
+    try:
+        model = build_model(meta["model"], params)
+    except ConfigError as exc:  # a model setting out of range: name the file
+        raise CheckpointError(f"{path}: {exc}") from None
     state = dict(extra["preprocessor"])
     state |= {k[len("extra/prep_") :]: v for k, v in arrays.items() if k.startswith("extra/prep_")}
     try:
