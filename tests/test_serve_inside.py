@@ -157,3 +157,14 @@ def test_hidden_layers_of_a_deeper_tanh_net() -> None:
     assert values[0] == pytest.approx(float(acts[0].max()), abs=1e-5)
     assert len(first["top"][0]["weights"]) == 20 and second["top"][0]["weights"] is None
     assert [u["unit"] for u in second["top"]] == list(np.argsort(-acts[1][0], kind="stable"))
+
+
+def test_the_pages_ratio_band_is_the_library_one():
+    import re
+    from pathlib import Path
+
+    from digitlab.models.inspect import RATIO_BAND
+
+    js = (Path(__file__).parents[1] / "src/digitlab/serve/static/app.js").read_text()
+    band = re.search(r"const RATIO_RANGE = \[([^\]]+)\];", js).group(1)
+    assert tuple(float(v) for v in band.split(",")) == RATIO_BAND

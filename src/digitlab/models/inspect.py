@@ -35,6 +35,9 @@ from digitlab.models.functional import (
 
 #: History columns that are these statistics.
 LAYER_COLUMN = re.compile(r"(W|b)\d*_(norm|grad_norm|update_ratio)|a\d+_\w+|bn\d+_\w+")
+#: The usual range of a healthy step's update/weight ratio (outside it: the rate is likely too
+#: high or too low; the app's badges and the report's shaded band use it).
+RATIO_BAND = (1e-4, 1e-1)
 #: Bins of each layer's activation histogram.
 HIST_BINS = 16
 #: Output range of the activations that saturate.

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from digitlab.errors import DigitlabError, ReportError
-from digitlab.models.inspect import HIST_BINS, histogram_range
+from digitlab.models.inspect import HIST_BINS, RATIO_BAND, histogram_range
 from digitlab.report.figures import (
     BAD,
     GOOD,
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from digitlab.models.base import Model
     from digitlab.report.rundata import ExperimentRecord, MemberRecord
 
-#: The band of update/weight ratios of a healthy step (shaded in the figure).
-RATIO_BAND = (1e-4, 1e-1)
 #: Images in the loss gallery.
 GALLERY_SIZE = 24
 

@@ -317,7 +317,7 @@ function drawRunCharts(cols) {
 // a{i}_hist00..15, bn{i}_running_mean/_var.
 const LAYER_COLORS = ["#2b6cb0", "#c05621", "#2f855a", "#805ad5", "#b83280", "#2c7a7b"];
 const HIST_BINS = 16;
-const RATIO_RANGE = [1e-4, 1e-1];
+const RATIO_RANGE = [1e-4, 1e-1];  // digitlab.models.inspect.RATIO_BAND (tests/test_serve_inside.py)
 const WARNINGS = {
   dead: "Dead ReLUs output 0 for every probe image and get no gradient: usually a learning rate that is too high, or biases driven negative.",
   saturated: "Saturated units sit at the limits of tanh/sigmoid where the gradient vanishes: usually weights that are too large (a poor initialisation) or unscaled inputs.",
