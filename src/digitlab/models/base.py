@@ -524,14 +524,14 @@ class Model:
         """A deep copy (parameters and buffers copied)."""
         from digitlab.models import build_model
 
-        return build_model(self.config(), {k: v.copy() for k, v in self.state().items()})
+        return build_model(self.config(), self.state())  # load_state copies the arrays
 
     def astype(self, dtype: Any) -> Model:
         """A copy whose parameters and arithmetic use ``dtype``."""
         cfg = self.config() | {"dtype": np.dtype(dtype).name}
         from digitlab.models import build_model
 
-        return build_model(cfg, {k: v.astype(dtype) for k, v in self.state().items()})
+        return build_model(cfg, self.state())  # load_state copies, cast to dtype
 
     # ----------------------------------------------------------------- flat view (L-BFGS)
     def get_flat(self) -> np.ndarray:
