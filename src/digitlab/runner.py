@@ -152,8 +152,15 @@ def feature_augmenter(
 
 # ---------------------------------------------------------------------------------- model
 def build_run_model(settings: Settings, n_features: int, n_classes: int) -> Model:
-    """The model that ``settings`` describe, initialised from ``settings.seed``."""
+    """The model that ``settings`` describe, initialised from ``settings.seed``: ``n_classes``
+    outputs, or ``settings.outputs`` (the extra ones never a label)."""
     cls = MODELS[settings.model]
+    if settings.outputs:
+        if settings.outputs < n_classes:
+            raise ConfigError(
+                f"outputs = {settings.outputs} is fewer than the {n_classes} classes"
+            )
+        n_classes = settings.outputs
     return cls.from_settings(
         settings, n_features, n_classes, np.random.default_rng([settings.seed, 1])
     )
@@ -278,9 +285,11 @@ def final_metrics(trainer: Trainer, data: PreparedData) -> dict[str, Any]:
     }
     pred = predict(trainer.model, data.test[0])
     k = len(data.classes)
-    out["confusion_test"] = (
-        np.bincount(data.test[1] * k + pred, minlength=k * k).reshape(k, k).tolist()
-    )
+    other = pred >= k  # an output that is never a label (settings.outputs)
+    y, pred = data.test[1][~other], pred[~other]
+    out["confusion_test"] = np.bincount(y * k + pred, minlength=k * k).reshape(k, k).tolist()
+    if trainer.model.n_classes > k:
+        out["test_predicted_other"] = int(other.sum())
     es = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
     if es is not None:
         out |= {"best_epoch": es.best_epoch, "best_step": es.best_step, "early_stopped": es.stopped}
@@ -355,6 +364,13 @@ def check_same_data(meta: Mapping[str, Any], ds: Dataset, path: str | os.PathLik
         )
 
 
+def output_names(classes: Sequence[str], model: Model) -> list[str]:
+    """A name per output of ``model``: the class names, then ``"(output i)"`` for each
+    output that is never a label (``settings.outputs`` above the number of classes)."""
+    k = 2 if model.kind == "logistic" else model.n_classes
+    return [*classes, *(f"(output {i})" for i in range(len(classes), k))]
+
+
 def _attach(trainer: Trainer, settings: Settings, data: PreparedData) -> None:
     """Put what `evaluate`/`predict`/`resume` need into the trainer's checkpoints."""
     prep = data.preprocessor.state_dict()
@@ -363,7 +379,7 @@ def _attach(trainer: Trainer, settings: Settings, data: PreparedData) -> None:
     trainer.extra_meta = {
         "settings": settings.to_dict(),
         "preprocessor": {k: v for k, v in prep.items() if not isinstance(v, np.ndarray)},
-        "classes": list(data.classes),
+        "classes": output_names(data.classes, trainer.model),
         "dataset": data.dataset.name,
         "data": data_record(data.dataset),
         "image_shape": list(data.dataset.image_shape),

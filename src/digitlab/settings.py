@@ -244,6 +244,10 @@ class Settings:
     )  # fmt: skip
     regularize_bias: bool = setting(False, "penalise the biases too", "model", fixed=True)
     dtype: str = setting("float32", "parameter precision", "model", choices=_dtypes, fixed=True)
+    outputs: int = setting(
+        0, "softmax outputs (0: one per class); more adds outputs that are never a label",
+        "model", low=0, high=MAX_HIDDEN_UNITS, fixed=True,
+    )  # fmt: skip
     # -- data
     dataset: str = setting("mnist", "dataset name (digitlab data list)", "data", fixed=True)
     data_root: str | None = setting(
@@ -711,6 +715,8 @@ def _check_rules(s: Settings) -> None:
             )
     elif s.classes is not None:
         raise ConfigError("classes (a binary pair) applies to the logistic model only")
+    if s.outputs and s.model != "softmax":
+        raise ConfigError("outputs applies to the softmax model only")
     if s.model != "mlp" and (any(s.dropout) or s.batch_norm):
         raise ConfigError("dropout and batch_norm apply to the MLP's hidden layers only")
     if s.model == "mlp" and len(s.dropout) not in (1, len(s.hidden)):

@@ -14,6 +14,8 @@ reports prepend it, which only permutes the weights).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from digitlab.errors import ConfigError, DataError, ShapeError
@@ -131,20 +133,25 @@ class Preprocessor:
         self.n_features_in_ = d
         return self
 
-    def transform(self, images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Flatten and convert, in float32, without float64 copies of the data.
+    def transform(
+        self, images: np.ndarray, out: np.ndarray | None = None, dtype: Any = np.float32
+    ) -> np.ndarray:
+        """Flatten and convert, in float32 (or float64), without float64 copies of the data.
 
         Parameters
         ----------
         images
             Images (n, h, w) or features (n, d) with d equal to the fitted size.
         out
-            Optional float32 (n, d[+1]) buffer to write into (a batch buffer, say).
+            Optional (n, d[+1]) buffer of ``dtype`` to write into (a batch buffer, say).
+        dtype
+            float32, or float64: the features computed in float64 from the pixels (as code
+            that divides by ``255.0`` does), not float32 features widened.
 
         Returns
         -------
         numpy.ndarray
-            float32 (n, d), or (n, d + 1) with the bias column of ones last.
+            ``dtype`` (n, d), or (n, d + 1) with the bias column of ones last.
 
         Raises
         ------
@@ -161,17 +168,19 @@ class Preprocessor:
         n, d = x.shape
         if self.n_features_in_ is not None and d != self.n_features_in_:
             raise ShapeError(f"expected {self.n_features_in_} features per example, got {d}")
-        shape = (n, self.n_features_out(d))
+        shape, dtype = (n, self.n_features_out(d)), np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ConfigError(f"features are float32 or float64, not {dtype}")
         if out is None:
-            out = np.empty(shape, dtype=np.float32)
-        elif out.shape != shape or out.dtype != np.float32:
-            raise ShapeError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
-        body = out[:, :d]
+            out = np.empty(shape, dtype=dtype)
+        elif out.shape != shape or out.dtype != dtype:
+            raise ShapeError(f"out must be {dtype} {shape}, got {out.dtype} {out.shape}")
+        body, f = out[:, :d], dtype.type
         if self.method == "scale01":
-            np.divide(x, np.float32(255.0), out=body)
+            np.divide(x, f(255.0), out=body)
         elif self.method == "symmetric":
-            np.divide(x, np.float32(127.5), out=body)
-            np.subtract(body, np.float32(1.0), out=body)
+            np.divide(x, f(127.5), out=body)
+            np.subtract(body, f(1.0), out=body)
         elif self.method == "standardize":
             np.subtract(x, self.mean_, out=body)
             np.divide(body, self.std_, out=body)

@@ -38,8 +38,8 @@ class ImageRows:
     preprocessor : Preprocessor
         Fitted on ``d = h * w`` pixels; its method and bias column make the features.
     dtype : numpy dtype
-        Dtype of the rows handed out (float32, or float64 for float64 models: the float32
-        features converted, as a feature array would be).
+        Dtype of the rows handed out (float32, or float64 for float64 models: computed in
+        float64 from the pixels).
     chunk_rows : int
         Rows per chunk of :meth:`chunks`.
 
@@ -121,13 +121,7 @@ class ImageRows:
             pixels = self.pixels.take(np.asarray(index), axis=0)
         b = pixels.shape[0]
         target = None if out is None else out[:b]
-        if self.dtype == np.float32:
-            return self.preprocessor.transform(pixels, out=target)
-        features = self.preprocessor.transform(pixels)  # float32, then converted
-        if target is None:
-            return features.astype(self.dtype)
-        target[...] = features
-        return target
+        return self.preprocessor.transform(pixels, out=target, dtype=self.dtype)
 
     def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
         """``(start, rows (c, d_out))`` for consecutive chunks of :attr:`chunk_rows` rows.

@@ -37,9 +37,10 @@ def job_data(
         if not base.bias_column:
             raise ConfigError("bias_input needs bias_column = true")
         parts = [data.train, data.val, data.test]
+        dtype = np.dtype(base.dtype)  # the model's: float64 features computed in float64
         for i, pair in enumerate(parts):
             if pair is not None:
-                x = np.array(pair[0])  # the features (n, d + 1) as a new array
+                x = pair[0].astype(dtype)[:]  # the features (n, d + 1) as a new array
                 x[:, -1] = bias_input
                 parts[i] = (x, pair[1])
         data = replace(data, train=parts[0], val=parts[1], test=parts[2])
