@@ -708,6 +708,11 @@ def _check_rules(s: Settings) -> None:
         raise ConfigError("plateau_monitor on the validation split needs holdout > 0")
     if s.elastic_alpha and not s.augment:
         raise ConfigError("elastic_alpha distorts augmented batches: set augment too")
+    _check_model_rules(s)
+
+
+def _check_model_rules(s: Settings) -> None:
+    """Rules between the model kind and the settings that apply to some kinds only."""
     if s.model == "logistic":
         if s.classes is None or len(s.classes) != 2 or s.classes[0] == s.classes[1]:
             raise ConfigError(

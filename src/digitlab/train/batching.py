@@ -7,12 +7,14 @@ that only a batch of float rows exists at a time.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from digitlab import kernels
 from digitlab.errors import ConfigError, ShapeError
 
 BatchSpec = int | float | str
@@ -179,3 +181,24 @@ class Batches:
         yb = y.take(idx, out=self.ybuf[: idx.size])
         wb = None if w is None or self.wbuf is None else w.take(idx, out=self.wbuf[: idx.size])
         return Xb, yb, wb
+
+
+def gradient_method(
+    model: Any, optimizer: Any, batch_size: int
+) -> Callable[..., tuple[float, Any]]:
+    """``model``'s gradient method for batches of ``batch_size`` rows under ``optimizer``.
+
+    Single-sample SGD asks for factored gradients (``loss_and_grad_factored``) when the
+    optimiser declares ``supports_rank1`` (it applies them as one BLAS rank-1 update per
+    weight matrix, the arithmetic of ``loss_and_grad`` + its array step to float rounding).
+    A model whose ``loss_and_grad`` is replaced is called as is. A batch of more than
+    ``2 * CHUNK_ROWS`` rows is worked through in blocks of the rows that this host's kernel
+    choices give (:mod:`digitlab.kernels`: 1,024, or the whole batch at once).
+    """
+    if batch_size == 1 and model.own_gradient and optimizer.supports_rank1:
+        return model.loss_and_grad_factored
+    if batch_size > 2 * CHUNK_ROWS and model.own_gradient:
+        rows = kernels.choices(model.dtype).rows  # measured on this host
+        if rows:
+            return functools.partial(model.loss_and_grad, chunk_rows=rows)
+    return model.loss_and_grad

@@ -16,7 +16,6 @@ training (:func:`digitlab.train.fit_together`) drives the same public steps.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,15 +31,16 @@ from digitlab.optim.base import Optimizer
 from digitlab.optim.schedules import Constant, Schedule
 from digitlab.optim.sgd import SGD
 from digitlab.runfiles import evaluation_record
+from digitlab.threads import ThreadPolicy
 from digitlab.train import state
 from digitlab.train.batching import (
-    CHUNK_ROWS,
     ArrayPair,
     Batches,
     BatchSpec,
     EvalSpec,
     all_finite,
     check_pair,
+    gradient_method,
     is_source,
     resolve_batch_size,
     resolve_eval_every,
@@ -114,29 +114,25 @@ class Trainer:
         self.callbacks = [self.history, *(c for c in callbacks if c is not self.history)]
         self.batch_transform = batch_transform
         self.rng, self.shuffle_rng = as_generator(rng), shuffle_rng
-        # progress, all saved in checkpoints
-        self.step = 0  # optimiser steps taken
-        self.epoch = 0  # completed epochs
-        self.pos = 0  # batches taken in the current epoch
-        self.order: np.ndarray | None = None  # this epoch's row order (None: stored order)
-        self.last_eval_step = -1
-        self.elapsed = 0.0
+        # progress, all saved in checkpoints: optimiser steps taken, completed epochs, batches
+        # taken in this epoch, this epoch's row order (None: stored order)
+        self.step = self.epoch = self.pos = 0
+        self.order: np.ndarray | None = None
+        self.last_eval_step, self.elapsed = -1, 0.0
         self.extra_meta: dict[str, Any] = {}  # saved in checkpoints as they are
         self.extra_arrays: dict[str, np.ndarray] = {}
         # the current fit
         self.splits: Splits = {}
         self.total_steps = self.steps_per_epoch = self.batch_size = self.batch_rows = 0
-        self.lr = 0.0
-        self.lr_scale = 1.0  # times the schedule's rate; set by callbacks (reduce-on-plateau)
-        self.diverged = self.interrupted = False
+        self.threads = ThreadPolicy(0)  # the BLAS threads of the current fit (threads)
+        self.lr, self.lr_scale = 0.0, 1.0  # lr_scale: times the schedule's (reduce-on-plateau)
+        self.diverged = self.interrupted = self._stop = False
         self.stop_reason: str | None = None
-        self._stop = False
         self._weight: np.ndarray | None = None  # the training rows' weights
-        self._mean_weight = 1.0
-        self._eval_steps = 1
+        self._mean_weight, self._eval_steps = 1.0, 1
         self._grad_fn: Callable[..., tuple[float, Any]] = model.loss_and_grad
         self._batches: Batches | None = None
-        self._t0 = 0.0
+        self._t0 = 0.0  # the clock's start, less the time of earlier fits
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -151,8 +147,8 @@ class Trainer:
     ) -> History:
         """Train until ``epochs`` epochs or ``steps`` steps have been done in total.
 
-        Both counts are totals since the start of the run, so calling ``fit`` again on a
-        resumed trainer continues to the same end point.
+        Both counts are totals since the start of the run: ``fit`` again on a resumed trainer
+        continues to the same end point.
 
         Parameters
         ----------
@@ -253,7 +249,7 @@ class Trainer:
     @contextlib.contextmanager
     def running(self, total_steps: int) -> Iterator[None]:
         """The frame of a fit on the prepared splits: callbacks' begin and end, the clock, the
-        floating-point error state, and on a normal end the parameters' check."""
+        BLAS threads, the floating-point error state, and on a normal end the parameters' check."""
         self._eval_steps = resolve_eval_every(self.eval_spec, self.steps_per_epoch)
         self.total_steps = total_steps
         self._stop, self.stop_reason, self.diverged = False, None, False
@@ -263,6 +259,8 @@ class Trainer:
         self._t0 = time.perf_counter() - self.elapsed
         # overflow in a diverging run is reported once, by the DivergenceError of apply
         errstate = np.seterr(over="ignore", invalid="ignore")
+        self.threads = ThreadPolicy.for_step(self.batch_size, self.model.params)
+        self.threads.start()
         try:
             yield
             self.require_finite("lower the learning rate or the penalty")  # the last update
@@ -271,6 +269,7 @@ class Trainer:
                 self.stop_reason = f"finished {self.step} steps ({epochs:g} epochs)"
         finally:
             np.seterr(**errstate)
+            self.threads.stop()
             self.elapsed = time.perf_counter() - self._t0
             for cb in self.callbacks:
                 cb.on_train_end(self)
@@ -323,6 +322,7 @@ class Trainer:
             self.evaluate_splits(Step(X, y, loss, grads, lr, before))
         for cb in self.callbacks:
             cb.on_step_end(self, loss)
+        self.threads.tick()
 
     def evaluate_splits(self, step: Step | None = None) -> dict[str, float]:
         """Record one evaluation of every split (and the callbacks' measures of ``step``)."""
@@ -368,20 +368,9 @@ class Trainer:
         return None
 
     def gradient_function(self, batch_size: int) -> Callable[..., tuple[float, Any]]:
-        """The model's gradient method for batches of ``batch_size`` rows.
-
-        Single-sample SGD asks for factored gradients (``loss_and_grad_factored``) when the
-        optimiser declares ``supports_rank1`` (it applies them as one BLAS rank-1 update per
-        weight matrix, the arithmetic of ``loss_and_grad`` + its array step to float rounding).
-        A model whose ``loss_and_grad`` is replaced is called as is. A batch of more than
-        ``2 * CHUNK_ROWS`` rows is worked through in blocks of :data:`CHUNK_ROWS` rows.
-        """
-        model = self.model
-        if batch_size == 1 and model.own_gradient and self.optimizer.supports_rank1:
-            return model.loss_and_grad_factored
-        if batch_size > 2 * CHUNK_ROWS and model.own_gradient:
-            return functools.partial(model.loss_and_grad, chunk_rows=CHUNK_ROWS)
-        return model.loss_and_grad
+        """The model's gradient method for batches of ``batch_size`` rows (see
+        :func:`~digitlab.train.batching.gradient_method`)."""
+        return gradient_method(self.model, self.optimizer, batch_size)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -1,0 +1,207 @@
+"""How many BLAS threads a fit uses: the cores it may use, one for skinny products, fewer when
+other processes keep cores busy.
+
+- **Cores this process may use**: its CPU affinity, capped by a cgroup CPU quota (a container
+  given 1.5 CPUs on a 64-core machine gets 2 threads, not 64).
+- **Skinny products on one thread**: a step whose products are small (softmax regression on
+  mini-batches: 128 x 785 x 10) gains nothing from a second thread and loses the hand-over.
+- **A busy core is given up**: OpenBLAS splits a product evenly over its threads and waits for
+  the last; with another process on one of two cores, the thread sharing that core finishes
+  late and an epoch takes twice as long (measured: a softmax epoch 0.107 -> 0.215 s with two
+  threads, 0.115 s with one). Every half second the fit reads how much CPU time the other
+  processes took (``/proc/stat`` minus this process's own) and drops a thread per busy core,
+  taking it back once the core is free.
+
+``DIGITLAB_THREADS=N`` fixes the count (no adjusting); the library's own defaults apply where
+threadpoolctl is missing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from digitlab.errors import ConfigError
+
+#: A step whose products do fewer multiply-adds than this runs on one thread.
+SKINNY_MACS = 4_000_000
+#: Seconds between two readings of the other processes' load (the first after FIRST_CHECK_S).
+CHECK_S, FIRST_CHECK_S = 0.5, 0.1
+#: A core counts as busy above this share of other processes' time, free again below RELEASE.
+BUSY, RELEASE = 0.6, 0.3
+ENV = "DIGITLAB_THREADS"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its affinity mask, capped by a cgroup CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    quota = cgroup_quota()
+    return max(1, min(cores, math.ceil(quota)) if quota else cores)
+
+
+def cgroup_quota(root: str = "/sys/fs/cgroup") -> float | None:
+    """The cgroup's CPU quota in cores (v2 ``cpu.max`` or v1 ``cfs_quota_us`` under
+    ``root``), None if none."""
+    try:
+        with open(f"{root}/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(f"{root}/cpu/cpu.cfs_quota_us", encoding="ascii") as f:
+            quota_us = int(f.read())
+        with open(f"{root}/cpu/cpu.cfs_period_us", encoding="ascii") as f:
+            period_us = int(f.read())
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+
+
+def fixed_threads() -> int | None:
+    """``DIGITLAB_THREADS`` as a whole number of threads, None when unset."""
+    text = os.environ.get(ENV, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= 4096:
+        raise ConfigError(f"{ENV} must be a whole number of threads from 1, got {text!r}")
+    return int(text)
+
+
+def machine_busy_s() -> tuple[float, float] | None:
+    """CPU seconds all processes spent so far: ``(normal priority, niced)``, from /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + system + irq + softirq) / tick, nice / tick
+
+
+def own_busy_s() -> float:
+    """CPU seconds this process has spent (all its threads)."""
+    t = os.times()
+    return t.user + t.system
+
+
+class LoadMeter:
+    """Cores kept busy by other processes between its creation and :meth:`finish`."""
+
+    def __init__(self) -> None:
+        self.t0, self.start = time.monotonic(), machine_busy_s()
+        self.own0 = own_busy_s()
+
+    def finish(self) -> float | None:
+        """The other processes' mean load in cores since creation (None off Linux)."""
+        end, wall = machine_busy_s(), time.monotonic() - self.t0
+        if end is None or self.start is None or wall <= 0:
+            return None
+        others = end[0] - self.start[0] - (own_busy_s() - self.own0)
+        if os.nice(0) > 0:
+            others += end[1] - self.start[1]
+        return max(0.0, others / wall)
+
+
+def others_load() -> LoadMeter:
+    """A :class:`LoadMeter` started now."""
+    return LoadMeter()
+
+
+class ThreadPolicy:
+    """BLAS threads for one fit (module docstring); ``start`` / ``tick`` / ``stop``.
+
+    Parameters
+    ----------
+    macs_per_step : int
+        Multiply-adds of one step's products (batch rows x weights): below
+        :data:`SKINNY_MACS` the fit runs on one thread.
+    """
+
+    def __init__(self, macs_per_step: int) -> None:
+        self.macs_per_step = int(macs_per_step)
+        self.cores = usable_cores()
+        self.threads = 0
+        self._limiter: Any = None
+        self._previous: Any = None
+        self._last: tuple[float, float, float, float] | None = None
+        self._next_check = 0.0
+        self._busy_cores = 0
+
+    @classmethod
+    def for_step(cls, rows: int, params: dict[str, Any]) -> ThreadPolicy:
+        """The policy of steps of ``rows`` rows through the weight arrays ``params``."""
+        return cls(rows * sum(int(np.size(w)) for w in params.values()))
+
+    @property
+    def adjusting(self) -> bool:
+        """Whether the thread count follows the other processes' load."""
+        return self.cores > 1 and self.macs_per_step >= SKINNY_MACS
+
+    def start(self) -> None:
+        """Set this fit's thread count (kept until :meth:`stop`)."""
+        fixed = fixed_threads()
+        if fixed is not None:
+            self.cores, self.macs_per_step = fixed, SKINNY_MACS * int(fixed > 1)
+        self._set(self.cores if self.adjusting else 1)
+        if self.adjusting and fixed is None:
+            self._last = self._reading()
+            self._next_check = time.monotonic() + FIRST_CHECK_S
+        else:
+            self._last = None
+
+    def tick(self) -> None:
+        """Called after every step: every :data:`CHECK_S` seconds, follow the load."""
+        if self._last is None or time.monotonic() < self._next_check:
+            return
+        now = self._reading()
+        if now is None or self._last is None:
+            self._last = None
+            return
+        wall = now[0] - self._last[0]
+        others = (now[1] - self._last[1]) - (now[3] - self._last[3])
+        if os.nice(0) > 0:  # a niced fit competes with niced processes too
+            others += now[2] - self._last[2]
+        load = max(0.0, others / wall) if wall > 0 else 0.0
+        busy, target = self._busy_cores, min(self.cores - 1, math.floor(load + 1 - BUSY))
+        if target > busy or load < busy - 1 + RELEASE:
+            busy = target
+        if busy != self._busy_cores:
+            self._busy_cores = busy
+            self._set(max(1, self.cores - busy))
+        self._last, self._next_check = now, time.monotonic() + CHECK_S
+
+    def stop(self) -> None:
+        """Give the libraries back their thread counts."""
+        if self._previous is not None:
+            self._previous.restore_original_limits()
+        self._previous = self._limiter = None
+        self._last = None
+
+    def _reading(self) -> tuple[float, float, float, float] | None:
+        machine = machine_busy_s()
+        if machine is None:
+            return None
+        return time.monotonic(), machine[0], machine[1], own_busy_s()
+
+    def _set(self, threads: int) -> None:
+        if threads == self.threads:
+            return
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+            return
+        limiter = threadpool_limits(limits=threads, user_api="blas")
+        if self._previous is None:
+            self._previous = limiter  # remembers the counts from before the fit
+        self.threads = threads

@@ -1,0 +1,136 @@
+"""Kernel choices: overrides, calibration, the per-host cache, and their use by the trainer."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from digitlab import kernels, threads
+from digitlab.errors import ConfigError
+from digitlab.models import SoftmaxModel
+from digitlab.models.functional import outer_sum
+from digitlab.train import Trainer
+
+
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(kernels, "CAL_ROWS", 2048)  # a quick calibration
+    quiet(monkeypatch, 0.0)  # as if no other process ran (the test machine may be busy)
+    kernels.reset()
+    yield
+    kernels.reset()
+
+
+def quiet(monkeypatch, load):
+    """Make the calibration see ``load`` cores of other processes' load."""
+
+    class Meter:
+        def finish(self):
+            return load
+
+    monkeypatch.setattr(threads, "others_load", Meter)
+
+
+def test_disturbed_calibration_is_used_not_kept(monkeypatch):
+    monkeypatch.delenv("DIGITLAB_KERNELS", raising=False)
+    quiet(monkeypatch, 0.8)
+    assert kernels.choices(np.float32).source == "disturbed"
+    assert not kernels.cache_file(kernels.host_key(np.float32)).exists()
+    kernels.reset()
+    quiet(monkeypatch, 0.1)
+    assert kernels.choices(np.float32).source == "calibrated"
+    assert kernels.cache_file(kernels.host_key(np.float32)).exists()
+
+
+def test_override_parsed_and_refused(monkeypatch):
+    c = kernels.parse_override("rows=512,transposed=1")
+    assert (c.rows, c.transposed, c.source) == (512, True, "environment")
+    assert kernels.parse_override("transposed=0").rows == kernels.BLOCK_ROWS
+    for bad in ("rows=-1", "rows=x", "transposed=yes", "speed=1", "rows"):
+        with pytest.raises(ConfigError, match="DIGITLAB_KERNELS"):
+            kernels.parse_override(bad)
+    monkeypatch.setenv("DIGITLAB_KERNELS", "rows=0,transposed=1")
+    assert kernels.choices(np.float32) == kernels.Choices(0, True, "environment")
+
+
+def test_calibration_is_cached_per_host(monkeypatch):
+    monkeypatch.setenv("DIGITLAB_KERNELS", "calibrate")
+    first = kernels.choices(np.float32)
+    assert first.source == "calibrated"
+    assert set(first.timings_ms) == {
+        f"rows={r},transposed={t}" for r in (kernels.BLOCK_ROWS, 0) for t in (0, 1)
+    }
+    fastest = min(first.timings_ms, key=first.timings_ms.__getitem__)
+    chosen = kernels.parse_override(fastest)
+    assert (chosen.rows, chosen.transposed) == (first.rows, first.transposed)
+    path = kernels.cache_file(kernels.host_key(np.float32))
+    record = json.loads(path.read_text())
+    assert record["key"]["cpu"] == kernels.cpu_model()
+    assert (record["rows"], record["transposed"]) == (first.rows, first.transposed)
+    # a new process (here: a reset) reads the cache instead of measuring
+    monkeypatch.delenv("DIGITLAB_KERNELS")
+    kernels.reset()
+    again = kernels.choices(np.float32)
+    assert (again.source, again.rows, again.transposed) == ("cache", first.rows, first.transposed)
+
+
+def test_stale_or_corrupt_cache_is_measured_again(monkeypatch):
+    monkeypatch.delenv("DIGITLAB_KERNELS", raising=False)
+    key = kernels.host_key(np.float32)
+    path = kernels.cache_file(key)
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    assert kernels.choices(np.float32).source == "calibrated"
+    kernels.reset()
+    other = dict(key, cpu="another CPU")
+    path.write_text(json.dumps({"key": other, "rows": 7, "transposed": True}))
+    assert kernels.choices(np.float32).source == "calibrated"
+    kernels.reset()
+    path.write_text(json.dumps({"key": key, "rows": 7, "transposed": "yes"}))
+    assert kernels.choices(np.float32).source == "calibrated"
+
+
+def test_transposed_layout_equals_the_plain_product(monkeypatch):
+    rng = np.random.default_rng(0)
+    a = rng.random((3000, 50), dtype=np.float32)
+    d = rng.standard_normal((3000, 10)).astype(np.float32)
+    plain = a.T @ d
+    monkeypatch.setenv("DIGITLAB_KERNELS", "transposed=1")
+    kernels.choices(np.float32)
+    assert kernels.transposed(a, d) and not kernels.transposed(a[:100], d[:100])
+    got = outer_sum(a, d)
+    assert got.flags.f_contiguous and not got.flags.c_contiguous  # the other layout was used
+    np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-4)
+    wide = rng.standard_normal((3000, 100)).astype(np.float32)
+    assert outer_sum(a, wide).flags.c_contiguous  # wide products keep the plain layout
+
+
+@pytest.mark.parametrize("rows", [0, 512])
+def test_trainer_uses_the_resolved_block_rows(monkeypatch, rows):
+    monkeypatch.setenv("DIGITLAB_KERNELS", f"rows={rows}")
+    model = SoftmaxModel(20, 3, rng=0)
+    fn = Trainer(model, batch_size="full").gradient_function(5000)
+    if rows:
+        assert isinstance(fn, functools.partial) and fn.keywords["chunk_rows"] == rows
+    else:
+        assert fn == model.loss_and_grad
+
+
+def test_full_batch_gradient_same_under_every_choice(monkeypatch):
+    rng = np.random.default_rng(1)
+    X = rng.random((5000, 30), dtype=np.float32)
+    y = rng.integers(0, 4, 5000)
+    results = []
+    for choice in ("rows=1024,transposed=0", "rows=1024,transposed=1", "rows=0,transposed=1"):
+        monkeypatch.setenv("DIGITLAB_KERNELS", choice)
+        kernels.reset()
+        model = SoftmaxModel(30, 4, rng=0)
+        loss, g = Trainer(model, batch_size="full").gradient_function(5000)(X, y)
+        results.append((loss, g["W"]))
+    for loss, g in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-5)
+        np.testing.assert_allclose(g, results[0][1], rtol=1e-4, atol=1e-5)
