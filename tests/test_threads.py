@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from digitlab import threads
 from digitlab.errors import ConfigError
@@ -77,6 +77,9 @@ def test_large_products_use_the_usable_cores(monkeypatch):
     assert fit(MLPModel(20, 3, hidden=[64], rng=0), 32, monkeypatch, cores=2) == 2
     monkeypatch.setenv("DIGITLAB_THREADS", "1")
     assert fit(MLPModel(20, 3, hidden=[64], rng=0), 32, monkeypatch, cores=2) == 1
+    monkeypatch.delenv("DIGITLAB_THREADS")
+    with threadpool_limits(limits=1, user_api="blas"):  # a limit set outside is a cap
+        assert fit(MLPModel(20, 3, hidden=[64], rng=0), 32, monkeypatch, cores=2) == 1
 
 
 def test_a_busy_core_is_given_up_and_taken_back(monkeypatch):
@@ -85,6 +88,7 @@ def test_a_busy_core_is_given_up_and_taken_back(monkeypatch):
     monkeypatch.setattr(threads, "machine_busy_s", lambda: (clock["machine"], 0.0))
     monkeypatch.setattr(threads, "own_busy_s", lambda: clock["own"])
     monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    monkeypatch.setattr(threads, "blas_threads", lambda: 4)
     monkeypatch.delenv("DIGITLAB_THREADS", raising=False)
     policy = threads.ThreadPolicy(10**9)
     before = blas_threads()

@@ -555,14 +555,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         runs = sum(m.repeats for m in exp.members)
         out(f"== {exp.name} (source {exp.source}, {exp.section}): {runs} run(s)")
 
+    jobs: list[tuple[float, str]] = []  # (seconds, what) of every finished job
+
     def done(exp: Any, member: Any, metrics: dict[str, Any]) -> None:
+        what = f"{exp.name} / {member.label} (seed {metrics.get('seed', '-')})"
+        jobs.append((float(metrics.get("seconds", 0.0)), what))
         accs = "  ".join(
             f"{s} {metrics[f'{s}_acc']:.4f}"
             for s in ("train", "val", "test")
             if f"{s}_acc" in metrics
         )
-        out(f"   {exp.name} / {member.label} (seed {metrics.get('seed', '-')}): {accs}  "
-            f"({metrics['epochs']:g} epochs, {metrics['seconds']:.1f} s)")  # fmt: skip
+        out(f"   {what}: {accs}  ({metrics['epochs']:g} epochs, {metrics['seconds']:.1f} s)")
 
     # every experiment's jobs in one pool: a long member never leaves cores idle
     records = run_experiments(
@@ -575,6 +578,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             out(f"   {exp.name}: {note}")
         rows.append([exp.name, exp.source, str(record.chosen), f"{record.seconds:.1f}"])
     out("\n" + table(rows, ["experiment", "source", "chosen run", "seconds"]))
+    slowest = sorted(jobs, reverse=True)[:5]
+    if slowest:
+        out("slowest jobs: " + "; ".join(f"{w} {t:.1f} s" for t, w in slowest))
     out(f"total {time.perf_counter() - t_all:.1f} s; results in {args.out}/")
     if not args.no_report:
         return cmd_report(argparse.Namespace(runs=args.out))

@@ -12,7 +12,8 @@ other processes keep cores busy.
   processes took (``/proc/stat`` minus this process's own) and drops a thread per busy core,
   taking it back once the core is free.
 
-``DIGITLAB_THREADS=N`` fixes the count (no adjusting); the library's own defaults apply where
+A thread limit set outside (``OPENBLAS_NUM_THREADS``, threadpoolctl) caps the count;
+``DIGITLAB_THREADS=N`` fixes it (no adjusting); the library's own defaults apply where
 threadpoolctl is missing.
 """
 
@@ -95,6 +96,16 @@ def own_busy_s() -> float:
     return t.user + t.system
 
 
+def blas_threads() -> int:
+    """The BLAS libraries' current thread count (the largest; 0 when none is known)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return 0
+    counts = [p.get("num_threads", 0) for p in threadpool_info() if p.get("user_api") == "blas"]
+    return max(counts, default=0)
+
+
 class LoadMeter:
     """Cores kept busy by other processes between its creation and :meth:`finish`."""
 
@@ -153,6 +164,8 @@ class ThreadPolicy:
         fixed = fixed_threads()
         if fixed is not None:
             self.cores, self.macs_per_step = fixed, SKINNY_MACS * int(fixed > 1)
+        else:  # a limit set outside (OPENBLAS_NUM_THREADS, threadpoolctl) is a cap
+            self.cores = min(self.cores, blas_threads() or self.cores)
         self._set(self.cores if self.adjusting else 1)
         if self.adjusting and fixed is None:
             self._last = self._reading()
