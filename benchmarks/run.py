@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from digitlab import MLPModel, SoftmaxModel
+from digitlab import MLPModel, SoftmaxModel, kernels
 from digitlab.data import Preprocessor, load
 from digitlab.data.rows import ImageRows
 from digitlab.models.functional import activate_, activation_backward_, softmax_cross_entropy_
 from digitlab.optim import SGD, lbfgs
+from digitlab.threads import usable_cores
 from digitlab.train import Callback, Trainer, evaluate
 
 HERE = Path(__file__).resolve().parent
@@ -145,6 +146,8 @@ def machine(threads: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "threadpools": blas,
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "usable_cores": usable_cores(),
+        "kernels": kernels.describe(),  # digitlab's calibrated kernel choices on this host
         "loadavg_start": os.getloadavg(),
     }
 
@@ -608,13 +611,38 @@ def fmt_row(name: str, r: dict[str, Any]) -> str:
     return f"| {name} | {ours} | {peer} | {ratio}{note} | {r['target']} | {met} |"
 
 
+def run_coretypes(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run this script once per OpenBLAS core type, each in its own process (OpenBLAS reads
+    ``OPENBLAS_CORETYPE`` when it loads); each writes ``results-<coretype>.json``."""
+    rest, skip = [], False
+    for a in argv:  # the same arguments without --coretypes / --out
+        if skip:
+            skip = False
+        elif a in ("--coretypes", "--out"):
+            skip = True
+        elif not a.startswith(("--coretypes=", "--out=")):
+            rest.append(a)
+    status = 0
+    for core in [c for c in args.coretypes.split(",") if c]:
+        out = HERE / f"results-{core}{'-quick' if args.quick else ''}.json"
+        print(f"== OPENBLAS_CORETYPE={core}", flush=True)
+        env = os.environ | {"OPENBLAS_CORETYPE": core}
+        cmd = [sys.executable, __file__, *rest, "--out", str(out)]
+        status = max(status, subprocess.call(cmd, env=env))
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a fast smoke run (fewer repeats)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="BLAS/torch threads")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated subset")
     ap.add_argument("--out", type=Path, help="results JSON (default benchmarks/results.json)")
+    ap.add_argument("--coretypes", help="comma-separated OPENBLAS_CORETYPE values: run the "
+                    "benchmark once under each (results-<coretype>.json)")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.coretypes:
+        return run_coretypes(args, argv if argv is not None else sys.argv[1:])
     names = [c for c in args.cases.split(",") if c]
     unknown = sorted(set(names) - set(CASES))
     if unknown:
