@@ -174,6 +174,7 @@ class Job:
     run_id: str | None = None
     stop_requested: bool = False
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+    done: threading.Event = field(default_factory=threading.Event)
 
     def follow(self) -> None:
         """Keep the child's last output lines until it exits, then remove the request file
@@ -189,13 +190,15 @@ class Job:
                 self.request_file.unlink()
         with contextlib.suppress(OSError):
             self.group.rmdir()  # only when empty: the run failed before its folder stayed
+        self.done.set()
 
     @property
     def state(self) -> str:
-        rc = self.proc.poll()
-        if rc is None:
+        if not self.done.is_set():  # running, or its output and files not yet settled
             return "stopping" if self.stop_requested else "running"
-        return {0: "finished", EXIT_INTERRUPTED: "stopped"}.get(rc, "failed")
+        stopped = (EXIT_INTERRUPTED, -signal.SIGINT)  # SIGINT before the CLI caught it: -2
+        rc = self.proc.returncode
+        return "finished" if rc == 0 else "stopped" if rc in stopped else "failed"
 
     def error(self) -> str | None:
         """The child's last error line when it failed."""
@@ -257,7 +260,7 @@ class TrainJobs:
             raise ServeError("another training request is being handled; try again", 409)
         try:
             job = self.job
-            if job is not None and job.proc.poll() is None:
+            if job is not None and not job.done.is_set():
                 what = job.find_run() or job.group.name
                 raise ServeError(f"a training is already running ({what}); stop it first", 409)
             yield
@@ -353,7 +356,7 @@ class TrainJobs:
         """SIGINT to the running child, once: it stops after its step and saves a checkpoint
         exactly as on Ctrl-C."""
         job = self.job
-        if job is None or job.proc.poll() is not None:
+        if job is None or job.done.is_set():
             raise ServeError("no training is running", 409)
         if not job.stop_requested:
             job.stop_requested = True
@@ -366,15 +369,16 @@ class TrainJobs:
     def close(self, wait_s: float = 30.0) -> None:
         """Stop a running child as Ctrl-C does and wait for it (killed after ``wait_s``)."""
         job = self.job
-        if job is None or job.proc.poll() is not None:
+        if job is None:
             return
-        with contextlib.suppress(ServeError, OSError):
-            self.stop()
-        try:
-            job.proc.wait(wait_s)
-        except subprocess.TimeoutExpired:
-            job.proc.kill()
-            job.proc.wait()
+        if job.proc.poll() is None:
+            with contextlib.suppress(ServeError, OSError):
+                self.stop()
+            try:
+                job.proc.wait(wait_s)
+            except subprocess.TimeoutExpired:
+                job.proc.kill()
+        job.done.wait(wait_s)
 
 
 # ------------------------------------------------------------------------------ routes
