@@ -5,6 +5,8 @@ is written, one run at a time, and a run stopped and resumed from the API bit-id
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -293,7 +295,7 @@ def test_serve_prints_the_token_url_only_with_allow_train(monkeypatch, capsys, t
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
     assert main(["serve", "--runs", str(tmp_path), "--port", "8765"]) == 0
     out = capsys.readouterr().out
-    assert "token" not in out and apps[-1].state.train_token is None
+    assert "?token=" not in out and apps[-1].state.train_token is None
     assert main(["serve", "--runs", str(tmp_path), "--port", "8765", "--allow-train"]) == 0
     out = capsys.readouterr().out
     token = apps[-1].state.train_token
@@ -301,3 +303,22 @@ def test_serve_prints_the_token_url_only_with_allow_train(monkeypatch, capsys, t
     c = TestClient(apps[-1], base_url=BASE)
     r = c.post("/api/train/stop", headers={"X-Digitlab-Token": token})
     assert "no training is running" in one_line_error(r, 409)  # the printed token is the one
+
+
+def test_stopping_the_server_stops_its_training_as_ctrl_c_does(root: Path) -> None:
+    import httpx
+
+    from digitlab.serve import serve_in_thread
+
+    with serve_in_thread(root, allow_train=True, token=TOKEN) as url:
+        r = httpx.post(f"{url}/api/train/start", headers=AUTH,
+                       json={"name": "bye", "settings": LONG_RUN})  # fmt: skip
+        assert r.status_code == 200, r.text
+        status = lambda: httpx.get(f"{url}/api/train/status").json()["job"]  # noqa: E731
+        rid = wait_for(lambda: status()["run_id"], "the run folder")
+        wait_for(lambda: (root / rid / "history.csv").is_file(), "a first evaluation")
+        pid = status()["pid"]
+    with pytest.raises(ProcessLookupError):  # the child ended (and was reaped) with the server
+        os.kill(pid, 0)
+    metrics = json.loads((root / rid / "metrics.json").read_text())
+    assert metrics["interrupted"] is True and (root / rid / "checkpoint.npz").is_file()
