@@ -222,6 +222,22 @@ def test_resume_requests_are_checked_as_digitlab_resume_does(
     assert files_under(root) == before and c.get("/api/train/status").json()["job"] is None
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("eval_every", 1e-05), ("eval_every", 1.0), ("eval_every", 3), ("eval_every", "epoch"),
+     ("lr", 1e-07), ("lr", 0.1 + 0.2), ("dropout", [0.2, 0.5]), ("anneal_T", None),
+     ("augment", False), ("layer_stats", True), ("schedule", "cosine"), ("steps", None)],
+)  # fmt: skip
+def test_resume_options_reach_the_child_as_text_that_parses_back_exactly(name, value) -> None:
+    from digitlab.cli import build_parser
+    from digitlab.serve.training import option_text
+    from digitlab.settings import COMMAND_LINE, check_value, options_given
+
+    args = build_parser().parse_args(["resume", "run/checkpoint.npz", option_text(name, value)])
+    parsed = check_value(SPECS[name], options_given(args)[name], COMMAND_LINE, text=True)
+    assert parsed == value and type(parsed) is type(value)
+
+
 # ---------------------------------------------------------------------------------- one at a time
 def test_two_concurrent_starts_give_one_run_and_one_refusal(client: TestClient, root: Path):
     barrier = threading.Barrier(2)
