@@ -295,6 +295,13 @@ def test_stopped_and_resumed_from_the_api_equals_the_command_line(
     assert assert_same_arrays(final, reference) >= 3
 
 
+def test_a_stop_right_after_start_is_stopped_and_leaves_nothing(client: TestClient, root):
+    assert start(client, "brief", LONG_RUN).status_code == 200
+    assert client.post("/api/train/stop", headers=AUTH).status_code == 200  # still starting up
+    assert wait_done(client)["state"] == "stopped"
+    assert files_under(root) == []  # no checkpoint yet: Ctrl-C leaves no run folder either
+
+
 def test_a_failing_run_is_failed_with_its_error_line(client: TestClient, root: Path) -> None:
     assert start(client, "nodata", {"dataset": "no-such-set", "epochs": "1"}).status_code == 200
     done = wait_done(client)

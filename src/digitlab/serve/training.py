@@ -196,9 +196,12 @@ class Job:
     def state(self) -> str:
         if not self.done.is_set():  # running, or its output and files not yet settled
             return "stopping" if self.stop_requested else "running"
-        stopped = (EXIT_INTERRUPTED, -signal.SIGINT)  # SIGINT before the CLI caught it: -2
         rc = self.proc.returncode
-        return "finished" if rc == 0 else "stopped" if rc in stopped else "failed"
+        # SIGINT before the command line caught it: -2, or 1 with a KeyboardInterrupt traceback
+        early = rc == -signal.SIGINT or (
+            self.stop_requested and bool(self.lines) and self.lines[-1] == "KeyboardInterrupt"
+        )
+        return "finished" if rc == 0 else "stopped" if rc == EXIT_INTERRUPTED or early else "failed"
 
     def error(self) -> str | None:
         """The child's last error line when it failed."""
