@@ -631,9 +631,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, OverflowError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
         raise DigitlabError(f"cannot listen on {args.host}:{args.port} ({why})") from None
-    app = create_app(root, allowed_hosts=host_names(args.host), data_root=args.data_root)
+    app = create_app(root, allowed_hosts=host_names(args.host), data_root=args.data_root,
+                     allow_train=args.allow_train)  # fmt: skip
     out(f"digitlab serve: runs in {root.resolve()}")
-    out(f"open http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    token = app.state.train_token  # set only with --allow-train
+    query = f"?token={token}" if token else ""
+    out(f"open http://{args.host}:{args.port}/{query} (Ctrl-C stops)")
+    if token:
+        out("training from the browser is on: keep this URL private (its token allows it)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -894,6 +899,9 @@ def _add_serve(sub: Any) -> None:
     sv.add_argument("--data-root", default=None,
                     help="folder of the datasets for confusion matrices and examples (default: "
                     "$DIGITLAB_DATA, the cache, the embedded sample)")  # fmt: skip
+    sv.add_argument("--allow-train", action="store_true",
+                    help="let the page start, stop and resume training runs (a child "
+                    "process per run), with the session token printed at start")  # fmt: skip
     sv.set_defaults(func=cmd_serve)
 
 def _add_demo(sub: Any) -> None:

@@ -11,7 +11,9 @@ Endpoints (all GET unless noted; ``id`` is a run id, its path under the runs roo
 - ``/api/compare?ids=a,b``: settings of several runs and which of them differ;
 - ``POST /api/predict?ids=a,b[&cls=name]``: body = image file bytes (PNG, JPEG, ...);
   probabilities, hidden-layer activations and input-gradient saliency (of the predicted
-  class and of class ``cls``).
+  class and of class ``cls``);
+- ``/api/train/*``: training from the browser, refused unless ``allow_train`` (see
+  :mod:`digitlab.serve.training`: the only endpoints that write, and only with the token).
 
 The server only reads: files under the runs root (resolved, symlinks out refused), its
 own static files and the datasets of the data roots it was started with. Uploads above
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -34,7 +37,7 @@ from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -115,6 +118,22 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class TrustedHosts(TrustedHostMiddleware):
+    """Starlette's Host check (DNS rebinding guard) answering a one-line JSON error."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.allow_any and scope["type"] == "http":
+            raw = Headers(scope=scope).get("host", "").lower()
+            host = raw[1 : raw.find("]")] if raw.startswith("[") else raw.rsplit(":", 1)[0]
+            if not any(
+                host == p or (p.startswith("*") and host.endswith(p[1:]))
+                for p in self.allowed_hosts
+            ):
+                await JSON({"error": "invalid Host header"}, status_code=400)(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -278,6 +297,8 @@ def create_app(
     runs: str | Path = "runs",
     allowed_hosts: list[str] | None = None,
     data_root: str | None = None,
+    allow_train: bool = False,
+    token: str | None = None,
 ) -> Starlette:
     """The ``digitlab serve`` application over the runs root ``runs``.
 
@@ -291,16 +312,25 @@ def create_app(
         Folder of the datasets for confusion matrices and examples (default: the usual
         sources, ``$DIGITLAB_DATA``, the cache, the embedded sample); a ``data_root``
         written in a checkpoint is never used.
+    allow_train : bool
+        Serve training from the browser (:mod:`digitlab.serve.training`); off, its POSTs
+        answer 403 and nothing is written.
+    token : str, optional
+        The session token those POSTs must carry (default: a new random one, in
+        ``app.state.train_token``).
 
     Returns
     -------
     Starlette
     """
     from digitlab import limits
+    from digitlab.serve.training import TrainJobs, train_routes
 
     limits.check()  # the caps the uploads are decoded under, validated at start-up
     h = _Handlers(runs, data_root)
     index, models = h.index, h.models
+    token = (token or secrets.token_urlsafe(32)) if allow_train else None
+    jobs = TrainJobs(index, data_root)
     routes = [
         Route("/", h.home),
         Route("/api/runs", _guarded(h.runs_list)),
@@ -311,11 +341,12 @@ def create_app(
         Route("/api/run/examples.png", _guarded(h.examples)),
         Route("/api/compare", _guarded(h.comp)),
         Route("/api/predict", h.predict, methods=["POST"]),
+        *train_routes(jobs, allow_train, token),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     middleware = [
         Middleware(SecurityHeaders),
-        Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOCAL_HOSTS),
+        Middleware(TrustedHosts, allowed_hosts=allowed_hosts or LOCAL_HOSTS),
     ]
 
     @contextlib.asynccontextmanager
@@ -323,6 +354,7 @@ def create_app(
         # the first scan reads every run's files: start it before a page asks for it
         threading.Thread(target=index.scan, name="digitlab-serve-scan", daemon=True).start()
         yield
+        await run_in_threadpool(jobs.close)  # a training child stops as on Ctrl-C
 
     app = Starlette(
         routes=routes,
@@ -332,11 +364,15 @@ def create_app(
     )
     app.state.index = index
     app.state.models = models
+    app.state.train_jobs, app.state.train_token = jobs, token
     return app
 
 
 @contextlib.contextmanager
-def serve_in_thread(runs: str | Path, *, timeout: float = 20.0) -> Iterator[str]:
+def serve_in_thread(
+    runs: str | Path, *, timeout: float = 20.0, allow_train: bool = False,
+    token: str | None = None, data_root: str | None = None,
+) -> Iterator[str]:  # fmt: skip
     """Serve ``runs`` with uvicorn on a free 127.0.0.1 port in a background thread.
 
     For notebooks, tests and benchmarks; ``digitlab serve`` runs in the foreground instead.
@@ -347,6 +383,8 @@ def serve_in_thread(runs: str | Path, *, timeout: float = 20.0) -> Iterator[str]
         Runs root.
     timeout : float
         Seconds to wait for the server to start.
+    allow_train, token, data_root
+        As :func:`create_app`.
 
     Yields
     ------
@@ -361,7 +399,10 @@ def serve_in_thread(runs: str | Path, *, timeout: float = 20.0) -> Iterator[str]
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_app(runs), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            create_app(runs, data_root=data_root, allow_train=allow_train, token=token),
+            host="127.0.0.1", port=port, log_level="warning",
+        )  # fmt: skip
     )
     thread = threading.Thread(target=server.run, name="digitlab-serve", daemon=True)
     thread.start()

@@ -146,6 +146,7 @@ function route() {
   if (page === "run") showRun(params.get("id"), token).catch(fail);
   else if (page === "compare") showCompare(params.get("ids"), token).catch(fail);
   else if (page === "draw") showDraw(token).catch(fail);
+  else if (page === "train") showTrain(token).catch(fail); // train.js
   else showRuns(token).catch(fail);
 }
 window.addEventListener("hashchange", route);
