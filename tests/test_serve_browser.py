@@ -79,6 +79,17 @@ def driver() -> Iterator[object]:
     drv.quit()
 
 
+@pytest.fixture(autouse=True)
+def blank_page_after(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, leave its page (a live page would go on polling a stopped server and
+    log errors into the next test's console) and drain the console log."""
+    yield
+    if "driver" in request.fixturenames:
+        drv = request.getfixturevalue("driver")
+        drv.get("about:blank")
+        drv.get_log("browser")
+
+
 def wait(drv, condition, message: str):
     """Wait for ``condition``; elements re-rendered meanwhile (live pages) are looked up again."""
     return WebDriverWait(
