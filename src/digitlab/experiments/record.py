@@ -1,4 +1,5 @@
-"""The record of an experiment's run: members, summaries over seeds, the chosen member.
+"""The record of an experiment's run: members, summaries over seeds, the chosen member of each
+task.
 
 :func:`build_record` turns the finished jobs of one experiment into the
 :class:`~digitlab.report.rundata.ExperimentRecord` that ``experiment.json`` is written from
@@ -23,14 +24,24 @@ from digitlab.report.rundata import ExperimentRecord, MemberRecord, load_experim
 SUMMARY_METRICS = (*METRICS, "train_objective", "val_objective", "test_objective")
 
 
-def choose(exp: ExperimentSpec, results: list[dict[str, Any]]) -> int:
-    """Index of the member the experiment's select rule picks (first among ties)."""
-    values = [r.get(exp.select["metric"], np.nan) for r in results]
+def choose(
+    exp: ExperimentSpec, results: list[dict[str, Any]], among: list[int] | None = None
+) -> int:
+    """Index of the member the experiment's select rule picks among the members ``among``
+    (all by default; first among ties); ``results`` holds every member's metrics."""
+    among = list(range(len(results))) if among is None else among
+    values = [results[i].get(exp.select["metric"], np.nan) for i in among]
     values = [
         (-np.inf if exp.select["mode"] == "max" else np.inf) if v is None or np.isnan(v) else v
         for v in values
     ]
-    return int(np.argmax(values) if exp.select["mode"] == "max" else np.argmin(values))
+    return among[int(np.argmax(values) if exp.select["mode"] == "max" else np.argmin(values))]
+
+
+def choose_per_task(exp: ExperimentSpec, results: list[dict[str, Any]]) -> dict[str, int]:
+    """The chosen member of each task (its index): the best of the task's members of the
+    primary reading; members of other tasks and of alternative readings never compete."""
+    return {task: choose(exp, results, exp.competitors(task)) for task in exp.tasks}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -93,7 +104,7 @@ def _member_record(
         }
     return MemberRecord(
         m.label, folder / m.folder, dict(m.overrides), settings, runs[0].metrics, repeats,
-        {k: v for k, v in engine.items() if v != ENGINE_KEYS[k]},
+        {k: v for k, v in engine.items() if v != ENGINE_KEYS[k]}, m.reading, m.task,
     )  # fmt: skip
 
 
@@ -138,7 +149,8 @@ def build_record(
         members.append(_member_record(m, runs, settings[k], folder))
         summary = summarize([j.metrics for j in runs])
         headline.append({n: v["mean"] for n, v in summary.items()})
-    best = choose(exp, headline)
+    per_task = choose_per_task(exp, headline)
+    best = per_task[exp.tasks[0]]  # the chosen member of the first task: figures and extras
     info = _extras(exp, folder, best, settings[best], previous)
     first = members[0].metrics
     comparable, why = comparability(exp, first)
@@ -160,7 +172,9 @@ def build_record(
         },
         members=members,
         chosen=exp.members[best].label,
-        published=[{"member": "chosen"} | p for p in exp.published],
+        published=[dict(p) for p in exp.published],
+        readings=dict(exp.readings),
+        chosen_per_task={t: exp.members[i].label for t, i in per_task.items() if t},
         seconds=seconds if math.isfinite(seconds) else 0.0,
         lbfgs=info.get("lbfgs"),
         extras=list(exp.extras),

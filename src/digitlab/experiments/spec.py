@@ -14,7 +14,8 @@ File layout::
     protocol = "..."               # a few lines
     choices = "..."                # where the text leaves a choice, what we picked and why
     figures = ["curves", "table"]  # see digitlab.report.kinds
-    select = {metric = "val_acc", mode = "max"}   # which member is "chosen"
+    select = {metric = "val_acc", mode = "max"}   # which member of a task is "chosen"
+    readings = {primary = "as coded", alternatives = ["as written"], why = "..."}
     extras = ["lbfgs", "gallery", "kaggle"]       # optional
     repeats = 1                    # default number of seeds per member (see below)
     on_request = false             # true: only run when named (``digitlab reproduce NAME``)
@@ -23,6 +24,7 @@ File layout::
     [[stages]]                     # optional: steps + overrides run one after the other,
                                    # checkpoint and resume in between
     [[published]]                  # what = "...", member = "chosen" | label, metric, value
+                                   # (task = "..." with member = "chosen" when there are tasks)
 
 Besides settings, a member (or a grid, for all its members) may give engine keys:
 
@@ -39,6 +41,19 @@ Besides settings, a member (or a grid, for all its members) may give engine keys
   ``e, 2e, ...`` (``e`` the evaluation interval; ``k = 1``: evaluate after the first step,
   as code that evaluates at the top of its step loop does).
 
+Readings and tasks (what the report compares and counts):
+
+- ``readings``: where the source can be read in more than one way (its text against the code
+  that printed its numbers), the experiment names one ``primary`` reading, chosen by evidence
+  (the code that printed the numbers, where the source has code) and says ``why`` in one
+  sentence; ``alternatives`` lists the other readings it also runs. A member (or a grid) says
+  ``reading = "..."``; a member without one is of the primary reading. A published entry is of
+  its member's reading (``member = "chosen"``: the primary one). The report's summary counts
+  only the primary reading's rows; the others are evidence, marked as alternative readings.
+- ``task = "..."`` on a member (or grid): members of different tasks (other classes, other
+  data) never compete. The *chosen* member of a task is the best, by ``select``, of the task's
+  primary-reading members; every task has its own. When one member names a task, all must.
+
 ``on_request = true`` leaves a long experiment out of the default ``digitlab reproduce``
 (every experiment): it runs only when named, and ``digitlab experiments`` marks it so.
 
@@ -51,7 +66,7 @@ from __future__ import annotations
 import itertools
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -83,6 +98,8 @@ ENGINE_KEYS: dict[str, Any] = {
 }
 #: Grid-only keys: chain its members in order, label prefix.
 GRID_KEYS = ("chain", "prefix")
+#: Member (and grid) keys that say what a member stands for, not how it runs.
+READING_KEYS = ("reading", "task")
 #: Largest ``repeats`` accepted.
 MAX_REPEATS = 100
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -105,6 +122,7 @@ KEYS = {
     "fallback_dataset",
     "repeats",
     "on_request",
+    "readings",
 }
 
 
@@ -133,7 +151,9 @@ class MemberSpec:
     ``init_from`` names the member whose final weights this one starts from (None: its own
     initialisation); ``repeats`` is the number of seeds; ``bias_input`` the bias input value;
     ``validation`` is ``"split"`` (the settings' hold-out) or ``"test"``; ``eval_offset`` shifts
-    the evaluation steps.
+    the evaluation steps; ``reading`` is the reading of the source the member follows (the
+    experiment's primary one unless it says otherwise; ``""``: the experiment declares none) and
+    ``task`` the group of members it competes with for "chosen" (``""``: one task).
     """
 
     label: str
@@ -143,6 +163,8 @@ class MemberSpec:
     bias_input: float = 1.0
     validation: str = "split"
     eval_offset: int = 0
+    reading: str = ""
+    task: str = ""
 
     @property
     def folder(self) -> str:
@@ -163,6 +185,19 @@ class ExperimentSpec(ExperimentText):
     path: str = ""
     fallback_dataset: str | None = None
     on_request: bool = False
+    #: ``{"primary": name, "alternatives": [names], "why": text}``; empty: one unnamed reading
+    readings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> list[str]:
+        """The members' tasks in order of first appearance (``[""]``: one unnamed task)."""
+        return list(dict.fromkeys(m.task for m in self.members))
+
+    def competitors(self, task: str) -> list[int]:
+        """Indices of the members that compete for "chosen" in ``task``: its members of the
+        primary reading."""
+        primary = self.readings.get("primary", "")
+        return [i for i, m in enumerate(self.members) if m.task == task and m.reading == primary]
 
     def member_settings(self, member: MemberSpec, **changes: Any) -> dict[str, Any]:
         """The full, validated settings of one member as a dict."""
@@ -195,15 +230,24 @@ def _engine_keys(entry: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def _reading_keys(entry: dict[str, Any], where: str) -> dict[str, str]:
+    """The ``reading`` and ``task`` of a member or grid entry, checked (non-empty strings)."""
+    out = {k: entry[k] for k in READING_KEYS if k in entry}
+    for k, v in out.items():
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"{where}: {k} must be a non-empty string")
+    return out
+
+
 def _grid_members(grid: dict[str, Any], where: str, default: dict[str, Any]) -> list[MemberSpec]:
-    engine = default | _engine_keys(grid, where)
+    engine = default | _engine_keys(grid, where) | _reading_keys(grid, where)
     if "init_from" in engine:
         raise ConfigError(f"{where}: a grid chains with chain = true, not init_from")
     chain = grid.get("chain", False)
     prefix = grid.get("prefix", "")
     if not isinstance(chain, bool) or not isinstance(prefix, str):
         raise ConfigError(f"{where}: grid chain must be true/false and prefix a string")
-    keys = [k for k in grid if k not in ENGINE_KEYS and k not in GRID_KEYS]
+    keys = [k for k in grid if k not in (*ENGINE_KEYS, *GRID_KEYS, *READING_KEYS)]
     lists = []
     for k in keys:
         v = grid[k]
@@ -238,8 +282,9 @@ def _members(data: dict[str, Any], path: str) -> list[MemberSpec]:
     members: list[MemberSpec] = [
         MemberSpec(
             str(m["label"]),
-            {k: v for k, v in m.items() if k != "label" and k not in ENGINE_KEYS},
+            {k: v for k, v in m.items() if k not in ("label", *ENGINE_KEYS, *READING_KEYS)},
             **(default | _engine_keys(m, f"{path}: member {m['label']!r}")),
+            **_reading_keys(m, f"{path}: member {m['label']!r}"),
         )
         for m in data.get("members", [])
         if isinstance(m, dict) and "label" in m
@@ -275,11 +320,82 @@ def _check_chains(members: list[MemberSpec], path: str) -> None:
             )
 
 
-def _published(data: dict[str, Any], labels: list[str], path: str) -> tuple[dict[str, Any], ...]:
+def _readings(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """The ``readings`` table checked: a primary reading, its reason, distinct alternatives."""
+    if "readings" not in data:
+        return {}
+    r = data["readings"]
+    alternatives = r.get("alternatives", []) if isinstance(r, dict) else None
+    ok = (
+        isinstance(r, dict)
+        and set(r) <= {"primary", "alternatives", "why"}
+        and all(isinstance(r.get(k), str) and r[k].strip() for k in ("primary", "why"))
+        and isinstance(alternatives, list)
+        and all(isinstance(a, str) and a.strip() for a in alternatives)
+        and len({r["primary"], *alternatives}) == 1 + len(alternatives)
+    )
+    if not ok:
+        raise ConfigError(
+            f"{path}: readings must give one primary reading and why (strings) and optional "
+            "distinct alternatives (a list of other names)"
+        )
+    return {"primary": r["primary"], "alternatives": list(alternatives), "why": r["why"].strip()}
+
+
+def _with_readings(
+    members: list[MemberSpec], readings: dict[str, Any], path: str
+) -> list[MemberSpec]:
+    """``members`` with their reading (the primary one unless given) and tasks checked."""
+    primary = readings.get("primary", "")
+    known = [primary, *readings.get("alternatives", [])]
+    out = [m if m.reading else replace(m, reading=primary) for m in members]
+    for m in out:
+        if m.reading not in known:
+            raise ConfigError(
+                f"{path}: member {m.label!r} has reading {m.reading!r}, which [readings] does not "
+                "declare" + (f" ({', '.join(known)})" if primary else "")
+            )
+    tasks = {m.task for m in out}
+    if "" in tasks and len(tasks) > 1:
+        raise ConfigError(f"{path}: when one member names a task, every member must")
+    for task in tasks:
+        if not any(m.task == task and m.reading == primary for m in out):
+            raise ConfigError(
+                f"{path}: task {task or '(the only one)'!r} has no member of the primary reading "
+                f"{primary!r}, so none can be chosen"
+            )
+    return out
+
+
+def _resolve_entry(p: dict[str, Any], exp: ExperimentSpec, path: str) -> dict[str, Any]:
+    """A published entry with its ``member``, ``reading`` and ``task`` resolved: a named
+    member's own, or for ``member = "chosen"`` the primary reading and the entry's task."""
+    label = p.get("member", "chosen")
+    tasks = exp.tasks
+    if label == "chosen":
+        task = p.get("task", tasks[0] if len(tasks) == 1 else None)
+        if task not in tasks:
+            raise ConfigError(
+                f"{path}: a published entry of the chosen member needs task = one of {tasks}"
+            )
+        reading = exp.readings.get("primary", "")
+    else:
+        by_label = {m.label: m for m in exp.members}
+        if label not in by_label:
+            raise ConfigError(f"{path}: published entry names unknown member {label!r}")
+        task, reading = by_label[label].task, by_label[label].reading
+    for key, value in (("task", task), ("reading", reading)):
+        if p.get(key, value) != value:
+            raise ConfigError(
+                f"{path}: published entry {p.get('what')!r} says {key} {p[key]!r}, but its member "
+                f"{label!r} is of {key} {value!r}"
+            )
+    return p | {"member": label, "reading": reading, "task": task}
+
+
+def _published(data: dict[str, Any], path: str) -> tuple[dict[str, Any], ...]:
     published = tuple(dict(p) for p in data.get("published", []))
     for p in published:
-        if p.get("member", "chosen") not in ("chosen", *labels):
-            raise ConfigError(f"{path}: published entry names unknown member {p.get('member')!r}")
         if p.get("metric") not in METRICS or not isinstance(p.get("value"), int | float):
             raise ConfigError(
                 f"{path}: published entries need metric ({', '.join(METRICS)}) and value"
@@ -311,12 +427,13 @@ def parse_experiment(data: dict[str, Any], path: str = "<experiment>") -> Experi
     select = {"metric": "val_acc", "mode": "max"} | dict(data.get("select", {}))
     if select["metric"] not in METRICS or select["mode"] not in ("max", "min"):
         raise ConfigError(f"{path}: select must name a metric ({', '.join(METRICS)}) and max/min")
-    members = _members(data, path)
+    readings = _readings(data, path)
+    members = _with_readings(_members(data, path), readings, path)
     stages = tuple(dict(s) for s in data.get("stages", []))
     for i, st in enumerate(stages, 1):
         if not isinstance(st.get("steps"), int) or st["steps"] < 1:
             raise ConfigError(f"{path}: stage {i} needs steps >= 1")
-    published = _published(data, [m.label for m in members], path)
+    published = _published(data, path)
     on_request = data.get("on_request", False)
     if not isinstance(on_request, bool):
         raise ConfigError(f"{path}: on_request must be true or false, got {on_request!r}")
@@ -337,7 +454,9 @@ def parse_experiment(data: dict[str, Any], path: str = "<experiment>") -> Experi
         path=path,
         fallback_dataset=data.get("fallback_dataset"),
         on_request=on_request,
+        readings=readings,
     )
+    exp = replace(exp, published=tuple(_resolve_entry(p, exp, path) for p in published))
     for m in exp.members:  # every member's settings must be valid
         exp.member_settings(m)
         for st in stages:

@@ -104,6 +104,10 @@ class MemberRecord:
     repeats: dict[str, Any] | None = None
     #: the experiment engine's keys that differ from their defaults (``init_from``, ...)
     engine: dict[str, Any] = field(default_factory=dict)
+    #: the reading of the source the member follows (``""``: the experiment's primary one)
+    reading: str = ""
+    #: the task whose members compete with it for "chosen" (``""``: the experiment's only one)
+    task: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The member's entry in ``experiment.json`` (its folder relative to the experiment)."""
@@ -116,6 +120,9 @@ class MemberRecord:
         }
         if self.engine:
             entry["engine"] = self.engine
+        for key in ("reading", "task"):  # absent in records of one reading and one task
+            if getattr(self, key):
+                entry[key] = getattr(self, key)
         if self.repeats is not None:
             entry["repeats"] = self.repeats
         return entry
@@ -138,7 +145,8 @@ class MemberRecord:
             raise ReportError(str(exc)) from None
         repeats = _object(entry, "repeats", where) if entry.get("repeats") is not None else None
         engine = _object(entry, "engine", where) if entry.get("engine") is not None else {}
-        return cls(label, experiment_folder / sub, **parts, repeats=repeats, engine=engine)
+        names = {k: _string(entry, k, where) for k in ("reading", "task")}
+        return cls(label, experiment_folder / sub, **parts, repeats=repeats, engine=engine, **names)
 
     # ------------------------------------------------------------------ training record
     @cached_property
@@ -295,7 +303,15 @@ class ExperimentText:
 
 @dataclass(frozen=True)
 class ExperimentRecord(ExperimentText):
-    """An experiment folder as the engine wrote it (``experiment.json`` and its members)."""
+    """An experiment folder as the engine wrote it (``experiment.json`` and its members).
+
+    ``chosen`` is the chosen member of the first task (the one figures show);
+    ``chosen_per_task`` the chosen member of every named task. ``readings`` is the experiment's
+    ``{"primary", "alternatives", "why"}`` (empty in records of older versions and of
+    experiments with one reading: every member is then of the primary reading ``""``).
+    A published entry's ``reading`` and ``task`` default to the primary reading and the task of
+    its member (the first task for ``"chosen"``).
+    """
 
     folder: Path
     figures: list[str]
@@ -307,6 +323,8 @@ class ExperimentRecord(ExperimentText):
     lbfgs: dict[str, Any] | None = None
     #: the extras the engine wrote (``lbfgs``, ``gallery``, ``kaggle``)
     extras: list[str] = field(default_factory=list)
+    readings: dict[str, Any] = field(default_factory=dict)
+    chosen_per_task: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """``experiment.json`` as a JSON-safe dict (NumPy scalars become floats)."""
@@ -322,6 +340,10 @@ class ExperimentRecord(ExperimentText):
             record["lbfgs"] = self.lbfgs
         if self.extras:
             record["extras"] = list(self.extras)
+        if self.readings:
+            record["readings"] = self.readings
+        if self.chosen_per_task:
+            record["chosen_per_task"] = self.chosen_per_task
         return json.loads(json.dumps(record, default=float))
 
     @classmethod
@@ -358,6 +380,12 @@ class ExperimentRecord(ExperimentText):
         if not isinstance(seconds, int | float) or isinstance(seconds, bool):
             raise ReportError(f"{where}: 'seconds' must be a number")
         lbfgs = raw.get("lbfgs")
+        per_task = _object(raw, "chosen_per_task", where)
+        if not all(isinstance(v, str) for v in per_task.values()):
+            raise ReportError(f"{where}: 'chosen_per_task' must map tasks to member labels")
+        readings = _object(raw, "readings", where)
+        if readings and not isinstance(readings.get("primary"), str):
+            raise ReportError(f"{where}: 'readings' must name its primary reading")
         return cls(
             folder=folder,
             name=text["name"] or folder.name,
@@ -374,6 +402,8 @@ class ExperimentRecord(ExperimentText):
             seconds=float(seconds) if math.isfinite(seconds) else 0.0,
             lbfgs=_object(raw, "lbfgs", where) if lbfgs is not None else None,
             extras=[str(e) for e in _list(raw, "extras", where)] if "extras" in raw else [],
+            readings=readings,
+            chosen_per_task=per_task,
         )
 
     @property
@@ -392,6 +422,57 @@ class ExperimentRecord(ExperimentText):
             if m.label == label:
                 return m
         raise ReportError(f"{self.folder}: no member labelled {label!r}")
+
+    # ------------------------------------------------------------------ readings, tasks
+    @property
+    def primary_reading(self) -> str:
+        """The name of the primary reading (``""``: the experiment declares none)."""
+        return str(self.readings.get("primary", ""))
+
+    def reading_of(self, member: MemberRecord) -> str:
+        """The reading ``member`` follows (a record without readings: the primary one)."""
+        return member.reading or self.primary_reading
+
+    def is_alternative(self, member: MemberRecord) -> bool:
+        """Whether ``member`` follows another reading than the primary one."""
+        return self.reading_of(member) != self.primary_reading
+
+    @property
+    def tasks(self) -> list[str]:
+        """The members' tasks in order of first appearance (``[""]``: one unnamed task)."""
+        return list(dict.fromkeys(m.task for m in self.members)) or [""]
+
+    def chosen_of(self, task: str) -> str | None:
+        """The label of the chosen member of ``task`` (the first task: ``chosen``; an
+        experiment of one member: that member), or None."""
+        if task in self.chosen_per_task:
+            return self.chosen_per_task[task]
+        if task == self.tasks[0] and self.chosen is not None:
+            return self.chosen
+        return self.members[0].label if len(self.members) == 1 else None
+
+    def is_chosen(self, member: MemberRecord) -> bool:
+        """Whether ``member`` is the chosen member of its task."""
+        return self.chosen_of(member.task) == member.label
+
+    def entry_task(self, entry: dict[str, Any]) -> str:
+        """The task of a published entry: its own, else its member's, else the first task."""
+        label = entry.get("member", "chosen")
+        named = [m.task for m in self.members if m.label == label != "chosen"]
+        return str(entry.get("task", named[0] if named else self.tasks[0]))
+
+    def entry_reading(self, entry: dict[str, Any]) -> str:
+        """The reading of a published entry: its own, else its member's, else the primary."""
+        label = entry.get("member", "chosen")
+        named = [self.reading_of(m) for m in self.members if m.label == label != "chosen"]
+        return str(entry.get("reading") or (named[0] if named else self.primary_reading))
+
+    def entry_member(self, entry: dict[str, Any]) -> MemberRecord:
+        """The member a published entry compares (``"chosen"``: of the entry's task)."""
+        label = entry.get("member", "chosen")
+        if label == "chosen":
+            label = self.chosen_of(self.entry_task(entry))
+        return self.member(label)
 
     @property
     def figure_kinds(self) -> list[str]:
