@@ -162,7 +162,7 @@ def test_runs_on_other_data_are_not_comparable(tmp_path):
 
 
 def test_a_sample_run_is_marked_not_comparable_and_not_counted(tmp_path):
-    from digitlab.report.document import _headline
+    from digitlab.report.document import marks
 
     spec = BASE | {"published": [{"what": "acc", "metric": "test_acc", "value": 0.01}]}
     run_experiment(parse_experiment(spec, "rep.toml"), tmp_path, n_jobs=1)
@@ -170,7 +170,7 @@ def test_a_sample_run_is_marked_not_comparable_and_not_counted(tmp_path):
     assert not is_comparable(exp)
     comps = [compare(exp, p) for p in exp.published]
     assert [c.status for c in comps] == ["not comparable"]  # never "meets" on the sample
-    assert _headline(comps)[1] == "not comparable"
+    assert marks(comps) == "not comparable"
 
 
 # ---------------------------------------------------------------------------- paths

@@ -576,7 +576,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for exp, record in zip(experiments, records, strict=True):
         for note in record.data["notes"]:
             out(f"   {exp.name}: {note}")
-        rows.append([exp.name, exp.source, str(record.chosen), f"{record.seconds:.1f}"])
+        # one chosen member per task: "2 vs 3: <label>; 2 vs 8: <label>"
+        chosen = "; ".join((f"{t}: " if t else "") + str(record.chosen_of(t)) for t in record.tasks)
+        rows.append([exp.name, exp.source, chosen, f"{record.seconds:.1f}"])
     out("\n" + table(rows, ["experiment", "source", "chosen run", "seconds"]))
     slowest = sorted(jobs, reverse=True)[:5]
     if slowest:

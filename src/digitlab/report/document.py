@@ -39,7 +39,7 @@ from digitlab.report.render import (
     to_html,
     to_markdown,
 )
-from digitlab.report.rundata import ExperimentRecord, find_experiments
+from digitlab.report.rundata import ExperimentRecord, MemberRecord, find_experiments
 
 #: Default tolerance of an accuracy, in percentage points below the published value.
 ACC_TOLERANCE_PP = 1.0
@@ -51,15 +51,21 @@ SAMPLE_BANNER = (
 )
 
 # ---------------------------------------------------------------------------------- numbers
-#: Columns of the summary table at the top of the report (HTML and Markdown alike).
+#: Columns of the summary table at the top of the report (HTML and Markdown alike): one row
+#: per task of an experiment. "headline" is the first published row of the primary reading
+#: whose member is the task's chosen member (:func:`headline`); "✓ or ≈" counts the primary
+#: reading's rows of the task (:func:`marks`); "alternative readings" counts the rows of
+#: other readings, which are evidence in the experiment's section and never counted.
 SUMMARY_COLUMNS = (
     "source",
     "section",
     "experiment",
     "settings",
+    "reading",
     "chosen",
     "headline (published → reproduced)",
     "✓ or ≈",
+    "alternative readings",
     "data",
     "time",
 )
@@ -95,6 +101,8 @@ class Comparison:
     ``tolerance``; for a member run over several seeds: inside the observed range or
     mean ± 2 sd), ``"outside"``, ``"missing"`` or ``"not comparable"`` (the run's data are
     not the published numbers' data). ``spread`` describes the seeds' values, if any.
+    ``reading`` and ``task`` are the entry's; ``alternative`` says the reading is not the
+    primary one; ``chosen`` that ``member`` is the chosen member of the task.
     """
 
     what: str
@@ -106,6 +114,10 @@ class Comparison:
     tolerance: float
     status: str
     spread: str = ""
+    reading: str = ""
+    task: str = ""
+    alternative: bool = False
+    chosen: bool = False
 
     def difference_text(self) -> str:
         if self.difference is None:
@@ -147,6 +159,16 @@ def is_comparable(exp: ExperimentRecord) -> bool:
     return bool(exp.data.get("comparable", not exp.is_sample)) and not exp.is_sample
 
 
+def is_at_or_better(metric: str, reproduced: float, published: float) -> bool:
+    """Whether ``reproduced`` is at or better than ``published`` (a metric with no better
+    direction, such as the best epoch or a weight norm: only when equal)."""
+    if is_accuracy(metric):
+        return reproduced >= published
+    if lower_is_better(metric):
+        return reproduced <= published
+    return reproduced == published
+
+
 def compare(exp: ExperimentRecord, entry: dict[str, Any]) -> Comparison:
     """Compare one ``published`` entry with the reproduced metric.
 
@@ -166,14 +188,18 @@ def compare(exp: ExperimentRecord, entry: dict[str, Any]) -> Comparison:
         tol = ACC_TOLERANCE_PP if acc else REL_TOLERANCE * abs(published)
     tolerance = float(tol)
     what = str(entry.get("what") or metric)
+    reading, task = exp.entry_reading(entry), exp.entry_task(entry)
+    where = {"reading": reading, "task": task,
+             "alternative": reading != exp.primary_reading}  # fmt: skip
     try:
-        member = exp.member(label)
+        member = exp.entry_member(entry)
     except ReportError:
-        return Comparison(what, label, metric, published, None, None, tolerance, "missing")
+        return Comparison(what, label, metric, published, None, None, tolerance, "missing", **where)
     label = member.label
+    where["chosen"] = not where["alternative"] and exp.chosen_of(task) == label
     value = member.metrics.get(metric)
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        return Comparison(what, label, metric, published, None, None, tolerance, "missing")
+        return Comparison(what, label, metric, published, None, None, tolerance, "missing", **where)
     reproduced = float(value)
     seeds = repeats_summary(exp, label, metric)
     spread = ""
@@ -185,12 +211,7 @@ def compare(exp: ExperimentRecord, entry: dict[str, Any]) -> Comparison:
             f"range {fmt_value(metric, lo)}–{fmt_value(metric, hi)} over {seeds['n']} seeds"
         )
     diff = (reproduced - published) * (100.0 if acc else 1.0)
-    if acc:
-        meets = reproduced >= published
-    elif lower_is_better(metric):
-        meets = reproduced <= published
-    else:  # no better direction (best epoch, weight norm): only equal meets
-        meets = reproduced == published
+    meets = is_at_or_better(metric, reproduced, published)
     if seeds is not None:
         near = lo <= published <= hi or abs(published - reproduced) <= 2 * sd + 1e-12
     else:
@@ -203,7 +224,9 @@ def compare(exp: ExperimentRecord, entry: dict[str, Any]) -> Comparison:
         status = "within"
     else:
         status = "outside"
-    return Comparison(what, label, metric, published, reproduced, diff, tolerance, status, spread)
+    return Comparison(
+        what, label, metric, published, reproduced, diff, tolerance, status, spread, **where
+    )
 
 
 def data_notes(data: dict[str, Any]) -> list[str]:
@@ -271,6 +294,15 @@ def prepare_figures(exp: ExperimentRecord, index: int, redraw: bool) -> list[Fig
     return entries
 
 
+def member_label(exp: ExperimentRecord, m: MemberRecord) -> str:
+    """A member's label, marked "(chosen)" when it is its task's chosen member and with its
+    reading when that is an alternative one."""
+    label = m.label + (" (chosen)" if exp.is_chosen(m) else "")
+    if exp.is_alternative(m):
+        label += f" (alternative reading: {exp.reading_of(m)})"
+    return label
+
+
 def member_rows(exp: ExperimentRecord, first: str = "setting") -> tuple[list[str], list[list[str]]]:
     """Header and rows of the members table (accuracies, best epoch, epochs, stop reason);
     ``first`` heads the column of member labels."""
@@ -293,7 +325,7 @@ def member_rows(exp: ExperimentRecord, first: str = "setting") -> tuple[list[str
                 f"{seeds['n']} seeds)"
             )
 
-        row = [m.label + (" (chosen)" if m.label == exp.chosen else "")]
+        row = [member_label(exp, m)]
         row.append(cell("train_acc"))
         if has_val:
             row.append(cell("val_acc"))
@@ -372,10 +404,18 @@ MARK_TITLES = {
 }
 
 
+def reading_text(c: Comparison) -> str:
+    """The reading cell of a published row: the primary reading's name, or "alternative
+    reading: <name>"."""
+    return f"alternative reading: {c.reading}" if c.alternative else c.reading
+
+
 def _published(exp: ExperimentRecord, comps: list[Comparison]) -> list[Block]:
+    named = bool(exp.primary_reading) or any(c.alternative for c in comps)
     rows: list[list[Span]] = [
         [
             c.what,
+            *([reading_text(c)] if named else []),
             c.member,
             fmt_value(c.metric, c.published),
             fmt_value(c.metric, c.reproduced) + (f" ({c.spread})" if c.spread else ""),
@@ -385,7 +425,9 @@ def _published(exp: ExperimentRecord, comps: list[Comparison]) -> list[Block]:
         ]
         for c in comps
     ]  # fmt: skip
-    header = ["what", "member", "published", "reproduced", "difference", "mark"]
+    header = ["what", *(["reading"] if named else []), "member", "published", "reproduced",
+              "difference", "mark"]  # fmt: skip
+    classes = ["alternative" if c.alternative else "" for c in comps]
     note = (
         f"✓ reproduced at or better than published; ≈ within tolerance "
         f"({ACC_TOLERANCE_PP:g} pp for accuracies, {REL_TOLERANCE:.0%} otherwise, unless the "
@@ -393,9 +435,14 @@ def _published(exp: ExperimentRecord, comps: list[Comparison]) -> list[Block]:
         f"the seeds' range or mean ± 2 sd); ✗ outside it; – not comparable (other data than the "
         f"published numbers')."
     )
+    if any(c.alternative for c in comps):
+        note += (
+            " Rows of an alternative reading are evidence for the choice of the primary "
+            "reading; the summary does not count them."
+        )
     blocks: list[Block] = [
         Heading(3, "Published vs reproduced"),
-        Table(header, rows),
+        Table(header, rows, classes),
         Paragraph.of(note, style="note"),
     ]
     if exp.is_sample:
@@ -407,7 +454,7 @@ def _published(exp: ExperimentRecord, comps: list[Comparison]) -> list[Block]:
 def members_table(exp: ExperimentRecord) -> list[Block]:
     """The "Settings" heading and table, the chosen member highlighted."""
     header, rows = member_rows(exp)
-    classes = ["chosen" if m.label == exp.chosen else "" for m in exp.members]
+    classes = ["chosen" if exp.is_chosen(m) else "" for m in exp.members]
     return [Heading(3, "Settings"), Table(header, list(rows), classes)]
 
 
@@ -463,6 +510,7 @@ def experiment_section(
     for title, text in (("Protocol", exp.protocol), ("Choices", exp.choices)):
         if text:
             blocks += [Heading(3, title), *prose(text)]
+    blocks += readings_blocks(exp)
     if exp.data:
         blocks += [Paragraph.of(note, style="note") for note in data_notes(exp.data)]
     blocks += _figures_and_tables(exp, figs)
@@ -474,38 +522,81 @@ def experiment_section(
     return Section(blocks, css="experiment", anchor=anchor(exp))
 
 
-def _headline(comps: list[Comparison]) -> tuple[str, str]:
-    """Summary cells: the first comparison and the count of marks."""
-    if not comps:
-        return "—", "—"
-    c = comps[0]
-    first = f"{fmt_value(c.metric, c.published)} → {fmt_value(c.metric, c.reproduced)}"
-    counted = [x for x in comps if x.status != "not comparable"]
-    good = sum(x.status in ("meets", "within") for x in counted)
+def readings_blocks(exp: ExperimentRecord) -> list[Block]:
+    """The "Readings" heading and its text: the primary reading and why, the alternatives."""
+    if not exp.primary_reading:
+        return []
+    text = f"Primary reading: {exp.primary_reading}. {exp.readings.get('why', '')}".strip()
+    blocks: list[Block] = [Heading(3, "Readings"), Paragraph.of(text, style="text")]
+    alternatives = [str(a) for a in exp.readings.get("alternatives") or []]
+    if alternatives:
+        blocks.append(Paragraph.of(
+            f"Alternative reading{'s' if len(alternatives) > 1 else ''}, run as evidence and "
+            f"not counted in the summary: {', '.join(alternatives)}.", style="text",
+        ))  # fmt: skip
+    return blocks
+
+
+def headline(comps: list[Comparison]) -> str:
+    """The headline of one task: its first published row of the primary reading whose member
+    is the task's chosen member, as "published → reproduced" ("—" when there is none)."""
+    for c in comps:
+        if c.chosen and not c.alternative:
+            return f"{fmt_value(c.metric, c.published)} → {fmt_value(c.metric, c.reproduced)}"
+    return "—"
+
+
+def marks(comps: list[Comparison]) -> str:
+    """The marks of the primary reading's rows: "k/n" with k ✓ or ≈ of n comparable rows
+    ("not comparable" when none is, "—" when there is no row)."""
+    primary = [c for c in comps if not c.alternative]
+    counted = [c for c in primary if c.status != "not comparable"]
     if not counted:
-        return first, "not comparable"
-    return first, f"{good}/{len(counted)}"
+        return "not comparable" if primary else "—"
+    good = sum(c.status in ("meets", "within") for c in counted)
+    return f"{good}/{len(counted)}"
+
+
+def summary_rows(exp: ExperimentRecord, comps: list[Comparison]) -> list[list[Span]]:
+    """The summary rows of one experiment: one per task, side by side (tasks never compete),
+    each with its chosen member, its headline and marks of the primary reading and the count
+    of its alternative-reading rows."""
+    rows: list[list[Span]] = []
+    tasks = exp.tasks
+    for i, task in enumerate(tasks):
+        mine = [c for c in comps if c.task == task]
+        title = exp.title + (f" · task {task}" if task and len(tasks) > 1 else "")
+        rows.append([
+            exp.source,
+            exp.section,
+            Link(title, f"#{anchor(exp)}", internal=True),
+            str(sum(m.task == task for m in exp.members)),
+            exp.primary_reading or "—",
+            exp.chosen_of(task) or "—",
+            headline(mine),
+            marks(mine),
+            str(sum(c.alternative for c in mine)),
+            "sample ⚠" if exp.is_sample else str(exp.data.get("dataset", "—")),
+            fmt_seconds(exp.seconds) if i == 0 else "(above)",
+        ])  # fmt: skip
+    return rows
 
 
 def summary_section(exps: list[ExperimentRecord], comps: dict[str, list[Comparison]]) -> Section:
-    """The summary table: one row per experiment, linking to its section."""
-    rows: list[list[Span]] = []
-    for exp in exps:
-        first, count = _headline(comps[exp.folder.name])
-        rows.append(
-            [
-                exp.source,
-                exp.section,
-                Link(exp.title, f"#{anchor(exp)}", internal=True),
-                str(len(exp.members)),
-                exp.chosen or "—",
-                first,
-                count,
-                "sample ⚠" if exp.is_sample else str(exp.data.get("dataset", "—")),
-                fmt_seconds(exp.seconds),
-            ]
-        )
-    return Section([Heading(2, "Summary"), Table(list(SUMMARY_COLUMNS), rows)], anchor="summary")
+    """The summary table: one row per task of each experiment, linking to its section."""
+    rows = [row for exp in exps for row in summary_rows(exp, comps[exp.folder.name])]
+    note = (
+        "Per source, the primary reading is the one its experiment file gives evidence for "
+        "(the code that printed the numbers, where the source has code); the headline is its "
+        "first published row of that reading whose member is the chosen one, the marks count "
+        "that reading's rows only, and rows of alternative readings are counted apart. An "
+        "experiment of several tasks (other classes, other data) has one row per task."
+    )
+    return Section(
+        [Heading(2, "Summary"), Table(list(SUMMARY_COLUMNS), rows),
+         Paragraph.of(note, style="note")],
+        anchor="summary",
+    )  # fmt: skip
 
 
 def header_section(title: str, meta: dict[str, str]) -> Section:

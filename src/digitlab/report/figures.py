@@ -696,7 +696,11 @@ def draw_spread(exp: ExperimentRecord) -> Figure:
     """Where each published number falls among the results of a member's random seeds."""
     panels = []
     for p in exp.published:
-        label, metric = str(p.get("member", "chosen")), str(p.get("metric"))
+        try:
+            label = exp.entry_member(p).label  # "chosen": the chosen member of p's task
+        except ReportError:
+            continue
+        metric = str(p.get("metric"))
         values = seed_values(exp, label, metric)
         if values and isinstance(p.get("value"), int | float):
             panels.append((str(p.get("what") or metric), metric, values, float(p["value"])))

@@ -33,7 +33,7 @@ h1{font-size:26px;margin:24px 0 4px}h2{font-size:21px;margin:36px 0 4px;
 table{border-collapse:collapse;margin:8px 0 12px;font-size:13.5px}
 th,td{border:1px solid #d0d7de;padding:3px 9px;text-align:left;vertical-align:top}
 th{background:#f6f8fa;white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.chosen td{background:#fff8c5}
+tr.chosen td{background:#fff8c5}tr.alternative td{color:#59636e}
 figure{margin:14px 0 22px}figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
 figcaption{color:#3d444d;font-size:13.5px;margin-top:4px;max-width:1000px}
 .banner{background:#fff1c2;border:1px solid #d4a72c;padding:8px 12px;border-radius:6px;
