@@ -298,8 +298,9 @@ def member_label(exp: ExperimentRecord, m: MemberRecord) -> str:
     """A member's label, marked "(chosen)" when it is its task's chosen member and with its
     reading when that is an alternative one."""
     label = m.label + (" (chosen)" if exp.is_chosen(m) else "")
-    if exp.is_alternative(m):
-        label += f" (alternative reading: {exp.reading_of(m)})"
+    if exp.is_alternative(m):  # the reading's name, unless the label says it already
+        reading = exp.reading_of(m)
+        label += " (alternative reading" + ("" if reading in m.label else f": {reading}") + ")"
     return label
 
 
@@ -526,7 +527,8 @@ def readings_blocks(exp: ExperimentRecord) -> list[Block]:
     """The "Readings" heading and its text: the primary reading and why, the alternatives."""
     if not exp.primary_reading:
         return []
-    text = f"Primary reading: {exp.primary_reading}. {exp.readings.get('why', '')}".strip()
+    why = " ".join(str(exp.readings.get("why", "")).split())
+    text = f"Primary reading: {exp.primary_reading}. {why}".strip()
     blocks: list[Block] = [Heading(3, "Readings"), Paragraph.of(text, style="text")]
     alternatives = [str(a) for a in exp.readings.get("alternatives") or []]
     if alternatives:
