@@ -12,7 +12,7 @@ import pytest
 
 from digitlab.errors import ConfigError
 from digitlab.experiments import builtin_experiments, parse_experiment, run_experiment
-from digitlab.report import compare, load_experiment, write_report
+from digitlab.report import ExperimentRecord, MemberRecord, compare, load_experiment, write_report
 from digitlab.report.document import Comparison, fmt_value, headline, marks, summary_rows
 
 #: Two tasks (2 vs 3, 2 vs 8) and two readings; the member with the most epochs is chosen, and
@@ -129,7 +129,29 @@ def test_records_of_older_versions_are_one_reading_and_one_task(tmp_path: Path) 
     assert (chosen, first, count, alternatives) == ("b", "97.00% → 95.00%", "1/2", "0")
 
 
+def test_a_task_of_alternative_readings_only_has_no_chosen_member(tmp_path: Path) -> None:
+    members = [
+        MemberRecord(label, tmp_path / label, {}, {}, {"test_acc": 0.9}, reading="as written")
+        for label in ("a", "b")
+    ]
+    exp = ExperimentRecord(
+        tmp_path, name="e", source="001", section="", title="evidence", protocol="", choices="",
+        figures=[], data={"is_sample": False, "comparable": True}, members=members, chosen="b",
+        published=[{"member": "a", "metric": "test_acc", "value": 0.8}], seconds=1.0,
+        readings={"primary": "as coded", "alternatives": ["as written"], "why": "x"},
+    )  # fmt: skip
+    assert exp.chosen_of("") is None and not exp.is_chosen(members[1])
+    comps = [compare(exp, p) for p in exp.published]
+    assert comps[0].alternative and comps[0].status == "meets"
+    ((*_, chosen, first, count, alternatives, _, _),) = summary_rows(exp, comps)
+    assert (chosen, first, count, alternatives) == ("—", "—", "—", "1")
+    spec = parse_experiment(BAD | {"members": ALL_TEXT}, "e.toml")
+    assert spec.competitors("2 vs 3") == []  # parsed: an experiment of evidence only
+
+
 BAD = {k: v for k, v in TWO.items() if k != "published"}
+ALL_TEXT = [m | {"reading": "as written"} for m in TWO["members"]]
+ROW = {"what": "x", "metric": "test_acc", "value": 1}
 
 
 @pytest.mark.parametrize(
@@ -139,12 +161,10 @@ BAD = {k: v for k, v in TWO.items() if k != "published"}
         ({"readings": {"primary": "x", "alternatives": ["x"], "why": "y"}}, "readings must give"),
         ({"readings": {"primary": "as coded", "why": "y"}}, "which \\[readings\\] does not"),
         ({"members": [*TWO["members"], {"label": "free", "classes": [2, 3]}]}, "every member"),
-        ({"members": [m | {"reading": "as written"} for m in TWO["members"]]}, "no member of"),
-        ({"published": [{"what": "x", "metric": "test_acc", "value": 1}]}, "needs task"),
-        ({"published": [{"what": "x", "metric": "test_acc", "value": 1, "task": "2 vs 3",
-                         "reading": "as written"}]}, "says reading"),  # fmt: skip
-        ({"published": [{"what": "x", "member": "2v8", "task": "2 vs 3", "metric": "test_acc",
-                         "value": 1}]}, "says task"),  # fmt: skip
+        ({"members": ALL_TEXT, "published": [ROW | {"task": "2 vs 8"}]}, "no member of the"),
+        ({"published": [ROW]}, "needs task"),
+        ({"published": [ROW | {"task": "2 vs 3", "reading": "as written"}]}, "says reading"),
+        ({"published": [ROW | {"member": "2v8", "task": "2 vs 3"}]}, "says task"),
         ({"members": [m | {"task": ""} for m in TWO["members"]]}, "non-empty string"),
     ],
 )

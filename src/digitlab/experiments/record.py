@@ -40,8 +40,13 @@ def choose(
 
 def choose_per_task(exp: ExperimentSpec, results: list[dict[str, Any]]) -> dict[str, int]:
     """The chosen member of each task (its index): the best of the task's members of the
-    primary reading; members of other tasks and of alternative readings never compete."""
-    return {task: choose(exp, results, exp.competitors(task)) for task in exp.tasks}
+    primary reading; members of other tasks and of alternative readings never compete. A task
+    without a member of the primary reading gets the best of its members, for its figures only
+    (the report names no chosen member of an alternative reading)."""
+    return {
+        task: choose(exp, results, exp.competitors(task) or exp.task_members(task))
+        for task in exp.tasks
+    }
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

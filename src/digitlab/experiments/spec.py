@@ -53,6 +53,8 @@ Readings and tasks (what the report compares and counts):
 - ``task = "..."`` on a member (or grid): members of different tasks (other classes, other
   data) never compete. The *chosen* member of a task is the best, by ``select``, of the task's
   primary-reading members; every task has its own. When one member names a task, all must.
+  A task of alternative-reading members only (an experiment that runs evidence for another
+  reading) has no chosen member; its figures show the best of its members.
 
 ``on_request = true`` leaves a long experiment out of the default ``digitlab reproduce``
 (every experiment): it runs only when named, and ``digitlab experiments`` marks it so.
@@ -193,11 +195,15 @@ class ExperimentSpec(ExperimentText):
         """The members' tasks in order of first appearance (``[""]``: one unnamed task)."""
         return list(dict.fromkeys(m.task for m in self.members))
 
+    def task_members(self, task: str) -> list[int]:
+        """Indices of the members of ``task``."""
+        return [i for i, m in enumerate(self.members) if m.task == task]
+
     def competitors(self, task: str) -> list[int]:
         """Indices of the members that compete for "chosen" in ``task``: its members of the
         primary reading."""
         primary = self.readings.get("primary", "")
-        return [i for i, m in enumerate(self.members) if m.task == task and m.reading == primary]
+        return [i for i in self.task_members(task) if self.members[i].reading == primary]
 
     def member_settings(self, member: MemberSpec, **changes: Any) -> dict[str, Any]:
         """The full, validated settings of one member as a dict."""
@@ -358,12 +364,6 @@ def _with_readings(
     tasks = {m.task for m in out}
     if "" in tasks and len(tasks) > 1:
         raise ConfigError(f"{path}: when one member names a task, every member must")
-    for task in tasks:
-        if not any(m.task == task and m.reading == primary for m in out):
-            raise ConfigError(
-                f"{path}: task {task or '(the only one)'!r} has no member of the primary reading "
-                f"{primary!r}, so none can be chosen"
-            )
     return out
 
 
@@ -377,6 +377,11 @@ def _resolve_entry(p: dict[str, Any], exp: ExperimentSpec, path: str) -> dict[st
         if task not in tasks:
             raise ConfigError(
                 f"{path}: a published entry of the chosen member needs task = one of {tasks}"
+            )
+        if not exp.competitors(task):
+            raise ConfigError(
+                f"{path}: task {task or '(the only one)'!r} has no member of the primary reading "
+                f"{exp.readings.get('primary')!r}, so none is chosen"
             )
         reading = exp.readings.get("primary", "")
     else:

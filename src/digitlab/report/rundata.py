@@ -444,12 +444,15 @@ class ExperimentRecord(ExperimentText):
 
     def chosen_of(self, task: str) -> str | None:
         """The label of the chosen member of ``task`` (the first task: ``chosen``; an
-        experiment of one member: that member), or None."""
-        if task in self.chosen_per_task:
-            return self.chosen_per_task[task]
-        if task == self.tasks[0] and self.chosen is not None:
-            return self.chosen
-        return self.members[0].label if len(self.members) == 1 else None
+        experiment of one member: that member), or None; None too when that member is of an
+        alternative reading (a task without primary-reading members chooses none)."""
+        label = self.chosen_per_task.get(task)
+        if label is None and task == self.tasks[0]:
+            label = self.chosen
+        if label is None and len(self.members) == 1:
+            label = self.members[0].label
+        found = [m for m in self.members if m.label == label]
+        return label if found and not self.is_alternative(found[0]) else None
 
     def is_chosen(self, member: MemberRecord) -> bool:
         """Whether ``member`` is the chosen member of its task."""
