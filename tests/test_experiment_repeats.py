@@ -297,7 +297,8 @@ def test_reproduce_twice_continues_and_an_escaping_name_is_one_line(tmp_path, ca
     args = ["reproduce", _toml(tmp_path / "ok.toml", "ok"), "--out", str(out), "--no-report"]
     assert main([*args, "--jobs", "1"]) == 0
     first = capsys.readouterr().out
-    assert first.count("ok / run (seed") == 2  # two repeats ran
+    assert first.count("\n   ok / run (seed") == 2  # two repeats ran (their lines)
+    assert first.count("slowest jobs: ok / run (seed") == 1
     assert main([*args, "--jobs", "1"]) == 0
     assert "ok / run (seed" not in capsys.readouterr().out  # nothing left to run
     bad = _toml(tmp_path / "bad.toml", str(tmp_path / "victim"))

@@ -39,7 +39,8 @@ def test_shipped_experiments_validate_and_cover_every_source():
     assert default == {"000", "001", "002", "003", "004"}
     # the MLP rows of LeCun's MNIST table and the tricks comparison run only when named
     on_request = {n for n, e in exps.items() if e.on_request}
-    assert on_request == {"lecun-mlp", "lecun-mlp-elastic", "tricks"}
+    assert on_request == {"lecun-mlp", "lecun-mlp-elastic", "tricks", "ucsd-softmax-1000",
+                          "ucsd-draft-softmax-1000"}  # fmt: skip
     for e in exps.values():
         assert e.title and e.protocol and e.section
         assert set(e.figures) <= set(listed_kinds())
