@@ -9,6 +9,9 @@ Endpoints (all GET unless noted; ``id`` is a run id, its path under the runs roo
 - ``/api/run/confusion?id=``: test-split confusion matrix and misclassified examples;
 - ``/api/run/examples.png?id=&true=&pred=``: those examples as one image;
 - ``/api/compare?ids=a,b``: settings of several runs and which of them differ;
+- ``/api/sweep``, ``/api/sweep.csv``, ``/api/sweep/curves``, ``/api/experiments``,
+  ``/api/experiment``, ``/api/experiment/file``: sweeps and experiments (see
+  :mod:`digitlab.serve.views`);
 - ``POST /api/predict?ids=a,b[&cls=name]``: body = image file bytes (PNG, JPEG, ...);
   probabilities, hidden-layer activations and input-gradient saliency (of the predicted
   class and of class ``cls``);
@@ -48,7 +51,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitlab.errors import DigitlabError, ServeError
 from digitlab.runfiles import json_safe
-from digitlab.serve import api
+from digitlab.serve import api, views
 from digitlab.serve.runs import RunIndex, run_error
 
 STATIC = Path(__file__).parent / "static"
@@ -342,6 +345,7 @@ def create_app(
         Route("/api/compare", _guarded(h.comp)),
         Route("/api/predict", h.predict, methods=["POST"]),
         *train_routes(jobs, allow_train, token),
+        *views.routes(index, _guarded, JSON),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     middleware = [
