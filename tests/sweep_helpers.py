@@ -3,7 +3,9 @@ small experiment folder made by the experiments engine on the embedded sample.""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +87,16 @@ def make_experiment(root: Path) -> Path:
     ]
     path.write_text(json.dumps(record))
     return folder
+
+
+def markdown_table(md: str, heading: str) -> list[list[str]]:
+    """Rows (cells unescaped) of the first table after ``heading`` in report.md."""
+    lines = md[md.index(heading) :].splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("| "))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = re.split(r"(?<!\\)\|", line)[1:-1]
+        rows.append([html.unescape(c.strip()).replace("\\|", "|") for c in cells])
+    return rows

@@ -8,14 +8,21 @@ import csv
 import io
 import json
 import os
-import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sweep_helpers import EPOCHS, LAMBDAS, SEEDS, make_experiment, run_values, write_lambda_sweep
+from sweep_helpers import (
+    EPOCHS,
+    LAMBDAS,
+    SEEDS,
+    make_experiment,
+    markdown_table,
+    run_values,
+    write_lambda_sweep,
+)
 
 pytest.importorskip("starlette")
 pytest.importorskip("httpx")
@@ -202,18 +209,6 @@ def reported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_experiment(root)
     write_report(root)
     return root
-
-
-def markdown_table(md: str, heading: str) -> list[list[str]]:
-    """Rows (cells unescaped) of the first table after ``heading`` in report.md."""
-    lines = md[md.index(heading) :].splitlines()
-    start = next(i for i, x in enumerate(lines) if x.startswith("| "))
-    rows = []
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip().replace("&gt;", ">") for c in re.split(r"(?<!\\)\|", line)[1:-1]])
-    return rows
 
 
 def mark_text(cell) -> str:

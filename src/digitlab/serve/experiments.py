@@ -120,10 +120,11 @@ def _span(span: Any) -> Any:
 def marks(exp: Any) -> dict[str, Any]:
     """The report's published-vs-reproduced table of ``exp`` and its summary cells.
 
-    Returns ``{header, rows (cells: text or a mark), headline, count, statuses}``; ``rows`` is
+    Returns ``{header, rows (cells: text or a mark), headline, count, statuses, symbols}``
+    (``symbols``: each row's mark, as in the report's ``MARKS``); ``rows`` is
     empty for an experiment without published numbers (headline and count are then "—").
     """
-    from digitlab.report.document import _headline, _published, compare
+    from digitlab.report.document import MARKS, _headline, _published, compare
     from digitlab.report.render import Table
 
     comps = [compare(exp, p) for p in exp.published]
@@ -136,6 +137,7 @@ def marks(exp: Any) -> dict[str, Any]:
         "headline": headline,
         "count": count,
         "statuses": [c.status for c in comps],
+        "symbols": [MARKS[c.status][0] for c in comps],
     }
 
 
@@ -166,6 +168,7 @@ def summary(exp: Any, name: str) -> dict[str, Any]:
         "headline": found["headline"],
         "count": found["count"],
         "statuses": found["statuses"],
+        "symbols": found["symbols"],
         "error": None,
     }
 

@@ -133,6 +133,9 @@ function xAxis(cols) {
 }
 
 // ------------------------------------------------------------------------------ router
+// Pages added by other scripts (sweeps.js, experiments.js): name -> {nav, show(params, token)}.
+const PAGES = {};
+
 function route() {
   clearTimeout(pollTimer);
   CHARTS.length = 0;
@@ -140,13 +143,15 @@ function route() {
   const [path, query] = location.hash.replace(/^#/, "").split("?");
   const params = new URLSearchParams(query || "");
   const page = (path || "/runs").split("/")[1] || "runs";
-  $$("nav a").forEach((a) => a.classList.toggle("active", a.dataset.nav === (page === "run" ? "runs" : page)));
+  const added = PAGES[page];
+  $$("nav a").forEach((a) => a.classList.toggle("active", a.dataset.nav === (page === "run" ? "runs" : added ? added.nav : page)));
   const token = routeToken;
   const fail = (e) => { if (token === routeToken) view().innerHTML = `<div class="card error">${esc(e.message)}</div>`; };
   if (page === "run") showRun(params.get("id"), token).catch(fail);
   else if (page === "compare") showCompare(params.get("ids"), token).catch(fail);
   else if (page === "draw") showDraw(token).catch(fail);
   else if (page === "train") showTrain(token).catch(fail); // train.js
+  else if (added) added.show(params, token).catch(fail);
   else showRuns(token).catch(fail);
 }
 window.addEventListener("hashchange", route);
