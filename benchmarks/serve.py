@@ -1,18 +1,21 @@
-"""Speed of ``digitlab serve``: the runs table for 1,000 runs and the prediction round trip.
+"""Speed of ``digitlab serve``: the runs table and sweeps for 2,000 runs, the prediction round trip.
 
     PYTHONPATH=src python benchmarks/serve.py [--threads 2] [--rounds 50] [--no-browser]
 
-Trains three small runs on the embedded MNIST sample and writes 1,000 synthetic finished run
-folders into a temporary folder, serves both with uvicorn on 127.0.0.1 (a real socket), and
-measures with httpx:
+Trains three small runs on the embedded MNIST sample and writes 2,000 (``--runs``) synthetic
+finished run folders (50 per folder) into a temporary folder, serves both with uvicorn on
+127.0.0.1 (a real socket), and measures with httpx:
 
-- ``/api/runs`` over 1,000 runs: the first scan (every file read) and later requests
+- ``/api/runs`` over 2,000 runs: the first scan (every file read) and later requests
   (mtime caches), server time and HTTP round trip;
+- ``/api/sweep`` over one folder of 50 runs and over all 2,000 (first and later requests), and
+  the folder's ``/api/sweep/curves``;
 - ``POST /api/predict``: a digit as the draw page sends it (a 140x140 grey PNG), per
   checkpoint kind and for the three checkpoints side by side, and a 280x280 RGB file (median
   and 95th percentile of ``--rounds``);
-- with Chromium and Selenium present, the runs page for 1,000 runs in the browser (time to
-  the rendered table since navigation, and the table rendering alone).
+- with Chromium and Selenium present, in the browser: the runs page for 2,000 runs (time to
+  the rendered table since navigation, and the table rendering alone), and the sweep page of
+  one folder and of all 2,000 runs (time to the drawn charts and table since navigation).
 
 NumPy's threads are limited to ``--threads`` (threadpoolctl). Results go to
 ``benchmarks/serve-results.json``. Not part of the unit tests.
@@ -44,49 +47,101 @@ def ms(values: list[float]) -> dict[str, float]:
     }
 
 
-def browser_render(url: str) -> dict[str, float] | None:
+def _chromium():
+    """A headless Chromium driver, or None without Chromium, chromedriver or Selenium."""
     if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
         return None
     try:
         from selenium import webdriver
-        from selenium.webdriver.support.ui import WebDriverWait
     except ImportError:
         return None
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
         options.add_argument(arg)
-    drv = webdriver.Chrome(
+    return webdriver.Chrome(
         service=webdriver.ChromeService("/usr/bin/chromedriver"), options=options
     )
+
+
+def _page(drv, url: str, ready: str, read: str, tries: int = 3) -> list:
+    """Load ``url`` afresh ``tries`` times; after the dataset key ``ready`` is set, the values
+    the script ``read`` returns (its first one: ms since navigation), the fastest try."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    out = []
+    for _ in range(tries):
+        drv.get("about:blank")
+        drv.get(url)
+        WebDriverWait(drv, 60, poll_frequency=0.02).until(
+            lambda d: d.execute_script(f"return document.body.dataset.{ready}")
+        )
+        out.append(drv.execute_script(read))
+    return min(out, key=lambda o: o[0])
+
+
+def browser_render(url: str, n: int, folder: str) -> dict[str, object] | None:
+    """The runs page with ``n`` runs, and the sweep page of one folder and of every run."""
+    drv = _chromium()
+    if drv is None:
+        return None
     try:
-        out = []
-        for _ in range(3):
-            drv.get("about:blank")
-            drv.get(url + "/#/runs")
-            WebDriverWait(drv, 30, poll_frequency=0.02).until(
-                lambda d: d.execute_script("return document.body.dataset.runsRenderMs")
-            )
-            out.append(
-                drv.execute_script(
-                    "const api = performance.getEntriesByType('resource')"
-                    ".find(e => e.name.endsWith('/api/runs'));"
-                    "const b = document.body.dataset;"
-                    "return [+b.runsShownAt, +b.runsRenderMs,"
-                    " document.querySelectorAll('#runs-table tbody tr').length,"
-                    " api.startTime, api.responseEnd - api.startTime]"
-                )
-            )
-        assert all(o[2] == 1000 for o in out)
-        best = min(out, key=lambda o: o[0])
-        return {
+        best = _page(
+            drv, url + "/#/runs", "runsRenderMs",
+            "const api = performance.getEntriesByType('resource')"
+            ".find(e => e.name.endsWith('/api/runs'));"
+            "const b = document.body.dataset;"
+            "return [+b.runsShownAt, +b.runsRenderMs,"
+            " document.querySelectorAll('#runs-table tbody tr').length,"
+            " api.startTime, api.responseEnd - api.startTime]",
+        )  # fmt: skip
+        assert best[2] == n, best
+        out: dict[str, object] = {
             "since_navigation_ms": round(best[0], 1),
             "page_start_to_api_request_ms": round(best[3], 1),
             "api_runs_fetch_ms": round(best[4], 1),
             "table_render_ms": round(best[1], 1),
         }
+        for name, prefix in ((f"sweep_page_{folder}", folder), ("sweep_page_all", "")):
+            shown = _page(
+                drv, f"{url}/#/sweep?prefix={prefix}", "sweepShownAt",
+                "const api = performance.getEntriesByType('resource')"
+                ".find(e => e.name.includes('/api/sweep?'));"
+                "return [+document.body.dataset.sweepShownAt,"
+                " document.querySelectorAll('path.pc-line').length,"
+                " api.responseEnd - api.startTime]",
+            )  # fmt: skip
+            out[name] = {"since_navigation_ms": round(shown[0], 1), "polylines": shown[1],
+                         "api_sweep_fetch_ms": round(shown[2], 1)}  # fmt: skip
+        return out
     finally:
         drv.quit()
+
+
+def sweep_api(client, folder: str) -> dict[str, object]:
+    """``/api/sweep`` over one folder and over every run (first request: every config.toml
+    and metrics.json read; then cached by mtime), and the folder's group curves."""
+    out: dict[str, object] = {}
+    for name, params in ((folder, {"prefix": folder}), ("all", {"prefix": ""})):
+        t0 = time.perf_counter()
+        r = client.get("/api/sweep", params=params)
+        first = time.perf_counter() - t0
+        assert r.status_code == 200, r.text
+        times = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            client.get("/api/sweep", params=params)
+            times.append(time.perf_counter() - t0)
+        out[name] = {"runs": len(r.json()["runs"]), "first_ms": round(1e3 * first, 1),
+                     "later": ms(times), "response_bytes": len(r.content)}  # fmt: skip
+    times = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        r = client.get("/api/sweep/curves", params={"prefix": folder, "column": "val_acc"})
+        times.append(time.perf_counter() - t0)
+    assert r.status_code == 200, r.text
+    out[f"curves_{folder}"] = ms(times)
+    return out
 
 
 def main() -> None:
@@ -100,6 +155,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=50)
+    p.add_argument("--runs", type=int, default=2000, help="synthetic runs under the root")
     p.add_argument("--no-browser", action="store_true")
     args = p.parse_args()
     threadpool_limits(args.threads)
@@ -111,15 +167,15 @@ def main() -> None:
         }
     }
     with tempfile.TemporaryDirectory() as tmp:
-        runs_1000 = Path(tmp) / "many"
-        write_synthetic_runs(runs_1000, 1000)
+        many, n, key = Path(tmp) / "many", args.runs, f"runs_{args.runs}"
+        write_synthetic_runs(many, n)
         t0 = time.perf_counter()
-        RunIndex(runs_1000).scan()
+        RunIndex(many).scan()
         cold = time.perf_counter() - t0
         trained = Path(tmp) / "trained"
         ids = train_runs(trained)
 
-        with serve_in_thread(runs_1000) as url:
+        with serve_in_thread(many) as url:
             with httpx.Client(base_url=url, timeout=60) as client:
                 times, server_ms = [], []
                 for _ in range(20):
@@ -127,15 +183,16 @@ def main() -> None:
                     r = client.get("/api/runs")
                     times.append(time.perf_counter() - t0)
                     server_ms.append(r.json()["scan_ms"])
-                assert len(r.json()["runs"]) == 1000
-                results["runs_1000"] = {
+                assert len(r.json()["runs"]) == n
+                results[key] = {
                     "first_scan_ms": round(1e3 * cold, 1),
                     "http_round_trip": ms(times),
                     "server_scan_median_ms": round(statistics.median(server_ms), 2),
                     "response_bytes": len(r.content),
+                    "sweep": sweep_api(client, "sweep-000"),
                 }
             if not args.no_browser:
-                results["runs_1000"]["browser"] = browser_render(url)  # type: ignore[index]
+                results[key]["browser"] = browser_render(url, n, "sweep-000")  # type: ignore[index]
 
         page_png = draw_digit(1, size=140, mode="L")  # what the draw page sends
         results["predict"] = {}

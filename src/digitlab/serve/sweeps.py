@@ -25,6 +25,7 @@ import json
 import math
 import re
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,14 @@ def value_key(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def _hashable(value: Any) -> Any:
+    """A key equal for equal values and different for different ones (1, 1.0 and True
+    differ, as in :func:`value_key`), without JSON for the usual scalars."""
+    if value is None or isinstance(value, str | int | float):
+        return (type(value), value)
+    return value_key(value)
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -77,7 +86,7 @@ def differing_settings(settings: list[dict[str, Any]]) -> list[str]:
     """Names whose values differ among ``settings`` (a missing setting counts as None):
     the runs table's settings first, then the rest alphabetically, ``seed`` last."""
     keys = {k for s in settings for k in s}
-    diff = [k for k in keys if len({value_key(s.get(k)) for s in settings}) > 1]
+    diff = [k for k in keys if len({_hashable(s.get(k)) for s in settings}) > 1]
     order = {k: i for i, k in enumerate(KEY_SETTINGS)}
     return sorted(diff, key=lambda k: (k in UNGROUPED, order.get(k, len(order)), k))
 
@@ -167,9 +176,11 @@ def _check_prefix(prefix: str) -> str:
     return prefix
 
 
-def select_runs(index: RunIndex, ids: list[str] | None, prefix: str | None) -> list[RunFiles]:
+def select_runs(
+    index: RunIndex, ids: list[str] | None, prefix: str | None, scan: list[dict[str, Any]]
+) -> list[RunFiles]:
     """The runs of a sweep: ``ids`` (in order, repeats dropped), else every run under
-    ``prefix`` ("" for the whole root).
+    ``prefix`` ("" for the whole root) among ``scan`` (the index's :meth:`RunIndex.scan`).
 
     Raises
     ------
@@ -179,19 +190,22 @@ def select_runs(index: RunIndex, ids: list[str] | None, prefix: str | None) -> l
     """
     if ids:
         ids = list(dict.fromkeys(ids))
-    elif prefix is not None:
-        prefix = _check_prefix(prefix)
-        ids = [
-            r["id"] for r in index.scan()
-            if not prefix or r["id"] == prefix or r["id"].startswith(prefix + "/")
-        ]  # fmt: skip
-        if not ids:
-            raise ServeError(f"no runs under {prefix or 'the runs root'!r}", 404)
-    else:
+        if len(ids) > MAX_SWEEP_RUNS:
+            raise ServeError(f"a sweep has at most {MAX_SWEEP_RUNS} runs ({len(ids)} given)", 400)
+        return [index.resolve(i) for i in ids]
+    if prefix is None:
         raise ServeError("give the runs of the sweep: ?ids=a,b,... or ?prefix=folder", 400)
+    prefix = _check_prefix(prefix)
+    ids = [
+        r["id"] for r in scan
+        if not prefix or r["id"] == prefix or r["id"].startswith(prefix + "/")
+    ]  # fmt: skip
+    if not ids:
+        raise ServeError(f"no runs under {prefix or 'the runs root'!r}", 404)
     if len(ids) > MAX_SWEEP_RUNS:
-        raise ServeError(f"a sweep has at most {MAX_SWEEP_RUNS} runs ({len(ids)} given)", 400)
-    return [index.resolve(i) for i in ids]
+        raise ServeError(f"{prefix or 'the root'!r} holds over {MAX_SWEEP_RUNS} runs", 400)
+    # the scan lists real folders under the resolved root (it follows no link): no resolving
+    return [RunFiles(i, Path(f"{index.root}/{i}"), index.root) for i in ids]
 
 
 # ---------------------------------------------------------------------------------- the sweep
@@ -205,11 +219,11 @@ def metric_names(rows: list[dict[str, Any]]) -> list[str]:
 def group_runs(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
     """Runs with equal values of ``keys``: ``[{key: {name: value}, label, ids}]``, ordered
     by their values (numbers numerically)."""
-    groups: dict[tuple[str, ...], dict[str, Any]] = {}
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
         values = {k: r["settings"].get(k) for k in keys}
         g = groups.setdefault(
-            tuple(value_key(v) for v in values.values()),
+            tuple(_hashable(v) for v in values.values()),
             {"key": values, "label": ", ".join(f"{k}={label_of(v)}" for k, v in values.items()),
              "ids": []},
         )  # fmt: skip
@@ -238,8 +252,9 @@ def sweep(
         ``axes``: ``{setting: axis}`` and ``metric_axes``: ``{metric: axis}`` (see
         :func:`axis_of`; over the readable runs, in their order); ``errors``: runs left out.
     """
-    rows = [cache.row(r) for r in select_runs(index, ids, prefix)]
-    status = {r["id"]: r["status"] for r in index.scan()}
+    scan = index.scan()
+    rows = [cache.row(r) for r in select_runs(index, ids, prefix, scan)]
+    status = {r["id"]: r["status"] for r in scan}
     ok = [r for r in rows if r["error"] is None or r["settings"]]
     differing = differing_settings([r["settings"] for r in ok])
     group_keys = [k for k in differing if k not in UNGROUPED]

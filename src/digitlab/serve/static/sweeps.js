@@ -124,6 +124,7 @@ async function showSweep(params, token) {
   $("#sw-column").addEventListener("change", (e) => { st.column = e.target.value; loadCurves(query, curves, token); });
   redraw();
   renderSweepTable(data);
+  document.body.dataset.sweepShownAt = performance.now().toFixed(1); // ms since navigation
   loadCurves(query, curves, token);
 }
 
@@ -215,13 +216,13 @@ function scatterChart(data) {
     g += `<circle class="sc-run" cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="3" fill="${groupColor(r.group)}" fill-opacity="0.45" data-id="${esc(r.id)}"><title>${esc(r.id)}: ${esc(swNum(yv[j]))}</title></circle>`;
   });
   // one marker per seed group whose runs share the setting's value: mean ± sd
-  const means = [];
+  const means = [], first = new Map();
+  data.runs.forEach((r, j) => { if (!first.has(r.group)) first.set(r.group, j); });
   let marks = "";
   data.groups.forEach((gr, i) => {
     const s = gr.stats[st.metric];
     if (!s || !(st.x in gr.key)) return;
-    const j = data.runs.findIndex((r) => r.group === i);
-    const x = X.scale.f(X.pos[j]);
+    const x = X.scale.f(X.pos[first.get(i)]);
     if (x == null) return;
     const [y, y0, y1] = [Y.f(s.mean), Y.f(s.mean - s.sd), Y.f(s.mean + s.sd)];
     if (y == null) return;
