@@ -250,3 +250,26 @@ def test_experiment_page_shows_the_marks_of_report_md(driver, url, root, artifac
     wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-loss svg"), "no run page")
     assert driver.find_element(By.TAG_NAME, "h1").text == "tiny/l2-0.0"
     assert js_errors(driver) == []
+
+
+def test_run_page_charts_have_a_log_toggle_and_smoothing(driver, url, root) -> None:
+    runs, ids = root
+    driver.get("about:blank")  # a fresh page: nothing left of the previous test's run page
+    driver.get(url + f"/#/run?id={ids[(0.01, 2)]}")
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-acc path.line"), "no chart")
+    before = attrs(driver, "#chart-acc path.line", ["d"])[0]["d"]
+    tick_js = (
+        "return Array.from(document.querySelectorAll('#chart-loss .axis text'), t => t.textContent)"
+    )
+    ticks = js(driver, tick_js)
+    driver.find_element(By.CSS_SELECTOR, "#chart-loss .chart-log").click()
+    wait(driver, lambda d: attrs(d, "#chart-loss .chart-tools", ["data-log"])[0]["data-log"] == "1",
+         "no log axis")  # fmt: skip
+    assert js(driver, tick_js) != ticks
+    js(driver, "const s = document.querySelector('#chart-acc .chart-ema'); s.value = '0.8';"
+               " s.dispatchEvent(new Event('change', {bubbles: true}))")  # fmt: skip
+    ema = attrs(driver, "#chart-acc .chart-tools", ["data-ema"])
+    assert ema == [{"data-ema": "0.8"}]
+    after = attrs(driver, "#chart-acc path.line", ["d"])[0]["d"]
+    assert after != before and after.split("L")[0] == before.split("L")[0]
+    assert js_errors(driver) == []

@@ -79,6 +79,8 @@ document.addEventListener("mousemove", (e) => {
 
 // series: [{name, color, dash, xs, ys}]; returns an SVG string (empty-state text if no data).
 function lineChart(series, opts = {}) {
+  const raw = [series, opts];
+  if (typeof chartView === "function") [series, opts] = chartView(series, opts); // log y, smoothing (chart-options.js)
   const W = opts.width || 600, H = opts.height || 270;
   const m = { l: 66, r: 14, t: 12, b: 38 };
   const pts = [];
@@ -95,7 +97,7 @@ function lineChart(series, opts = {}) {
   const X = (x) => m.l + ((x - x0) / (x1 - x0)) * (W - m.l - m.r);
   const Y = (y) => H - m.b - ((y - y0) / (y1 - y0)) * (H - m.t - m.b);
   const yfmt = opts.yfmt || ((v) => fmt.num(v, 3));
-  const chartId = CHARTS.push({ series, X, x0, x1, W, m, yfmt, xlabel: opts.xlabel || "x" }) - 1;
+  const chartId = CHARTS.push({ series, X, x0, x1, W, m, yfmt, xlabel: opts.xlabel || "x", raw }) - 1;
   let g = `<svg class="chart" data-chart="${chartId}" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(opts.ylabel || "")}">`;
   g += `<g class="grid">`;
   const yt = niceTicks(y0, y1, 5), xt = niceTicks(x0, x1, 6);
@@ -124,7 +126,7 @@ function lineChart(series, opts = {}) {
   g += `</svg>`;
   const legend = series.filter((s) => s.ys.some((v) => v != null))
     .map((s) => `<span><i style="background:${s.color}"></i>${esc(s.name)}</span>`).join("");
-  return g + `<div class="legend">${legend}</div>`;
+  return g + `<div class="legend">${legend}</div>` + (opts.tools || "");
 }
 
 function xAxis(cols) {

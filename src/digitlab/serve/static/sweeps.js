@@ -2,25 +2,14 @@
 // chosen runs, a final metric against one setting with each seed group's mean ± sd, and the
 // groups' history curves as mean ± sd bands. Everything is computed by /api/sweep and
 // /api/sweep/curves (digitlab/serve/sweeps.py); this file only draws SVG. Uses app.js's helpers
-// ($, esc, enc, getJSON, fmt, niceTicks, COLORS, PAGES, routeToken, selected, view).
+// ($, esc, enc, getJSON, fmt, niceTicks, COLORS, PAGES, routeToken, selected, view) and
+// chart-options.js's emaSmooth.
 "use strict";
 
 const sweepState = { metric: null, x: null, column: "val_acc", ema: 0, log: {} };
 const SW = { W: 900, H: 330, m: { l: 64, r: 20, t: 16, b: 42 } };
 const groupColor = (g) => (g == null ? "#9aa3b2" : COLORS[g % COLORS.length]);
 const swNum = (v) => (v == null ? "–" : fmt.value(v));
-
-// Exponential moving average with the start-up bias removed (as TensorBoard smooths):
-// s_t = a s_{t-1} + (1 - a) y_t, shown as s_t / (1 - a^t); nulls stay null.
-function emaSmooth(ys, a) {
-  if (!a) return ys.slice();
-  let s = 0, w = 0;
-  return ys.map((y) => {
-    if (y == null || !isFinite(y)) return null;
-    s = a * s + (1 - a) * y; w = a * w + (1 - a);
-    return s / w;
-  });
-}
 
 // A numeric scale from value to pixel over [r0, r1]. On a log scale values <= 0 have no place:
 // with floor they sit at r0 (tick "≤0") and the positive values start 16 px further on.
