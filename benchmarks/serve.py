@@ -144,6 +144,31 @@ def sweep_api(client, folder: str) -> dict[str, object]:
     return out
 
 
+def predict_times(trained: Path, ids: dict[str, str], rounds: int) -> dict[str, object]:
+    """``POST /api/predict`` round trips per checkpoint, for all three, and for a large file."""
+    import httpx
+
+    from digitlab.serve import serve_in_thread
+
+    page_png = draw_digit(1, size=140, mode="L")  # what the draw page sends
+    out: dict[str, object] = {}
+    with serve_in_thread(trained) as url, httpx.Client(base_url=url, timeout=60) as client:
+        cases = {name: ([rid], page_png) for name, rid in ids.items()}
+        cases["all three"] = (list(ids.values()), page_png)
+        cases["mlp, 280x280 RGB file"] = ([ids["mlp"]], draw_digit(1))
+        for name, (chosen, png) in cases.items():
+            params = {"ids": ",".join(chosen)}
+            client.post("/api/predict", params=params, content=png)  # load the checkpoints
+            times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                r = client.post("/api/predict", params=params, content=png)
+                times.append(time.perf_counter() - t0)
+                assert r.status_code == 200, r.text
+            out[name] = ms(times)
+    return out
+
+
 def main() -> None:
     import httpx
     from threadpoolctl import threadpool_limits
@@ -194,22 +219,7 @@ def main() -> None:
             if not args.no_browser:
                 results[key]["browser"] = browser_render(url, n, "sweep-000")  # type: ignore[index]
 
-        page_png = draw_digit(1, size=140, mode="L")  # what the draw page sends
-        results["predict"] = {}
-        with serve_in_thread(trained) as url, httpx.Client(base_url=url, timeout=60) as client:
-            cases = {name: ([rid], page_png) for name, rid in ids.items()}
-            cases["all three"] = (list(ids.values()), page_png)
-            cases["mlp, 280x280 RGB file"] = ([ids["mlp"]], draw_digit(1))
-            for name, (chosen, png) in cases.items():
-                params = {"ids": ",".join(chosen)}
-                client.post("/api/predict", params=params, content=png)  # load the checkpoints
-                times = []
-                for _ in range(args.rounds):
-                    t0 = time.perf_counter()
-                    r = client.post("/api/predict", params=params, content=png)
-                    times.append(time.perf_counter() - t0)
-                    assert r.status_code == 200, r.text
-                results["predict"][name] = ms(times)  # type: ignore[index]
+        results["predict"] = predict_times(trained, ids, args.rounds)
     text = json.dumps(results, indent=2)
     (HERE / "serve-results.json").write_text(text + "\n")
     print(text)
