@@ -273,3 +273,22 @@ def test_run_page_charts_have_a_log_toggle_and_smoothing(driver, url, root) -> N
     after = attrs(driver, "#chart-acc path.line", ["d"])[0]["d"]
     assert after != before and after.split("L")[0] == before.split("L")[0]
     assert js_errors(driver) == []
+
+
+def test_markup_in_settings_is_shown_as_text(driver, tmp_path) -> None:
+    markup = '<img src=x onerror="document.body.dataset.pwned=1">'
+    for i in range(2):
+        run = tmp_path / "hostile" / f"r{i}"
+        run.mkdir(parents=True)
+        (run / "config.toml").write_text(f"note = {json.dumps(markup + str(i))}\nseed = {i}\n")
+        (run / "metrics.json").write_text(json.dumps({"test_acc": 0.5 + i / 10}))
+    with serve_in_thread(tmp_path) as base:
+        driver.get("about:blank")
+        driver.get(base + "/#/sweep?prefix=hostile")
+        wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "path.pc-line"), "no sweep")
+        assert driver.find_elements(By.CSS_SELECTOR, "#view img") == []
+        assert js(driver, "return document.body.dataset.pwned") is None
+        assert markup + "1" in driver.find_element(By.ID, "sweep-table").text
+        ticks = js(driver, "return Array.from(document.querySelectorAll("
+                           "'g.pc-axis[data-name=note] text'), t => t.textContent)")  # fmt: skip
+        assert ticks[:2] == [markup + "0", markup + "1"]

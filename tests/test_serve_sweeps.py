@@ -286,3 +286,16 @@ def test_a_bad_or_linked_experiment_folder(reported, tmp_path) -> None:
         os.unlink(reported / "linked")
         (bad / "experiment.json").unlink()
         bad.rmdir()
+
+
+def test_the_pages_scripts_are_served_offline(client) -> None:
+    page = client.get("/").text
+    assets = ("chart-options.js", "sweeps.js", "experiments.js", "sweeps.css")
+    text = page
+    for asset in assets:
+        assert f"/static/{asset}" in page
+        r = client.get(f"/static/{asset}")
+        assert r.status_code == 200
+        text += r.text
+    assert "http://" not in text.replace("http://www.w3.org", "") and "https://" not in text
+    assert "innerHTML = " in text and "${r.id}" not in text  # ids reach the page escaped only
