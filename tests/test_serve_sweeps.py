@@ -221,9 +221,11 @@ def test_experiment_marks_are_the_reports(reported) -> None:
     assert [e["id"] for e in listed] == ["tiny"]
     assert listed[0]["statuses"] == ["meets", "within", "outside", "missing"]
     md = (reported / "report.md").read_text()
-    summary = markdown_table(md, "## Summary")[0]
-    assert (listed[0]["headline"], listed[0]["count"]) == (summary[5], summary[6]) == (
-        summary[5], "2/4")  # fmt: skip
+    summary = markdown_table(md, "## Summary")
+    assert listed[0]["summary"]["rows"] == summary
+    columns = listed[0]["summary"]["header"]
+    assert summary[0][columns.index("✓ or ≈")] == "2/4"  # meets and within of four rows
+    assert summary[0][columns.index("headline (published → reproduced)")].startswith("50.00% → ")
     page = c.get("/api/experiment", params={"id": "tiny"}).json()
     rows = [[mark_text(x) for x in row] for row in page["published"]["rows"]]
     assert rows == markdown_table(md, "### Published vs reproduced")

@@ -4,9 +4,10 @@ sees them.
 An experiment is a folder directly under the runs root holding an ``experiment.json``
 (:func:`digitlab.report.rundata.find_experiments` looks at ``<root>/*/experiment.json``); it
 is read with :func:`~digitlab.report.rundata.load_experiment`. Its published-vs-reproduced
-rows, the summary's headline and count and the members table are built by the very functions
-that write ``report.md`` (:func:`digitlab.report.document.compare`, ``_published``,
-``_headline``, ``member_rows``), so the page shows the report's marks cell for cell.
+rows, its summary rows (one per task: reading, chosen member, headline, marks) and the members
+table are built by the very functions that write ``report.md``
+(:func:`digitlab.report.document.compare`, ``_published``, ``summary_rows``, ``member_rows``),
+so the page shows the report's marks cell for cell.
 
 Figures are the PNG and SVG files of the kinds the record lists (``figures/<kind>.png``),
 served only when they are regular files under the root; the server never draws one
@@ -118,26 +119,36 @@ def _span(span: Any) -> Any:
 
 
 def marks(exp: Any) -> dict[str, Any]:
-    """The report's published-vs-reproduced table of ``exp`` and its summary cells.
+    """The report's published-vs-reproduced table of ``exp`` and its summary rows.
 
-    Returns ``{header, rows (cells: text or a mark), headline, count, statuses, symbols}``
-    (``symbols``: each row's mark, as in the report's ``MARKS``); ``rows`` is
-    empty for an experiment without published numbers (headline and count are then "—").
+    Returns ``{header, rows (cells: text or a mark), classes ("alternative" for a row of an
+    alternative reading), statuses, symbols (each row's mark, as the report's ``MARKS``),
+    alternative, summary: {header, rows}}``; ``rows`` is empty for an experiment without
+    published numbers. The summary has the report's columns and one row per task.
     """
-    from digitlab.report.document import MARKS, _headline, _published, compare
+    from digitlab.report.document import (
+        MARKS,
+        SUMMARY_COLUMNS,
+        _published,
+        compare,
+        summary_rows,
+    )
     from digitlab.report.render import Table
 
     comps = [compare(exp, p) for p in exp.published]
-    headline, count = _headline(comps)
     blocks = _published(exp, comps) if comps else []
     table = next((b for b in blocks if isinstance(b, Table)), None)
     return {
         "header": table.header if table else [],
         "rows": [[_span(c) for c in row] for row in table.rows] if table else [],
-        "headline": headline,
-        "count": count,
+        "classes": list(table.row_classes or []) if table else [],
         "statuses": [c.status for c in comps],
         "symbols": [MARKS[c.status][0] for c in comps],
+        "alternative": [c.alternative for c in comps],
+        "summary": {
+            "header": list(SUMMARY_COLUMNS),
+            "rows": [[_span(c) for c in row] for row in summary_rows(exp, comps)],
+        },
     }
 
 
@@ -152,7 +163,8 @@ def _member_runs(exp: Any, name: str, runs: list[str]) -> list[list[str]]:
 
 
 def summary(exp: Any, name: str) -> dict[str, Any]:
-    """One row of the experiments list: text, members, chosen, data, time and marks."""
+    """An experiment in the list: its text, the report's summary rows (``summary``) and the
+    marks of its published rows (``statuses``, ``symbols``, ``alternative``)."""
     found = marks(exp)
     return {
         "id": name,
@@ -161,14 +173,13 @@ def summary(exp: Any, name: str) -> dict[str, Any]:
         "source": exp.source,
         "section": exp.section,
         "members": len(exp.members),
-        "chosen": exp.chosen,
         "sample": exp.is_sample,
         "dataset": exp.data.get("dataset"),
         "seconds": exp.seconds,
-        "headline": found["headline"],
-        "count": found["count"],
+        "summary": found["summary"],
         "statuses": found["statuses"],
         "symbols": found["symbols"],
+        "alternative": found["alternative"],
         "error": None,
     }
 
@@ -183,7 +194,9 @@ def experiments(index: RunIndex, cache: ExperimentCache) -> dict[str, Any]:
         except ServeError as exc:
             rows.append({"id": name, "title": name, "source": "", "name": name, "error": str(exc)})
     rows.sort(key=lambda r: (r["source"], r["name"]))
-    return {"root": str(index.root), "experiments": rows}
+    from digitlab.report.document import SUMMARY_COLUMNS
+
+    return {"root": str(index.root), "columns": list(SUMMARY_COLUMNS), "experiments": rows}
 
 
 def figure_files(exp: Any, root: Path) -> list[dict[str, Any]]:
@@ -212,7 +225,11 @@ def experiment(index: RunIndex, cache: ExperimentCache, name: str | None) -> dic
         "choices": exp.choices,
         "notes": data_notes(exp.data) if exp.data else [],
         "figures": figure_files(exp, index.root),
-        "members_table": {"header": header, "rows": rows},
+        "members_table": {
+            "header": header,
+            "rows": rows,
+            "classes": ["chosen" if exp.is_chosen(m) else "" for m in exp.members],
+        },
         "member_labels": [m.label for m in exp.members],
         "member_runs": _member_runs(exp, name, runs),
         "published": marks(exp),
