@@ -65,9 +65,15 @@ async function showSweepPicker(token) {
       folders.set(f, (folders.get(f) || 0) + 1);
     }
   }
+  // ids travel in the URL: a selection too long for one (the server reads 16 KB of request
+  // line) is offered as its folders instead
+  const picked = enc([...selected].join(","));
+  const viaLink = selected.size && picked.length < 12000
+    ? ` (<a id="sweep-selected" href="#/sweep?ids=${picked}">the ${selected.size} selected</a>)`
+    : selected.size ? ` (the ${selected.size} selected are too many for a link: pick their folder)` : "";
   const rows = [...folders].filter(([, n]) => n > 1).sort((a, b) => a[0].localeCompare(b[0], undefined, { numeric: true }));
   view().innerHTML = `<div class="card"><h2>Sweeps</h2>
-    <p>A sweep shows what a set of runs differ in and how a final metric depends on it. Pick the runs ticked in the <a href="#/runs">runs table</a>${selected.size ? ` (<a id="sweep-selected" href="#/sweep?ids=${enc([...selected].join(","))}">the ${selected.size} selected</a>)` : ""}, every run under the root (<a href="#/sweep?prefix=">${data.runs.length} runs</a>), or a folder:</p>
+    <p>A sweep shows what a set of runs differ in and how a final metric depends on it. Pick the runs ticked in the <a href="#/runs">runs table</a>${viaLink}, every run under the root (<a href="#/sweep?prefix=">${data.runs.length} runs</a>), or a folder:</p>
     <table class="kv" id="sweep-folders">${rows.map(([f, n]) => `<tr><td><a href="#/sweep?prefix=${enc(f)}">${esc(f)}</a></td><td class="muted">${n} runs</td></tr>`).join("") || `<tr><td class="muted">no folder with several runs</td></tr>`}</table></div>`;
 }
 
