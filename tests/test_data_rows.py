@@ -50,7 +50,11 @@ def test_rows_equal_the_float32_features_exactly(method, bias):
     np.testing.assert_array_equal(got, full[idx])
     wide = rows.astype(np.float64)
     assert wide.dtype == np.float64 and np.shares_memory(wide.pixels, rows.pixels)
-    np.testing.assert_array_equal(wide.take(idx), full[idx].astype(np.float64))
+    # float64 rows are computed in float64 from the pixels (as x / 255.0 is), not widened
+    np.testing.assert_array_equal(wide.take(idx), prep.transform(x[idx], dtype=np.float64))
+    np.testing.assert_allclose(wide.take(idx), full[idx], rtol=1e-6, atol=1e-6)
+    if method == "scale01":
+        np.testing.assert_array_equal(wide.take(idx)[:, :30], x[idx].reshape(5, -1) / 255.0)
     assert rows.astype(np.float32) is rows
 
 
