@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import importlib.resources
 import os
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import time
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -693,3 +695,17 @@ def test_c_contiguous_features_reach_the_trainer_uncopied(monkeypatch, dtype):
         assert features.dtype == expected
         assert np.shares_memory(features, X) == floating
 
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_a_fitted_estimator_holds_no_reference_to_the_training_rows(early_stopping):
+    X, y = _blobs(n=200)
+    X = X.astype(np.float32)  # the trainer trains on X itself (no copy)
+    alive = weakref.ref(X)
+    est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, early_stopping=early_stopping,
+                        random_state=0).fit(X, y, sample_weight=np.full(200, 2.0))  # fmt: skip
+    est.partial_fit(X[:50], y[:50])
+    X_test = X[:5].copy()
+    del X
+    gc.collect()
+    assert alive() is None  # nor would pickling the estimator write the rows
+    assert est.n_iter_ == 4 and est.predict(X_test).shape == (5,)

@@ -122,6 +122,11 @@ class _EpochTrainer(Trainer):
         finally:
             self.splits = splits
 
+    def release_data(self) -> None:
+        """Drop the references to this fit's rows and batch buffers (the next fit prepares its
+        own), so that a fitted estimator holds, and pickles, its model and run state only."""
+        self.splits, self._batches, self._weight = {}, None, None
+
 
 class _Verbose(Callback):
     """Print one line per evaluation (only used when the estimator's ``verbose`` asks)."""
@@ -547,7 +552,12 @@ class _DigitlabClassifier(ClassifierMixin, BaseEstimator):
             callbacks.append(_Verbose())
         trainer.schedule = self._schedule()  # the current learning_rate_init and anneal_T
         trainer.eval_train = self.eval_train
-        trainer.continue_fit((X, y), val, epochs=epochs, callbacks=callbacks, sample_weight=weight)
+        try:
+            trainer.continue_fit(
+                (X, y), val, epochs=epochs, callbacks=callbacks, sample_weight=weight
+            )
+        finally:
+            trainer.release_data()
         self.model_ = trainer.model
         self.n_iter_ = trainer.epoch
         self.loss_curve_ = list(self._loss_curve.curve)
