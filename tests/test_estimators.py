@@ -709,3 +709,36 @@ def test_a_fitted_estimator_holds_no_reference_to_the_training_rows(early_stoppi
     gc.collect()
     assert alive() is None  # nor would pickling the estimator write the rows
     assert est.n_iter_ == 4 and est.predict(X_test).shape == (5,)
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_the_features_are_checked_for_nan_and_inf_in_one_pass(monkeypatch, early_stopping):
+    import sklearn.utils.validation
+
+    import digitlab.train.batching
+
+    X, y = _blobs(n=200)
+    rows_checked = []
+    for module, name in ((sklearn.utils.validation, "_assert_all_finite"),
+                         (digitlab.train.batching, "all_finite")):  # fmt: skip
+        check = getattr(module, name)
+
+        def spy(A, *args, check=check, **kwargs):
+            if A.ndim == 2 and A.shape[1] == X.shape[1]:
+                rows_checked.append(A.shape[0])
+            return check(A, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    est = SoftmaxRegression(solver="minibatch", early_stopping=early_stopping, max_iter=2)
+    est.fit(X, y)
+    assert sum(rows_checked) == 200  # every row once (train and validation rows, if split)
+    rows_checked.clear()
+    est.partial_fit(X, y)
+    assert rows_checked == [200]
+    for bad in (np.nan, np.inf):
+        X_bad = X.copy()
+        X_bad[7, 2] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            clone(est).fit(X_bad, y)
+        with pytest.raises(ValueError, match="NaN or inf"):
+            clone(est).partial_fit(X_bad, y, classes=[0, 1, 2])
