@@ -36,6 +36,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -185,20 +186,26 @@ def measure(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, Any]:
 
 
 def figures(times: dict[str, list[float]], epochs: int) -> dict[str, Any]:
-    """Per-epoch seconds and the estimator's ratios, from the best time of each call."""
-    per_epoch = {name: min(t) / epochs for name, t in times.items()}
-    ratios = {
-        f"estimator/{name}": per_epoch["estimator"] / per_epoch[name]
-        for name in per_epoch
-        if name.startswith("trainer")
-    }
-    return {"per_epoch_s": per_epoch, "ratios": ratios}
+    """Per-epoch seconds and the estimator's ratios from the best time of each call (as
+    run.py), and from the median (steadier when every round is disturbed)."""
+    out: dict[str, Any] = {}
+    for stat, suffix in ((min, ""), (statistics.median, "_median")):
+        per_epoch = {name: stat(t) / epochs for name, t in times.items()}
+        out[f"per_epoch_s{suffix}"] = per_epoch
+        out[f"ratios{suffix}"] = {
+            f"estimator/{name}": per_epoch["estimator"] / per_epoch[name]
+            for name in per_epoch
+            if name.startswith("trainer")
+        }
+    return out
 
 
 def row(kind: str, clock: str, f: dict[str, Any]) -> str:
     """One line of the printed table."""
     e = f["per_epoch_s"]
-    ratios = ", ".join(f"{k} {v:.3f}" for k, v in f["ratios"].items())
+    ratios = ", ".join(
+        f"{k} {v:.3f} (median {f['ratios_median'][k]:.3f})" for k, v in f["ratios"].items()
+    )
     return f"| {kind} | {clock} | {e['trainer']:.4g} | {e['estimator']:.4g} | {ratios} |"
 
 
