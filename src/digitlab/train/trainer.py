@@ -56,6 +56,9 @@ Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 class Trainer:
     """Gradient-descent training loop shared by all models.
 
+    ``eval_train = False`` (an attribute) leaves the training split out of the evaluations: a
+    pass over every training row that a caller monitoring the batches' own losses can skip.
+
     Parameters
     ----------
     model : Model
@@ -85,6 +88,8 @@ class Trainer:
     eval_offset : int
         Evaluations fall on steps ``eval_offset + k * eval_steps``.
     """
+
+    eval_train = True
 
     def __init__(
         self,
@@ -331,6 +336,7 @@ class Trainer:
         results = {
             name: evaluate(self.model, X, y, self._weight if name == "train" else None)
             for name, (X, y) in self.splits.items()
+            if name != "train" or self.eval_train
         }
         record = evaluation_record(self.model, own, results)
         if step is not None:  # callbacks written before the measure hook have none
@@ -371,6 +377,11 @@ class Trainer:
         """The model's gradient method for batches of ``batch_size`` rows (see
         :func:`~digitlab.train.batching.gradient_method`)."""
         return gradient_method(self.model, self.optimizer, batch_size)
+
+    def release_data(self) -> None:
+        """Drop the references to the last fit's rows and batch buffers (the next fit prepares
+        its own): a trainer kept after training holds its model and run state only."""
+        self.splits, self._batches, self._weight = {}, None, None
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
