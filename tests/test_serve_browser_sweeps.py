@@ -11,13 +11,13 @@ or Selenium is missing (as tests/test_serve_browser.py).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from browser_helpers import artifacts_folder, chromium_driver, require_browser
 from sweep_helpers import (
     LAMBDAS,
     SEEDS,
@@ -27,15 +27,7 @@ from sweep_helpers import (
     write_lambda_sweep,
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip(
-        "needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)",
-        allow_module_level=True,
-    )
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the test extra)")
-pytest.importorskip("uvicorn")
+webdriver = require_browser()
 
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -48,22 +40,12 @@ WAIT = 20
 
 @pytest.fixture(scope="module")
 def driver() -> Iterator[object]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000", "--force-device-scale-factor=1"):  # fmt: skip
-        options.add_argument(arg)
-    drv = webdriver.Chrome(service=webdriver.ChromeService(str(CHROMEDRIVER)), options=options)
-    yield drv
-    drv.quit()
+    yield from chromium_driver()
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    env = os.environ.get("DIGITLAB_TEST_ARTIFACTS")
-    folder = Path(env) if env else tmp_path_factory.getbasetemp() / "serve-screenshots"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return artifacts_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from browser_helpers import chromium_driver, require_browser
 from train_helpers import LONG_RUN, MORE_EPOCHS, RESUME, TOKEN, assert_same_arrays, cli_reference
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip(
-        "needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)",
-        allow_module_level=True,
-    )
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the test extra)")
-pytest.importorskip("uvicorn")
+webdriver = require_browser()
 
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -37,14 +30,7 @@ WAIT = 60
 
 @pytest.fixture
 def driver() -> Iterator[object]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000", "--force-device-scale-factor=1"):  # fmt: skip
-        options.add_argument(arg)
-    drv = webdriver.Chrome(service=webdriver.ChromeService(str(CHROMEDRIVER)), options=options)
-    yield drv
-    drv.quit()
+    yield from chromium_driver()
 
 
 def wait(drv, condition, message: str, timeout: float = WAIT):
