@@ -61,6 +61,13 @@ MAX_TRAIN_BODY = 64 * 1024
 REQUEST_FILE = ".train-request.toml"
 #: Settings the server decides (a browser may not point the server at other folders).
 SERVER_SETTINGS = ("data_root",)
+#: The child's program: the command line, with SIGINT handled even when the server was started
+#: with it ignored (a background job of a shell without job control passes SIG_IGN on to its
+#: children, and a stop would then go unheard).
+CHILD = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from digitlab.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 #: Exit status of a command stopped by Ctrl-C/SIGINT (:data:`digitlab.cli.EXIT_INTERRUPTED`).
 EXIT_INTERRUPTED = 130
 OFF = "training from the browser is off: start the server with digitlab serve --allow-train"
@@ -277,7 +284,7 @@ class TrainJobs:
             p for p in (_package_path(), env.get("PYTHONPATH")) if p
         )  # fmt: skip
         proc = subprocess.Popen(
-            [sys.executable, "-m", "digitlab", *args], stdin=subprocess.DEVNULL,
+            [sys.executable, "-c", CHILD, *args], stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
             env=env, start_new_session=True,  # the server's Ctrl-C reaches it once, via close
         )  # fmt: skip
