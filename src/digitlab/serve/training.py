@@ -205,7 +205,7 @@ class Job:
             return "stopping" if self.stop_requested else "running"
         rc = self.proc.returncode
         # SIGINT before the command line caught it: -2, or 1 with a KeyboardInterrupt traceback
-        early = rc == -signal.SIGINT or (
+        early = rc in (-signal.SIGINT, -signal.SIGTERM) or (
             self.stop_requested and bool(self.lines) and self.lines[-1] == "KeyboardInterrupt"
         )
         return "finished" if rc == 0 else "stopped" if rc == EXIT_INTERRUPTED or early else "failed"
@@ -243,6 +243,13 @@ def _package_path() -> str:
     import digitlab
 
     return str(Path(digitlab.__file__).resolve().parents[1])
+
+
+def stop_signal() -> int:
+    """SIGINT, as Ctrl-C; SIGTERM (the same clean stop in the child) when this server runs with
+    SIGINT ignored: its children inherit that, and a SIGINT sent before the child resets it is
+    lost."""
+    return signal.SIGTERM if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else signal.SIGINT
 
 
 class TrainJobs:
@@ -370,7 +377,7 @@ class TrainJobs:
             raise ServeError("no training is running", 409)
         if not job.stop_requested:
             job.stop_requested = True
-            job.proc.send_signal(signal.SIGINT)
+            job.proc.send_signal(stop_signal())
         return job.status()
 
     def status(self) -> dict[str, Any] | None:
