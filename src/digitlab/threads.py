@@ -145,7 +145,7 @@ class ThreadPolicy:
         self.threads = 0
         self._limiter: Any = None
         self._previous: Any = None
-        self._last: tuple[float, float, float, float] | None = None
+        self._last: LoadMeter | None = None  # the load since the last check
         self._next_check = 0.0
         self._busy_cores = 0
 
@@ -168,7 +168,7 @@ class ThreadPolicy:
             self.cores = min(self.cores, blas_threads() or self.cores)
         self._set(self.cores if self.adjusting else 1)
         if self.adjusting and fixed is None:
-            self._last = self._reading()
+            self._last = LoadMeter()
             self._next_check = time.monotonic() + FIRST_CHECK_S
         else:
             self._last = None
@@ -177,22 +177,17 @@ class ThreadPolicy:
         """Called after every step: every :data:`CHECK_S` seconds, follow the load."""
         if self._last is None or time.monotonic() < self._next_check:
             return
-        now = self._reading()
-        if now is None or self._last is None:
+        load = self._last.finish()
+        if load is None:
             self._last = None
             return
-        wall = now[0] - self._last[0]
-        others = (now[1] - self._last[1]) - (now[3] - self._last[3])
-        if os.nice(0) > 0:  # a niced fit competes with niced processes too
-            others += now[2] - self._last[2]
-        load = max(0.0, others / wall) if wall > 0 else 0.0
         busy, target = self._busy_cores, min(self.cores - 1, math.floor(load + 1 - BUSY))
         if target > busy or load < busy - 1 + RELEASE:
             busy = target
         if busy != self._busy_cores:
             self._busy_cores = busy
             self._set(max(1, self.cores - busy))
-        self._last, self._next_check = now, time.monotonic() + CHECK_S
+        self._last, self._next_check = LoadMeter(), time.monotonic() + CHECK_S
 
     def stop(self) -> None:
         """Give the libraries back their thread counts."""
@@ -200,12 +195,6 @@ class ThreadPolicy:
             self._previous.restore_original_limits()
         self._previous = self._limiter = None
         self._last = None
-
-    def _reading(self) -> tuple[float, float, float, float] | None:
-        machine = machine_busy_s()
-        if machine is None:
-            return None
-        return time.monotonic(), machine[0], machine[1], own_busy_s()
 
     def _set(self, threads: int) -> None:
         if threads == self.threads:
