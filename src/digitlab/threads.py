@@ -76,6 +76,23 @@ def fixed_threads() -> int | None:
     return int(text)
 
 
+#: Thread limits set outside that a worker process inherits (the first one set counts).
+LIMIT_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def worker_threads() -> int:
+    """The BLAS thread cap of a worker process this one starts: the usable cores, or fewer
+    when ``DIGITLAB_THREADS`` or a thread-limit variable (:data:`LIMIT_VARS`) says so."""
+    fixed = fixed_threads()
+    if fixed is not None:
+        return fixed
+    for var in LIMIT_VARS:
+        text = os.environ.get(var, "").strip()
+        if text.isdigit() and int(text) >= 1:
+            return min(int(text), usable_cores())
+    return usable_cores()
+
+
 def machine_busy_s() -> tuple[float, float] | None:
     """CPU seconds all processes spent so far: ``(normal priority, niced)``, from /proc/stat."""
     try:

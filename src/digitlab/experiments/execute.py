@@ -190,11 +190,21 @@ def finished_metrics(job: Job) -> dict[str, Any] | None:
 
 @contextlib.contextmanager
 def backend(scheduler: str | None) -> Iterator[None]:
-    """joblib's default (loky processes) or a Dask distributed cluster at ``scheduler``."""
+    """joblib's default (loky processes) or a Dask distributed cluster at ``scheduler``.
+
+    Loky workers may use every core this process may (joblib would give each of ``n`` workers
+    ``cores // n`` BLAS threads): a chain that runs alone, as the last tasks of a reproduction
+    do, then gets the whole machine, and workers running side by side give threads up to each
+    other through :class:`~digitlab.threads.ThreadPolicy`, which follows the other processes'
+    load.
+    """
     import joblib
 
     if scheduler is None:
-        yield
+        from digitlab.threads import worker_threads
+
+        with joblib.parallel_config(backend="loky", inner_max_num_threads=worker_threads()):
+            yield
         return
     try:
         from dask.distributed import Client
