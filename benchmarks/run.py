@@ -123,7 +123,7 @@ def per_step_us(fn: Callable[[], Any], steps: int, repeat: int = 3) -> float:
 
 # ----------------------------------------------------------------------------- machine
 def machine(threads: int) -> dict[str, Any]:
-    from digitlab.report.document import cpu_model
+    from digitlab.kernels import cpu_model
 
     cpu = cpu_model() or "?"
     import scipy

@@ -173,7 +173,7 @@ def main() -> None:
     import httpx
     from threadpoolctl import threadpool_limits
 
-    from digitlab.report.document import cpu_model
+    from digitlab.kernels import cpu_model
     from digitlab.serve import serve_in_thread
     from digitlab.serve.runs import RunIndex
 

@@ -72,7 +72,7 @@ def host_key(dtype: Any) -> dict[str, Any]:
     """What a calibration depends on: CPU model, BLAS build and kernel family, threads, dtype."""
     blas = blas_info()
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu_model() or "unknown",
         "machine": platform.machine(),
         "blas": f"{blas.get('internal_api', '?')} {blas.get('version', '?')}",
         "kernels": os.environ.get("OPENBLAS_CORETYPE") or blas.get("architecture", "?"),
@@ -82,7 +82,8 @@ def host_key(dtype: Any) -> dict[str, Any]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo; the platform's processor name elsewhere)."""
+    """The CPU's model name (from /proc/cpuinfo; the platform's processor name elsewhere,
+    possibly empty)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
@@ -90,7 +91,7 @@ def cpu_model() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return platform.processor()
 
 
 def blas_info() -> dict[str, Any]:

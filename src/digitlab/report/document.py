@@ -20,6 +20,7 @@ from typing import Any
 
 from digitlab.errors import ReportError
 from digitlab.fileio import atomic_write_text
+from digitlab.kernels import cpu_model
 from digitlab.report.figures import figure_paths
 from digitlab.report.kinds import caption, draw_figure, is_stale
 from digitlab.report.render import (
@@ -247,17 +248,6 @@ def fmt_seconds(seconds: float) -> str:
     if m:
         return f"{m} min {s:02d} s"
     return f"{s} s"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def machine() -> str:
