@@ -41,7 +41,8 @@ def test_shipped_experiments_validate_and_cover_every_source():
     # the MLP rows of LeCun's MNIST table and the tricks comparison run only when named
     on_request = {n for n, e in exps.items() if e.on_request}
     assert on_request == {"lecun-mlp", "lecun-mlp-elastic", "tricks", "ucsd-softmax-1000",
-                          "ucsd-draft-softmax-1000", "ucsd-softmax-float64"}  # fmt: skip
+                          "ucsd-draft-softmax-1000", "ucsd-softmax-float64",
+                          "ucsd-softmax-1000-float32"}  # fmt: skip
     for e in exps.values():
         assert e.title and e.protocol and e.section
         assert set(e.figures) <= set(listed_kinds())
@@ -62,7 +63,8 @@ def test_shipped_experiments_validate_and_cover_every_source():
 def test_on_request_experiments_run_only_when_named():
     names = [e.name for e in select_experiments([])]
     on_request = {"lecun-mlp-elastic", "lecun-mlp", "tricks", "ucsd-softmax-1000",
-                  "ucsd-draft-softmax-1000", "ucsd-softmax-float64"}  # fmt: skip
+                  "ucsd-draft-softmax-1000", "ucsd-softmax-float64",
+                  "ucsd-softmax-1000-float32"}  # fmt: skip
     assert not on_request & set(names)
     assert "ucsd-softmax" in names
     assert len(names) == len(builtin_experiments()) - len(on_request)
