@@ -119,10 +119,6 @@ def test_a_busy_core_is_given_up_and_taken_back(monkeypatch):
     assert blas_threads() == before
 
 
-def _worker_blas_threads() -> int:
-    return max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
-
-
 @pytest.mark.skipif(threads.usable_cores() < 2, reason="needs two usable cores")
 def test_engine_workers_may_use_every_usable_core(monkeypatch):
     """joblib alone gives each of 2 workers cores // 2 BLAS threads; a chain running alone in
@@ -131,13 +127,12 @@ def test_engine_workers_may_use_every_usable_core(monkeypatch):
 
     from digitlab.experiments.execute import backend
 
-    for var in ("DIGITLAB_THREADS", *threads.LIMIT_VARS):
-        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("DIGITLAB_THREADS", raising=False)
     cores = threads.usable_cores()
     with backend(None):
-        seen = joblib.Parallel(n_jobs=2)(joblib.delayed(_worker_blas_threads)() for _ in range(2))
+        seen = joblib.Parallel(n_jobs=2)(joblib.delayed(blas_threads)() for _ in range(2))
     assert seen == [cores, cores]
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # a limit set outside still caps them
-    assert threads.worker_threads() == 1
+    with threadpool_limits(limits=1, user_api="blas"):  # a limit set outside still caps them
+        assert threads.worker_threads() == 1
     monkeypatch.setenv("DIGITLAB_THREADS", "3")
     assert threads.worker_threads() == 3

@@ -76,21 +76,17 @@ def fixed_threads() -> int | None:
     return int(text)
 
 
-#: Thread limits set outside that a worker process inherits (the first one set counts).
-LIMIT_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
 def worker_threads() -> int:
-    """The BLAS thread cap of a worker process this one starts: the usable cores, or fewer
-    when ``DIGITLAB_THREADS`` or a thread-limit variable (:data:`LIMIT_VARS`) says so."""
+    """The BLAS thread cap of a worker process this one starts: ``DIGITLAB_THREADS``, else the
+    usable cores capped, as a fit's are, by a limit set outside (:func:`capped`)."""
     fixed = fixed_threads()
-    if fixed is not None:
-        return fixed
-    for var in LIMIT_VARS:
-        text = os.environ.get(var, "").strip()
-        if text.isdigit() and int(text) >= 1:
-            return min(int(text), usable_cores())
-    return usable_cores()
+    return fixed if fixed is not None else capped(usable_cores())
+
+
+def capped(cores: int) -> int:
+    """``cores``, or fewer where a thread limit was set outside (``OPENBLAS_NUM_THREADS`` and
+    the like when the library loaded, threadpoolctl since)."""
+    return min(cores, blas_threads() or cores)
 
 
 def machine_busy_s() -> tuple[float, float] | None:
@@ -182,7 +178,7 @@ class ThreadPolicy:
         if fixed is not None:
             self.cores, self.macs_per_step = fixed, SKINNY_MACS * int(fixed > 1)
         else:  # a limit set outside (OPENBLAS_NUM_THREADS, threadpoolctl) is a cap
-            self.cores = min(self.cores, blas_threads() or self.cores)
+            self.cores = capped(self.cores)
         self._set(self.cores if self.adjusting else 1)
         if self.adjusting and fixed is None:
             self._last = LoadMeter()
