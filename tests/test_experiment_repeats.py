@@ -14,7 +14,7 @@ import pytest
 from digitlab.checkpoint import load_checkpoint
 from digitlab.errors import ConfigError
 from digitlab.experiments import parse_experiment, run_experiment, run_experiments, slug
-from digitlab.experiments.execute import DONE, run_member, stop_epoch
+from digitlab.experiments.execute import DONE, STARTED, run_member, stop_epoch
 from digitlab.experiments.folders import MARK
 from digitlab.experiments.record import comparability
 from digitlab.report import load_experiment
@@ -212,8 +212,10 @@ def test_a_second_run_continues_only_what_is_missing(tmp_path):
     run_experiment(exp, tmp_path, n_jobs=1)
     folder = tmp_path / "rep"
     assert (folder / MARK).is_file()
-    # 'c' failed half-way (no job.json, a stray file), 'a' finished: only 'c' reruns
+    # 'c' failed half-way (no job.json, no checkpoint it could continue from, a stray
+    # file), 'a' finished: only 'c' reruns, from the start
     (folder / "c" / DONE).unlink()
+    (folder / "c" / STARTED).unlink()
     (folder / "c" / "partial.tmp").write_text("x")
     stamp = (folder / "a" / "checkpoint.npz").stat().st_mtime_ns
     seen = []
@@ -437,3 +439,165 @@ def test_repeats_whose_seed_changes_the_data_run_one_by_one(tmp_path):
         for folder in member.repeats["folders"]:
             metrics = json.loads((tmp_path / "rep" / folder / "metrics.json").read_text())
             assert "trained_together" not in metrics and metrics["steps"] == 6
+
+
+# ------------------------------------------------------------- a killed job continues
+def _history_without_time(folder) -> list[list[str]]:
+    rows = [line.split(",") for line in (folder / "history.csv").read_text().splitlines()]
+    keep = [i for i, name in enumerate(rows[0]) if name != "time"]
+    return [[r[i] for i in keep] for r in rows]
+
+
+def _kill_at(monkeypatch, step: int) -> None:
+    """Stop the run, as Ctrl-C or a killed worker would, right after the checkpoint of
+    ``step`` (the runs below checkpoint every step: ``checkpoint_seconds=0``)."""
+    from digitlab.train.callbacks import Checkpoint
+
+    original = Checkpoint.on_step_end
+
+    def on_step_end(self, trainer, loss):
+        original(self, trainer, loss)
+        if trainer.step == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "on_step_end", on_step_end)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"batch": 256, "epochs": 3, "shuffle": True, "eval_every": 5},  # the RNG carries on
+        FULL["settings"] | {"epochs": 12, "eval_every": 2, "early_stopping": 50},
+    ],
+    ids=["shuffled-minibatch", "full-batch"],
+)
+def test_a_killed_job_continues_from_its_checkpoint_to_the_same_result(
+    tmp_path, monkeypatch, settings
+):
+    spec = BASE | {"settings": BASE["settings"] | settings, "members": [{"label": "a"}]}
+    exp = parse_experiment(spec, "rep.toml")
+    ref = run_experiment(exp, tmp_path / "ref", n_jobs=1).members[0]
+    with monkeypatch.context() as m:
+        _kill_at(m, 7)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(exp, tmp_path / "out", n_jobs=1, checkpoint_seconds=0)
+    job = tmp_path / "out" / "rep" / "a"
+    assert (job / STARTED).is_file() and not (job / DONE).exists()
+    assert load_checkpoint(job / "checkpoint.npz")[1]["progress"]["step"] == 7
+    member = run_experiment(exp, tmp_path / "out", n_jobs=1).members[0]
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["resumed_at_step"] == 7
+    for key in ("steps", "train_loss", "val_acc", "test_acc", "test_loss", "stop_reason"):
+        assert metrics[key] == ref.metrics[key], key
+    for k, v in params(tmp_path / "ref" / "rep" / "a").items():
+        np.testing.assert_array_equal(params(job)[k], v)
+    assert _history_without_time(job) == _history_without_time(tmp_path / "ref" / "rep" / "a")
+    assert member.metrics["test_acc"] == ref.metrics["test_acc"]
+
+
+def test_killed_repeats_trained_in_lock_step_continue_one_by_one(tmp_path, monkeypatch):
+    exp = parse_experiment(chain_spec(2), "rep.toml")
+    ref = run_experiment(exp, tmp_path / "ref", n_jobs=1)
+    with monkeypatch.context() as m:
+        _kill_at(m, 3)  # in the first link, both repeats' checkpoints at step 3
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(exp, tmp_path / "out", n_jobs=1, checkpoint_seconds=0)
+    first = tmp_path / "out" / "rep" / "first"
+    assert load_checkpoint(first / "checkpoint.npz")[1]["progress"]["step"] == 3
+    record = run_experiment(exp, tmp_path / "out", n_jobs=1)
+    for a, b in zip(record.members, ref.members, strict=True):
+        for folder in a.repeats["folders"]:
+            got = json.loads((tmp_path / "out" / "rep" / folder / "metrics.json").read_text())
+            want = json.loads((tmp_path / "ref" / "rep" / folder / "metrics.json").read_text())
+            assert got["steps"] == want["steps"] == 6
+            assert got["test_acc"] == pytest.approx(want["test_acc"], abs=1e-3)
+            assert ("resumed_at_step" in got) == (a.label == "first")
+        assert b.label == a.label
+
+
+def test_a_stopped_job_of_other_settings_or_with_a_broken_checkpoint_starts_again(
+    tmp_path, monkeypatch
+):
+    spec = BASE | {"settings": BASE["settings"] | {"epochs": 2}, "members": [{"label": "a"}]}
+    exp = parse_experiment(spec, "rep.toml")
+    for damage in ("key", "truncated"):
+        out = tmp_path / damage
+        with monkeypatch.context() as m:
+            _kill_at(m, 5)
+            with pytest.raises(KeyboardInterrupt):
+                run_experiment(exp, out, n_jobs=1, checkpoint_seconds=0)
+        job = out / "rep" / "a"
+        if damage == "key":
+            (job / STARTED).write_text(json.dumps({"key": "0123456789abcdef"}))
+        else:
+            data = (job / "checkpoint.npz").read_bytes()
+            (job / "checkpoint.npz").write_bytes(data[: len(data) // 2])
+        (job / "stray.tmp").write_text("x")
+        run_experiment(exp, out, n_jobs=1)
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert "resumed_at_step" not in metrics and not (job / "stray.tmp").exists()
+
+
+def test_a_failing_job_removes_its_checkpoints_too(tmp_path, monkeypatch):
+    """Only a stop (Ctrl-C, a killed worker) keeps a job to continue; an error does not."""
+    from digitlab.train.callbacks import Checkpoint
+
+    original = Checkpoint.on_step_end
+
+    def on_step_end(self, trainer, loss):
+        original(self, trainer, loss)
+        if trainer.step == 4:
+            raise ConfigError("boom")
+
+    monkeypatch.setattr(Checkpoint, "on_step_end", on_step_end)
+    exp = parse_experiment(BASE, "rep.toml")
+    with pytest.raises(ConfigError, match="boom"):
+        run_member(
+            exp.member_settings(exp.members[0]), [], str(tmp_path / "job"), key="k",
+            checkpoint_seconds=0,
+        )  # fmt: skip
+    assert not (tmp_path / "job").exists()
+
+
+def test_a_killed_reproduce_continues_its_jobs_from_their_checkpoints(tmp_path):
+    """The whole process group killed (a closed laptop, an out-of-time session) while a loky
+    worker trains: the next ``digitlab reproduce`` continues from the last checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exp = tmp_path / "long.toml"
+    exp.write_text(
+        'name = "long"\nsource = "000"\nsection = "s"\ntitle = "t"\nprotocol = "p"\n'
+        'figures = ["table"]\n[settings]\nmodel = "mlp"\nhidden = [64]\n'
+        'dataset = "mnist-5k"\nbatch = 16\nlr = 0.05\nepochs = 30\neval_every = 2250\n'
+    )
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cmd = [sys.executable, "-m", "digitlab.cli", "reproduce", str(exp), "--out", "runs",
+           "--no-report", "--jobs", "2", "--checkpoint-minutes", "0.002"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    job = tmp_path / "runs" / "long" / "run"
+    deadline = time.monotonic() + 120
+    while not (job / "checkpoint.npz").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not (job / DONE).exists(), "the job ended before it was killed: make it longer"
+    killed_at = load_checkpoint(job / "checkpoint.npz")[1]["progress"]["step"]
+    assert killed_at > 0
+    again = subprocess.run(cmd[:-2] + ["--checkpoint-minutes", "5"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    line = next(x for x in again.stdout.splitlines() if "long / run (seed" in x)
+    resumed = int(line.split("checkpoint at step ")[1].rstrip(")"))
+    assert resumed >= killed_at  # the last checkpoint written before the kill
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["resumed_at_step"] == resumed and metrics["steps"] == 30 * 225  # 3,600 rows / 16
+    steps = [int(r.split(",")[0]) for r in (job / "history.csv").read_text().splitlines()[1:]]
+    assert steps == [10 * 225, 20 * 225, 30 * 225]

@@ -262,6 +262,53 @@ def test_resume_is_bit_identical(tmp_path, split_at, how):
     ]
 
 
+class RaiseAt(Callback):
+    """An exception out of the loop at ``step`` (a killed worker's KeyboardInterrupt)."""
+
+    def __init__(self, step, exc=KeyboardInterrupt):
+        self.at, self.exc = step, exc
+
+    def on_step_end(self, trainer, loss):
+        if trainer.step == self.at:
+            raise self.exc
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_a_fit_ended_by_an_exception_keeps_the_last_checkpoint_as_written(tmp_path, exc):
+    """No end-of-training checkpoint after an exception: it would hold early stopping's best
+    weights (or half a step) under the step count of the moment, and resume wrong."""
+    X, y = _data(n=120)
+    val = _data(n=30, seed=1)
+    full = _make_trainer()
+    full.fit((X, y), val, steps=25)
+    first = _make_trainer(callbacks=[Checkpoint(tmp_path / "ck.npz", every=7), RaiseAt(9, exc)])
+    with pytest.raises(exc):
+        first.fit((X, y), val, steps=25)
+    assert first.aborted
+    arrays, meta = load_checkpoint(tmp_path / "ck.npz")
+    assert meta["progress"]["step"] == 7
+    resumed = _make_trainer(seed=99)
+    resumed.load_state_dict(arrays, meta)
+    resumed.fit((X, y), val, steps=25)
+    assert not resumed.aborted
+    for k in full.model.params:
+        np.testing.assert_array_equal(resumed.model.params[k], full.model.params[k])
+
+
+def test_checkpoint_by_seconds_of_training(tmp_path, monkeypatch):
+    X, y = _data()
+    clock = iter(range(0, 10_000, 10))  # each reading of the clock: 10 s later
+    monkeypatch.setattr("digitlab.train.callbacks.time.monotonic", lambda: next(clock))
+    ck = Checkpoint(tmp_path / "ck.npz", seconds=25, keep_steps=True)
+    Trainer(SoftmaxModel(8, 3), batch_size=10, callbacks=[ck]).fit((X, y), steps=9)
+    # read at the start, then once per step: a save every third step, and at the end
+    steps = sorted(int(p.stem.split("step")[1]) for p in tmp_path.glob("ck-step*.npz"))
+    assert steps == [3, 6, 9]
+    for bad in (-1.0, math.nan):
+        with pytest.raises(ConfigError, match="seconds"):
+            Checkpoint(tmp_path / "x.npz", seconds=bad)
+
+
 def test_checkpoint_every_n_steps_and_contents(tmp_path):
     X, y = _data()
     ck = Checkpoint(tmp_path / "run" / "ck.npz", every=4, keep_steps=True)

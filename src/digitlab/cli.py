@@ -7,6 +7,7 @@ line ``digitlab: error: ...`` to stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -565,12 +566,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             for s in ("train", "val", "test")
             if f"{s}_acc" in metrics
         )
-        out(f"   {what}: {accs}  ({metrics['epochs']:g} epochs, {metrics['seconds']:.1f} s)")
+        resumed = metrics.get("resumed_at_step")
+        cont = "" if resumed is None else f", continued from its checkpoint at step {resumed}"
+        out(
+            f"   {what}: {accs}  ({metrics['epochs']:g} epochs, {metrics['seconds']:.1f} s{cont})"
+        )
 
     # every experiment's jobs in one pool: a long member never leaves cores idle
     records = run_experiments(
         experiments, args.out, n_jobs=args.jobs, scheduler=args.scheduler, overrides=overrides,
-        on_done=done,
+        on_done=done, checkpoint_seconds=60.0 * args.checkpoint_minutes,
     )  # fmt: skip
     rows = []
     for exp, record in zip(experiments, records, strict=True):
@@ -871,6 +876,9 @@ def _add_reproduce(sub: Any) -> None:
     rp.add_argument("--scheduler", default=None, help="address of a Dask distributed scheduler")
     rp.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
     rp.add_argument("--no-report", action="store_true", help="skip writing runs/report.html")
+    rp.add_argument("--checkpoint-minutes", type=_minutes, default=5.0,
+                    help="minutes of training between a job's checkpoints; a stopped "
+                         "reproduce continues from them when run again (default: 5)")  # fmt: skip
     rp.set_defaults(func=cmd_reproduce)
 
 def _add_report(sub: Any) -> None:
@@ -967,6 +975,16 @@ def _jobs(text: str) -> int:
     if text.strip() == "-1":
         return -1
     return _positive_int(text)
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 10_000:
+        raise argparse.ArgumentTypeError(f"expected minutes > 0 and <= 10000, got {text!r}")
+    return value
 
 
 def _checks(text: str) -> str:

@@ -414,6 +414,9 @@ class RunOptions:
         Turn SIGINT/SIGTERM into a clean stop with a checkpoint (main thread only).
     restart_momentum : bool
         Resume from a checkpoint that lacks optimiser state (it restarts from zero).
+    checkpoint_seconds : float, optional
+        Also checkpoint after this many seconds of training since the last checkpoint (the
+        experiment engine's jobs, which resume from it when killed).
     """
 
     out: str | os.PathLike = "runs"
@@ -426,6 +429,7 @@ class RunOptions:
     eval_offset: int = 0
     handle_signals: bool = False
     restart_momentum: bool = False
+    checkpoint_seconds: float | None = None
 
 
 def run(settings: Settings, options: RunOptions | None = None, **kwargs: Any) -> RunResult:
@@ -461,6 +465,7 @@ def run_together(
     data: PreparedData,
     init_params: list[dict[str, np.ndarray] | None] | None = None,
     eval_offset: int = 0,
+    checkpoint_seconds: float | None = None,
 ) -> list[RunResult]:
     """:func:`run` for several settings on the same data, trained in lock-step.
 
@@ -477,7 +482,8 @@ def run_together(
     try:
         for s, folder, init in zip(settings, folders, inits, strict=True):
             opts = RunOptions(out=folder.parent, data=data, folder=folder, init_params=init,
-                              eval_offset=eval_offset)  # fmt: skip
+                              eval_offset=eval_offset,
+                              checkpoint_seconds=checkpoint_seconds)  # fmt: skip
             runs.append(_open_run(s, opts))
         try:
             fit_together(
@@ -566,7 +572,9 @@ def _open_run(settings: Settings, opts: RunOptions) -> _OpenRun:
     keep = existing_ancestor(opts.out)
     made = opts.folder is None
     folder = opts.folder if opts.folder is not None else new_run_folder(opts.out, name)
-    checkpoint = Checkpoint(folder / CHECKPOINT, settings.checkpoint_every)
+    checkpoint = Checkpoint(
+        folder / CHECKPOINT, settings.checkpoint_every, seconds=opts.checkpoint_seconds
+    )
     opened = _OpenRun(settings, data, trainer, checkpoint, folder, made, keep)
     try:
         trainer.callbacks += [checkpoint, HistoryFile(folder / HISTORY)]

@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from digitlab.errors import ConfigError
-from digitlab.experiments.execute import backend, finished_metrics, run_jobs
+from digitlab.experiments.execute import (
+    CHECKPOINT_SECONDS,
+    backend,
+    finished_metrics,
+    resumable,
+    run_jobs,
+)
 from digitlab.experiments.folders import (
     check_inside,
     clear_job_folder,
@@ -72,8 +78,9 @@ def resolve_settings(
 def plan_jobs(
     exps: list[ExperimentSpec], out: Path, overrides: dict[str, Any]
 ) -> tuple[list[Job], list[list[dict[str, Any]]], list[list[str]]]:
-    """Every job of ``exps`` (folders prepared, finished jobs' metrics loaded, stale job
-    folders removed), each experiment's member settings, and its notes."""
+    """Every job of ``exps`` (folders prepared, finished jobs' metrics loaded, stopped jobs
+    marked to continue, stale job folders removed), each experiment's member settings, and
+    its notes."""
     jobs: list[Job] = []
     all_settings: list[list[dict[str, Any]]] = []
     all_notes: list[list[str]] = []
@@ -90,6 +97,8 @@ def plan_jobs(
             done = None if sub.is_symlink() else finished_metrics(job)
             if done is not None:
                 job.metrics = done
+            elif resumable(job):
+                job.resume = True
             else:
                 clear_job_folder(sub, folder)
         all_settings.append(settings)
@@ -105,6 +114,7 @@ def run_experiments(
     scheduler: str | None = None,
     overrides: dict[str, Any] | None = None,
     on_done: Callable[[ExperimentSpec, MemberSpec, dict[str, Any]], None] | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> list[ExperimentRecord]:
     """Run every member of ``exps`` (all their jobs in one pool) and write each
     ``out/<name>/experiment.json``; jobs that finished in an earlier run are reused.
@@ -122,6 +132,9 @@ def run_experiments(
         Settings applied to every member (e.g. ``data_root``, ``dataset``).
     on_done : callable, optional
         ``on_done(experiment, member, metrics)`` as each job finishes (repeats included).
+    checkpoint_seconds : float
+        Seconds of training between a job's checkpoints: a job that is stopped (Ctrl-C, a
+        killed worker) continues from its last one when the experiments run again.
 
     Returns
     -------
@@ -140,6 +153,8 @@ def run_experiments(
     with backend(scheduler):  # a scheduler that cannot be reached fails before any folder
         root.mkdir(parents=True, exist_ok=True)
         jobs, all_settings, all_notes = plan_jobs(exps, root, dict(overrides or {}))
+        for job in jobs:
+            job.checkpoint_seconds = checkpoint_seconds
         run_jobs(jobs, n_jobs=n_jobs, on_done=done)
     records = []
     for e, exp in enumerate(exps):
@@ -161,10 +176,12 @@ def run_experiment(
     scheduler: str | None = None,
     overrides: dict[str, Any] | None = None,
     on_done: Callable[[MemberSpec, dict[str, Any]], None] | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> ExperimentRecord:
     """Run every member of ``exp`` and write ``out/<name>/experiment.json`` (see
     :func:`run_experiments`); ``on_done(member, metrics)`` as each job finishes."""
     cb = None if on_done is None else (lambda e, m, metrics: on_done(m, metrics))
     return run_experiments(
-        [exp], out, n_jobs=n_jobs, scheduler=scheduler, overrides=overrides, on_done=cb
-    )[0]
+        [exp], out, n_jobs=n_jobs, scheduler=scheduler, overrides=overrides, on_done=cb,
+        checkpoint_seconds=checkpoint_seconds,
+    )[0]  # fmt: skip

@@ -3,7 +3,9 @@
 A task (see :mod:`digitlab.experiments.plan`) runs in one worker: its groups in order, the
 repeats of a group in lock-step when they can share their steps. A job that finished leaves
 :data:`DONE` (its key and settings) next to its ``metrics.json``; a later run reuses it when
-the key matches.
+the key matches. A job that was stopped (killed, Ctrl-C, the machine gone) leaves
+:data:`STARTED` (its key) and the checkpoint it last wrote, every :data:`CHECKPOINT_SECONDS`
+of training: a later run with the same key continues from there, to the same result.
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ import numpy as np
 from digitlab.errors import ConfigError
 from digitlab.experiments.jobdata import job_data, same_data
 from digitlab.experiments.plan import Job, init_folder, longest_first, plan_tasks
+from digitlab.runfiles import CHECKPOINT
 
 #: File a finished job leaves in its folder.
 DONE = "job.json"
+#: File a job writes into its folder when it starts (its key): with a checkpoint, a stopped
+#: job that a later run continues.
+STARTED = "job-started.json"
+#: Seconds of training between a job's checkpoints by default (at most this much is lost when
+#: a job is killed).
+CHECKPOINT_SECONDS = Job.checkpoint_seconds
 
 
 def stop_epoch(metrics: dict[str, Any]) -> int | None:
@@ -78,6 +87,32 @@ def _run_stages(
     return result.metrics | {"stages": len(stages)}
 
 
+def _open_job_folder(folder: Path, key: str | None, resume: bool) -> Any:
+    """Create a job's folder (a stopped job's is kept) and mark it :data:`STARTED` with the
+    job's key; return the checkpoint to continue from, or None."""
+    from digitlab.checkpoint import load_checkpoint
+    from digitlab.runfiles import HISTORY, write_json
+
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(folder / CHECKPOINT)
+        # rewritten from the checkpoint's rows: rows evaluated after it are evaluated again
+        (folder / HISTORY).unlink(missing_ok=True)
+    else:
+        folder.mkdir(parents=True)
+    if key is not None:
+        write_json(folder / STARTED, {"key": key})
+    return checkpoint
+
+
+def _close_failed(folder: Path, exc: BaseException) -> None:
+    """After a job failed: keep a stopped job's folder that holds a checkpoint (a later run
+    continues it), remove the folder otherwise."""
+    stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
+    if not (stopped and (folder / CHECKPOINT).is_file()):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def run_member(
     settings: dict[str, Any],
     stages: list[dict[str, Any]],
@@ -88,35 +123,70 @@ def run_member(
     validation: str = "split",
     eval_offset: int = 0,
     expected_data: dict[str, Any] | None = None,
+    key: str | None = None,
+    resume: bool = False,
+    checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
 ) -> dict[str, Any]:
     """Run one job (all stages of one member, one seed) into ``folder``; return its metrics.
 
     ``expected_data`` is the client's dataset identity; other data here is refused.
 
     ``init_from`` is the folder of a finished job whose final weights this one starts from.
-    A top-level function so that joblib and Dask can send it to worker processes. If it fails,
-    the folder (which it creates) is removed.
+    ``resume``: continue the stopped job in ``folder`` from its checkpoint (single-stage jobs;
+    see :func:`resumable`); ``key`` is written to its :data:`STARTED` file; a checkpoint is
+    written every ``checkpoint_seconds`` of training (None: at the end only). A top-level
+    function so that joblib and Dask can send it to worker processes. If it fails, the
+    folder (which it creates) is removed, unless it was stopped after a checkpoint.
     """
     from digitlab.runner import run
     from digitlab.settings import Settings
 
     base = Settings.from_dict(settings)
     data = job_data(base, bias_input, validation, expected=expected_data)
-    init = _load_params(init_from) if init_from is not None else None
     out = Path(folder)
-    out.mkdir(parents=True)
+    checkpoint = _open_job_folder(out, key, resume and not stages)
+    init = _load_params(init_from) if init_from is not None and checkpoint is None else None
     try:
         if not stages:
             metrics = run(
-                base, folder=out, data=data, init_params=init, eval_offset=eval_offset
-            ).metrics
+                base, folder=out, data=data, init_params=init, eval_offset=eval_offset,
+                resume_from=checkpoint, checkpoint_seconds=checkpoint_seconds,
+            ).metrics  # fmt: skip
         else:
             metrics = _run_stages(base, stages, out, data, init, eval_offset)
-        _record_job(metrics, base.seed, out)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        extra = {} if checkpoint is None else {"resumed_at_step": _step_of(checkpoint)}
+        _record_job(metrics, base.seed, out, **extra)
+    except BaseException as exc:
+        _close_failed(out, exc)
         raise
     return metrics
+
+
+def _step_of(checkpoint: Any) -> int:
+    """The step a loaded checkpoint was written at."""
+    from digitlab.runfiles import checkpoint_progress
+
+    return int(checkpoint_progress(checkpoint[1], CHECKPOINT)["step"])
+
+
+def resumable(job: Job) -> bool:
+    """Whether ``job``'s folder holds a stopped run of the same job to continue: its
+    :data:`STARTED` key is the job's and its checkpoint loads (single-stage jobs only)."""
+    from digitlab.checkpoint import load_checkpoint
+    from digitlab.errors import CheckpointError, FileReadError
+    from digitlab.runfiles import read_json
+
+    folder = Path(job.folder)
+    if job.stages or folder.is_symlink() or not folder.is_dir():
+        return False
+    try:
+        started = read_json(folder / STARTED)
+        if not isinstance(started, dict) or started.get("key") != job.key:
+            return False
+        _step_of(load_checkpoint(folder / CHECKPOINT))
+    except (OSError, FileReadError, CheckpointError, KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def run_job(job: Job, init_from: str | None) -> dict[str, Any]:
@@ -124,7 +194,8 @@ def run_job(job: Job, init_from: str | None) -> dict[str, Any]:
     return run_member(
         job.settings, job.stages, job.folder, init_from=init_from,
         bias_input=job.bias_input, validation=job.validation, eval_offset=job.eval_offset,
-        expected_data=job.data,
+        expected_data=job.data, key=job.key, resume=job.resume,
+        checkpoint_seconds=job.checkpoint_seconds,
     )  # fmt: skip
 
 
@@ -143,7 +214,7 @@ def run_jobs_together(jobs: list[Job], init_folders: list[str | None]) -> list[d
     def one_by_one() -> list[dict[str, Any]]:
         return [run_job(j, f) for j, f in zip(jobs, init_folders, strict=True)]
 
-    if len(jobs) == 1 or any(j.stages for j in jobs):
+    if len(jobs) == 1 or any(j.stages or j.resume for j in jobs):
         return one_by_one()
     bases = [Settings.from_dict(j.settings) for j in jobs]
     first = jobs[0]
@@ -154,20 +225,21 @@ def run_jobs_together(jobs: list[Job], init_folders: list[str | None]) -> list[d
             return one_by_one()
     inits = [None if f is None else _load_params(f) for f in init_folders]
     folders = [Path(j.folder) for j in jobs]
-    for f in folders:
-        f.mkdir(parents=True)
+    for job, f in zip(jobs, folders, strict=True):
+        _open_job_folder(f, job.key, resume=False)
     try:
         results = run_together(
-            bases, folders, data=data, init_params=inits, eval_offset=first.eval_offset
-        )
+            bases, folders, data=data, init_params=inits, eval_offset=first.eval_offset,
+            checkpoint_seconds=first.checkpoint_seconds,
+        )  # fmt: skip
         out = []
         for base, folder, result in zip(bases, folders, results, strict=True):
             # trained_together: the run's seconds are shared by that many runs
             _record_job(result.metrics, base.seed, folder, trained_together=len(jobs))
             out.append(result.metrics)
-    except BaseException:
+    except BaseException as exc:
         for f in folders:
-            shutil.rmtree(f, ignore_errors=True)
+            _close_failed(f, exc)
         raise
     return out
 

@@ -47,6 +47,10 @@ class Job:
     key: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     ran: bool = False
+    #: its folder holds a stopped run of this job to continue (see ``execute.resumable``)
+    resume: bool = False
+    #: seconds of training between its checkpoints (not part of what it computes)
+    checkpoint_seconds: float = 300.0
     #: the client's dataset identity (:func:`digitlab.runner.data_identity`), checked by the
     #: worker that runs the job
     data: dict[str, Any] | None = None

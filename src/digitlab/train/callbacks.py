@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ class TrainerView(Protocol):
     batch_rows: int
     diverged: bool
     interrupted: bool
+    aborted: bool
     lr_scale: float
 
     def schedule(self, step: int, epoch: int) -> float: ...
@@ -217,7 +219,8 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, trainer: TrainerView) -> None:
         # an interrupted run keeps its current parameters so that it resumes where it was
-        if self.restore_best and self.best_params and not (trainer.diverged or trainer.interrupted):
+        stopped = trainer.diverged or trainer.interrupted or trainer.aborted
+        if self.restore_best and self.best_params and not stopped:
             trainer.model.load_state(self.best_params)
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -248,15 +251,27 @@ class Checkpoint(Callback):
         Steps between saves; None saves only at the end.
     keep_steps : bool
         Also keep a copy per save named ``<stem>-step<N>.npz``.
+    seconds : float or None
+        Also save once this many seconds of training passed since the last save (or the
+        start): a long job that is killed loses at most that much (the experiment engine's
+        cadence). None: by steps only.
     """
 
     def __init__(
-        self, path: str | os.PathLike, every: int | None = None, keep_steps: bool = False
+        self,
+        path: str | os.PathLike,
+        every: int | None = None,
+        keep_steps: bool = False,
+        seconds: float | None = None,
     ) -> None:
         if every is not None and every < 1:
             raise ConfigError(f"checkpoint interval must be >= 1 step, got {every}")
+        if seconds is not None and not seconds >= 0:
+            raise ConfigError(f"checkpoint interval must be >= 0 seconds, got {seconds}")
         self.path, self.every, self.keep_steps = Path(path), every, keep_steps
+        self.seconds = seconds
         self.saved: list[Path] = []
+        self._last = time.monotonic()
 
     def save(self, trainer: TrainerView) -> None:
         """Write the checkpoint (and its per-step copy).
@@ -272,11 +287,19 @@ class Checkpoint(Callback):
         if self.keep_steps:
             extra = self.path.with_name(f"{self.path.stem}-step{trainer.step}{self.path.suffix}")
             self.saved.append(trainer.save(extra))
+        self._last = time.monotonic()
+
+    def on_train_begin(self, trainer: TrainerView) -> None:
+        self._last = time.monotonic()
 
     def on_step_end(self, trainer: TrainerView, loss: float) -> None:
-        if self.every and trainer.step % self.every == 0:
+        if (self.every and trainer.step % self.every == 0) or (
+            self.seconds is not None and time.monotonic() - self._last >= self.seconds
+        ):
             self.save(trainer)
 
     def on_train_end(self, trainer: TrainerView) -> None:
-        if not trainer.diverged:  # keep the last good checkpoint
+        # keep the last good checkpoint: a diverged run's, or one whose fit an exception
+        # ended (possibly mid-step)
+        if not (trainer.diverged or trainer.aborted):
             self.save(trainer)

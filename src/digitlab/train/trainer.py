@@ -132,6 +132,9 @@ class Trainer:
         self.threads = ThreadPolicy(0)  # the BLAS threads of the current fit (threads)
         self.lr, self.lr_scale = 0.0, 1.0  # lr_scale: times the schedule's (reduce-on-plateau)
         self.diverged = self.interrupted = self._stop = False
+        #: the last fit ended by an exception (Ctrl-C, a killed worker's signal, an error): its
+        #: state may be half a step, so no checkpoint is written at its end
+        self.aborted = False
         self.stop_reason: str | None = None
         self._weight: np.ndarray | None = None  # the training rows' weights
         self._mean_weight, self._eval_steps = 1.0, 1
@@ -257,7 +260,7 @@ class Trainer:
         BLAS threads, the floating-point error state, and on a normal end the parameters' check."""
         self._eval_steps = resolve_eval_every(self.eval_spec, self.steps_per_epoch)
         self.total_steps = total_steps
-        self._stop, self.stop_reason, self.diverged = False, None, False
+        self._stop, self.stop_reason, self.diverged, self.aborted = False, None, False, False
         for cb in self.callbacks:
             cb.on_train_begin(self)
         self.lr = self.schedule(self.step, self.epoch) * self.lr_scale
@@ -272,6 +275,9 @@ class Trainer:
             if self.stop_reason is None:
                 epochs = self.step / self.steps_per_epoch
                 self.stop_reason = f"finished {self.step} steps ({epochs:g} epochs)"
+        except BaseException:
+            self.aborted = True
+            raise
         finally:
             np.seterr(**errstate)
             self.threads.stop()
