@@ -520,7 +520,10 @@ def test_a_stopped_job_of_other_settings_or_with_a_broken_checkpoint_starts_agai
 ):
     spec = BASE | {"settings": BASE["settings"] | {"epochs": 2}, "members": [{"label": "a"}]}
     exp = parse_experiment(spec, "rep.toml")
-    for damage in ("key", "truncated"):
+    # a whole checkpoint of another update rule (momentum): it loads, but does not fit the job
+    other = tmp_path / "momentum"
+    run_member(exp.member_settings(exp.members[0]) | {"momentum": 0.9}, [], str(other))
+    for damage in ("key", "truncated", "other rule"):
         out = tmp_path / damage
         with monkeypatch.context() as m:
             _kill_at(m, 5)
@@ -529,9 +532,11 @@ def test_a_stopped_job_of_other_settings_or_with_a_broken_checkpoint_starts_agai
         job = out / "rep" / "a"
         if damage == "key":
             (job / STARTED).write_text(json.dumps({"key": "0123456789abcdef"}))
-        else:
+        elif damage == "truncated":
             data = (job / "checkpoint.npz").read_bytes()
             (job / "checkpoint.npz").write_bytes(data[: len(data) // 2])
+        else:
+            (job / "checkpoint.npz").write_bytes((other / "checkpoint.npz").read_bytes())
         (job / "stray.tmp").write_text("x")
         run_experiment(exp, out, n_jobs=1)
         metrics = json.loads((job / "metrics.json").read_text())

@@ -133,33 +133,44 @@ def run_member(
 
     ``init_from`` is the folder of a finished job whose final weights this one starts from.
     ``resume``: continue the stopped job in ``folder`` from its checkpoint (single-stage jobs;
-    see :func:`resumable`); ``key`` is written to its :data:`STARTED` file; a checkpoint is
+    see :func:`resumable`; a checkpoint that does not fit the job's model or update rule
+    starts it again); ``key`` is written to its :data:`STARTED` file; a checkpoint is
     written every ``checkpoint_seconds`` of training (None: at the end only). A top-level
     function so that joblib and Dask can send it to worker processes. If it fails, the
     folder (which it creates) is removed, unless it was stopped after a checkpoint.
     """
+    from digitlab.errors import CheckpointError
     from digitlab.runner import run
     from digitlab.settings import Settings
 
     base = Settings.from_dict(settings)
     data = job_data(base, bias_input, validation, expected=expected_data)
     out = Path(folder)
+
+    def attempt(checkpoint: Any) -> dict[str, Any]:
+        init = _load_params(init_from) if init_from is not None and checkpoint is None else None
+        try:
+            if not stages:
+                metrics = run(
+                    base, folder=out, data=data, init_params=init, eval_offset=eval_offset,
+                    resume_from=checkpoint, checkpoint_seconds=checkpoint_seconds,
+                ).metrics  # fmt: skip
+            else:
+                metrics = _run_stages(base, stages, out, data, init, eval_offset)
+            extra = {} if checkpoint is None else {"resumed_at_step": _step_of(checkpoint)}
+            _record_job(metrics, base.seed, out, **extra)
+        except BaseException as exc:
+            _close_failed(out, exc)
+            raise
+        return metrics
+
     checkpoint = _open_job_folder(out, key, resume and not stages)
-    init = _load_params(init_from) if init_from is not None and checkpoint is None else None
-    try:
-        if not stages:
-            metrics = run(
-                base, folder=out, data=data, init_params=init, eval_offset=eval_offset,
-                resume_from=checkpoint, checkpoint_seconds=checkpoint_seconds,
-            ).metrics  # fmt: skip
-        else:
-            metrics = _run_stages(base, stages, out, data, init, eval_offset)
-        extra = {} if checkpoint is None else {"resumed_at_step": _step_of(checkpoint)}
-        _record_job(metrics, base.seed, out, **extra)
-    except BaseException as exc:
-        _close_failed(out, exc)
-        raise
-    return metrics
+    if checkpoint is not None:
+        try:
+            return attempt(checkpoint)
+        except CheckpointError:  # it does not fit this job's model or update rule
+            _open_job_folder(out, key, resume=False)  # the failed attempt removed the folder
+    return attempt(None)
 
 
 def _step_of(checkpoint: Any) -> int:
