@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from digitlab.checkpoint import load_checkpoint
+from digitlab.checkpoint import load_checkpoint, save_checkpoint
 from digitlab.errors import ConfigError
 from digitlab.experiments import parse_experiment, run_experiment, run_experiments, slug
 from digitlab.experiments.execute import DONE, STARTED, run_member, stop_epoch
@@ -448,16 +448,17 @@ def _history_without_time(folder) -> list[list[str]]:
     return [[r[i] for i in keep] for r in rows]
 
 
-def _kill_at(monkeypatch, step: int) -> None:
+def _kill_at(monkeypatch, step: int, folder: str | None = None) -> None:
     """Stop the run, as Ctrl-C or a killed worker would, right after the checkpoint of
-    ``step`` (the runs below checkpoint every step: ``checkpoint_seconds=0``)."""
+    ``step`` (of the run in a folder named ``folder``, if given; the runs below checkpoint
+    every step: ``checkpoint_seconds=0``)."""
     from digitlab.train.callbacks import Checkpoint
 
     original = Checkpoint.on_step_end
 
     def on_step_end(self, trainer, loss):
         original(self, trainer, loss)
-        if trainer.step == step:
+        if trainer.step == step and folder in (None, self.path.parent.name):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(Checkpoint, "on_step_end", on_step_end)
@@ -474,6 +475,9 @@ def _kill_at(monkeypatch, step: int) -> None:
 def test_a_killed_job_continues_from_its_checkpoint_to_the_same_result(
     tmp_path, monkeypatch, settings
 ):
+    # bit for bit at one BLAS thread count (OpenBLAS may round differently with another, and
+    # the thread policy follows the machine's load)
+    monkeypatch.setenv("DIGITLAB_THREADS", "1")
     spec = BASE | {"settings": BASE["settings"] | settings, "members": [{"label": "a"}]}
     exp = parse_experiment(spec, "rep.toml")
     ref = run_experiment(exp, tmp_path / "ref", n_jobs=1).members[0]
@@ -495,24 +499,61 @@ def test_a_killed_job_continues_from_its_checkpoint_to_the_same_result(
     assert member.metrics["test_acc"] == ref.metrics["test_acc"]
 
 
-def test_killed_repeats_trained_in_lock_step_continue_one_by_one(tmp_path, monkeypatch):
+def test_killed_repeats_trained_in_lock_step_continue_in_lock_step(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIGITLAB_THREADS", "1")  # bit for bit: one thread count
     exp = parse_experiment(chain_spec(2), "rep.toml")
     ref = run_experiment(exp, tmp_path / "ref", n_jobs=1)
     with monkeypatch.context() as m:
-        _kill_at(m, 3)  # in the first link, both repeats' checkpoints at step 3
+        _kill_at(m, 3, "seed-1")  # in the first link, once both repeats saved step 3
         with pytest.raises(KeyboardInterrupt):
             run_experiment(exp, tmp_path / "out", n_jobs=1, checkpoint_seconds=0)
     first = tmp_path / "out" / "rep" / "first"
     assert load_checkpoint(first / "checkpoint.npz")[1]["progress"]["step"] == 3
     record = run_experiment(exp, tmp_path / "out", n_jobs=1)
     for a, b in zip(record.members, ref.members, strict=True):
+        assert b.label == a.label
         for folder in a.repeats["folders"]:
             got = json.loads((tmp_path / "out" / "rep" / folder / "metrics.json").read_text())
             want = json.loads((tmp_path / "ref" / "rep" / folder / "metrics.json").read_text())
-            assert got["steps"] == want["steps"] == 6
-            assert got["test_acc"] == pytest.approx(want["test_acc"], abs=1e-3)
-            assert ("resumed_at_step" in got) == (a.label == "first")
-        assert b.label == a.label
+            for key in ("steps", "train_loss", "val_acc", "test_acc", "trained_together"):
+                assert got[key] == want[key], key  # the shared products: the same numbers
+            assert got.get("resumed_at_step") == (3 if a.label == "first" else None)
+            mine, theirs = params(tmp_path / "out" / "rep" / folder), params(
+                tmp_path / "ref" / "rep" / folder
+            )
+            for k in theirs:
+                np.testing.assert_array_equal(mine[k], theirs[k])
+
+
+def test_repeats_stopped_at_different_steps_continue_one_by_one(tmp_path, monkeypatch):
+    import shutil
+
+    from digitlab.train.callbacks import Checkpoint
+
+    exp = parse_experiment(chain_spec(2), "rep.toml")
+    run_experiment(exp, tmp_path / "ref", n_jobs=1)
+    seed1 = tmp_path / "out" / "rep" / "repeats" / "first" / "seed-1"
+    original = Checkpoint.on_step_end
+
+    def on_step_end(self, trainer, loss):
+        original(self, trainer, loss)
+        if trainer.step == 2 and self.path.parent == seed1:
+            shutil.copy(self.path, tmp_path / "step2.npz")
+        if trainer.step == 4:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoint, "on_step_end", on_step_end)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(exp, tmp_path / "out", n_jobs=1, checkpoint_seconds=0)
+    shutil.copy(tmp_path / "step2.npz", seed1 / "checkpoint.npz")  # seed 1 stopped earlier
+    run_experiment(exp, tmp_path / "out", n_jobs=1)
+    for folder, step in (("first", 4), ("repeats/first/seed-1", 2)):
+        got = json.loads((tmp_path / "out" / "rep" / folder / "metrics.json").read_text())
+        want = json.loads((tmp_path / "ref" / "rep" / folder / "metrics.json").read_text())
+        assert got["resumed_at_step"] == step and "trained_together" not in got
+        assert got["steps"] == want["steps"] == 6
+        assert got["test_acc"] == pytest.approx(want["test_acc"], abs=1e-3)  # alone: rounding
 
 
 def test_a_stopped_job_of_other_settings_or_with_a_broken_checkpoint_starts_again(
@@ -523,7 +564,7 @@ def test_a_stopped_job_of_other_settings_or_with_a_broken_checkpoint_starts_agai
     # a whole checkpoint of another update rule (momentum): it loads, but does not fit the job
     other = tmp_path / "momentum"
     run_member(exp.member_settings(exp.members[0]) | {"momentum": 0.9}, [], str(other))
-    for damage in ("key", "truncated", "other rule"):
+    for damage in ("key", "truncated", "other rule", "other data", "linked key"):
         out = tmp_path / damage
         with monkeypatch.context() as m:
             _kill_at(m, 5)
@@ -535,16 +576,31 @@ def test_a_stopped_job_of_other_settings_or_with_a_broken_checkpoint_starts_agai
         elif damage == "truncated":
             data = (job / "checkpoint.npz").read_bytes()
             (job / "checkpoint.npz").write_bytes(data[: len(data) // 2])
-        else:
+        elif damage == "other rule":
             (job / "checkpoint.npz").write_bytes((other / "checkpoint.npz").read_bytes())
+        elif damage == "other data":  # trained on other images (DIGITLAB_DATA changed, say)
+            arrays, meta = load_checkpoint(job / "checkpoint.npz")
+            meta["extra"]["data"]["crc32"] = "0" * len(meta["extra"]["data"]["crc32"])
+            save_checkpoint(job / "checkpoint.npz", arrays, meta)
+        else:  # the key file a link to one that matches: links are not trusted
+            (tmp_path / "key.json").write_text((job / STARTED).read_text())
+            (job / STARTED).unlink()
+            (job / STARTED).symlink_to(tmp_path / "key.json")
         (job / "stray.tmp").write_text("x")
         run_experiment(exp, out, n_jobs=1)
         metrics = json.loads((job / "metrics.json").read_text())
         assert "resumed_at_step" not in metrics and not (job / "stray.tmp").exists()
 
 
-def test_a_failing_job_removes_its_checkpoints_too(tmp_path, monkeypatch):
-    """Only a stop (Ctrl-C, a killed worker) keeps a job to continue; an error does not."""
+@pytest.mark.parametrize(
+    ("exc", "kept"),
+    [(ConfigError("boom"), False), (OSError(28, "No space left on device"), True)],
+)
+def test_an_error_removes_the_job_and_a_full_disk_keeps_it_to_continue(
+    tmp_path, monkeypatch, exc, kept
+):
+    """A stop or a resource that ran out (memory, disk) keeps a job to continue; an error in
+    the job itself (it would happen again) does not."""
     from digitlab.train.callbacks import Checkpoint
 
     original = Checkpoint.on_step_end
@@ -552,16 +608,36 @@ def test_a_failing_job_removes_its_checkpoints_too(tmp_path, monkeypatch):
     def on_step_end(self, trainer, loss):
         original(self, trainer, loss)
         if trainer.step == 4:
-            raise ConfigError("boom")
+            raise exc
 
     monkeypatch.setattr(Checkpoint, "on_step_end", on_step_end)
     exp = parse_experiment(BASE, "rep.toml")
-    with pytest.raises(ConfigError, match="boom"):
+    with pytest.raises(type(exc)):
         run_member(
             exp.member_settings(exp.members[0]), [], str(tmp_path / "job"), key="k",
             checkpoint_seconds=0,
         )  # fmt: skip
-    assert not (tmp_path / "job").exists()
+    assert (tmp_path / "job" / "checkpoint.npz").is_file() == kept
+    assert (tmp_path / "job").exists() == kept
+
+
+def test_a_job_running_in_another_process_is_neither_continued_nor_removed(tmp_path, monkeypatch):
+    import fcntl
+
+    spec = BASE | {"settings": BASE["settings"] | {"epochs": 2}, "members": [{"label": "a"}]}
+    exp = parse_experiment(spec, "rep.toml")
+    with monkeypatch.context() as m:
+        _kill_at(m, 5)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(exp, tmp_path, n_jobs=1, checkpoint_seconds=0)
+    job = tmp_path / "rep" / "a"
+    with open(job / "job.lock", "a") as held:  # the other process: a Dask worker, say
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match="another digitlab process is running this job"):
+            run_experiment(exp, tmp_path, n_jobs=1)
+        assert (job / "checkpoint.npz").is_file() and not (job / DONE).exists()
+    run_experiment(exp, tmp_path, n_jobs=1)  # once it let go
+    assert json.loads((job / "metrics.json").read_text())["resumed_at_step"] == 5
 
 
 def test_a_killed_reproduce_continues_its_jobs_from_their_checkpoints(tmp_path):

@@ -304,7 +304,7 @@ def test_checkpoint_by_seconds_of_training(tmp_path, monkeypatch):
     # read at the start, then once per step: a save every third step, and at the end
     steps = sorted(int(p.stem.split("step")[1]) for p in tmp_path.glob("ck-step*.npz"))
     assert steps == [3, 6, 9]
-    for bad in (-1.0, math.nan):
+    for bad in (-1.0, math.nan, True, "5"):
         with pytest.raises(ConfigError, match="seconds"):
             Checkpoint(tmp_path / "x.npz", seconds=bad)
 

@@ -982,8 +982,8 @@ def _minutes(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value <= 10_000:
-        raise argparse.ArgumentTypeError(f"expected minutes > 0 and <= 10000, got {text!r}")
+    if not 0.001 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"expected minutes from 0.001 to 10000, got {text!r}")
     return value
 
 

@@ -53,6 +53,7 @@ from digitlab.train import (
     resolve_batch_size,
 )
 from digitlab.train.batching import steps_per_epoch
+from digitlab.train.callbacks import SaveClock
 from digitlab.train.layerstats import PROBE_ROWS, LayerStats
 
 
@@ -417,6 +418,8 @@ class RunOptions:
     checkpoint_seconds : float, optional
         Also checkpoint after this many seconds of training since the last checkpoint (the
         experiment engine's jobs, which resume from it when killed).
+    checkpoint_clock : SaveClock, optional
+        Decides those checkpoints instead (one clock shared by runs trained in lock-step).
     """
 
     out: str | os.PathLike = "runs"
@@ -430,6 +433,7 @@ class RunOptions:
     handle_signals: bool = False
     restart_momentum: bool = False
     checkpoint_seconds: float | None = None
+    checkpoint_clock: SaveClock | None = None
 
 
 def run(settings: Settings, options: RunOptions | None = None, **kwargs: Any) -> RunResult:
@@ -466,8 +470,13 @@ def run_together(
     init_params: list[dict[str, np.ndarray] | None] | None = None,
     eval_offset: int = 0,
     checkpoint_seconds: float | None = None,
+    resume_from: list[tuple[dict[str, np.ndarray], dict[str, Any]] | None] | None = None,
 ) -> list[RunResult]:
     """:func:`run` for several settings on the same data, trained in lock-step.
+
+    ``resume_from`` holds a loaded checkpoint (or None) per run; checkpoints by time
+    (``checkpoint_seconds``) are written at the same steps for all runs, so that stopped, they
+    continue in lock-step.
 
     The settings must agree on the length of training (``epochs``/``steps``); repeats of an
     experiment member that differ only in their seed (their random start) share each step's
@@ -478,12 +487,14 @@ def run_together(
     if len({(s.epochs, s.steps) for s in settings}) > 1:
         raise ConfigError("runs trained together need the same epochs/steps")
     inits = init_params if init_params is not None else [None] * len(settings)
+    resumes = resume_from if resume_from is not None else [None] * len(settings)
+    clock = None if checkpoint_seconds is None else SaveClock(checkpoint_seconds)
     runs: list[_OpenRun] = []
     try:
-        for s, folder, init in zip(settings, folders, inits, strict=True):
+        for s, folder, init, resume in zip(settings, folders, inits, resumes, strict=True):
             opts = RunOptions(out=folder.parent, data=data, folder=folder, init_params=init,
-                              eval_offset=eval_offset,
-                              checkpoint_seconds=checkpoint_seconds)  # fmt: skip
+                              eval_offset=eval_offset, resume_from=resume,
+                              checkpoint_clock=clock)  # fmt: skip
             runs.append(_open_run(s, opts))
         try:
             fit_together(
@@ -573,8 +584,9 @@ def _open_run(settings: Settings, opts: RunOptions) -> _OpenRun:
     made = opts.folder is None
     folder = opts.folder if opts.folder is not None else new_run_folder(opts.out, name)
     checkpoint = Checkpoint(
-        folder / CHECKPOINT, settings.checkpoint_every, seconds=opts.checkpoint_seconds
-    )
+        folder / CHECKPOINT, settings.checkpoint_every, seconds=opts.checkpoint_seconds,
+        clock=opts.checkpoint_clock,
+    )  # fmt: skip
     opened = _OpenRun(settings, data, trainer, checkpoint, folder, made, keep)
     try:
         trainer.callbacks += [checkpoint, HistoryFile(folder / HISTORY)]

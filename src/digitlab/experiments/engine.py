@@ -35,6 +35,8 @@ from digitlab.errors import ConfigError
 from digitlab.experiments.execute import (
     CHECKPOINT_SECONDS,
     backend,
+    check_not_running,
+    check_seconds,
     finished_metrics,
     resumable,
     run_jobs,
@@ -97,9 +99,10 @@ def plan_jobs(
             done = None if sub.is_symlink() else finished_metrics(job)
             if done is not None:
                 job.metrics = done
-            elif resumable(job):
-                job.resume = True
-            else:
+                continue
+            check_not_running(sub)
+            job.resume = resumable(job)
+            if job.resume is None:
                 clear_job_folder(sub, folder)
         all_settings.append(settings)
         all_notes.append(notes)
@@ -144,6 +147,7 @@ def run_experiments(
     from digitlab.runfiles import write_json
 
     root = Path(out)
+    check_seconds(checkpoint_seconds)
 
     def done(job: Job) -> None:
         if on_done is not None:

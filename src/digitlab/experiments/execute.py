@@ -11,6 +11,7 @@ of training: a later run with the same key continues from there, to the same res
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,11 @@ STARTED = "job-started.json"
 #: Seconds of training between a job's checkpoints by default (at most this much is lost when
 #: a job is killed).
 CHECKPOINT_SECONDS = Job.checkpoint_seconds
+#: File a running job holds locked (``flock``) in its folder.
+LOCK = "job.lock"
+RUNNING_ELSEWHERE = (
+    "another digitlab process is running this job now; wait for it to end or stop it first"
+)
 
 
 def stop_epoch(metrics: dict[str, Any]) -> int | None:
@@ -106,11 +112,67 @@ def _open_job_folder(folder: Path, key: str | None, resume: bool) -> Any:
 
 
 def _close_failed(folder: Path, exc: BaseException) -> None:
-    """After a job failed: keep a stopped job's folder that holds a checkpoint (a later run
-    continues it), remove the folder otherwise."""
-    stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
-    if not (stopped and (folder / CHECKPOINT).is_file()):
+    """After a job failed: keep the folder of a job that was stopped (Ctrl-C, a signal) or
+    ran out of a resource (memory, disk) after a checkpoint, for a later run to continue;
+    remove the folder otherwise (an error in the job would happen again)."""
+    stopped = isinstance(exc, KeyboardInterrupt | SystemExit | MemoryError | OSError)
+    ckpt = folder / CHECKPOINT
+    if not (stopped and ckpt.is_file() and not ckpt.is_symlink()):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _job_lock(folders: list[Path]) -> Iterator[None]:
+    """Hold :data:`LOCK` in each job folder while its job runs (Linux/macOS ``flock``), so that
+    another digitlab process neither continues nor removes a job that is still running."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield
+        return
+    fds = []
+    try:
+        for folder in folders:
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+            fd = os.open(folder / LOCK, flags, 0o644)
+            fds.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"{folder}: {RUNNING_ELSEWHERE}") from None
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def check_not_running(folder: Path) -> None:
+    """Refuse (ConfigError) a job folder whose job another process is running now."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return
+    lock = folder / LOCK
+    if lock.is_symlink() or not lock.is_file():
+        return
+    try:
+        fd = os.open(lock, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"{folder}: {RUNNING_ELSEWHERE}") from None
+    finally:
+        os.close(fd)
+
+
+def check_seconds(seconds: float | None) -> None:
+    """Refuse (ConfigError) a checkpoint interval that is not a number of seconds >= 0."""
+    from digitlab.train.callbacks import SaveClock
+
+    if seconds is not None:
+        SaveClock(seconds)
 
 
 def run_member(
@@ -139,8 +201,8 @@ def run_member(
     function so that joblib and Dask can send it to worker processes. If it fails, the
     folder (which it creates) is removed, unless it was stopped after a checkpoint.
     """
-    from digitlab.errors import CheckpointError
-    from digitlab.runner import run
+    from digitlab.errors import CheckpointError, DataError
+    from digitlab.runner import check_same_data, run
     from digitlab.settings import Settings
 
     base = Settings.from_dict(settings)
@@ -149,26 +211,29 @@ def run_member(
 
     def attempt(checkpoint: Any) -> dict[str, Any]:
         init = _load_params(init_from) if init_from is not None and checkpoint is None else None
-        try:
-            if not stages:
-                metrics = run(
-                    base, folder=out, data=data, init_params=init, eval_offset=eval_offset,
-                    resume_from=checkpoint, checkpoint_seconds=checkpoint_seconds,
-                ).metrics  # fmt: skip
-            else:
-                metrics = _run_stages(base, stages, out, data, init, eval_offset)
-            extra = {} if checkpoint is None else {"resumed_at_step": _step_of(checkpoint)}
-            _record_job(metrics, base.seed, out, **extra)
-        except BaseException as exc:
-            _close_failed(out, exc)
-            raise
+        with _job_lock([out]):
+            try:
+                if checkpoint is not None:  # trained on other data (DataError): start again
+                    check_same_data(checkpoint[1], data.dataset, out / CHECKPOINT)
+                if not stages:
+                    metrics = run(
+                        base, folder=out, data=data, init_params=init, eval_offset=eval_offset,
+                        resume_from=checkpoint, checkpoint_seconds=checkpoint_seconds,
+                    ).metrics  # fmt: skip
+                else:
+                    metrics = _run_stages(base, stages, out, data, init, eval_offset)
+                extra = {} if checkpoint is None else {"resumed_at_step": _step_of(checkpoint)}
+                _record_job(metrics, base.seed, out, **extra)
+            except BaseException as exc:
+                _close_failed(out, exc)
+                raise
         return metrics
 
     checkpoint = _open_job_folder(out, key, resume and not stages)
     if checkpoint is not None:
         try:
             return attempt(checkpoint)
-        except CheckpointError:  # it does not fit this job's model or update rule
+        except (CheckpointError, DataError):  # it does not fit this job's model, rule or data
             _open_job_folder(out, key, resume=False)  # the failed attempt removed the folder
     return attempt(None)
 
@@ -180,24 +245,26 @@ def _step_of(checkpoint: Any) -> int:
     return int(checkpoint_progress(checkpoint[1], CHECKPOINT)["step"])
 
 
-def resumable(job: Job) -> bool:
-    """Whether ``job``'s folder holds a stopped run of the same job to continue: its
-    :data:`STARTED` key is the job's and its checkpoint loads (single-stage jobs only)."""
+def resumable(job: Job) -> int | None:
+    """The step of the checkpoint of a stopped run of ``job`` in its folder, to continue from:
+    its :data:`STARTED` key is the job's, its checkpoint loads, and neither they nor its
+    history is a link (single-stage jobs only); else None."""
     from digitlab.checkpoint import load_checkpoint
     from digitlab.errors import CheckpointError, FileReadError
-    from digitlab.runfiles import read_json
+    from digitlab.runfiles import HISTORY, read_json
 
     folder = Path(job.folder)
     if job.stages or folder.is_symlink() or not folder.is_dir():
-        return False
+        return None
+    if any((folder / name).is_symlink() for name in (STARTED, CHECKPOINT, HISTORY, LOCK)):
+        return None
     try:
         started = read_json(folder / STARTED)
         if not isinstance(started, dict) or started.get("key") != job.key:
-            return False
-        _step_of(load_checkpoint(folder / CHECKPOINT))
+            return None
+        return _step_of(load_checkpoint(folder / CHECKPOINT))
     except (OSError, FileReadError, CheckpointError, KeyError, TypeError, ValueError):
-        return False
-    return True
+        return None
 
 
 def run_job(job: Job, init_from: str | None) -> dict[str, Any]:
@@ -205,7 +272,7 @@ def run_job(job: Job, init_from: str | None) -> dict[str, Any]:
     return run_member(
         job.settings, job.stages, job.folder, init_from=init_from,
         bias_input=job.bias_input, validation=job.validation, eval_offset=job.eval_offset,
-        expected_data=job.data, key=job.key, resume=job.resume,
+        expected_data=job.data, key=job.key, resume=job.resume is not None,
         checkpoint_seconds=job.checkpoint_seconds,
     )  # fmt: skip
 
@@ -216,16 +283,18 @@ def run_jobs_together(jobs: list[Job], init_folders: list[str | None]) -> list[d
     When their data come out the same (the seed drew only the initial weights) and the
     trainer can share their steps (:func:`~digitlab.train.fit_together`: full-batch linear
     models), they train in lock-step, each into its own folder, the result of each equal to
-    :func:`run_member`'s up to float rounding; otherwise one after another.
+    :func:`run_member`'s up to float rounding; otherwise one after another. Repeats stopped
+    at one step continue in lock-step (to the numbers they would have had); stopped at
+    different steps, or some not stopped, each continues alone.
     """
     from digitlab.data import load
-    from digitlab.runner import run_together
+    from digitlab.errors import CheckpointError, DataError
     from digitlab.settings import Settings
 
     def one_by_one() -> list[dict[str, Any]]:
         return [run_job(j, f) for j, f in zip(jobs, init_folders, strict=True)]
 
-    if len(jobs) == 1 or any(j.stages or j.resume for j in jobs):
+    if len(jobs) == 1 or any(j.stages for j in jobs) or len({j.resume for j in jobs}) > 1:
         return one_by_one()
     bases = [Settings.from_dict(j.settings) for j in jobs]
     first = jobs[0]
@@ -234,24 +303,47 @@ def run_jobs_together(jobs: list[Job], init_folders: list[str | None]) -> list[d
     for b in bases[1:]:  # each compared and dropped: one extra copy of the features at a time
         if not same_data(data, job_data(b, first.bias_input, first.validation, dataset)):
             return one_by_one()
+    if first.resume is not None:
+        try:
+            return _train_together(jobs, bases, data, None, resume=True)
+        except (CheckpointError, DataError):  # they do not fit: the folders were removed
+            for j in jobs:
+                j.resume = None
     inits = [None if f is None else _load_params(f) for f in init_folders]
+    return _train_together(jobs, bases, data, inits, resume=False)
+
+
+def _train_together(
+    jobs: list[Job], bases: list[Any], data: Any, inits: list[Any] | None, *, resume: bool
+) -> list[dict[str, Any]]:
+    """The lock-step run of :func:`run_jobs_together`, from the start or from the jobs'
+    checkpoints (``resume``)."""
+    from digitlab.runner import check_same_data, run_together
+
     folders = [Path(j.folder) for j in jobs]
-    for job, f in zip(jobs, folders, strict=True):
-        _open_job_folder(f, job.key, resume=False)
-    try:
-        results = run_together(
-            bases, folders, data=data, init_params=inits, eval_offset=first.eval_offset,
-            checkpoint_seconds=first.checkpoint_seconds,
-        )  # fmt: skip
-        out = []
-        for base, folder, result in zip(bases, folders, results, strict=True):
-            # trained_together: the run's seconds are shared by that many runs
-            _record_job(result.metrics, base.seed, folder, trained_together=len(jobs))
-            out.append(result.metrics)
-    except BaseException as exc:
-        for f in folders:
-            _close_failed(f, exc)
-        raise
+    checkpoints = [_open_job_folder(f, j.key, resume) for j, f in zip(jobs, folders, strict=True)]
+    with _job_lock(folders):
+        try:
+            for c, f in zip(checkpoints, folders, strict=True):
+                if c is not None:
+                    check_same_data(c[1], data.dataset, f / CHECKPOINT)
+            results = run_together(
+                bases, folders, data=data, init_params=inits, eval_offset=jobs[0].eval_offset,
+                checkpoint_seconds=jobs[0].checkpoint_seconds,
+                resume_from=checkpoints if resume else None,
+            )  # fmt: skip
+            out = []
+            for base, folder, result, c in zip(bases, folders, results, checkpoints, strict=True):
+                # trained_together: the run's seconds are shared by that many runs
+                extra: dict[str, Any] = {"trained_together": len(jobs)}
+                if c is not None:
+                    extra["resumed_at_step"] = _step_of(c)
+                _record_job(result.metrics, base.seed, folder, **extra)
+                out.append(result.metrics)
+        except BaseException as exc:
+            for f in folders:
+                _close_failed(f, exc)
+            raise
     return out
 
 

@@ -47,8 +47,9 @@ class Job:
     key: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     ran: bool = False
-    #: its folder holds a stopped run of this job to continue (see ``execute.resumable``)
-    resume: bool = False
+    #: the step of the checkpoint of a stopped run of this job in its folder, to continue
+    #: from (see ``execute.resumable``); None: it starts from the beginning
+    resume: int | None = None
     #: seconds of training between its checkpoints (not part of what it computes)
     checkpoint_seconds: float = 300.0
     #: the client's dataset identity (:func:`digitlab.runner.data_identity`), checked by the

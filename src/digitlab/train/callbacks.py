@@ -219,8 +219,7 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, trainer: TrainerView) -> None:
         # an interrupted run keeps its current parameters so that it resumes where it was
-        stopped = trainer.diverged or trainer.interrupted or trainer.aborted
-        if self.restore_best and self.best_params and not stopped:
+        if self.restore_best and self.best_params and not (trainer.diverged or trainer.interrupted):
             trainer.model.load_state(self.best_params)
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -240,6 +239,33 @@ class EarlyStopping(Callback):
         self.best_params = {k: np.array(v) for k, v in arrays.items()}
 
 
+class SaveClock:
+    """When a checkpoint is due by time: once ``seconds`` of training passed since the last.
+
+    Shared by the :class:`Checkpoint` callbacks of trainers that step in lock-step, it makes
+    them all save at the same steps, so that stopped, they can continue in lock-step.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+            raise ConfigError(f"checkpoint interval must be a number >= 0 seconds, got {seconds!r}")
+        self.seconds = float(seconds)
+        self.start()
+
+    def start(self) -> None:
+        """Count from now (training begins)."""
+        self.last, self._step, self._due = time.monotonic(), -1, False
+
+    def due(self, step: int) -> bool:
+        """Whether to save at ``step`` (the same answer to every trainer at that step)."""
+        if step != self._step:
+            now = time.monotonic()
+            self._step, self._due = step, now - self.last >= self.seconds
+            if self._due:
+                self.last = now
+        return self._due
+
+
 class Checkpoint(Callback):
     """Save a resumable checkpoint every ``every`` steps and at the end of training.
 
@@ -252,9 +278,12 @@ class Checkpoint(Callback):
     keep_steps : bool
         Also keep a copy per save named ``<stem>-step<N>.npz``.
     seconds : float or None
-        Also save once this many seconds of training passed since the last save (or the
-        start): a long job that is killed loses at most that much (the experiment engine's
-        cadence). None: by steps only.
+        Also save once this many seconds of training passed since the last save by time (or
+        the start): a long job that is killed loses at most that much (the experiment
+        engine's cadence). None: by steps only.
+    clock : SaveClock, optional
+        Decides when a save by time is due, instead of one made from ``seconds`` (shared by
+        trainers in lock-step).
     """
 
     def __init__(
@@ -263,15 +292,13 @@ class Checkpoint(Callback):
         every: int | None = None,
         keep_steps: bool = False,
         seconds: float | None = None,
+        clock: SaveClock | None = None,
     ) -> None:
         if every is not None and every < 1:
             raise ConfigError(f"checkpoint interval must be >= 1 step, got {every}")
-        if seconds is not None and not seconds >= 0:
-            raise ConfigError(f"checkpoint interval must be >= 0 seconds, got {seconds}")
         self.path, self.every, self.keep_steps = Path(path), every, keep_steps
-        self.seconds = seconds
+        self.clock = clock if clock is not None or seconds is None else SaveClock(seconds)
         self.saved: list[Path] = []
-        self._last = time.monotonic()
 
     def save(self, trainer: TrainerView) -> None:
         """Write the checkpoint (and its per-step copy).
@@ -287,15 +314,14 @@ class Checkpoint(Callback):
         if self.keep_steps:
             extra = self.path.with_name(f"{self.path.stem}-step{trainer.step}{self.path.suffix}")
             self.saved.append(trainer.save(extra))
-        self._last = time.monotonic()
 
     def on_train_begin(self, trainer: TrainerView) -> None:
-        self._last = time.monotonic()
+        if self.clock is not None:
+            self.clock.start()
 
     def on_step_end(self, trainer: TrainerView, loss: float) -> None:
-        if (self.every and trainer.step % self.every == 0) or (
-            self.seconds is not None and time.monotonic() - self._last >= self.seconds
-        ):
+        by_time = self.clock is not None and self.clock.due(trainer.step)
+        if by_time or (self.every and trainer.step % self.every == 0):
             self.save(trainer)
 
     def on_train_end(self, trainer: TrainerView) -> None:
