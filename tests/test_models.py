@@ -436,3 +436,34 @@ def test_bad_sample_weights_are_refused(bad):
     model = SoftmaxModel(2, 3)
     with pytest.raises(ShapeError, match="sample_weight"):
         model.loss_and_grad(np.ones((3, 2)), np.array([0, 1, 2]), sample_weight=np.array(bad))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_row_blocks_side_by_side_equal_the_blocks_one_after_another(monkeypatch, weighted):
+    """A large full batch's blocks on the fit's threads (each block's products on one BLAS
+    thread, summed in the blocks' order): the numbers of the blocks run one by one on one
+    BLAS thread, to the bit."""
+    from threadpoolctl import threadpool_limits
+
+    import digitlab.models.base as base
+    import digitlab.threads as threads
+
+    rng = np.random.default_rng(0)
+    X = rng.random((700, 40))
+    y = rng.integers(0, 30, 700)
+    w = rng.random(700) if weighted else None
+    model = SoftmaxModel(40, 30, init="normal", rng=0, l2=0.01, dtype=np.float64)
+    monkeypatch.setattr(base, "PARALLEL_BLOCK_MACS", 1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        loss_1, grads_1 = model.loss_and_grad(X, y, chunk_rows=64, sample_weight=w)
+    calls = []
+    real = threads.map_in_order
+    monkeypatch.setattr(base, "map_in_order", lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(threads, "_fit_threads", 3)  # inside a fit that uses 3 threads
+    loss_3, grads_3 = model.loss_and_grad(X, y, chunk_rows=64, sample_weight=w)
+    assert calls == [3] and loss_3 == loss_1
+    for k in grads_1:
+        np.testing.assert_array_equal(grads_3[k], grads_1[k])
+    # a model whose gradient is replaced (it may keep state) runs its blocks one by one
+    model.loss_and_grad = lambda *a, **k: SoftmaxModel.loss_and_grad(model, *a, **k)
+    assert not model.parallel_blocks

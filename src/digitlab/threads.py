@@ -12,6 +12,10 @@ other processes keep cores busy.
   processes took (``/proc/stat`` minus this process's own) and drops a thread per busy core,
   taking it back once the core is free.
 
+The same count works through the row blocks of a large full batch side by side, each block's
+products on one BLAS thread (:func:`map_in_order`): the blocks' softmax, which BLAS does not
+run, then no longer leaves the other cores idle, nor do the BLAS threads' hand-overs.
+
 A thread limit set outside (``OPENBLAS_NUM_THREADS``, threadpoolctl) caps the count;
 ``DIGITLAB_THREADS=N`` fixes it (no adjusting); the library's own defaults apply where
 threadpoolctl is missing.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +40,34 @@ CHECK_S, FIRST_CHECK_S = 0.5, 0.1
 #: A core counts as busy above this share of other processes' time, free again below RELEASE.
 BUSY, RELEASE = 0.6, 0.3
 ENV = "DIGITLAB_THREADS"
+#: The BLAS thread count of the fit running now (set by :class:`ThreadPolicy`; 1 outside).
+_fit_threads = 1
+_pool: Any = None
+
+
+def fit_threads() -> int:
+    """The running fit's thread count (1 outside a fit)."""
+    return _fit_threads
+
+
+def map_in_order(fn: Any, items: Sequence[Any], threads: int) -> Iterator[Any]:
+    """``fn(item)`` for each item, on ``threads`` threads with BLAS on one thread each, yielded
+    in the items' order (the caller sums them in that order: the same numbers as one thread
+    at that BLAS thread count); at most ``threads`` results wait to be taken."""
+    global _pool
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    if _pool is None or _pool._max_workers < threads:
+        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="digitlab-rows")
+    with threadpool_limits(limits=1, user_api="blas"):
+        pending = [_pool.submit(fn, item) for item in items[:threads]]
+        for i in range(len(items)):
+            result = pending.pop(0).result()
+            if i + threads < len(items):
+                pending.append(_pool.submit(fn, items[i + threads]))
+            yield result
 
 
 def usable_cores() -> int:
@@ -204,12 +237,16 @@ class ThreadPolicy:
 
     def stop(self) -> None:
         """Give the libraries back their thread counts."""
+        global _fit_threads
+        _fit_threads = 1
         if self._previous is not None:
             self._previous.restore_original_limits()
         self._previous = self._limiter = None
         self._last = None
 
     def _set(self, threads: int) -> None:
+        global _fit_threads
+        _fit_threads = threads
         if threads == self.threads:
             return
         try:

@@ -29,6 +29,7 @@ from digitlab.models.functional import (
     penalty_value,
     softmax_cross_entropy,
 )
+from digitlab.threads import fit_threads, map_in_order
 
 #: How the cross-entropy of a batch is reduced: name -> meaning.
 REDUCTIONS: dict[str, str] = {"mean": "averaged over the batch", "sum": "summed over the batch"}
@@ -46,6 +47,10 @@ INITS: dict[str, str] = {
 }
 #: Floating-point precisions of the parameters: name -> use.
 DTYPES: dict[str, str] = {"float32": "the fast path", "float64": "gradient checks, exact optima"}
+
+#: A full batch's row blocks run side by side on the fit's threads when a block's products do
+#: at least this many multiply-adds (below, the threads' hand-overs cost more than they save).
+PARALLEL_BLOCK_MACS = 32_000_000
 
 
 def as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
@@ -421,10 +426,20 @@ class Model:
         w = self.check_weight(sample_weight, n)
         scale = self._scale(n, w, weight_total)
         loss_sum, grads = 0.0, {k: np.zeros_like(v) for k, v in self.params.items()}
-        for start in range(0, n, chunk):
+
+        def block(start: int) -> tuple[float, dict[str, Any]]:
             Xb = self.check_X(X[start : start + chunk])
             wb = None if w is None else w[start : start + chunk]
-            part, g = self._data_loss_and_grad(Xb, y[start : start + chunk], scale, False, wb, rng)
+            return self._data_loss_and_grad(Xb, y[start : start + chunk], scale, False, wb, rng)
+
+        starts = range(0, n, chunk)
+        threads = min(fit_threads(), len(starts) // 2)
+        macs = min(chunk, n) * sum(int(v.size) for v in self.params.values())
+        side_by_side = (
+            threads > 1 and self.parallel_blocks and rng is None and macs >= PARALLEL_BLOCK_MACS
+        )
+        parts = map_in_order(block, starts, threads) if side_by_side else map(block, starts)
+        for part, g in parts:  # summed in the blocks' order whichever thread computed them
             loss_sum += part
             for k, v in g.items():
                 grads[k] += v
@@ -512,6 +527,13 @@ class Model:
     def accuracy(self, X: np.ndarray, y: np.ndarray) -> float:
         """Fraction of rows whose predicted class equals ``y``."""
         return float(np.mean(self.predict(X) == np.asarray(y)))
+
+    @property
+    def parallel_blocks(self) -> bool:
+        """Whether row blocks of a full batch may be computed side by side on threads: the
+        gradient is the class's own and touches no state of the model (see
+        :class:`~digitlab.models.linear.LinearModel`)."""
+        return False
 
     @property
     def own_gradient(self) -> bool:

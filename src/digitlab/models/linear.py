@@ -59,6 +59,12 @@ class LinearModel(Model):
         k = cls._n_out(config)
         return {"W": (config_size(config, "n_features"), k)} | ({"b": (k,)} if bias else {})
 
+    @property
+    def parallel_blocks(self) -> bool:
+        """A linear model's own gradient keeps no state: row blocks may run side by side."""
+        own = type(self)._data_loss_and_grad is LinearModel._data_loss_and_grad
+        return own and self.own_gradient
+
     def _affine(self, X: np.ndarray) -> np.ndarray:
         z = X @ self.params["W"]
         if self.bias:
