@@ -145,7 +145,10 @@ def fetch(
                 if not done:
                     tmp.unlink(missing_ok=True)
                     _remove_empty(created)
-    except _Signalled as e:  # cleaned up, handlers restored: now act as the signal would have
+    except _Signalled as e:  # handlers restored: clean up, then act as the signal would have
+        if not done:  # again: the signal may have cut the cleanup above short
+            tmp.unlink(missing_ok=True)
+            _remove_empty(created)
         signal.raise_signal(e.signum)
         raise DownloadError(
             f"{url}: download interrupted by {signal.Signals(e.signum).name}"
@@ -184,8 +187,17 @@ def _signals_raise() -> Iterator[None]:
     try:
         yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        # a signal between two restores would find this handler on the one not yet restored
+        # (and raise out of the loop): held back while all are restored, it then meets the
+        # original handler
+        mask = getattr(signal, "pthread_sigmask", None)
+        held = mask(signal.SIG_BLOCK, _CAUGHT) if mask is not None else None
+        try:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        finally:
+            if mask is not None and held is not None:
+                mask(signal.SIG_SETMASK, held)
 
 
 def _missing_folders(folder: Path) -> list[Path]:
