@@ -682,3 +682,46 @@ def test_a_killed_reproduce_continues_its_jobs_from_their_checkpoints(tmp_path):
     assert metrics["resumed_at_step"] == resumed and metrics["steps"] == 30 * 225  # 3,600 rows / 16
     steps = [int(r.split(",")[0]) for r in (job / "history.csv").read_text().splitlines()[1:]]
     assert steps == [10 * 225, 20 * 225, 30 * 225]
+
+
+def test_reproduce_says_where_its_runs_stand_while_they_train(tmp_path, capsys, monkeypatch):
+    """A long reproduction prints a progress line every PROGRESS_SECONDS: runs done, and the
+    epoch each running job's folder has reached."""
+    import re
+
+    import digitlab.cli as cli
+
+    monkeypatch.setattr(cli, "PROGRESS_SECONDS", 0.05)
+    exp = tmp_path / "slow.toml"
+    exp.write_text(
+        'name = "slow"\nsource = "000"\nsection = "s"\ntitle = "t"\nprotocol = "p"\n'
+        'figures = ["table"]\nrepeats = 2\n[settings]\nmodel = "mlp"\nhidden = [32]\n'
+        'dataset = "mnist-5k"\nbatch = 16\nlr = 0.05\nepochs = 6\neval_every = 225\n'
+    )
+    args = ["reproduce", str(exp), "--out", str(tmp_path / "runs"), "--no-report", "--jobs", "1"]
+    assert cli.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    progress = [x for x in lines if "runs done; training:" in x]
+    seen = [re.search(r"(\d) of 2 runs done; training: slow / run \(seed (\d)\) at epoch (\d+) "
+                      r"of 6", x) for x in progress]  # fmt: skip
+    seen = [m.groups() for m in seen if m]
+    assert seen, progress  # at least one line named the running job and its epoch
+    assert all(1 <= int(e) <= 6 for _, _, e in seen)
+    assert ("1", "1") in {(d, s) for d, s, _ in seen} or ("0", "0") in {(d, s) for d, s, _ in seen}
+    done_at = lines.index(next(x for x in lines if x.startswith("   slow / run (seed 1)")))
+    assert not any("runs done" in x for x in lines[done_at + 1 :])  # none after the end
+
+
+def test_job_progress_reads_the_job_folders(tmp_path):
+    from digitlab.experiments.engine import job_progress, plan_jobs
+
+    spec = BASE | {"settings": BASE["settings"] | {"epochs": 3}, "members": [{"label": "a"}]}
+    exp = parse_experiment(spec, "rep.toml")
+    run_experiment(exp, tmp_path, n_jobs=1)
+    jobs, _, _ = plan_jobs([exp], tmp_path, {})
+    (state,) = job_progress([exp], jobs)
+    assert (state.experiment, state.member, state.seed, state.state) == ("rep", "a", 0, "done")
+    (tmp_path / "rep" / "a" / DONE).unlink()
+    jobs[0].metrics = {}
+    (state,) = job_progress([exp], jobs)
+    assert state.state == "running" and state.epoch == 3 and state.epochs == 3

@@ -572,10 +572,24 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             f"   {what}: {accs}  ({metrics['epochs']:g} epochs, {metrics['seconds']:.1f} s{cont})"
         )
 
+    def progress(jobs_now: list[Any]) -> None:
+        finished = sum(j.state == "done" for j in jobs_now)
+        running = [
+            f"{j.experiment} / {j.member} (seed {j.seed}) at epoch {j.epoch:g}"
+            + ("" if j.epochs is None else f" of {j.epochs}")
+            for j in jobs_now
+            if j.state == "running"
+        ]
+        if finished < len(jobs_now):
+            now = ", ".join(running) if running else "starting"
+            out(f"   [{_duration(time.perf_counter() - t_all)}] {finished} of {len(jobs_now)} "
+                f"runs done; training: {now}")  # fmt: skip
+
     # every experiment's jobs in one pool: a long member never leaves cores idle
     records = run_experiments(
         experiments, args.out, n_jobs=args.jobs, scheduler=args.scheduler, overrides=overrides,
-        on_done=done, checkpoint_seconds=60.0 * args.checkpoint_minutes,
+        on_done=done, checkpoint_seconds=60.0 * args.checkpoint_minutes, on_progress=progress,
+        progress_seconds=PROGRESS_SECONDS,
     )  # fmt: skip
     rows = []
     for exp, record in zip(experiments, records, strict=True):
@@ -975,6 +989,20 @@ def _jobs(text: str) -> int:
     if text.strip() == "-1":
         return -1
     return _positive_int(text)
+
+
+#: Seconds between two progress lines of ``digitlab reproduce``.
+PROGRESS_SECONDS = 60.0
+
+
+def _duration(seconds: float) -> str:
+    """``1 h 02 min``, ``12 min 30 s`` or ``45 s``."""
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"
 
 
 def _minutes(text: str) -> float:

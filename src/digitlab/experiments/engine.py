@@ -27,7 +27,10 @@ marked by ``.digitlab-experiment``; a folder that exists without the mark (and w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +112,73 @@ def plan_jobs(
     return jobs, all_settings, all_notes
 
 
+@dataclass
+class JobProgress:
+    """Where one job stands, as its folder shows it (``epoch`` of its last evaluation)."""
+
+    experiment: str
+    member: str
+    seed: int
+    #: "done", "running" (its folder has evaluations) or "waiting"
+    state: str
+    epoch: float | None
+    epochs: int | None
+
+
+def job_progress(exps: list[ExperimentSpec], jobs: list[Job]) -> list[JobProgress]:
+    """Each job's :class:`JobProgress`, read from its folder (``history.csv``, ``job.json``)."""
+    from digitlab.errors import FileReadError
+    from digitlab.experiments.execute import DONE
+    from digitlab.runfiles import HISTORY, read_history_tail
+
+    out = []
+    for job in jobs:
+        exp = exps[job.exp]
+        folder = Path(job.folder)
+        epoch, state = None, "waiting"
+        if job.metrics or (folder / DONE).is_file():
+            state = "done"
+        elif (folder / HISTORY).is_file():
+            try:
+                last = read_history_tail(folder / HISTORY, ()).last
+            except (OSError, FileReadError):
+                last = {}
+            if "epoch" in last:
+                epoch, state = last["epoch"], "running"
+        epochs = job.settings.get("epochs")
+        out.append(JobProgress(
+            exp.name, exp.members[job.member].label, int(job.settings.get("seed", 0)), state,
+            epoch, epochs if isinstance(epochs, int) else None,
+        ))  # fmt: skip
+    return out
+
+
+@contextlib.contextmanager
+def _watching(
+    exps: list[ExperimentSpec],
+    jobs: list[Job],
+    on_progress: Callable[[list[JobProgress]], None] | None,
+    seconds: float,
+) -> Iterator[None]:
+    """Call ``on_progress(job_progress(...))`` every ``seconds`` from a thread while inside."""
+    if on_progress is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(seconds):
+            on_progress(job_progress(exps, jobs))
+
+    thread = threading.Thread(target=watch, name="digitlab-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run_experiments(
     exps: list[ExperimentSpec],
     out: str | Path = "runs",
@@ -118,6 +188,8 @@ def run_experiments(
     overrides: dict[str, Any] | None = None,
     on_done: Callable[[ExperimentSpec, MemberSpec, dict[str, Any]], None] | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    on_progress: Callable[[list[JobProgress]], None] | None = None,
+    progress_seconds: float = 60.0,
 ) -> list[ExperimentRecord]:
     """Run every member of ``exps`` (all their jobs in one pool) and write each
     ``out/<name>/experiment.json``; jobs that finished in an earlier run are reused.
@@ -138,6 +210,9 @@ def run_experiments(
     checkpoint_seconds : float
         Seconds of training between a job's checkpoints: a job that is stopped (Ctrl-C, a
         killed worker) continues from its last one when the experiments run again.
+    on_progress : callable, optional
+        ``on_progress(progress)`` every ``progress_seconds`` while jobs run (from another
+        thread): one :class:`JobProgress` per job, read from the job folders.
 
     Returns
     -------
@@ -159,7 +234,8 @@ def run_experiments(
         jobs, all_settings, all_notes = plan_jobs(exps, root, dict(overrides or {}))
         for job in jobs:
             job.checkpoint_seconds = checkpoint_seconds
-        run_jobs(jobs, n_jobs=n_jobs, on_done=done)
+        with _watching(exps, jobs, on_progress, progress_seconds):
+            run_jobs(jobs, n_jobs=n_jobs, on_done=done)
     records = []
     for e, exp in enumerate(exps):
         folder = root / exp.name
