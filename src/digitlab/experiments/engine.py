@@ -168,7 +168,10 @@ def _watching(
 
     def watch() -> None:
         while not stop.wait(seconds):
-            on_progress(job_progress(exps, jobs))
+            try:
+                on_progress(job_progress(exps, jobs))
+            except (OSError, ValueError):  # a closed output, a folder changing under it: skip
+                continue
 
     thread = threading.Thread(target=watch, name="digitlab-progress", daemon=True)
     thread.start()
