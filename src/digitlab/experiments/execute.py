@@ -5,7 +5,10 @@ repeats of a group in lock-step when they can share their steps. A job that fini
 :data:`DONE` (its key and settings) next to its ``metrics.json``; a later run reuses it when
 the key matches. A job that was stopped (killed, Ctrl-C, the machine gone) leaves
 :data:`STARTED` (its key) and the checkpoint it last wrote, every :data:`CHECKPOINT_SECONDS`
-of training: a later run with the same key continues from there, to the same result.
+of training: a later run with the same key continues from there, to the same result (to the
+bit at the same BLAS thread count), unless the checkpoint does not fit the job (another model,
+update rule or data: the job starts again). A running job holds :data:`LOCK`: another process
+neither continues nor removes it.
 """
 
 from __future__ import annotations
