@@ -357,8 +357,12 @@ def test_signal_handlers_are_restored(server, tmp_path):
     assert {s: signal.getsignal(s) for s in before} == before
 
 
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
-def test_signal_during_download_removes_the_part_file(server, tmp_path, signame):
+@pytest.mark.parametrize(
+    ("signame", "ignored"), [("SIGTERM", False), ("SIGHUP", False), ("SIGHUP", True)]
+)
+def test_signal_during_download_removes_the_part_file(server, tmp_path, signame, ignored):
+    """SIGTERM/SIGHUP: the .part file removed, then the process dies of the signal; a signal
+    the process ignored when the download began (SIGHUP under nohup) is still ignored."""
     import os
     import signal
     import subprocess
@@ -367,8 +371,10 @@ def test_signal_during_download_removes_the_part_file(server, tmp_path, signame)
     url = server.add("/trickle.bin", GOOD)
     server.trickle["/trickle.bin"] = 0.05
     dest = tmp_path / "sub" / "t.bin"
+    disposition = "SIG_IGN" if ignored else "SIG_DFL"  # the tests may run under nohup
     code = (
-        "import sys; from digitlab.data.download import fetch; "
+        f"import signal; signal.signal(signal.{signame}, signal.{disposition}); "
+        "from digitlab.data.download import fetch; "
         f"fetch({url!r}, {str(dest)!r}, {GOOD_SHA!r}, deadline=60)"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
@@ -382,6 +388,10 @@ def test_signal_during_download_removes_the_part_file(server, tmp_path, signame)
             pytest.fail("the download never started")
         time.sleep(0.2)
         proc.send_signal(getattr(signal, signame))
+        if ignored:  # the download goes on
+            time.sleep(0.5)
+            assert proc.poll() is None and any(dest.parent.glob("*.part"))
+            return
         proc.wait(timeout=20)
     finally:
         proc.kill()

@@ -172,7 +172,8 @@ _CAUGHT = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(sig
 
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into :class:`_Signalled` for the duration; restore the handlers after.
+    """Turn SIGTERM/SIGHUP into :class:`_Signalled` for the duration (unless ignored, as under
+    ``nohup``); restore the handlers after.
 
     Only in the main thread (the only one that may set handlers); elsewhere a no-op.
     """
@@ -183,7 +184,10 @@ def _signals_raise() -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
         raise _Signalled(signum)
 
-    previous = {s: signal.signal(s, handler) for s in _CAUGHT}
+    # a signal ignored when the download starts (SIGHUP under nohup) stays ignored: it would
+    # not have stopped the process, so it does not stop the download
+    watched = [s for s in _CAUGHT if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, handler) for s in watched}
     try:
         yield
     finally:
