@@ -548,6 +548,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     import time
 
     from digitlab.experiments import run_experiments, select_experiments
+    from digitlab.report.document import fmt_seconds
 
     experiments = select_experiments(args.names)
     overrides = {"data_root": args.data_root} if args.data_root else {}
@@ -582,7 +583,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         ]
         if finished < len(jobs_now):
             now = ", ".join(running) if running else "starting"
-            out(f"   [{_duration(time.perf_counter() - t_all)}] {finished} of {len(jobs_now)} "
+            out(f"   [{fmt_seconds(time.perf_counter() - t_all)}] {finished} of {len(jobs_now)} "
                 f"runs done; training: {now}")  # fmt: skip
 
     # every experiment's jobs in one pool: a long member never leaves cores idle
@@ -993,16 +994,6 @@ def _jobs(text: str) -> int:
 
 #: Seconds between two progress lines of ``digitlab reproduce``.
 PROGRESS_SECONDS = 60.0
-
-
-def _duration(seconds: float) -> str:
-    """``1 h 02 min``, ``12 min 30 s`` or ``45 s``."""
-    s = int(seconds)
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    if s >= 60:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s} s"
 
 
 def _minutes(text: str) -> float:

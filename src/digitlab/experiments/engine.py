@@ -39,7 +39,6 @@ from digitlab.experiments.execute import (
     CHECKPOINT_SECONDS,
     backend,
     check_not_running,
-    check_seconds,
     finished_metrics,
     resumable,
     run_jobs,
@@ -223,9 +222,10 @@ def run_experiments(
         The records written to ``experiment.json``, in the order of ``exps``.
     """
     from digitlab.runfiles import write_json
+    from digitlab.train.callbacks import SaveClock
 
     root = Path(out)
-    check_seconds(checkpoint_seconds)
+    SaveClock(checkpoint_seconds)  # a bad interval is refused before any folder is touched
 
     def done(job: Job) -> None:
         if on_done is not None:

@@ -137,12 +137,8 @@ def _job_lock(folders: list[Path]) -> Iterator[None]:
     try:
         for folder in folders:
             flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
-            fd = os.open(folder / LOCK, flags, 0o644)
-            fds.append(fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ConfigError(f"{folder}: {RUNNING_ELSEWHERE}") from None
+            fds.append(os.open(folder / LOCK, flags, 0o644))
+            _flock_or_refuse(fds[-1], folder, fcntl.LOCK_EX)
         yield
     finally:
         for fd in fds:
@@ -163,19 +159,19 @@ def check_not_running(folder: Path) -> None:
     except OSError:
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise ConfigError(f"{folder}: {RUNNING_ELSEWHERE}") from None
+        _flock_or_refuse(fd, folder, fcntl.LOCK_SH)
     finally:
         os.close(fd)
 
 
-def check_seconds(seconds: float | None) -> None:
-    """Refuse (ConfigError) a checkpoint interval that is not a number of seconds >= 0."""
-    from digitlab.train.callbacks import SaveClock
+def _flock_or_refuse(fd: int, folder: Path, mode: int) -> None:
+    """``flock(fd, mode)`` without waiting; ConfigError when another process holds the lock."""
+    import fcntl
 
-    if seconds is not None:
-        SaveClock(seconds)
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"{folder}: {RUNNING_ELSEWHERE}") from None
 
 
 def run_member(
