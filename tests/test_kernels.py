@@ -50,32 +50,38 @@ def test_override_parsed_and_refused(monkeypatch):
     c = kernels.parse_override("rows=512,transposed=1")
     assert (c.rows, c.transposed, c.source) == (512, True, "environment")
     assert kernels.parse_override("transposed=0").rows == kernels.BLOCK_ROWS
-    for bad in ("rows=-1", "rows=x", "transposed=yes", "speed=1", "rows"):
+    c = kernels.parse_override("batch_transposed=1")
+    assert (c.rows, c.transposed, c.batch_transposed) == (kernels.BLOCK_ROWS, False, True)
+    for bad in ("rows=-1", "rows=x", "transposed=yes", "speed=1", "rows", "batch_transposed=2"):
         with pytest.raises(ConfigError, match="DIGITLAB_KERNELS"):
             kernels.parse_override(bad)
     monkeypatch.setenv("DIGITLAB_KERNELS", "rows=0,transposed=1")
-    assert kernels.choices(np.float32) == kernels.Choices(0, True, "environment")
+    assert kernels.choices(np.float32) == kernels.Choices(0, True, source="environment")
 
 
 def test_calibration_is_cached_per_host(monkeypatch):
     monkeypatch.setenv("DIGITLAB_KERNELS", "calibrate")
     first = kernels.choices(np.float32)
     assert first.source == "calibrated"
-    assert set(first.timings_ms) == {
-        f"rows={r},transposed={t}" for r in (kernels.BLOCK_ROWS, 0) for t in (0, 1)
-    }
-    fastest = min(first.timings_ms, key=first.timings_ms.__getitem__)
+    full = {f"rows={r},transposed={t}" for r in (kernels.BLOCK_ROWS, 0) for t in (0, 1)}
+    batch = {"batch_transposed=0", "batch_transposed=1"}
+    assert set(first.timings_ms) == full | batch
+    fastest = min(full, key=first.timings_ms.__getitem__)
     chosen = kernels.parse_override(fastest)
     assert (chosen.rows, chosen.transposed) == (first.rows, first.transposed)
+    fastest_batch = min(batch, key=first.timings_ms.__getitem__)
+    assert first.batch_transposed == (fastest_batch == "batch_transposed=1")
     path = kernels.cache_file(kernels.host_key(np.float32))
     record = json.loads(path.read_text())
     assert record["key"]["cpu"] == (kernels.cpu_model() or "unknown")
-    assert (record["rows"], record["transposed"]) == (first.rows, first.transposed)
+    chosen = (first.rows, first.transposed, first.batch_transposed)
+    assert (record["rows"], record["transposed"], record["batch_transposed"]) == chosen
     # a new process (here: a reset) reads the cache instead of measuring
     monkeypatch.delenv("DIGITLAB_KERNELS")
     kernels.reset()
     again = kernels.choices(np.float32)
-    assert (again.source, again.rows, again.transposed) == ("cache", first.rows, first.transposed)
+    assert again.source == "cache"
+    assert (again.rows, again.transposed, again.batch_transposed) == chosen
 
 
 def test_stale_or_corrupt_cache_is_measured_again(monkeypatch):
@@ -92,6 +98,14 @@ def test_stale_or_corrupt_cache_is_measured_again(monkeypatch):
     kernels.reset()
     path.write_text(json.dumps({"key": key, "rows": 7, "transposed": "yes"}))
     assert kernels.choices(np.float32).source == "calibrated"
+    kernels.reset()  # a cache written before the mini-batch choice existed
+    path.write_text(json.dumps({"key": key, "rows": 7, "transposed": True}))
+    assert kernels.choices(np.float32).source == "calibrated"
+    kernels.reset()
+    path.write_text(
+        json.dumps({"key": key, "rows": 7, "transposed": True, "batch_transposed": False})
+    )
+    assert kernels.choices(np.float32) == kernels.Choices(7, True, False, "cache")
 
 
 def test_transposed_layout_equals_the_plain_product(monkeypatch):
@@ -107,6 +121,39 @@ def test_transposed_layout_equals_the_plain_product(monkeypatch):
     np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-4)
     wide = rng.standard_normal((3000, 100)).astype(np.float32)
     assert outer_sum(a, wide).flags.c_contiguous  # wide products keep the plain layout
+
+
+def test_mini_batch_layout_is_its_own_choice(monkeypatch):
+    rng = np.random.default_rng(2)
+    a = rng.random((3000, 50), dtype=np.float32)
+    d = rng.standard_normal((3000, 10)).astype(np.float32)
+    monkeypatch.setenv("DIGITLAB_KERNELS", "transposed=0,batch_transposed=1")
+    kernels.choices(np.float32)
+    assert kernels.transposed(a[:128], d[:128]) and kernels.transposed(a[:2], d[:2])
+    assert not kernels.transposed(a, d) and not kernels.transposed(a[:1], d[:1])
+    got = outer_sum(a[:128], d[:128])
+    assert got.flags.f_contiguous and not got.flags.c_contiguous
+    np.testing.assert_allclose(got, a[:128].T @ d[:128], rtol=1e-5, atol=1e-5)
+    assert outer_sum(a, d).flags.c_contiguous
+
+
+def test_a_mini_batch_fit_resolves_the_choices(monkeypatch):
+    monkeypatch.setenv("DIGITLAB_KERNELS", "batch_transposed=1")
+    rng = np.random.default_rng(3)
+    X = rng.random((64, 30), dtype=np.float32)
+    y = rng.integers(0, 4, 64)
+    model = SoftmaxModel(30, 4, rng=0)
+    plain = model.loss_and_grad(X, y)  # nothing resolved yet: the plain layout
+    assert plain[1]["W"].flags.c_contiguous
+    fn = Trainer(model, batch_size=64).gradient_function(64)
+    assert kernels._current["float32"].batch_transposed  # resolved by the trainer
+    loss, g = fn(X, y)
+    assert g["W"].flags.f_contiguous and not g["W"].flags.c_contiguous
+    assert loss == pytest.approx(plain[0], rel=1e-6)
+    np.testing.assert_allclose(g["W"], plain[1]["W"], rtol=1e-5, atol=1e-6)
+    kernels.reset()
+    Trainer(model, batch_size=1).gradient_function(1)  # single samples need no choice
+    assert kernels._current == {}
 
 
 @pytest.mark.parametrize("rows", [0, 512])

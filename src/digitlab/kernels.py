@@ -14,16 +14,23 @@ Choices
 ``rows`` : int or 0
     Rows per block of a full batch's loss and gradient (0: the whole batch at once).
 ``transposed`` : bool
-    Compute a tall, narrow gradient ``a^T delta`` as ``(delta^T a)^T``.
+    Compute a tall, narrow gradient ``a^T delta`` (from :data:`BLOCK_ROWS` rows) as
+    ``(delta^T a)^T``.
+``batch_transposed`` : bool
+    The same for a mini-batch's narrow gradient (2 to ``BLOCK_ROWS - 1`` rows; timed on
+    :data:`BATCH_ROWS` rows and one BLAS thread, as the thread policy runs them): under
+    OpenBLAS's SandyBridge kernels ``(delta^T a)^T`` took 44 us where ``a^T delta`` took 86
+    (128 x 784 x 10, one thread); under Haswell and Zen 55 us vs 43.
 
-``DIGITLAB_KERNELS`` overrides them: ``"rows=1024,transposed=0"`` (either key may be left
-out: it keeps its default), ``"calibrate"`` measures again and rewrites the cache, ``"default"``
-uses the defaults without measuring (what the tests pin). Results of a run depend on the
-choice only through the order of float summation.
+``DIGITLAB_KERNELS`` overrides them: ``"rows=1024,transposed=0,batch_transposed=1"`` (any key
+may be left out: it keeps its default), ``"calibrate"`` measures again and rewrites the
+cache, ``"default"`` uses the defaults without measuring (what the tests pin). Results of a
+run depend on the choice only through the order of float summation.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -45,6 +52,9 @@ BLOCK_ROWS = 1024
 #: Calibration shape: the source's full-batch softmax (784 pixels + bias, 10 classes), on
 #: half its 18,000 rows.
 CAL_ROWS, CAL_FEATURES, CAL_OUTPUTS = 9216, 785, 10
+#: Calibration shape of a mini-batch (the batches of the seeds' mini-batch runs), and how many
+#: batches one timing runs.
+BATCH_ROWS, BATCH_STEPS = 128, 40
 #: A gradient product is "narrow" (the transposed choice applies, from BLOCK_ROWS rows) up to
 #: this many columns.
 NARROW_COLUMNS = 64
@@ -60,6 +70,7 @@ class Choices:
 
     rows: int = BLOCK_ROWS
     transposed: bool = False
+    batch_transposed: bool = False
     source: str = "default"  # "default", "calibrated", "disturbed", "cache" or "environment"
     timings_ms: dict[str, float] | None = None
 
@@ -113,18 +124,19 @@ def parse_override(text: str) -> Choices:
     values: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
-        if not sep or key not in ("rows", "transposed"):
+        if not sep or key not in ("rows", "transposed", "batch_transposed"):
             raise ConfigError(
-                f"{ENV}: {part!r} is not rows=N or transposed=0|1 (or 'calibrate', 'default')"
+                f"{ENV}: {part!r} is not rows=N, transposed=0|1 or batch_transposed=0|1 "
+                "(or 'calibrate', 'default')"
             )
         if key == "rows":
             if not value.isdigit() or int(value) > 10**7:
                 raise ConfigError(f"{ENV}: rows must be a whole number >= 0, got {value!r}")
             values["rows"] = int(value)
         elif value not in ("0", "1"):
-            raise ConfigError(f"{ENV}: transposed must be 0 or 1, got {value!r}")
+            raise ConfigError(f"{ENV}: {key} must be 0 or 1, got {value!r}")
         else:
-            values["transposed"] = value == "1"
+            values[key] = value == "1"
     return Choices(**values, source="environment")
 
 
@@ -146,12 +158,12 @@ def read_cached(path: Path, key: dict[str, Any]) -> Choices | None:
         return None
     if not isinstance(data, dict) or data.get("key") != key:
         return None
-    rows, transposed = data.get("rows"), data.get("transposed")
+    rows, flags = data.get("rows"), (data.get("transposed"), data.get("batch_transposed"))
     if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
         return None
-    if not isinstance(transposed, bool):
+    if not all(isinstance(f, bool) for f in flags):  # a cache of an older digitlab: measured
         return None
-    return Choices(rows, transposed, "cache", data.get("timings_ms"))
+    return Choices(rows, *flags, "cache", data.get("timings_ms"))
 
 
 def choices(dtype: Any = np.float32) -> Choices:
@@ -185,6 +197,7 @@ def _resolve(dtype: Any) -> Choices:
         "key": key,
         "rows": found.rows,
         "transposed": found.transposed,
+        "batch_transposed": found.batch_transposed,
         "timings_ms": found.timings_ms,
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -200,15 +213,19 @@ def _resolve(dtype: Any) -> Choices:
 
 def transposed(a: np.ndarray, delta: np.ndarray) -> bool:
     """Whether ``a.T @ delta`` (``a (n, p)``, ``delta (n, q)``) is to be computed as
-    ``(delta.T @ a).T``: a tall, narrow product, on a host whose resolved choices say so.
+    ``(delta.T @ a).T``: a narrow product (at most :data:`NARROW_COLUMNS` columns) of at least
+    two rows, on a host whose resolved choices say so (``transposed`` from
+    :data:`BLOCK_ROWS` rows, ``batch_transposed`` below).
 
     Reads only the choices already resolved in this process (by the trainer): the models
     never measure or read files.
     """
-    if a.shape[0] < BLOCK_ROWS or delta.shape[1] > NARROW_COLUMNS:
+    if a.shape[0] < 2 or delta.shape[1] > NARROW_COLUMNS:
         return False
     found = _current.get(a.dtype.name)
-    return found is not None and found.transposed
+    if found is None:
+        return False
+    return found.transposed if a.shape[0] >= BLOCK_ROWS else found.batch_transposed
 
 
 def reset() -> None:
@@ -218,13 +235,38 @@ def reset() -> None:
 
 
 def calibrate(dtype: Any = np.float32, rounds: int = 3, budget_s: float = 0.8) -> Choices:
-    """Time each layout on the calibration shape; return the fastest as :class:`Choices`.
+    """Time each layout on the calibration shapes; return the fastest as :class:`Choices`.
 
-    Each candidate computes a softmax model's full-batch loss and gradient (the forward
-    product, the softmax and the gradient's product) on :data:`CAL_ROWS` rows. After one
+    Each candidate computes a softmax model's loss and gradient (the forward product, the
+    softmax and the gradient's product): the full-batch layouts on :data:`CAL_ROWS` rows, the
+    mini-batch ones on :data:`BATCH_STEPS` batches of :data:`BATCH_ROWS` rows. After one
     warm-up call each, the candidates run in interleaved rounds (so that a burst of other load
     hits them alike) until ``rounds`` are done or ``budget_s`` has passed; each keeps its best.
     """
+    from digitlab.threads import others_load
+
+    timers = _timers(dtype)
+    best = dict.fromkeys(timers, math.inf)
+    load = others_load()
+    start = time.perf_counter()
+    for run in timers.values():  # warm-up
+        run()
+    for _ in range(rounds):
+        for name, run in timers.items():
+            best[name] = min(best[name], run())
+        if time.perf_counter() - start > budget_s:
+            break
+    timings = {k: round(v * 1e3, 3) for k, v in best.items()}
+    full = parse_override(min((k for k in best if k.startswith("rows=")), key=best.__getitem__))
+    batch = min((k for k in best if k.startswith("batch_")), key=best.__getitem__)
+    others = load.finish()
+    source = "calibrated" if others is not None and others < DISTURBED else "disturbed"
+    return Choices(full.rows, full.transposed, batch.endswith("=1"), source, timings)
+
+
+def _timers(dtype: Any) -> dict[str, Any]:
+    """The calibration's candidates by their override text: each a function that computes the
+    loss and gradient in its layout and returns the seconds it took."""
     from digitlab.models.functional import softmax_cross_entropy_
 
     rng = np.random.default_rng(0)
@@ -235,35 +277,32 @@ def calibrate(dtype: Any = np.float32, rounds: int = 3, budget_s: float = 0.8) -
     W = (rng.standard_normal((CAL_FEATURES, CAL_OUTPUTS)) * 0.01).astype(dt)
     y = rng.integers(0, CAL_OUTPUTS, CAL_ROWS)
 
-    def run(rows: int, transposed: bool) -> float:
+    def run(step: int, stop: int, transposed: bool) -> float:
         t = time.perf_counter()
-        step = rows or CAL_ROWS
         g = np.zeros_like(W)
-        for start in range(0, CAL_ROWS, step):
+        for start in range(0, stop, step):
             Xb = X[start : start + step]
             _, d = softmax_cross_entropy_(Xb @ W, y[start : start + step], 1.0)
             g += (d.T @ Xb).T if transposed else Xb.T @ d
         return time.perf_counter() - t
 
-    from digitlab.threads import others_load
+    timers: dict[str, Any] = {}
+    for rows in (BLOCK_ROWS, 0):
+        for t in (0, 1):
+            timers[f"rows={rows},transposed={t}"] = functools.partial(
+                run, rows or CAL_ROWS, CAL_ROWS, bool(t)
+            )
+    stop = min(CAL_ROWS, BATCH_ROWS * BATCH_STEPS)
 
-    names = [f"rows={r},transposed={t}" for r in (BLOCK_ROWS, 0) for t in (0, 1)]
-    candidates = [(r, bool(t)) for r in (BLOCK_ROWS, 0) for t in (0, 1)]
-    best = dict.fromkeys(names, math.inf)
-    load = others_load()
-    start = time.perf_counter()
-    for c in candidates:  # warm-up
-        run(*c)
-    for _ in range(rounds):
-        for name, c in zip(names, candidates, strict=True):
-            best[name] = min(best[name], run(*c))
-        if time.perf_counter() - start > budget_s:
-            break
-    timings = {k: round(v * 1e3, 3) for k, v in best.items()}
-    chosen = parse_override(min(best, key=best.__getitem__))
-    others = load.finish()
-    source = "calibrated" if others is not None and others < DISTURBED else "disturbed"
-    return Choices(chosen.rows, chosen.transposed, source, timings)
+    def one_thread(transposed: bool) -> float:  # a mini-batch's skinny products run so
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return run(BATCH_ROWS, stop, transposed)
+
+    for t in (0, 1):
+        timers[f"batch_transposed={t}"] = functools.partial(one_thread, bool(t))
+    return timers
 
 
 def describe() -> dict[str, Any]:

@@ -193,12 +193,13 @@ def gradient_method(
     weight matrix, the arithmetic of ``loss_and_grad`` + its array step to float rounding).
     A model whose ``loss_and_grad`` is replaced is called as is. A batch of more than
     ``2 * CHUNK_ROWS`` rows is worked through in blocks of the rows that this host's kernel
-    choices give (:mod:`digitlab.kernels`: 1,024, or the whole batch at once).
+    choices give (:mod:`digitlab.kernels`: 1,024, or the whole batch at once); a batch of two
+    or more rows resolves those choices, which also say how a narrow gradient is multiplied.
     """
     if batch_size == 1 and model.own_gradient and optimizer.supports_rank1:
         return model.loss_and_grad_factored
-    if batch_size > 2 * CHUNK_ROWS and model.own_gradient:
-        rows = kernels.choices(model.dtype).rows  # measured on this host
-        if rows:
+    if batch_size > 1 and model.own_gradient:
+        rows = kernels.choices(model.dtype).rows  # measured on this host (both layouts)
+        if rows and batch_size > 2 * CHUNK_ROWS:
             return functools.partial(model.loss_and_grad, chunk_rows=rows)
     return model.loss_and_grad
