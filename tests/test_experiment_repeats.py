@@ -725,3 +725,21 @@ def test_job_progress_reads_the_job_folders(tmp_path):
     jobs[0].metrics = {}
     (state,) = job_progress([exp], jobs)
     assert state.state == "running" and state.epoch == 3 and state.epochs == 3
+
+
+def test_progress_line_groups_the_seeds_of_a_member_at_one_epoch():
+    from digitlab.cli import running_jobs_text
+    from digitlab.experiments.engine import JobProgress
+
+    def job(member, seed, epoch, epochs=1000):
+        return JobProgress("ucsd-softmax", member, seed, "running", epoch, epochs)
+
+    running = [job("L2 0.01", s, 600) for s in (3, 0, 1, 2, 4)]
+    running += [job("L2 0.05", 0, 600), job("L2 0.05", 2, 600), job("L2 0.05", 1, 700)]
+    running += [job("cs189", 5, 0.5, None)]
+    assert running_jobs_text(running) == [
+        "ucsd-softmax / L2 0.01 (seeds 0-4) at epoch 600 of 1000",
+        "ucsd-softmax / L2 0.05 (seeds 0, 2) at epoch 600 of 1000",
+        "ucsd-softmax / L2 0.05 (seed 1) at epoch 700 of 1000",
+        "ucsd-softmax / cs189 (seed 5) at epoch 0.5",
+    ]

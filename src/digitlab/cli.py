@@ -544,6 +544,26 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+def running_jobs_text(running: list[Any]) -> list[str]:
+    """One phrase per member and epoch of the running jobs (``JobProgress``): the seeds of
+    repeats that train in lock-step share one, ``... (seeds 0-4) at epoch 600 of 1000``."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for j in running:
+        groups.setdefault((j.experiment, j.member, j.epoch, j.epochs), []).append(j.seed)
+    phrases = []
+    for (experiment, member, epoch, epochs), seeds in groups.items():
+        seeds = sorted(seeds)
+        if len(seeds) == 1:
+            which = f"seed {seeds[0]}"
+        elif seeds == list(range(seeds[0], seeds[-1] + 1)):
+            which = f"seeds {seeds[0]}-{seeds[-1]}"
+        else:
+            which = "seeds " + ", ".join(map(str, seeds))
+        of = "" if epochs is None else f" of {epochs}"
+        phrases.append(f"{experiment} / {member} ({which}) at epoch {epoch:g}{of}")
+    return phrases
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     import time
 
@@ -575,12 +595,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     def progress(jobs_now: list[Any]) -> None:
         finished = sum(j.state == "done" for j in jobs_now)
-        running = [
-            f"{j.experiment} / {j.member} (seed {j.seed}) at epoch {j.epoch:g}"
-            + ("" if j.epochs is None else f" of {j.epochs}")
-            for j in jobs_now
-            if j.state == "running"
-        ]
+        running = running_jobs_text([j for j in jobs_now if j.state == "running"])
         if finished < len(jobs_now):
             now = ", ".join(running) if running else "starting"
             out(f"   [{fmt_seconds(time.perf_counter() - t_all)}] {finished} of {len(jobs_now)} "
