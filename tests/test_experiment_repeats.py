@@ -743,3 +743,26 @@ def test_progress_line_groups_the_seeds_of_a_member_at_one_epoch():
         "ucsd-softmax / L2 0.05 (seed 1) at epoch 700 of 1000",
         "ucsd-softmax / cs189 (seed 5) at epoch 0.5",
     ]
+
+
+def test_a_worker_reads_a_dataset_once_while_its_files_stay_the_same(tmp_path):
+    import os
+
+    from digitlab.experiments import jobdata
+    from test_data_registry import make_idx_folder
+
+    root = tmp_path / "data"
+    written = make_idx_folder(root / "mnist", n_train=8, seed=1)
+    jobdata._loaded.clear()
+    first = jobdata.worker_dataset("mnist", root)
+    assert jobdata.worker_dataset("mnist", root) is first  # read once
+    np.testing.assert_array_equal(first.x_train, written["x_train"])
+    with pytest.raises(ValueError, match="read-only"):
+        first.x_train[0, 0, 0] = 1  # one job cannot change the next job's data
+    again = make_idx_folder(root / "mnist", n_train=8, seed=2)  # the files replaced
+    path = root / "mnist" / "train-images-idx3-ubyte.gz"
+    os.utime(path, ns=(1, 1))  # a new time, as a later rewrite has (these two share a tick)
+    changed = jobdata.worker_dataset("mnist", root)
+    assert changed is not first
+    np.testing.assert_array_equal(changed.x_train, again["x_train"])
+    jobdata._loaded.clear()

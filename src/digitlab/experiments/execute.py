@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from digitlab.errors import ConfigError
-from digitlab.experiments.jobdata import job_data, same_data
+from digitlab.experiments.jobdata import job_data, same_data, worker_dataset
 from digitlab.experiments.plan import Job, init_folder, longest_first, plan_tasks
 from digitlab.runfiles import CHECKPOINT
 
@@ -286,7 +286,6 @@ def run_jobs_together(jobs: list[Job], init_folders: list[str | None]) -> list[d
     at one step continue in lock-step (to the numbers they would have had); stopped at
     different steps, or some not stopped, each continues alone.
     """
-    from digitlab.data import load
     from digitlab.errors import CheckpointError, DataError
     from digitlab.settings import Settings
 
@@ -297,7 +296,7 @@ def run_jobs_together(jobs: list[Job], init_folders: list[str | None]) -> list[d
         return one_by_one()
     bases = [Settings.from_dict(j.settings) for j in jobs]
     first = jobs[0]
-    dataset = load(bases[0].dataset, root=bases[0].data_root)
+    dataset = worker_dataset(bases[0].dataset, bases[0].data_root)
     data = job_data(bases[0], first.bias_input, first.validation, dataset, first.data)
     for b in bases[1:]:  # each compared and dropped: one extra copy of the features at a time
         if not same_data(data, job_data(b, first.bias_input, first.validation, dataset)):
