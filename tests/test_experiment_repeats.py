@@ -766,3 +766,64 @@ def test_a_worker_reads_a_dataset_once_while_its_files_stay_the_same(tmp_path):
     assert changed is not first
     np.testing.assert_array_equal(changed.x_train, again["x_train"])
     jobdata._loaded.clear()
+
+
+@pytest.mark.parametrize("kind", ["softmax", "logistic"])
+def test_evaluate_together_equals_each_models_own_evaluation(kind):
+    from digitlab.data import Preprocessor
+    from digitlab.data.rows import ImageRows
+    from digitlab.models import LogisticModel, SoftmaxModel
+    from digitlab.train.evaluation import evaluate, evaluate_together
+
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (5000, 6, 5), dtype=np.uint8)  # more than one chunk
+    prep = Preprocessor("scale01").fit(images[:10])
+    source = ImageRows(images, prep)
+    X = source.take(slice(None))
+    k = 4 if kind == "softmax" else 2
+    y = rng.integers(0, k, 5000)
+    cls = SoftmaxModel if kind == "softmax" else LogisticModel
+    args = (30, 4) if kind == "softmax" else (30,)
+    models = [cls(*args, init="normal", rng=s, l2=0.01 * s, reduction="sum") for s in range(3)]
+    for rows in (X, source):
+        together = evaluate_together(models, rows, y)
+        for m, got in zip(models, together, strict=True):
+            own = evaluate(m, rows, y)
+            assert got["acc"] == pytest.approx(own["acc"], abs=1 / 5000)
+            assert got["loss"] == pytest.approx(own["loss"], rel=1e-5)
+            assert got["objective"] == pytest.approx(own["objective"], rel=1e-5)
+    assert len({r["acc"] for r in together}) > 1  # three models, three evaluations
+
+
+def test_lock_step_trainers_evaluate_together_and_record_their_own_history(monkeypatch):
+    import digitlab.train.lockstep as lockstep
+    from digitlab.models import SoftmaxModel
+    from digitlab.train import Trainer, fit_together
+
+    calls = []
+    real = lockstep.evaluate_together
+    monkeypatch.setattr(
+        lockstep, "evaluate_together", lambda ms, X, y: calls.append(len(ms)) or real(ms, X, y)
+    )
+    rng = np.random.default_rng(5)
+    X = rng.random((900, 30)).astype(np.float32)
+    y = (X[:, :3].argmax(1)).astype(np.int64)
+    val, test = (X[:200], y[:200]), (X[200:400], y[200:400])
+
+    def trainer(seed: int) -> Trainer:
+        model = SoftmaxModel(30, 3, init="normal", rng=seed, reduction="sum")
+        return Trainer(model, schedule=0.01, batch_size="full", rng=seed, eval_every=2)
+
+    group = [trainer(s) for s in range(3)]
+    fit_together(group, (X, y), val, test, epochs=10)
+    assert calls and set(calls) == {3}  # five evaluations x train, val, test, all three at once
+    assert len(calls) == 5 * 3
+    for seed, t in enumerate(group):
+        alone = trainer(seed)
+        alone.fit((X, y), val, test, epochs=10)
+        a, b = t.history.records, alone.history.records
+        assert [r["step"] for r in a] == [r["step"] for r in b] == [2, 4, 6, 8, 10]
+        for ra, rb in zip(a, b, strict=True):
+            for key in ("train_acc", "val_acc", "test_acc"):
+                assert ra[key] == pytest.approx(rb[key], abs=1 / 200), key
+            assert ra["val_loss"] == pytest.approx(rb["val_loss"], rel=1e-3)

@@ -499,14 +499,7 @@ class Model:
         """
         y = self.check_y(y, np.shape(X)[0])
         w = self.check_weight(sample_weight, y.shape[0])
-        z = self.logits(X)
-        if z.ndim == 1:
-            loss_sum, right = binary_cross_entropy(z, y, w), (z > 0) == y
-        else:
-            loss_sum, right = softmax_cross_entropy(z, y, w), z.argmax(axis=1) == y
-        if w is None:
-            return loss_sum, int(np.count_nonzero(right))
-        return loss_sum, float(np.dot(right.astype(np.float64), w.astype(np.float64)))
+        return logits_loss_sum_and_correct(self.logits(X), y, w)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Most probable class of each row.
@@ -618,3 +611,17 @@ class Model:
                 f"got values in [{lo}, {hi}]"
             )
         return y
+
+
+def logits_loss_sum_and_correct(
+    z: np.ndarray, y: np.ndarray, w: np.ndarray | None = None
+) -> tuple[float, float]:
+    """:meth:`Model.loss_sum_and_correct` from the logits: ``z (n,)`` of a binary model
+    (sigmoid) or ``(n, k)`` of a softmax, labels ``y (n,)``, optional row weights ``w (n,)``."""
+    if z.ndim == 1:
+        loss_sum, right = binary_cross_entropy(z, y, w), (z > 0) == y
+    else:
+        loss_sum, right = softmax_cross_entropy(z, y, w), z.argmax(axis=1) == y
+    if w is None:
+        return loss_sum, int(np.count_nonzero(right))
+    return loss_sum, float(np.dot(right.astype(np.float64), w.astype(np.float64)))

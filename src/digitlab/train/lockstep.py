@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from digitlab.models.linear import can_stack, stacked_loss_and_grad
 from digitlab.train.batching import ArrayPair, is_source
 from digitlab.train.callbacks import History
+from digitlab.train.evaluation import evaluate_together
 from digitlab.train.trainer import Trainer
 
 
@@ -24,10 +25,12 @@ def fit_together(
 
     For full-batch descent of linear models of one shape (the repeats of an experiment that
     differ only in their random start, say) each step's matrix products are shared
-    (:func:`~digitlab.models.linear.stacked_loss_and_grad`): ``R`` fits cost little more than
-    one. Every trainer keeps its own optimiser, schedule, evaluations, callbacks and stopping
-    rule; one that stops leaves the others going. Trainers this does not apply to (mini-batches,
-    shuffling, augmentation, other models, different positions) are fitted one after another.
+    (:func:`~digitlab.models.linear.stacked_loss_and_grad`), and so are the evaluations the
+    trainers make at one step (:func:`~digitlab.train.evaluation.evaluate_together`): ``R``
+    fits cost little more than one. Every trainer keeps its own optimiser, schedule, evaluation
+    record, callbacks and stopping rule; one that stops leaves the others going. Trainers this
+    does not apply to (mini-batches, shuffling, augmentation, other models, different
+    positions) are fitted one after another.
 
     Parameters
     ----------
@@ -58,6 +61,31 @@ def fit_together(
             t.order = None  # the full batch in its stored order
         while running := [t for t in trainers if t.active]:
             results = stacked_loss_and_grad([t.model for t in running], X, y)
-            for t, (loss, grads) in zip(running, results, strict=True):
-                t.apply(loss, grads, X, y)
+            steps = [t.update(lo, g, X, y) for t, (lo, g) in zip(running, results, strict=True)]
+            evaluating = [t for t, s in zip(running, steps, strict=True) if s is not None]
+            evaluated = _evaluate_together(evaluating)
+            for t, (loss, _), step in zip(running, results, steps, strict=True):
+                t.finish_step(loss, step, evaluated.get(id(t)))
     return [t.history for t in trainers]
+
+
+def _evaluate_together(trainers: list[Trainer]) -> dict[int, dict[str, dict[str, float]]]:
+    """The evaluations of trainers that evaluate at one step on the same split arrays, each
+    split's logits of all of them from one product
+    (:func:`~digitlab.train.evaluation.evaluate_together`), by ``id`` of the trainer; empty
+    when they do not share them (each then evaluates itself)."""
+    if len(trainers) < 2:
+        return {}
+    splits = trainers[0].evaluated_splits()
+    for t in trainers:
+        mine = t.evaluated_splits()
+        if mine.keys() != splits.keys() or t._weight is not None:
+            return {}
+        if any(mine[k][0] is not splits[k][0] or mine[k][1] is not splits[k][1] for k in mine):
+            return {}
+    out: dict[int, dict[str, dict[str, float]]] = {id(t): {} for t in trainers}
+    models = [t.model for t in trainers]
+    for name, (Xs, ys) in splits.items():
+        for t, result in zip(trainers, evaluate_together(models, Xs, ys), strict=True):
+            out[id(t)][name] = result
+    return out

@@ -313,6 +313,13 @@ class Trainer:
     def apply(self, loss: float, grads: dict[str, Any], X: np.ndarray, y: np.ndarray) -> None:
         """One step from the batch ``X (b, d), y (b,)``, its loss and gradient: update, count,
         evaluate (with the callbacks' measures of this step), callbacks."""
+        self.finish_step(loss, self.update(loss, grads, X, y))
+
+    def update(
+        self, loss: float, grads: dict[str, Any], X: np.ndarray, y: np.ndarray
+    ) -> Step | None:
+        """The first half of :meth:`apply`: the update and the counters; returns the
+        :class:`Step` to evaluate at (None when this step has no evaluation)."""
         lr = self.lr = self.schedule(self.step, self.epoch) * self.lr_scale
         if not math.isfinite(loss):
             self.diverged = True
@@ -327,23 +334,39 @@ class Trainer:
         if self.pos >= self.steps_per_epoch:
             self.pos, self.epoch = 0, self.epoch + 1
         self.elapsed = time.perf_counter() - self._t0
+        return Step(X, y, loss, grads, lr, before) if evaluating else None
+
+    def finish_step(
+        self, loss: float, step: Step | None, results: dict[str, dict[str, float]] | None = None
+    ) -> None:
+        """The second half of :meth:`apply`: the evaluation at ``step`` (``results`` per split
+        when they were computed outside, by :func:`~digitlab.train.fit_together`), the
+        callbacks, the thread policy."""
         # evaluate first, so that a checkpoint written at this step (on_step_end)
         # holds this step's evaluation and the stopping rule's state after it
-        if evaluating:
-            self.evaluate_splits(Step(X, y, loss, grads, lr, before))
+        if step is not None:
+            self.evaluate_splits(step, results)
         for cb in self.callbacks:
             cb.on_step_end(self, loss)
         self.threads.tick()
 
-    def evaluate_splits(self, step: Step | None = None) -> dict[str, float]:
-        """Record one evaluation of every split (and the callbacks' measures of ``step``)."""
+    def evaluated_splits(self) -> dict[str, tuple[Any, np.ndarray]]:
+        """The splits an evaluation measures: validation and test, and train when
+        ``eval_train``."""
+        return {k: v for k, v in self.splits.items() if k != "train" or self.eval_train}
+
+    def evaluate_splits(
+        self, step: Step | None = None, results: dict[str, dict[str, float]] | None = None
+    ) -> dict[str, float]:
+        """Record one evaluation of every split (and the callbacks' measures of ``step``);
+        ``results`` gives the splits' :func:`evaluate` dicts when they are known."""
         epoch = self.step / max(self.steps_per_epoch, 1)
         own = {"step": self.step, "epoch": epoch, "lr": self.lr, "time": self.elapsed}
-        results = {
-            name: evaluate(self.model, X, y, self._weight if name == "train" else None)
-            for name, (X, y) in self.splits.items()
-            if name != "train" or self.eval_train
-        }
+        if results is None:
+            results = {
+                name: evaluate(self.model, X, y, self._weight if name == "train" else None)
+                for name, (X, y) in self.evaluated_splits().items()
+            }
         record = evaluation_record(self.model, own, results)
         if step is not None:  # callbacks written before the measure hook have none
             for measure in filter(None, (getattr(cb, "measure", None) for cb in self.callbacks)):
