@@ -827,3 +827,16 @@ def test_lock_step_trainers_evaluate_together_and_record_their_own_history(monke
             for key in ("train_acc", "val_acc", "test_acc"):
                 assert ra[key] == pytest.approx(rb[key], abs=1 / 200), key
             assert ra["val_loss"] == pytest.approx(rb["val_loss"], rel=1e-3)
+
+
+def test_slowest_jobs_count_a_lock_step_group_once():
+    from digitlab.cli import slowest_jobs_text
+
+    jobs = [(150.9, "draft", "no stop", s, True) for s in range(4)]
+    jobs += [(150.8, "draft", "no stop", 4, True), (222.2, "cs189", "tanh 400", 0, False)]
+    jobs += [(20.0, "task4", "l2=0", 0, False), (21.0, "task4", "l2=0", 1, False)]
+    jobs += [(3.0, "logistic", "2 vs 3", 0, False)]
+    assert slowest_jobs_text(jobs, n=4) == (
+        "cs189 / tanh 400 (seed 0) 222.2 s; draft / no stop (seeds 0-4) 150.9 s; "
+        "task4 / l2=0 (seed 1) 21.0 s; task4 / l2=0 (seed 0) 20.0 s"
+    )

@@ -544,6 +544,30 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+def seeds_text(seeds: list[Any]) -> str:
+    """``seed 3``, ``seeds 0-4`` (a run of whole numbers) or ``seeds 0, 2``."""
+    ints = all(isinstance(x, int) for x in seeds)
+    seeds = sorted(seeds) if ints else sorted(seeds, key=str)
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if ints and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]}-{seeds[-1]}"
+    return "seeds " + ", ".join(map(str, seeds))
+
+
+def slowest_jobs_text(jobs: list[tuple[float, str, str, Any, bool]], n: int = 5) -> str:
+    """The ``n`` slowest of the finished jobs ``(seconds, experiment, member, seed, trained in
+    lock-step)``; the repeats of a member trained in lock-step count once, with their seeds."""
+    entries: dict[tuple[Any, ...], list[Any]] = {}
+    for seconds, exp, member, seed, together in jobs:
+        key = (exp, member) if together else (exp, member, seed)
+        entry = entries.setdefault(key, [0.0, exp, member, []])
+        entry[0] = max(entry[0], seconds)
+        entry[3].append(seed)
+    slowest = sorted(entries.values(), key=lambda e: -e[0])[:n]
+    return "; ".join(f"{e} / {m} ({seeds_text(s)}) {t:.1f} s" for t, e, m, s in slowest)
+
+
 def running_jobs_text(running: list[Any]) -> list[str]:
     """One phrase per member and epoch of the running jobs (``JobProgress``): the seeds of
     repeats that train in lock-step share one, ``... (seeds 0-4) at epoch 600 of 1000``."""
@@ -552,15 +576,8 @@ def running_jobs_text(running: list[Any]) -> list[str]:
         groups.setdefault((j.experiment, j.member, j.epoch, j.epochs), []).append(j.seed)
     phrases = []
     for (experiment, member, epoch, epochs), seeds in groups.items():
-        seeds = sorted(seeds)
-        if len(seeds) == 1:
-            which = f"seed {seeds[0]}"
-        elif seeds == list(range(seeds[0], seeds[-1] + 1)):
-            which = f"seeds {seeds[0]}-{seeds[-1]}"
-        else:
-            which = "seeds " + ", ".join(map(str, seeds))
         of = "" if epochs is None else f" of {epochs}"
-        phrases.append(f"{experiment} / {member} ({which}) at epoch {epoch:g}{of}")
+        phrases.append(f"{experiment} / {member} ({seeds_text(seeds)}) at epoch {epoch:g}{of}")
     return phrases
 
 
@@ -577,11 +594,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         runs = sum(m.repeats for m in exp.members)
         out(f"== {exp.name} (source {exp.source}, {exp.section}): {runs} run(s)")
 
-    jobs: list[tuple[float, str]] = []  # (seconds, what) of every finished job
+    jobs: list[tuple[float, str, str, Any, bool]] = []  # every finished job (slowest_jobs_text)
 
     def done(exp: Any, member: Any, metrics: dict[str, Any]) -> None:
         what = f"{exp.name} / {member.label} (seed {metrics.get('seed', '-')})"
-        jobs.append((float(metrics.get("seconds", 0.0)), what))
+        together = int(metrics.get("trained_together", 1) or 1) > 1
+        seconds = float(metrics.get("seconds", 0.0))
+        jobs.append((seconds, exp.name, member.label, metrics.get("seed", "-"), together))
         accs = "  ".join(
             f"{s} {metrics[f'{s}_acc']:.4f}"
             for s in ("train", "val", "test")
@@ -615,9 +634,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         chosen = "; ".join((f"{t}: " if t else "") + str(record.chosen_of(t)) for t in record.tasks)
         rows.append([exp.name, exp.source, chosen, f"{record.seconds:.1f}"])
     out("\n" + table(rows, ["experiment", "source", "chosen run", "seconds"]))
-    slowest = sorted(jobs, reverse=True)[:5]
-    if slowest:
-        out("slowest jobs: " + "; ".join(f"{w} {t:.1f} s" for t, w in slowest))
+    if jobs:
+        out("slowest jobs: " + slowest_jobs_text(jobs))
     out(f"total {time.perf_counter() - t_all:.1f} s; results in {args.out}/")
     if not args.no_report:
         return cmd_report(argparse.Namespace(runs=args.out))
