@@ -52,7 +52,9 @@ def test_override_parsed_and_refused(monkeypatch):
     assert kernels.parse_override("transposed=0").rows == kernels.BLOCK_ROWS
     c = kernels.parse_override("batch_transposed=1")
     assert (c.rows, c.transposed, c.batch_transposed) == (kernels.BLOCK_ROWS, False, True)
-    for bad in ("rows=-1", "rows=x", "transposed=yes", "speed=1", "rows", "batch_transposed=2"):
+    assert kernels.parse_override("batch_parallel=1").batch_parallel
+    for bad in ("rows=-1", "rows=x", "transposed=yes", "speed=1", "rows", "batch_transposed=2",
+                "batch_parallel=", "batch_parallel=yes"):  # fmt: skip
         with pytest.raises(ConfigError, match="DIGITLAB_KERNELS"):
             kernels.parse_override(bad)
     monkeypatch.setenv("DIGITLAB_KERNELS", "rows=0,transposed=1")
@@ -64,24 +66,26 @@ def test_calibration_is_cached_per_host(monkeypatch):
     first = kernels.choices(np.float32)
     assert first.source == "calibrated"
     full = {f"rows={r},transposed={t}" for r in (kernels.BLOCK_ROWS, 0) for t in (0, 1)}
-    batch = {"batch_transposed=0", "batch_transposed=1"}
+    parallel = (0, 1) if threads.blas_threads() > 1 else (0,)  # several cores to try
+    batch = {f"batch_transposed={t},batch_parallel={p}" for t in (0, 1) for p in parallel}
     assert set(first.timings_ms) == full | batch
     fastest = min(full, key=first.timings_ms.__getitem__)
     chosen = kernels.parse_override(fastest)
     assert (chosen.rows, chosen.transposed) == (first.rows, first.transposed)
-    fastest_batch = min(batch, key=first.timings_ms.__getitem__)
-    assert first.batch_transposed == (fastest_batch == "batch_transposed=1")
+    fastest_batch = kernels.parse_override(min(batch, key=first.timings_ms.__getitem__))
+    assert first.batch_transposed == fastest_batch.batch_transposed
+    assert first.batch_parallel == fastest_batch.batch_parallel
     path = kernels.cache_file(kernels.host_key(np.float32))
     record = json.loads(path.read_text())
     assert record["key"]["cpu"] == (kernels.cpu_model() or "unknown")
-    chosen = (first.rows, first.transposed, first.batch_transposed)
-    assert (record["rows"], record["transposed"], record["batch_transposed"]) == chosen
+    chosen = (first.rows, first.transposed, first.batch_transposed, first.batch_parallel)
+    assert tuple(record[k] for k in ("rows", *kernels.FLAGS)) == chosen
     # a new process (here: a reset) reads the cache instead of measuring
     monkeypatch.delenv("DIGITLAB_KERNELS")
     kernels.reset()
     again = kernels.choices(np.float32)
     assert again.source == "cache"
-    assert (again.rows, again.transposed, again.batch_transposed) == chosen
+    assert (again.rows, again.transposed, again.batch_transposed, again.batch_parallel) == chosen
 
 
 def test_stale_or_corrupt_cache_is_measured_again(monkeypatch):
@@ -102,10 +106,12 @@ def test_stale_or_corrupt_cache_is_measured_again(monkeypatch):
     path.write_text(json.dumps({"key": key, "rows": 7, "transposed": True}))
     assert kernels.choices(np.float32).source == "calibrated"
     kernels.reset()
-    path.write_text(
-        json.dumps({"key": key, "rows": 7, "transposed": True, "batch_transposed": False})
-    )
-    assert kernels.choices(np.float32) == kernels.Choices(7, True, False, "cache")
+    flags = {"transposed": True, "batch_transposed": False}  # before batch_parallel existed
+    path.write_text(json.dumps({"key": key, "rows": 7} | flags))
+    assert kernels.choices(np.float32).source == "calibrated"
+    kernels.reset()
+    path.write_text(json.dumps({"key": key, "rows": 7, "batch_parallel": True} | flags))
+    assert kernels.choices(np.float32) == kernels.Choices(7, True, False, True, "cache")
 
 
 def test_transposed_layout_equals_the_plain_product(monkeypatch):
@@ -181,3 +187,22 @@ def test_full_batch_gradient_same_under_every_choice(monkeypatch):
     for loss, g in results[1:]:
         assert loss == pytest.approx(results[0][0], rel=1e-5)
         np.testing.assert_allclose(g, results[0][1], rtol=1e-4, atol=1e-5)
+
+
+def test_a_calibrated_parallel_mini_batch_runs_under_the_thread_policy(monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.delenv("DIGITLAB_THREADS", raising=False)
+    rng = np.random.default_rng(6)
+    X = rng.random((512, 20), dtype=np.float32)
+    y = rng.integers(0, 3, 512)
+    for choice, on_cores in (("batch_parallel=0", False), ("batch_parallel=1", True)):
+        monkeypatch.setenv("DIGITLAB_KERNELS", choice)
+        kernels.reset()
+        trainer = Trainer(SoftmaxModel(20, 3, rng=0), batch_size=32, rng=0)
+        trainer.fit((X, y), epochs=1)
+        assert trainer.threads.small_on_cores is on_cores
+        assert trainer.threads.adjusting is on_cores  # watched like a large product, or one thread
+    trainer = Trainer(SoftmaxModel(20, 3, rng=0), batch_size=1, rng=0)
+    trainer.fit((X[:20], y[:20]), epochs=1)
+    assert not trainer.threads.small_on_cores  # a batch of one row never goes on several cores
+

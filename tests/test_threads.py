@@ -136,3 +136,28 @@ def test_engine_workers_may_use_every_usable_core(monkeypatch):
         assert threads.worker_threads() == 1
     monkeypatch.setenv("DIGITLAB_THREADS", "3")
     assert threads.worker_threads() == 3
+
+
+@pytest.mark.parametrize("other_cores, threads_after", [(0.0, 4), (1.0, 3), (3.0, 1)])
+def test_small_steps_start_on_one_thread_until_the_cores_are_seen_free(
+    monkeypatch, other_cores, threads_after
+):
+    clock = {"t": 100.0, "machine": 0.0, "own": 0.0}
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(threads, "machine_busy_s", lambda: (clock["machine"], 0.0))
+    monkeypatch.setattr(threads, "own_busy_s", lambda: clock["own"])
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    monkeypatch.setattr(threads, "blas_threads", lambda: 4)
+    monkeypatch.delenv("DIGITLAB_THREADS", raising=False)
+    policy = threads.ThreadPolicy.for_step(128, {"W": np.zeros((785, 10))}, small_on_cores=True)
+    assert policy.macs_per_step < threads.SKINNY_MACS and policy.adjusting
+    policy.start()
+    try:
+        assert policy.threads == 1  # a busy core would double a step on several threads
+        clock["t"] += 0.2
+        clock["own"] += 0.2
+        clock["machine"] += 0.2 * (1 + other_cores)
+        policy.tick()
+        assert policy.threads == threads_after
+    finally:
+        policy.stop()

@@ -4,7 +4,10 @@ other processes keep cores busy.
 - **Cores this process may use**: its CPU affinity, capped by a cgroup CPU quota (a container
   given 1.5 CPUs on a 64-core machine gets 2 threads, not 64).
 - **Skinny products on one thread**: a step whose products are small (softmax regression on
-  mini-batches: 128 x 785 x 10) gains nothing from a second thread and loses the hand-over.
+  mini-batches: 128 x 785 x 10) runs on one thread, unless this host's kernel calibration
+  found such steps faster on the fit's cores (``digitlab.kernels``' ``batch_parallel``: on a
+  2-core Zen 3, 0.117 -> 0.105 s per softmax epoch). Such a fit starts on one thread and takes
+  the other cores when the first check finds them free: a busy core costs a small step 2x.
 - **A busy core is given up**: OpenBLAS splits a product evenly over its threads and waits for
   the last; with another process on one of two cores, the thread sharing that core finishes
   late and an epoch takes twice as long (measured: a softmax epoch 0.107 -> 0.215 s with two
@@ -182,11 +185,16 @@ class ThreadPolicy:
     ----------
     macs_per_step : int
         Multiply-adds of one step's products (batch rows x weights): below
-        :data:`SKINNY_MACS` the fit runs on one thread.
+        :data:`SKINNY_MACS` the fit runs on one thread,
+    small_on_cores : bool
+        unless this host's kernel calibration found such steps faster on the fit's cores
+        (``digitlab.kernels``' ``batch_parallel``): they then run there, under the same watch of
+        the other processes' load as a large step.
     """
 
-    def __init__(self, macs_per_step: int) -> None:
+    def __init__(self, macs_per_step: int, small_on_cores: bool = False) -> None:
         self.macs_per_step = int(macs_per_step)
+        self.small_on_cores = bool(small_on_cores)
         self.cores = usable_cores()
         self.threads = 0
         self._limiter: Any = None
@@ -196,23 +204,33 @@ class ThreadPolicy:
         self._busy_cores = 0
 
     @classmethod
-    def for_step(cls, rows: int, params: dict[str, Any]) -> ThreadPolicy:
-        """The policy of steps of ``rows`` rows through the weight arrays ``params``."""
-        return cls(rows * sum(int(np.size(w)) for w in params.values()))
+    def for_step(
+        cls, rows: int, params: dict[str, Any], small_on_cores: bool = False
+    ) -> ThreadPolicy:
+        """The policy of steps of ``rows`` rows through the weight arrays ``params`` (a batch
+        of one row is never put on several cores)."""
+        macs = rows * sum(int(np.size(w)) for w in params.values())
+        return cls(macs, small_on_cores and rows > 1)
 
     @property
     def adjusting(self) -> bool:
         """Whether the thread count follows the other processes' load."""
-        return self.cores > 1 and self.macs_per_step >= SKINNY_MACS
+        return self.cores > 1 and (self.macs_per_step >= SKINNY_MACS or self.small_on_cores)
 
     def start(self) -> None:
         """Set this fit's thread count (kept until :meth:`stop`)."""
         fixed = fixed_threads()
         if fixed is not None:
             self.cores, self.macs_per_step = fixed, SKINNY_MACS * int(fixed > 1)
+            self.small_on_cores = False
         else:  # a limit set outside (OPENBLAS_NUM_THREADS, threadpoolctl) is a cap
             self.cores = capped(self.cores)
-        self._set(self.cores if self.adjusting else 1)
+        self._busy_cores = 0
+        if self.adjusting and self.macs_per_step < SKINNY_MACS:
+            # small steps gain ~10% from the other cores and lose 2x when one is busy: on one
+            # thread until the first check finds the other cores free
+            self._busy_cores = self.cores - 1
+        self._set(max(1, self.cores - self._busy_cores) if self.adjusting else 1)
         if self.adjusting and fixed is None:
             self._last = LoadMeter()
             self._next_check = time.monotonic() + FIRST_CHECK_S

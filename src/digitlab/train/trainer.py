@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from digitlab import kernels
 from digitlab.checkpoint import save_checkpoint
 from digitlab.errors import ConfigError, DivergenceError, ShapeError
 from digitlab.models.base import Model, as_generator
@@ -267,7 +268,9 @@ class Trainer:
         self._t0 = time.perf_counter() - self.elapsed
         # overflow in a diverging run is reported once, by the DivergenceError of apply
         errstate = np.seterr(over="ignore", invalid="ignore")
-        self.threads = ThreadPolicy.for_step(self.batch_size, self.model.params)
+        found = kernels.resolved(self.model.dtype)  # by prepare, for batches of 2+ rows
+        small_on_cores = found is not None and found.batch_parallel
+        self.threads = ThreadPolicy.for_step(self.batch_size, self.model.params, small_on_cores)
         self.threads.start()
         try:
             yield
