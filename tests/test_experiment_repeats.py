@@ -405,6 +405,27 @@ def test_repeats_trained_together_equal_repeats_trained_alone(tmp_path):
     assert len(folders) == 3 and not np.allclose(w[0], w[1], atol=1e-2)
 
 
+def test_repeats_grouped_but_not_stacked_count_their_own_seconds(tmp_path):
+    """Repeats planned as one lock-step group whose models cannot stack (more outputs than
+    STACK_MAX_OUTPUTS) train one after another: each run's seconds are its own, and the
+    experiment's time is their sum (the 1,000-output run's report said 3 h 25 min for 5 h 10)."""
+    from digitlab.models.linear import STACK_MAX_OUTPUTS
+
+    spec = FULL | {"members": [{"label": "wide", "repeats": 2, "outputs": STACK_MAX_OUTPUTS + 1}]}
+    record = run_experiment(parse_experiment(spec, "rep.toml"), tmp_path, n_jobs=1)
+    (member,) = record.members
+    metrics = [
+        json.loads((tmp_path / "rep" / f / "metrics.json").read_text())
+        for f in member.repeats["folders"]
+    ]
+    assert all("trained_together" not in m and m["steps"] == 6 for m in metrics)
+    assert record.seconds == pytest.approx(sum(m["seconds"] for m in metrics))
+    from digitlab.report.document import write_report
+
+    _, md = write_report(tmp_path)  # its header counts every seed's run
+    assert "(1 experiment, 2 runs: every seed of a repeated member counted)" in md.read_text()
+
+
 def test_fit_together_keeps_each_trainers_stopping_rule():
     from digitlab.models import SoftmaxModel
     from digitlab.train import EarlyStopping, Trainer, fit_together

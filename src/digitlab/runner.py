@@ -291,6 +291,8 @@ def final_metrics(trainer: Trainer, data: PreparedData) -> dict[str, Any]:
     out["confusion_test"] = np.bincount(y * k + pred, minlength=k * k).reshape(k, k).tolist()
     if trainer.model.n_classes > k:
         out["test_predicted_other"] = int(other.sum())
+    if trainer.trained_with > 1:  # its seconds are the lock-step group's, shared by that many
+        out["trained_together"] = trainer.trained_with
     es = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
     if es is not None:
         out |= {"best_epoch": es.best_epoch, "best_step": es.best_step, "early_stopped": es.stopped}

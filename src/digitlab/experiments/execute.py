@@ -332,8 +332,7 @@ def _train_together(
             )  # fmt: skip
             out = []
             for base, folder, result, c in zip(bases, folders, results, checkpoints, strict=True):
-                # trained_together: the run's seconds are shared by that many runs
-                extra: dict[str, Any] = {"trained_together": len(jobs)}
+                extra: dict[str, Any] = {}  # trained_together: in the metrics, where it was
                 if c is not None:
                     extra["resumed_at_step"] = _step_of(c)
                 _record_job(result.metrics, base.seed, folder, **extra)

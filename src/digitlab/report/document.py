@@ -650,12 +650,24 @@ def write_report(
         )
     figs = {e.folder.name: prepare_figures(e, i, redraw) for i, e in enumerate(exps, start=1)}
     comps = {e.folder.name: [compare(e, p) for p in e.published] for e in exps}
+    n_runs = sum(_seeds(m.repeats) for e in exps for m in e.members)
     total = (
-        f"{fmt_seconds(sum(e.seconds for e in exps))} "
-        f"({len(exps)} experiments, {sum(len(e.members) for e in exps)} runs)"
+        f"{fmt_seconds(sum(e.seconds for e in exps))} ({_count(len(exps), 'experiment')}, "
+        f"{_count(n_runs, 'run')}: every seed of a repeated member counted)"
     )
     doc = experiments_document(exps, figs, comps, report_meta(total))
     return write_document(doc, root / "report.html", root / "report.md")
+
+
+def _seeds(repeats: dict[str, Any] | None) -> int:
+    """The number of runs of a member: its repeats' seeds, or 1."""
+    seeds = repeats.get("seeds") if repeats else None
+    return len(seeds) if isinstance(seeds, list) and seeds else 1
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 run"``, ``"3 runs"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def report_meta(total: str) -> dict[str, str]:

@@ -58,6 +58,7 @@ def fit_together(
     with contextlib.ExitStack() as stack:
         for t in trainers:
             stack.enter_context(t.running(total))
+            t.trained_with = len(trainers)  # each one's elapsed is the group's
             t.order = None  # the full batch in its stored order
         while running := [t for t in trainers if t.active]:
             results = stacked_loss_and_grad([t.model for t in running], X, y)

@@ -125,6 +125,8 @@ class Trainer:
         self.step = self.epoch = self.pos = 0
         self.order: np.ndarray | None = None
         self.last_eval_step, self.elapsed = -1, 0.0
+        # how many fits shared this fit's clock (fit_together's lock-step; 1 when alone)
+        self.trained_with = 1
         self.extra_meta: dict[str, Any] = {}  # saved in checkpoints as they are
         self.extra_arrays: dict[str, np.ndarray] = {}
         # the current fit
@@ -266,6 +268,7 @@ class Trainer:
             cb.on_train_begin(self)
         self.lr = self.schedule(self.step, self.epoch) * self.lr_scale
         self._t0 = time.perf_counter() - self.elapsed
+        self.trained_with = 1  # fit_together sets its group's size after this
         # overflow in a diverging run is reported once, by the DivergenceError of apply
         errstate = np.seterr(over="ignore", invalid="ignore")
         found = kernels.resolved(self.model.dtype)  # by prepare, for batches of 2+ rows
