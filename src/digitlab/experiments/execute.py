@@ -24,7 +24,7 @@ import numpy as np
 
 from digitlab.errors import ConfigError
 from digitlab.experiments.jobdata import job_data, same_data, worker_dataset
-from digitlab.experiments.plan import Job, init_folder, longest_first, plan_tasks
+from digitlab.experiments.plan import Job, init_folder, longest_first, merge_chains, plan_tasks
 from digitlab.runfiles import CHECKPOINT
 
 #: File a finished job leaves in its folder.
@@ -277,7 +277,9 @@ def run_job(job: Job, init_from: str | None) -> dict[str, Any]:
 
 
 def run_jobs_together(jobs: list[Job], init_folders: list[str | None]) -> list[dict[str, Any]]:
-    """Run the repeats of one member (same settings but the seed) and return their metrics.
+    """Run one group of jobs and return their metrics: the repeats of one member (same
+    settings but the seed), or those of one link of several chains merged into one task
+    (:func:`~digitlab.experiments.plan.merge_chains`: also their penalties differ).
 
     When their data come out the same (the seed drew only the initial weights) and the
     trainer can share their steps (:func:`~digitlab.train.fit_together`: full-batch linear
@@ -436,6 +438,9 @@ def run_jobs(
     if not tasks:
         return
     with backend(scheduler):
+        # a cluster's workers are not known here: its chains stay apart
+        workers = None if scheduler is not None else joblib.effective_n_jobs(n_jobs)
+        tasks = merge_chains(jobs, tasks, workers)
         parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")
         calls = (
             joblib.delayed(_run_task)([[(i, jobs[i], init_folder(jobs, i)) for i in g] for g in t])

@@ -17,11 +17,18 @@ from typing import Any
 
 from digitlab.experiments.spec import ExperimentSpec
 
-#: Share of one job's time each further repeat adds to a lock-step group (for ordering only).
-LOCKSTEP_SHARE = 0.45
+#: A lock-step group of ``n >= 2`` stacked members costs ``STACK_BASE + STACK_SHARE * n``
+#: times one member alone (full-batch softmax, 18,000 x 785, one thread, AMD EPYC Zen 3: one
+#: alone 24.1 ms a step; stacked 2, 5, 10, 20: 21.0, 41.1, 68.3, 130.7 ms).
+STACK_BASE, STACK_SHARE = 0.35, 0.25
 #: Rough machine figures for ordering tasks (only their ratios matter): seconds per step of
-#: Python and NumPy overhead (single-sample augmentation included) and flop/s of the products.
-STEP_SECONDS, FLOPS = 2e-4, 3e10
+#: Python and NumPy overhead, seconds per augmented row (the CS189 network's single-sample
+#: steps: 0.5 ms each, half of it the image's distortion) and flop/s of the products.
+STEP_SECONDS, AUGMENT_SECONDS, FLOPS = 2e-4, 2.5e-4, 3e10
+#: Settings in which the members of two chains may differ and still train in one lock-step
+#: group (the penalty acts per model; the seed draws only the starting weights of a
+#: shareable job, which the worker checks).
+STACK_FREE_KEYS = frozenset({"l1", "l2", "seed"})
 #: A member of an experiment: (experiment index, member index).
 MemberKey = tuple[int, int]
 
@@ -157,11 +164,79 @@ def plan_tasks(jobs: list[Job]) -> list[list[list[int]]]:
     return tasks
 
 
+def _stack_key(job: Job) -> str | None:
+    """What two jobs must share to train in one stacked lock-step group (everything but
+    :data:`STACK_FREE_KEYS`); None for a job that cannot (see :func:`_shareable`, and outputs
+    wider than :data:`~digitlab.models.linear.STACK_MAX_OUTPUTS`, which run one by one)."""
+    from digitlab.models.linear import STACK_MAX_OUTPUTS
+
+    outputs = job.settings.get("outputs")
+    if not _shareable(job) or (outputs is not None and int(outputs) > STACK_MAX_OUTPUTS):
+        return None
+    kept = {k: v for k, v in job.settings.items() if k not in STACK_FREE_KEYS}
+    return _digest([kept, job.bias_input, job.validation, job.eval_offset])
+
+
+def group_cost(jobs: list[Job], group: list[int]) -> float:
+    """A rough time of a group of jobs: stacked in lock-step (:data:`STACK_BASE`,
+    :data:`STACK_SHARE`) when they can be, else one after another."""
+    one = job_cost(jobs[group[0]])
+    if len(group) == 1:
+        return one
+    if len({_stack_key(jobs[i]) for i in group} - {None}) == 1 and _stack_key(jobs[group[0]]):
+        return one * (STACK_BASE + STACK_SHARE * len(group))
+    return sum(job_cost(jobs[i]) for i in group)
+
+
+def task_cost(jobs: list[Job], task: list[list[int]]) -> float:
+    """A rough time of a task: its groups' times, one after another."""
+    return sum(group_cost(jobs, g) for g in task)
+
+
+def merge_chains(
+    jobs: list[Job], tasks: list[list[list[int]]], workers: int | None
+) -> list[list[list[int]]]:
+    """Tasks of ``workers`` parallel workers, where chains of the same shape train as one.
+
+    Two chains whose groups can stack link by link (the same settings but the penalty and
+    the seed: source 000's L1 chain and its L2 chain, say) cost less as one task of groups
+    twice as wide (the products read the features once for all), but one task is a longer
+    path than two side by side. They are merged when the estimated wall time, the larger of
+    the work per worker and the longest task (:func:`task_cost`), goes down; never when the
+    number of workers is unknown (``None``: a Dask cluster).
+    """
+    if workers is None or workers < 1:
+        return tasks
+    shapes: dict[tuple[str, ...], list[list[list[int]]]] = {}
+    for t in tasks:
+        keys = [{_stack_key(jobs[i]) for i in g} for g in t]
+        if all(len(k) == 1 and None not in k for k in keys):
+            shapes.setdefault(tuple(k.pop() for k in keys), []).append(t)
+    out = list(tasks)
+    for same in shapes.values():
+        merged = same[0]
+        for t in same[1:]:
+            trial = [a + b for a, b in zip(merged, t, strict=True)]
+            rest = [u for u in out if u is not merged and u is not t]
+            if _wall(jobs, [*rest, trial], workers) < _wall(jobs, out, workers):
+                out, merged = [*rest, trial], trial
+    return out
+
+
+def _wall(jobs: list[Job], tasks: list[list[list[int]]], workers: int) -> float:
+    """The estimated wall time of ``tasks`` on ``workers``: the larger of the work per
+    worker and the longest task."""
+    costs = [task_cost(jobs, t) for t in tasks]
+    return max(sum(costs) / workers, max(costs, default=0.0))
+
+
 def job_cost(job: Job) -> float:
     """A rough time of a job in seconds, to start the longest tasks first.
 
     Steps (all stages' steps, or epochs times batches per epoch) times a per-step overhead
-    plus the products' arithmetic: rows x features x (hidden units + outputs) x 6.
+    (and the augmentation of each row of the batch) plus the products' arithmetic: rows x
+    features x (hidden units + outputs) x 6, and each evaluation's, rows x features x
+    (hidden + outputs) x 2 over the training set and the other splits.
     """
     from digitlab.models import MODELS
 
@@ -178,14 +253,28 @@ def job_cost(job: Job) -> float:
     else:
         steps = float(s.get("epochs") or 1) * math.ceil(n / rows)
     model = MODELS.get(s.get("model", ""))
-    width = 10.0 + (0.0 if model is None or model.convex else float(sum(s.get("hidden") or [])))
-    return steps * (STEP_SECONDS + rows * 785 * width * 6 / FLOPS)
+    width = float(s.get("outputs") or (1 if s.get("model") == "logistic" else 10))
+    width += 0.0 if model is None or model.convex else float(sum(s.get("hidden") or []))
+    augment = AUGMENT_SECONDS * rows if s.get("augment") else 0.0
+    per_epoch = math.ceil(n / rows)
+    every = s.get("eval_every", "epoch")
+    if every == "epoch" or not isinstance(every, int | float):
+        between = float(per_epoch)
+    else:  # a fraction of an epoch or a number of steps
+        between = max(1.0, every * per_epoch if isinstance(every, float) else float(every))
+    patience = s.get("early_stopping") or 0
+    if isinstance(patience, int) and 0 < patience and not job.stages:
+        # an early stop comes a few patiences after it may first come (a guess, for order)
+        start = float(s.get("early_stopping_start") or 0.0) * per_epoch
+        steps = min(steps, start + (4 * patience + 5) * between)
+    evals = steps / between
+    eval_rows = n * 1.2  # the training set and, roughly, the hold-out and test sets
+    return steps * (STEP_SECONDS + augment + rows * 785 * width * 6 / FLOPS) + evals * (
+        eval_rows * 785 * width * 2 / FLOPS
+    )
 
 
 def longest_first(jobs: list[Job], tasks: list[list[list[int]]]) -> list[list[list[int]]]:
-    """``tasks`` longest first (by :func:`job_cost`; a lock-step group of ``n`` repeats costs
-    ``1 + LOCKSTEP_SHARE * (n - 1)`` jobs), so that no worker idles at the end."""
-    cost = [
-        sum(job_cost(jobs[g[0]]) * (1 + LOCKSTEP_SHARE * (len(g) - 1)) for g in t) for t in tasks
-    ]
+    """``tasks`` longest first (by :func:`task_cost`), so that no worker idles at the end."""
+    cost = [task_cost(jobs, t) for t in tasks]
     return [tasks[k] for k in sorted(range(len(tasks)), key=lambda k: -cost[k])]
