@@ -274,3 +274,20 @@ def test_elastic_keeps_the_ink_of_real_digits():
     ratio = out.sum(axis=(1, 2)) / x.sum(axis=(1, 2), dtype=np.float64)
     assert out.sum() / x.sum(dtype=np.float64) == pytest.approx(1.0, abs=0.05)
     assert 0.9 < np.median(ratio) < 1.1
+
+
+def test_one_image_warps_bit_for_bit_as_it_does_inside_a_batch():
+    """Single-sample SGD warps one image through a 2-D resampling (no batch axis): the same
+    numbers as the batched 3-D path, to the bit."""
+    from digitlab.data.augment import warp
+
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, (50, 28, 28)).astype(np.float32)
+    shifts = rng.integers(-3, 4, (50, 2))
+    angles = rng.uniform(-10, 10, 50)
+    batch = warp(images, shifts, angles)
+    for i in range(50):
+        one = warp(images[i : i + 1], shifts[i : i + 1], angles[i : i + 1])
+        assert one.shape == (1, 28, 28) and one.dtype == np.float32
+        np.testing.assert_array_equal(one[0], batch[i])
+    assert not np.array_equal(batch[0], images[0])  # something moved

@@ -14,6 +14,7 @@ dropped rather than wrapped around.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from dataclasses import dataclass
@@ -155,9 +156,15 @@ def warp(
     theta = np.deg2rad(angles)[:, None, None]  # (n, 1, 1), float64 so cos(90 deg) ~ 1e-17
     cos, sin = np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
     cr, cc = np.float32((h - 1) / 2), np.float32((w - 1) / 2)
-    dr = (np.arange(h, dtype=np.float32) - cr)[None, :, None]  # (1, h, 1)
-    dc = (np.arange(w, dtype=np.float32) - cc)[None, None, :]  # (1, 1, w)
+    dr, dc = _grid(h, w)  # (1, h, 1), (1, 1, w)
     sh = shifts.astype(np.float32)
+    if n == 1 and displacement is None:  # single-sample SGD: one image, a 2-D resampling
+        coords2 = np.empty((2, h, w), dtype=np.float32)
+        coords2[0] = cr + dr[0] * cos[0] + dc[0] * sin[0] - sh[0, 0]
+        coords2[1] = cc - dr[0] * sin[0] + dc[0] * cos[0] - sh[0, 1]
+        out = np.empty((1, h, w), dtype=np.float32)
+        ndimage.map_coordinates(x[0], coords2, output=out[0], order=1, mode="constant", cval=cval)
+        return out
     if displacement is not None:
         if np.shape(displacement) != (n, 2, h, w):
             raise ShapeError(f"displacement must be (n, 2, h, w) = {(n, 2, h, w)}, "
@@ -173,6 +180,17 @@ def warp(
     out = np.empty((n, h, w), dtype=np.float32)
     ndimage.map_coordinates(x, coords, output=out, order=1, mode="constant", cval=cval)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only row and column offsets from the centre of an ``h x w`` image, float32
+    ``(1, h, 1)`` and ``(1, 1, w)``: made once per image size, not per call."""
+    cr, cc = np.float32((h - 1) / 2), np.float32((w - 1) / 2)
+    dr = (np.arange(h, dtype=np.float32) - cr)[None, :, None]
+    dc = (np.arange(w, dtype=np.float32) - cc)[None, None, :]
+    dr.flags.writeable = dc.flags.writeable = False
+    return dr, dc
 
 
 def _draw(
