@@ -101,13 +101,15 @@ def test_flush_subnormal_zeroes_only_what_is_or_would_become_subnormal():
     from digitlab.models.functional import flush_subnormal_
 
     tiny = np.finfo(np.float32).tiny
-    p = np.array([0.0, tiny / 4, tiny, 1e-30, 0.5, np.nan], dtype=np.float32)
+    p = np.array([0.0, tiny / 4, tiny, 1e-35, 1e-30, 0.5, np.nan], dtype=np.float32)
     got = flush_subnormal_(p.copy())
-    np.testing.assert_array_equal(got[:5], [0.0, 0.0, tiny, np.float32(1e-30), 0.5])
-    assert np.isnan(got[5])  # a diverged run still shows as one
-    # scaled by 1e-10 afterwards (a mean over many rows), 1e-30 would become subnormal
+    # subnormal, or subnormal once multiplied by a pixel of 1/255: zero; the rest kept
+    np.testing.assert_array_equal(got[:6], [0.0, 0.0, 0.0, 0.0, np.float32(1e-30), 0.5])
+    assert np.isnan(got[6])  # a diverged run still shows as one
+    assert np.float32(np.float32(1e-30) / np.float32(255)) >= tiny
+    # scaled by 1e-10 afterwards (a mean over many rows), 1e-30 would become too small
     got = flush_subnormal_(p.copy(), scale=1e-10)
-    np.testing.assert_array_equal(got[:5], [0.0, 0.0, 0.0, 0.0, 0.5])
+    np.testing.assert_array_equal(got[:6], [0.0, 0.0, 0.0, 0.0, 0.0, 0.5])
 
 
 def test_the_lock_step_softmax_gradient_has_no_subnormal_entries():
@@ -119,11 +121,14 @@ def test_the_lock_step_softmax_gradient_has_no_subnormal_entries():
     z = np.ascontiguousarray(z.T.reshape(2, 4, 300))
     before = z.copy()
     models[0]._grouped_logit_loss_and_grad(z, y, 1.0)
+    from digitlab.models.functional import FLUSH_MARGIN
+
     tiny = np.finfo(np.float32).tiny
-    assert not ((z != 0) & (np.abs(z) < tiny)).any()
-    # and the values that are not subnormal are each model's own p - onehot
+    limit = tiny * FLUSH_MARGIN
+    assert not ((z != 0) & (np.abs(z) < limit)).any()
+    # and the values that are not flushed are each model's own p - onehot
     for r, m in enumerate(models):
         _, own = m._logit_loss_and_grad(before[r].T.copy(), y, 1.0)
-        keep = np.abs(own) >= tiny
+        keep = np.abs(own) >= limit
         np.testing.assert_allclose(z[r].T[keep], own[keep], rtol=1e-6)
-        assert ((np.abs(own) < tiny) & (own != 0)).any()  # the unflushed one had some
+        assert ((np.abs(own) < tiny) & (own != 0)).any()  # the unflushed one had subnormals
