@@ -155,16 +155,8 @@ def warp(
         return np.zeros((0, h, w), dtype=np.float32)
     theta = np.deg2rad(angles)[:, None, None]  # (n, 1, 1), float64 so cos(90 deg) ~ 1e-17
     cos, sin = np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
-    cr, cc = np.float32((h - 1) / 2), np.float32((w - 1) / 2)
-    dr, dc = _grid(h, w)  # (1, h, 1), (1, 1, w)
+    cr, cc, dr, dc = _grid(h, w)  # the centre; offsets from it (1, h, 1) and (1, 1, w)
     sh = shifts.astype(np.float32)
-    if n == 1 and displacement is None:  # single-sample SGD: one image, a 2-D resampling
-        coords2 = np.empty((2, h, w), dtype=np.float32)
-        coords2[0] = cr + dr[0] * cos[0] + dc[0] * sin[0] - sh[0, 0]
-        coords2[1] = cc - dr[0] * sin[0] + dc[0] * cos[0] - sh[0, 1]
-        out = np.empty((1, h, w), dtype=np.float32)
-        ndimage.map_coordinates(x[0], coords2, output=out[0], order=1, mode="constant", cval=cval)
-        return out
     if displacement is not None:
         if np.shape(displacement) != (n, 2, h, w):
             raise ShapeError(f"displacement must be (n, 2, h, w) = {(n, 2, h, w)}, "
@@ -178,19 +170,24 @@ def warp(
     coords[1] = cr + dr * cos + dc * sin - sh[:, 0, None, None]
     coords[2] = cc - dr * sin + dc * cos - sh[:, 1, None, None]
     out = np.empty((n, h, w), dtype=np.float32)
-    ndimage.map_coordinates(x, coords, output=out, order=1, mode="constant", cval=cval)
+    if n == 1:  # single-sample SGD: one image, a 2-D resampling (the same numbers, bit for bit)
+        ndimage.map_coordinates(
+            x[0], coords[1:, 0], output=out[0], order=1, mode="constant", cval=cval
+        )
+    else:
+        ndimage.map_coordinates(x, coords, output=out, order=1, mode="constant", cval=cval)
     return out
 
 
 @functools.lru_cache(maxsize=8)
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read-only row and column offsets from the centre of an ``h x w`` image, float32
-    ``(1, h, 1)`` and ``(1, 1, w)``: made once per image size, not per call."""
+def _grid(h: int, w: int) -> tuple[np.float32, np.float32, np.ndarray, np.ndarray]:
+    """The centre ``(row, column)`` of an ``h x w`` image and the read-only float32 row and
+    column offsets from it, ``(1, h, 1)`` and ``(1, 1, w)``: made once per image size."""
     cr, cc = np.float32((h - 1) / 2), np.float32((w - 1) / 2)
     dr = (np.arange(h, dtype=np.float32) - cr)[None, :, None]
     dc = (np.arange(w, dtype=np.float32) - cc)[None, None, :]
     dr.flags.writeable = dc.flags.writeable = False
-    return dr, dc
+    return cr, cc, dr, dc
 
 
 def _draw(

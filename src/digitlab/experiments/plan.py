@@ -183,9 +183,15 @@ def group_cost(jobs: list[Job], group: list[int]) -> float:
     one = job_cost(jobs[group[0]])
     if len(group) == 1:
         return one
-    if len({_stack_key(jobs[i]) for i in group} - {None}) == 1 and _stack_key(jobs[group[0]]):
+    if _group_key(jobs, group) is not None:
         return one * (STACK_BASE + STACK_SHARE * len(group))
     return sum(job_cost(jobs[i]) for i in group)
+
+
+def _group_key(jobs: list[Job], group: list[int]) -> str | None:
+    """The stack key all jobs of ``group`` share (:func:`_stack_key`), or None."""
+    keys = {_stack_key(jobs[i]) for i in group}
+    return keys.pop() if len(keys) == 1 else None
 
 
 def task_cost(jobs: list[Job], task: list[list[int]]) -> float:
@@ -207,26 +213,27 @@ def merge_chains(
     """
     if workers is None or workers < 1:
         return tasks
-    shapes: dict[tuple[str, ...], list[list[list[int]]]] = {}
+    shapes: dict[tuple[str | None, ...], list[list[list[int]]]] = {}
     for t in tasks:
-        keys = [{_stack_key(jobs[i]) for i in g} for g in t]
-        if all(len(k) == 1 and None not in k for k in keys):
-            shapes.setdefault(tuple(k.pop() for k in keys), []).append(t)
-    out = list(tasks)
+        keys = tuple(_group_key(jobs, g) for g in t)
+        if None not in keys:
+            shapes.setdefault(keys, []).append(t)
+    out = [(t, task_cost(jobs, t)) for t in tasks]  # each task with its cost, computed once
     for same in shapes.values():
         merged = same[0]
         for t in same[1:]:
             trial = [a + b for a, b in zip(merged, t, strict=True)]
-            rest = [u for u in out if u is not merged and u is not t]
-            if _wall(jobs, [*rest, trial], workers) < _wall(jobs, out, workers):
-                out, merged = [*rest, trial], trial
-    return out
+            rest = [(u, c) for u, c in out if u is not merged and u is not t]
+            candidate = [*rest, (trial, task_cost(jobs, trial))]
+            if _wall(candidate, workers) < _wall(out, workers):
+                out, merged = candidate, trial
+    return [t for t, _ in out]
 
 
-def _wall(jobs: list[Job], tasks: list[list[list[int]]], workers: int) -> float:
-    """The estimated wall time of ``tasks`` on ``workers``: the larger of the work per
-    worker and the longest task."""
-    costs = [task_cost(jobs, t) for t in tasks]
+def _wall(costed: list[tuple[list[list[int]], float]], workers: int) -> float:
+    """The estimated wall time of tasks with their costs on ``workers``: the larger of the
+    work per worker and the longest task."""
+    costs = [c for _, c in costed]
     return max(sum(costs) / workers, max(costs, default=0.0))
 
 

@@ -315,10 +315,8 @@ def stacked_loss_and_grad(
     y = first.check_y(y, n)
     k = first.params["W"].shape[1]
     R = len(models)
-    if columns is None:
-        WT = np.concatenate([m.params["W"].T for m in models])  # (R k, d)
-    else:
-        WT = np.concatenate([m.params["W"][columns].T for m in models])  # (R k, a)
+    rows = slice(None) if columns is None else columns  # the rows of W that X multiplies
+    WT = np.concatenate([m.params["W"][rows].T for m in models])  # (R k, d or a)
     b = np.concatenate([m.params["b"] for m in models])[:, None] if first.bias else None
     scale = first._scale(n, None)
     losses = np.zeros(R)
