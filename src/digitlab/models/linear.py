@@ -9,7 +9,13 @@ import numpy as np
 from scipy.special import expit
 
 from digitlab.errors import ConfigError, ShapeError
-from digitlab.models.base import Model, as_generator, config_size, init_weight
+from digitlab.models.base import (
+    PARALLEL_BLOCK_MACS,
+    Model,
+    as_generator,
+    config_size,
+    init_weight,
+)
 from digitlab.models.functional import (
     LinearGrad,
     binary_cross_entropy,
@@ -19,6 +25,7 @@ from digitlab.models.functional import (
     softmax_cross_entropy,
     softmax_cross_entropy_,
 )
+from digitlab.threads import fit_threads, map_in_order
 
 
 class LinearModel(Model):
@@ -249,34 +256,115 @@ class SoftmaxModel(LinearModel):
         return losses
 
 
-#: Share of all-zero columns from which :func:`active_columns` drops them (below it the copy
-#: of the features is not worth its memory).
-MIN_ZERO_SHARE = 0.02
+#: Rows per block of :class:`RowBlocks` (10 stacked softmax models, 18,000 MNIST rows, one
+#: thread: 256 / 512 / 1,024 rows 42 / 41 / 45 ms a step with OpenBLAS's Haswell kernels, 50 /
+#: 54 / 58 ms with its SandyBridge kernels).
+BLOCK_ROWS = 512
+#: :func:`row_blocks` declines a layout that keeps more than this share of the entries of ``X``.
+MAX_KEPT_SHARE = 0.9
 
 
-def active_columns(X: np.ndarray, min_share: float = MIN_ZERO_SHARE) -> np.ndarray | None:
-    """The columns of ``X (n, d)`` with a nonzero entry, int ``(a,)``; None when fewer than
-    ``min_share * d`` columns are zero in every row.
+class RowBlocks:
+    """Full-batch features ``X (n, d)`` laid out in blocks of rows, each with only the columns
+    that are nonzero in one of its rows.
 
-    A column that is zero in every training row adds nothing to a linear model's logits and
-    nothing to its data gradient (MNIST: 92 of 785 columns in the first 18,000 images, the
-    pixels at the border), so the products may skip it exactly: see
-    :func:`stacked_loss_and_grad`'s ``columns``.
+    A linear model's products skip a zero entry exactly (it adds nothing to a logit and
+    nothing to the data gradient), and in image features most entries are zero: an MNIST
+    digit inks a fifth of its 784 pixels. The rows are ordered so that rows inking the same
+    region share a block (:func:`row_order`); a block of 512 such rows touches 51-61% of the
+    columns (60,000 / 18,000 MNIST rows, against 80-83% in the stored order), and the
+    products of :func:`stacked_loss_and_grad` shrink by that much.
+
+    Attributes
+    ----------
+    order : ndarray of int (n,)
+        The rows of ``X`` in block order.
+    columns : list of ndarray of int (s_b,)
+        Per block, the columns it keeps.
+    blocks : list of ndarray (c_b, s_b)
+        Per block, ``X[order[rows]][:, columns]``, C-contiguous.
+    shape : tuple (n, d)
+    dtype : dtype
     """
-    used = np.zeros(X.shape[1], dtype=bool)
-    for start in range(0, X.shape[0], 4096):  # a bounded boolean temporary
-        used |= (X[start : start + 4096] != 0).any(axis=0)
-    if X.shape[1] - int(used.sum()) < min_share * X.shape[1]:
+
+    def __init__(
+        self, order: np.ndarray, columns: list[np.ndarray], blocks: list[np.ndarray], d: int
+    ) -> None:
+        self.order, self.columns, self.blocks = order, columns, blocks
+        self.shape = (int(order.shape[0]), int(d))
+        self.dtype = blocks[0].dtype
+
+    @property
+    def kept_share(self) -> float:
+        """Entries kept over the ``n d`` of ``X``."""
+        kept = sum(b.size for b in self.blocks)
+        return kept / max(1, self.shape[0] * self.shape[1])
+
+
+def _square_side(n: int) -> int | None:
+    side = int(np.sqrt(n) + 0.5)
+    return side if side >= 4 and side * side == n else None
+
+
+def row_order(nonzero: np.ndarray) -> np.ndarray:
+    """An order of the rows of ``nonzero (n, d)`` (bool) that puts rows with similar nonzero
+    columns next to each other, int ``(n,)``.
+
+    Columns nonzero in every row (a bias input) are set aside. When the other columns are the
+    pixels of square images (``d`` a square, in order), rows are sorted by the width, left edge
+    and top edge of their ink's bounding box; otherwise by their last and first nonzero column.
+    On MNIST blocks of 512 rows keep 61% of the columns by the bounding box and 65% by the
+    first and last column (18,000 rows; 60,000: 51% and 61%).
+    """
+    varying = np.flatnonzero(~nonzero.all(axis=0))
+    nz = nonzero[:, varying]
+    n, d = nz.shape
+    if d == 0:
+        return np.arange(n)
+    side = _square_side(d)
+    if side is not None and (varying[-1] - varying[0] + 1 == d):
+        img = nz.reshape(n, side, side)
+        cols, rows = img.any(axis=1), img.any(axis=2)  # (n, side) each
+        left = cols.argmax(axis=1)
+        right = side - 1 - cols[:, ::-1].argmax(axis=1)
+        top = rows.argmax(axis=1)
+        return np.lexsort((top, left, right - left))
+    first = nz.argmax(axis=1)
+    last = d - 1 - nz[:, ::-1].argmax(axis=1)
+    return np.lexsort((first, last))
+
+
+def row_blocks(
+    X: np.ndarray, rows: int = BLOCK_ROWS, max_share: float = MAX_KEPT_SHARE
+) -> RowBlocks | None:
+    """``X (n, d)`` as :class:`RowBlocks` of ``rows`` rows (:func:`row_order`); None when the
+    blocks would keep more than ``max_share`` of its entries (dense features: the copy and
+    the gathers would cost more than the skipped zeros save)."""
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ShapeError(f"row_blocks needs a non-empty 2-D array, got shape {X.shape}")
+    if rows < 1:
+        raise ConfigError(f"rows per block must be >= 1, got {rows}")
+    nonzero = X != 0
+    order = row_order(nonzero)
+    columns, kept = [], 0
+    for start in range(0, X.shape[0], rows):
+        used = np.flatnonzero(nonzero[order[start : start + rows]].any(axis=0))
+        columns.append(used)
+        kept += used.size * min(rows, X.shape[0] - start)
+    if kept > max_share * X.size:
         return None
-    return np.flatnonzero(used)
+    blocks = [
+        np.ascontiguousarray(X[order[start : start + rows]][:, cols])
+        for start, cols in zip(range(0, X.shape[0], rows), columns, strict=True)
+    ]
+    return RowBlocks(order, columns, blocks, X.shape[1])
 
 
 def stacked_loss_and_grad(
     models: Sequence[LinearModel],
-    X: np.ndarray,
+    X: np.ndarray | RowBlocks,
     y: np.ndarray,
-    chunk_rows: int = 512,
-    columns: np.ndarray | None = None,
+    chunk_rows: int = BLOCK_ROWS,
 ) -> list[tuple[float, dict[str, np.ndarray]]]:
     """``[m.loss_and_grad(X, y) for m in models]`` with the matrix products shared.
 
@@ -291,15 +379,13 @@ def stacked_loss_and_grad(
     Parameters
     ----------
     models : sequence of linear models
-    X : ndarray (n, d)
-        In the models' dtype.
+    X : ndarray (n, d) or RowBlocks
+        In the models' dtype. As :class:`RowBlocks` (:func:`row_blocks`), each block's products
+        skip the columns that are zero in all its rows.
     y : ndarray of int (n,)
+        In the rows' stored order (also for ``RowBlocks``).
     chunk_rows : int
-        Rows per block.
-    columns : ndarray of int (a,) or None
-        When given, ``X (n, a)`` holds only these columns of the features, the others being
-        zero in every row (:func:`active_columns`): the products skip them, and their rows of
-        each gradient get the penalty's part alone, as the full product gives them.
+        Rows per block of an array ``X``.
 
     Returns
     -------
@@ -307,38 +393,56 @@ def stacked_loss_and_grad(
         Per model, as :meth:`~digitlab.models.base.Model.loss_and_grad` returns them.
     """
     first = models[0]
-    if columns is None:
+    if isinstance(X, RowBlocks):
+        if X.shape[1] != first.n_features or X.dtype != first.dtype:
+            raise ShapeError(
+                f"row blocks of shape {X.shape} in {X.dtype} do not fit this model "
+                f"(n, {first.n_features}) in {first.dtype}"
+            )
+        y = first.check_y(y, X.shape[0])[X.order]
+        blocks = list(zip(X.columns, X.blocks, strict=True))
+        n = X.shape[0]
+    else:
         X = first.check_X(X)
-    elif X.ndim != 2 or X.shape[1] != len(columns) or X.dtype != first.dtype:
-        raise ShapeError(f"X must have shape (n, {len(columns)}) in {first.dtype}, got {X.shape}")
-    n = X.shape[0]
-    y = first.check_y(y, n)
+        n = X.shape[0]
+        y = first.check_y(y, n)
+        blocks = [(None, X[start : start + chunk_rows]) for start in range(0, n, chunk_rows)]
     k = first.params["W"].shape[1]
     R = len(models)
-    rows = slice(None) if columns is None else columns  # the rows of W that X multiplies
-    WT = np.concatenate([m.params["W"][rows].T for m in models])  # (R k, d or a)
+    WT = np.concatenate([m.params["W"].T for m in models])  # (R k, d)
     b = np.concatenate([m.params["b"] for m in models])[:, None] if first.bias else None
     scale = first._scale(n, None)
+    starts = np.cumsum([0] + [Xc.shape[0] for _, Xc in blocks])
+
+    def block(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        cols, Xc = blocks[i]
+        Z = (WT if cols is None else WT[:, cols]) @ Xc.T  # (R k, c): class-major
+        if b is not None:
+            Z += b
+        yc = y[starts[i] : starts[i + 1]]
+        losses = first._grouped_logit_loss_and_grad(Z.reshape(R, k, -1), yc, scale)
+        gb = np.add.reduce(Z, axis=1) if b is not None else None
+        return losses, Z @ Xc, gb
+
     losses = np.zeros(R)
     gW = np.zeros((R * k, X.shape[1]), dtype=first.dtype)  # the gradients, transposed
     gb = np.zeros(R * k, dtype=first.dtype)
-    for start in range(0, n, chunk_rows):
-        Xc, yc = X[start : start + chunk_rows], y[start : start + chunk_rows]
-        Z = WT @ Xc.T  # (R k, c): class-major, so the softmax reduces across rows of Z
-        if b is not None:
-            Z += b
-        losses += first._grouped_logit_loss_and_grad(Z.reshape(R, k, -1), yc, scale)
-        gW += Z @ Xc
-        if b is not None:
-            gb += np.add.reduce(Z, axis=1)
+    threads = min(fit_threads(), len(blocks) // 2)
+    macs = max(Xc.size for _, Xc in blocks) * R * k
+    side_by_side = threads > 1 and macs >= PARALLEL_BLOCK_MACS
+    index = range(len(blocks))
+    parts = map_in_order(block, index, threads) if side_by_side else map(block, index)
+    for (cols, _), (part_losses, part_gW, part_gb) in zip(blocks, parts, strict=True):
+        losses += part_losses  # summed in the blocks' order whichever thread computed them
+        if cols is None:
+            gW += part_gW
+        else:
+            gW[:, cols] += part_gW
+        if part_gb is not None:
+            gb += part_gb
     out = []
     for r, m in enumerate(models):
-        if columns is None:
-            gWr = np.ascontiguousarray(gW[r * k : (r + 1) * k].T)
-        else:  # the skipped columns' data gradient is exactly zero
-            gWr = np.zeros_like(m.params["W"])
-            gWr[columns] = gW[r * k : (r + 1) * k].T
-        grads = {"W": gWr}
+        grads = {"W": np.ascontiguousarray(gW[r * k : (r + 1) * k].T)}
         if b is not None:
             grads["b"] = gb[r * k : (r + 1) * k].copy()
         out.append(m.add_penalty(float(losses[r]) * scale, grads))

@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
-import numpy as np
-
-from digitlab.models.linear import active_columns, can_stack, stacked_loss_and_grad
-from digitlab.train.batching import ArrayPair, is_source
+from digitlab.models.linear import can_stack, row_blocks, stacked_loss_and_grad
+from digitlab.train.batching import BLOCKED_MIN_STEPS, ArrayPair, is_source
 from digitlab.train.callbacks import History
 from digitlab.train.evaluation import evaluate_together
 from digitlab.train.trainer import Trainer
@@ -57,17 +55,17 @@ def fit_together(
     if len(state) > 1 or not full or any(t.batch_transform is not None for t in trainers):
         return [t.fit(train, val, test, epochs=epochs, steps=steps) for t in trainers]
     total = lead.end_step(epochs, steps)
-    # columns zero in every training row are skipped by the products (exactly: see
-    # active_columns); evaluations and callbacks see all of X
-    columns = active_columns(X)
-    Xp = X if columns is None else np.ascontiguousarray(X[:, columns])
+    # the products skip the zero entries, block by block of rows (exactly: see row_blocks);
+    # evaluations and callbacks see X as it is
+    blocks = row_blocks(X) if total - lead.step >= BLOCKED_MIN_STEPS else None
+    Xp = X if blocks is None else blocks
     with contextlib.ExitStack() as stack:
         for t in trainers:
             stack.enter_context(t.running(total))
             t.trained_with = len(trainers)  # each one's elapsed is the group's
             t.order = None  # the full batch in its stored order
         while running := [t for t in trainers if t.active]:
-            results = stacked_loss_and_grad([t.model for t in running], Xp, y, columns=columns)
+            results = stacked_loss_and_grad([t.model for t in running], Xp, y)
             steps = [t.update(lo, g, X, y) for t, (lo, g) in zip(running, results, strict=True)]
             evaluating = [t for t, s in zip(running, steps, strict=True) if s is not None]
             evaluated = _evaluate_together(evaluating)

@@ -38,6 +38,7 @@ from digitlab.train.batching import (
     ArrayPair,
     Batches,
     BatchSpec,
+    BlockedFullBatch,
     EvalSpec,
     all_finite,
     check_pair,
@@ -247,7 +248,18 @@ class Trainer:
         state.check_position(self, n)
         self._batches = Batches(X, y, self._weight, self.batch_size)
         self._grad_fn = self.gradient_function(self.batch_size)
+        if self._weight is None and self._blocked_full_batch(X):
+            self._grad_fn = BlockedFullBatch(self.model, X, self._grad_fn)
         return self.splits
+
+    def _blocked_full_batch(self, X: Any) -> bool:
+        """Whether this fit's full batch of a linear model may skip its zero entries
+        (:class:`~digitlab.train.batching.BlockedFullBatch`): one array of rows in the stored
+        order each step, no transform of the batch, a gradient the model's class computes."""
+        from digitlab.models.linear import can_stack
+
+        full = self.batch_size >= X.shape[0] and not self.replacement and not is_source(X)
+        return full and self.batch_transform is None and can_stack([self.model])
 
     def end_step(self, epochs: int | None, steps: int | None) -> int:
         """The total step count at which a fit for ``epochs`` or ``steps`` ends (the earlier of
@@ -263,6 +275,8 @@ class Trainer:
         BLAS threads, the floating-point error state, and on a normal end the parameters' check."""
         self._eval_steps = resolve_eval_every(self.eval_spec, self.steps_per_epoch)
         self.total_steps = total_steps
+        if isinstance(self._grad_fn, BlockedFullBatch):
+            self._grad_fn.steps_left = total_steps - self.step
         self._stop, self.stop_reason, self.diverged, self.aborted = False, None, False, False
         for cb in self.callbacks:
             cb.on_train_begin(self)

@@ -1,0 +1,255 @@
+"""Full-batch products of linear models skip the zero entries of the features, block by
+block of rows (RowBlocks), exactly up to float rounding: lock-step groups and single fits."""
+
+import numpy as np
+import pytest
+
+from digitlab.errors import ShapeError
+from digitlab.models import LogisticModel, SoftmaxModel
+from digitlab.models.linear import row_blocks, row_order, stacked_loss_and_grad
+
+
+def _images(n: int = 700, side: int = 16, bias: bool = True, seed: int = 11):
+    """Sparse square images like centred digits: each row inks a box of its own (width 1-9,
+    height 4-10 pixels) about the middle, and the border is never inked."""
+    rng = np.random.default_rng(seed)
+    imgs = np.zeros((n, side, side), dtype=np.float32)
+    for i in range(n):  # a test fixture, not a hot path
+        w, h = rng.integers(1, 10), rng.integers(4, 11)
+        left = int(np.clip((side - w) // 2 + rng.integers(-2, 3), 1, side - 1 - w))
+        top = int(np.clip((side - h) // 2 + rng.integers(-2, 3), 1, side - 1 - h))
+        imgs[i, top : top + h, left : left + w] = rng.random((h, w)) + 0.1
+    X = imgs.reshape(n, -1)
+    if bias:
+        X = np.hstack([np.full((n, 1), 1 / 255, np.float32), X])
+    return X, rng
+
+
+def _restore(blocks) -> np.ndarray:
+    out = np.zeros(blocks.shape, blocks.dtype)
+    start = 0
+    for cols, Xb in zip(blocks.columns, blocks.blocks, strict=True):
+        rows = blocks.order[start : start + Xb.shape[0]]
+        out[np.ix_(rows, cols)] = Xb
+        start += Xb.shape[0]
+    return out
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_row_blocks_keep_every_nonzero_entry_and_only_the_columns_their_rows_use(bias):
+    X, _ = _images(bias=bias)
+    blocks = row_blocks(X, rows=64)
+    assert blocks is not None
+    assert sorted(blocks.order.tolist()) == list(range(X.shape[0]))
+    np.testing.assert_array_equal(_restore(blocks), X)  # nothing lost, nothing invented
+    start = 0
+    for cols, Xb in zip(blocks.columns, blocks.blocks, strict=True):
+        used = np.flatnonzero((X[blocks.order[start : start + Xb.shape[0]]] != 0).any(0))
+        np.testing.assert_array_equal(cols, used)
+        assert Xb.flags.c_contiguous
+        start += Xb.shape[0]
+    assert [b.shape[0] for b in blocks.blocks] == [64] * 10 + [60]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_row_order_groups_images_by_their_ink_and_keeps_fewer_columns(bias):
+    X, _ = _images(n=2000, bias=bias)
+    stored = np.mean([(X[s : s + 64] != 0).any(0).sum() for s in range(0, 2000, 64)])
+    blocks = row_blocks(X, rows=64, max_share=1.0)
+    kept = np.mean([c.size for c in blocks.columns])
+    assert kept < 0.6 * stored  # boxes sorted by width, left and top edge
+    # features that are not square images: rows sorted by their first and last column
+    flat = X[:, :-3]
+    order = row_order(flat != 0)
+    firsts = (flat[order] != 0).argmax(1)
+    lasts = flat.shape[1] - 1 - (flat[order][:, ::-1] != 0).argmax(1)
+    assert (np.diff(lasts) >= 0).all()
+    assert all((np.diff(firsts[lasts == v]) >= 0).all() for v in np.unique(lasts))
+
+
+def test_row_blocks_decline_dense_features_and_refuse_bad_input():
+    from digitlab.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    assert row_blocks(rng.random((300, 20)).astype(np.float32)) is None
+    with pytest.raises(ShapeError, match="2-D"):
+        row_blocks(np.zeros((0, 5), np.float32))
+    with pytest.raises(ConfigError, match="rows per block"):
+        row_blocks(np.zeros((4, 5), np.float32), rows=0)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "logistic"])
+@pytest.mark.parametrize("penalty", [{"l1": 0.01}, {"l2": 0.05}, {}])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_gradient_from_row_blocks_equals_the_full_one(kind, penalty, bias):
+    X, rng = _images()
+    d = X.shape[1]
+    if kind == "softmax":
+        y = rng.integers(0, 5, X.shape[0])
+        models = [
+            SoftmaxModel(d, 5, init="normal", rng=s, reduction="sum", bias=bias, **penalty)
+            for s in range(3)
+        ]
+    else:
+        y = rng.integers(0, 2, X.shape[0])
+        models = [
+            LogisticModel(d, init="normal", rng=s, reduction="mean", bias=bias, **penalty)
+            for s in range(3)
+        ]
+    blocks = row_blocks(X, rows=128, max_share=1.0)
+    got = stacked_loss_and_grad(models, blocks, y)
+    for m, (loss, grads) in zip(models, got, strict=True):
+        own_loss, own = m.loss_and_grad(X, y)
+        assert loss == pytest.approx(own_loss, rel=1e-5)
+        assert grads.keys() == own.keys()
+        for k in own:
+            np.testing.assert_allclose(grads[k], own[k], rtol=1e-4, atol=1e-4)
+        unused = ~(X != 0).any(0)
+        if unused.any() and not penalty:  # never inked anywhere: no data gradient at all
+            assert not grads["W"][unused].any()
+
+
+def test_row_blocks_that_do_not_fit_the_models_are_refused():
+    X, rng = _images()
+    blocks = row_blocks(X, max_share=1.0)
+    y = rng.integers(0, 3, X.shape[0])
+    with pytest.raises(ShapeError, match="row blocks"):
+        stacked_loss_and_grad([SoftmaxModel(X.shape[1] - 1, 3)], blocks, y)
+    with pytest.raises(ShapeError, match="row blocks"):
+        stacked_loss_and_grad([SoftmaxModel(X.shape[1], 3, dtype="float64")], blocks, y)
+
+
+def _trainer(seed: int, d: int):
+    from digitlab.train import Trainer
+
+    # a smooth penalty and a small step: L1's sign flips amplify float rounding (lock-step
+    # or not, the same draw then ends 1e-3 apart), which would hide what is tested here
+    model = SoftmaxModel(d, 3, init="normal", rng=seed, reduction="sum", l2=0.01)
+    return Trainer(model, schedule=0.001, batch_size="full", rng=seed, eval_every=5)
+
+
+def _labels(X):
+    return X[:, 30:33].argmax(1).astype(np.int64)
+
+
+def test_fit_together_skips_the_zero_entries_and_equals_fits_alone(monkeypatch):
+    import digitlab.train.lockstep as lockstep
+    from digitlab.models.linear import RowBlocks
+    from digitlab.train import fit_together
+
+    X, _ = _images(n=3000)
+    y = _labels(X)
+    seen = []
+    real = lockstep.stacked_loss_and_grad
+    monkeypatch.setattr(
+        lockstep,
+        "stacked_loss_and_grad",
+        lambda ms, Xs, ys, **kw: seen.append(Xs) or real(ms, Xs, ys, **kw),
+    )
+    group = [_trainer(s, X.shape[1]) for s in range(3)]
+    fit_together(group, (X, y), (X[:200], y[:200]), epochs=40)
+    assert len(seen) == 40 and all(isinstance(b, RowBlocks) for b in seen)
+    assert seen[0].kept_share < 0.8 * (X != 0).any(0).mean()
+    for seed, t in enumerate(group):
+        alone = _trainer(seed, X.shape[1])
+        alone.fit((X, y), (X[:200], y[:200]), epochs=40)
+        np.testing.assert_allclose(t.model.params["W"], alone.model.params["W"], atol=2e-5)
+        assert t.history.records[-1]["val_acc"] == alone.history.records[-1]["val_acc"]
+
+
+def test_a_single_full_batch_fit_uses_row_blocks_and_equals_the_plain_path(monkeypatch):
+    import digitlab.train.batching as batching
+
+    X, _ = _images(n=3000)
+    y = _labels(X)
+    blocked = _trainer(0, X.shape[1])
+    blocked.fit((X, y), (X[:200], y[:200]), epochs=40)
+    assert isinstance(blocked._grad_fn, batching.BlockedFullBatch)
+    assert blocked._grad_fn.blocks.kept_share < 0.8 * (X != 0).any(0).mean()
+    # the same fit with the layout declined takes the model's own gradient
+    monkeypatch.setattr(
+        batching.BlockedFullBatch, "__call__", lambda self, X, y: self.fallback(X, y)
+    )
+    plain = _trainer(0, X.shape[1])
+    plain.fit((X, y), (X[:200], y[:200]), epochs=40)
+    np.testing.assert_allclose(blocked.model.params["W"], plain.model.params["W"], atol=2e-5)
+    assert blocked.history.records[-1]["val_acc"] == plain.history.records[-1]["val_acc"]
+    assert blocked.history.records[-1]["val_loss"] == pytest.approx(
+        plain.history.records[-1]["val_loss"], rel=1e-5
+    )
+
+
+def test_short_full_batch_fits_keep_the_plain_products(monkeypatch):
+    import digitlab.train.lockstep as lockstep
+    from digitlab.train import fit_together
+    from digitlab.train.batching import BLOCKED_MIN_STEPS
+
+    X, _ = _images(n=600)
+    y = _labels(X)
+    short = _trainer(0, X.shape[1])
+    short.fit((X, y), steps=BLOCKED_MIN_STEPS - 1)  # the layout would cost more than it saves
+    assert short._grad_fn.blocks is False
+    seen = []
+    real = lockstep.stacked_loss_and_grad
+    monkeypatch.setattr(
+        lockstep,
+        "stacked_loss_and_grad",
+        lambda ms, Xs, ys, **kw: seen.append(Xs) or real(ms, Xs, ys, **kw),
+    )
+    fit_together([_trainer(s, X.shape[1]) for s in range(2)], (X, y), steps=5)
+    assert len(seen) == 5 and all(Xs is X for Xs in seen)
+
+
+def test_mini_batches_weights_and_transforms_keep_the_plain_gradient():
+    import digitlab.train.batching as batching
+    from digitlab.train import Trainer
+
+    X, _ = _images(n=300)
+    y = _labels(X)
+    for kw in (
+        {"batch_size": 64},
+        {"batch_size": "full", "batch_transform": lambda Xb, rng: Xb},
+    ):
+        t = Trainer(SoftmaxModel(X.shape[1], 3), schedule=0.01, rng=0, **kw)
+        t.fit((X, y), epochs=1)
+        assert not isinstance(t._grad_fn, batching.BlockedFullBatch)
+    t = Trainer(SoftmaxModel(X.shape[1], 3), schedule=0.01, batch_size="full", rng=0)
+    t.fit((X, y), epochs=1, sample_weight=np.ones(300))
+    assert not isinstance(t._grad_fn, batching.BlockedFullBatch)
+
+
+def test_flush_subnormal_zeroes_only_what_is_or_would_become_subnormal():
+    from digitlab.models.functional import flush_subnormal_
+
+    tiny = np.finfo(np.float32).tiny
+    p = np.array([0.0, tiny / 4, tiny, 1e-35, 1e-30, 0.5, np.nan], dtype=np.float32)
+    got = flush_subnormal_(p.copy())
+    # subnormal, or subnormal once multiplied by a pixel of 1/255: zero; the rest kept
+    np.testing.assert_array_equal(got[:6], [0.0, 0.0, 0.0, 0.0, np.float32(1e-30), 0.5])
+    assert np.isnan(got[6])  # a diverged run still shows as one
+    assert np.float32(np.float32(1e-30) / np.float32(255)) >= tiny
+    # scaled by 1e-10 afterwards (a mean over many rows), 1e-30 would become too small
+    got = flush_subnormal_(p.copy(), scale=1e-10)
+    np.testing.assert_array_equal(got[:6], [0.0, 0.0, 0.0, 0.0, 0.0, 0.5])
+
+
+def test_the_lock_step_softmax_gradient_has_no_subnormal_entries():
+    rng = np.random.default_rng(3)
+    X = rng.random((300, 20)).astype(np.float32) * 40  # logits far apart: exp underflows
+    y = rng.integers(0, 4, 300)
+    models = [SoftmaxModel(20, 4, init="normal", rng=s, reduction="sum") for s in range(2)]
+    z = np.concatenate([X @ m.params["W"] + m.params["b"] for m in models], axis=1)
+    z = np.ascontiguousarray(z.T.reshape(2, 4, 300))
+    before = z.copy()
+    models[0]._grouped_logit_loss_and_grad(z, y, 1.0)
+    from digitlab.models.functional import FLUSH_MARGIN
+
+    tiny = np.finfo(np.float32).tiny
+    limit = tiny * FLUSH_MARGIN
+    assert not ((z != 0) & (np.abs(z) < limit)).any()
+    # and the values that are not flushed are each model's own p - onehot
+    for r, m in enumerate(models):
+        _, own = m._logit_loss_and_grad(before[r].T.copy(), y, 1.0)
+        keep = np.abs(own) >= limit
+        np.testing.assert_allclose(z[r].T[keep], own[keep], rtol=1e-6)
+        assert ((np.abs(own) < tiny) & (own != 0)).any()  # the unflushed one had subnormals
