@@ -253,3 +253,65 @@ def test_the_lock_step_softmax_gradient_has_no_subnormal_entries():
         keep = np.abs(own) >= limit
         np.testing.assert_allclose(z[r].T[keep], own[keep], rtol=1e-6)
         assert ((np.abs(own) < tiny) & (own != 0)).any()  # the unflushed one had subnormals
+
+
+@pytest.mark.parametrize("kind", ["softmax", "logistic"])
+def test_an_evaluation_over_row_blocks_equals_the_plain_one(kind):
+    from digitlab.train.evaluation import evaluate, evaluate_together
+
+    X, rng = _images(n=900)
+    if kind == "softmax":
+        y = rng.integers(0, 4, X.shape[0])
+        models = [SoftmaxModel(X.shape[1], 4, init="normal", rng=s, l2=0.1) for s in range(3)]
+    else:
+        y = rng.integers(0, 2, X.shape[0])
+        models = [LogisticModel(X.shape[1], init="normal", rng=s, l1=0.1) for s in range(3)]
+    got = evaluate_together(models, row_blocks(X, rows=128, max_share=1.0), y)
+    for m, res in zip(models, got, strict=True):
+        own = evaluate(m, X, y)
+        assert res["acc"] == own["acc"]
+        assert res["loss"] == pytest.approx(own["loss"], rel=1e-5)
+        assert res["objective"] == pytest.approx(own["objective"], rel=1e-5)
+
+
+def test_fits_evaluate_their_training_rows_from_the_blocks(monkeypatch):
+    import digitlab.train.evaluation as evaluation
+    import digitlab.train.trainer as trainer_module
+    from digitlab.models.linear import RowBlocks
+    from digitlab.train import Trainer, fit_together
+
+    X, _ = _images(n=2000)
+    y = _labels(X)
+    seen = []
+    real = evaluation.evaluate_together
+
+    def spy(models, rows, ys):
+        seen.append((len(models), isinstance(rows, RowBlocks)))
+        return real(models, rows, ys)
+
+    monkeypatch.setattr(trainer_module, "evaluate_together", spy)
+
+    def make(seed):
+        model = SoftmaxModel(X.shape[1], 3, init="normal", rng=seed, l2=0.01)
+        return Trainer(model, schedule=0.5, batch_size="full", eval_every=10)
+
+    alone = make(0)
+    alone.fit((X, y), (X[:300], y[:300]), epochs=40)
+    assert seen == [(1, True)] * 4  # the training split of each evaluation; val is plain
+    import digitlab.train.lockstep as lockstep
+
+    monkeypatch.setattr(lockstep, "evaluate_together", spy)
+    seen.clear()
+    group = [make(s) for s in range(2)]
+    fit_together(group, (X, y), (X[:300], y[:300]), epochs=40)
+    assert seen == [(2, True), (2, False)] * 4
+    plain = make(0)
+    monkeypatch.setattr(Trainer, "_evaluate", lambda self, name, Xs, ys: evaluation.evaluate(
+        self.model, Xs, ys))
+    plain.fit((X, y), (X[:300], y[:300]), epochs=40)
+    for a, b in zip(alone.history.records, plain.history.records, strict=True):
+        assert a["train_acc"] == pytest.approx(b["train_acc"], abs=1e-3)
+        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-3)
+    assert [r["train_acc"] for r in group[0].history.records] == pytest.approx(
+        [r["train_acc"] for r in alone.history.records], abs=1e-3
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -394,12 +394,7 @@ def stacked_loss_and_grad(
     """
     first = models[0]
     if isinstance(X, RowBlocks):
-        if X.shape[1] != first.n_features or X.dtype != first.dtype:
-            raise ShapeError(
-                f"row blocks of shape {X.shape} in {X.dtype} do not fit this model "
-                f"(n, {first.n_features}) in {first.dtype}"
-            )
-        y = first.check_y(y, X.shape[0])[X.order]
+        y = _check_blocks(first, X, y)
         blocks = list(zip(X.columns, X.blocks, strict=True))
         n = X.shape[0]
     else:
@@ -449,25 +444,73 @@ def stacked_loss_and_grad(
     return out
 
 
-def stacked_logits(models: Sequence[LinearModel], X: np.ndarray) -> list[np.ndarray]:
-    """``[m.logits(X) for m in models]`` from one product: the weight matrices side by side,
-    ``X (n, d) @ (d, R k)``, so ``X`` is read once for all ``R`` models (as in
-    :func:`stacked_loss_and_grad`; equal to each model's own logits up to float rounding).
+def _check_blocks(model: LinearModel, blocks: RowBlocks, y: np.ndarray) -> np.ndarray:
+    """The labels ``y (n,)`` in the blocks' order, once the blocks are checked to fit ``model``."""
+    if blocks.shape[1] != model.n_features or blocks.dtype != model.dtype:
+        raise ShapeError(
+            f"row blocks of shape {blocks.shape} in {blocks.dtype} do not fit this model "
+            f"(n, {model.n_features}) in {model.dtype}"
+        )
+    return model.check_y(y, blocks.shape[0])[blocks.order]
+
+
+def block_chunks(
+    blocks: RowBlocks, y: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(columns (s,), rows (c, s), labels (c,))`` of each block, for
+    :func:`stacked_loss_sums_and_correct`; ``y (n,)`` in the rows' stored order."""
+    y = y[blocks.order]
+    start = 0
+    for cols, Xc in zip(blocks.columns, blocks.blocks, strict=True):
+        yield cols, Xc, y[start : start + Xc.shape[0]]
+        start += Xc.shape[0]
+
+
+def stacked_loss_sums_and_correct(
+    models: Sequence[LinearModel],
+    chunks: Iterable[tuple[np.ndarray | None, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each model's summed cross-entropy and count of right predictions over ``chunks`` of
+    rows (what :meth:`~digitlab.models.base.Model.loss_sum_and_correct` gives, up to float
+    rounding): each chunk's logits of all models from one product, the softmax of all models
+    at once (class-major, as in :func:`stacked_loss_and_grad`).
+
+    Parameters
+    ----------
+    models : sequence of linear models (:func:`can_stack`)
+    chunks : iterable of (columns or None, rows, labels)
+        ``rows (c, s)`` holding the feature columns ``columns (s,)`` (None: all ``d``) in the
+        models' dtype, and their labels ``(c,)`` (:func:`block_chunks` for :class:`RowBlocks`).
 
     Returns
     -------
-    list of ndarray
-        Per model its logits, views into one ``(n, R k)`` array: ``(n, k)``, or ``(n,)`` for
-        a binary model.
+    loss_sums : ndarray float64 (R,)
+    correct : ndarray int (R,)
     """
     first = models[0]
-    X = first.check_X(X)
-    k = first.params["W"].shape[1]
-    Z = X @ np.concatenate([m.params["W"] for m in models], axis=1)
-    if first.bias:
-        Z += np.concatenate([m.params["b"] for m in models])
-    parts = [Z[:, r * k : (r + 1) * k] for r in range(len(models))]
-    return [z[:, 0] for z in parts] if isinstance(first, LogisticModel) else parts
+    k, R = first.params["W"].shape[1], len(models)
+    WT = np.concatenate([m.params["W"].T for m in models])  # (R k, d)
+    b = np.concatenate([m.params["b"] for m in models])[:, None] if first.bias else None
+    sums, correct = np.zeros(R), np.zeros(R, dtype=np.int64)
+    for cols, Xc, yc in chunks:
+        Z = (WT if cols is None else WT[:, cols]) @ Xc.T  # (R k, c)
+        if b is not None:
+            Z += b
+        if isinstance(first, LogisticModel):
+            for r in range(R):
+                sums[r] += binary_cross_entropy(Z[r], yc)
+                correct[r] += np.count_nonzero((Z[r] > 0) == yc)
+            continue
+        z = Z.reshape(R, k, -1)
+        correct += np.count_nonzero(z.argmax(axis=1) == yc, axis=1)
+        z_y = z[:, yc, np.arange(z.shape[2])]  # (R, c)
+        top = np.maximum.reduce(z, axis=1)  # (R, c)
+        z -= top[:, None, :]
+        np.exp(z, out=z)
+        lse = np.log(np.add.reduce(z, axis=1)) + top
+        sums += np.add.reduce(lse, axis=1, dtype=np.float64)
+        sums -= np.add.reduce(z_y, axis=1, dtype=np.float64)
+    return sums, correct
 
 
 #: Widest output (columns of ``W``) for which stacking pays: the shared read of ``X`` is what

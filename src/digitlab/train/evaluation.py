@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from digitlab.models.base import Model, logits_loss_sum_and_correct
+from digitlab.errors import ShapeError
+from digitlab.models.base import Model
 from digitlab.train.batching import Rows, is_source, row_chunks
 
 
@@ -46,22 +49,28 @@ def evaluate(
     return {"loss": loss_sum / n, "objective": data + model.penalty(), "acc": correct / n}
 
 
-def evaluate_together(models: list[Model], X: Rows, y: np.ndarray) -> list[dict[str, float]]:
+def evaluate_together(models: list[Model], X: Any, y: np.ndarray) -> list[dict[str, float]]:
     """``[evaluate(m, X, y) for m in models]`` for linear models that
     :func:`~digitlab.models.linear.can_stack` allows, with each chunk's logits of all of them
-    from one product (:func:`~digitlab.models.linear.stacked_logits`): the repeats of a
-    lock-step group, evaluated at one step. Equal to :func:`evaluate` up to float rounding.
+    from one product and their softmax computed together
+    (:func:`~digitlab.models.linear.stacked_loss_sums_and_correct`): the repeats of a
+    lock-step group, evaluated at one step. ``X (n, d)`` is an array, a :class:`BatchSource`,
+    or the training rows as :class:`~digitlab.models.linear.RowBlocks` (whose products skip
+    the zero entries). Equal to :func:`evaluate` up to float rounding.
     """
-    from digitlab.models.linear import stacked_logits
+    from digitlab.models.linear import RowBlocks, block_chunks, stacked_loss_sums_and_correct
 
     n, first = X.shape[0], models[0]
-    sums, correct = np.zeros(len(models)), np.zeros(len(models), dtype=np.int64)
-    for start, rows in row_chunks(X):
-        yc = first.check_y(y[start : start + rows.shape[0]], rows.shape[0])
-        for r, z in enumerate(stacked_logits(models, rows)):
-            s, c = logits_loss_sum_and_correct(z, yc)
-            sums[r] += s
-            correct[r] += c
+    if isinstance(X, RowBlocks):
+        if X.shape[1] != first.n_features or X.dtype != first.dtype:
+            raise ShapeError(f"row blocks of shape {X.shape} in {X.dtype} do not fit the models")
+        chunks: Any = block_chunks(X, first.check_y(y, n))
+    else:
+        chunks = (
+            (None, first.check_X(rows), first.check_y(y[start : start + len(rows)], len(rows)))
+            for start, rows in row_chunks(X)
+        )
+    sums, correct = stacked_loss_sums_and_correct(models, chunks)
     out = []
     for m, loss_sum, right in zip(models, sums.tolist(), correct.tolist(), strict=True):
         data = loss_sum if m.reduction == "sum" else loss_sum / n

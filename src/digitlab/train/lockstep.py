@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
-from digitlab.models.linear import can_stack, row_blocks, stacked_loss_and_grad
+from digitlab.models.linear import RowBlocks, can_stack, row_blocks, stacked_loss_and_grad
 from digitlab.train.batching import BLOCKED_MIN_STEPS, ArrayPair, is_source
 from digitlab.train.callbacks import History
 from digitlab.train.evaluation import evaluate_together
@@ -68,17 +69,20 @@ def fit_together(
             results = stacked_loss_and_grad([t.model for t in running], Xp, y)
             steps = [t.update(lo, g, X, y) for t, (lo, g) in zip(running, results, strict=True)]
             evaluating = [t for t, s in zip(running, steps, strict=True) if s is not None]
-            evaluated = _evaluate_together(evaluating)
+            evaluated = _evaluate_together(evaluating, X, blocks)
             for t, (loss, _), step in zip(running, results, steps, strict=True):
                 t.finish_step(loss, step, evaluated.get(id(t)))
     return [t.history for t in trainers]
 
 
-def _evaluate_together(trainers: list[Trainer]) -> dict[int, dict[str, dict[str, float]]]:
+def _evaluate_together(
+    trainers: list[Trainer], X: Any, blocks: RowBlocks | None
+) -> dict[int, dict[str, dict[str, float]]]:
     """The evaluations of trainers that evaluate at one step on the same split arrays, each
     split's logits of all of them from one product
-    (:func:`~digitlab.train.evaluation.evaluate_together`), by ``id`` of the trainer; empty
-    when they do not share them (each then evaluates itself)."""
+    (:func:`~digitlab.train.evaluation.evaluate_together`; the training rows ``X`` from their
+    ``blocks`` when laid out), by ``id`` of the trainer; empty when they do not share them
+    (each then evaluates itself)."""
     if len(trainers) < 2:
         return {}
     splits = trainers[0].evaluated_splits()
@@ -91,6 +95,7 @@ def _evaluate_together(trainers: list[Trainer]) -> dict[int, dict[str, dict[str,
     out: dict[int, dict[str, dict[str, float]]] = {id(t): {} for t in trainers}
     models = [t.model for t in trainers]
     for name, (Xs, ys) in splits.items():
-        for t, result in zip(trainers, evaluate_together(models, Xs, ys), strict=True):
+        rows = blocks if Xs is X and blocks is not None else Xs
+        for t, result in zip(trainers, evaluate_together(models, rows, ys), strict=True):
             out[id(t)][name] = result
     return out

@@ -49,7 +49,7 @@ from digitlab.train.batching import (
     steps_per_epoch,
 )
 from digitlab.train.callbacks import Callback, History, Step
-from digitlab.train.evaluation import evaluate
+from digitlab.train.evaluation import evaluate, evaluate_together
 
 Splits = dict[str, ArrayPair]
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -384,8 +384,7 @@ class Trainer:
         own = {"step": self.step, "epoch": epoch, "lr": self.lr, "time": self.elapsed}
         if results is None:
             results = {
-                name: evaluate(self.model, X, y, self._weight if name == "train" else None)
-                for name, (X, y) in self.evaluated_splits().items()
+                name: self._evaluate(name, X, y) for name, (X, y) in self.evaluated_splits().items()
             }
         record = evaluation_record(self.model, own, results)
         if step is not None:  # callbacks written before the measure hook have none
@@ -395,6 +394,14 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_evaluate(self, record)
         return record
+
+    def _evaluate(self, name: str, X: Any, y: np.ndarray) -> dict[str, float]:
+        """:func:`evaluate` of one split; the training rows from the fit's row blocks when the
+        full-batch gradient laid them out (the products skip the zero entries)."""
+        blocks = getattr(self._grad_fn, "blocks", None)
+        if name == "train" and blocks and X is self._grad_fn.X:
+            return evaluate_together([self.model], blocks, y)[0]
+        return evaluate(self.model, X, y, self._weight if name == "train" else None)
 
     # ------------------------------------------------------------------ control and checks
     def request_stop(self, reason: str) -> None:
