@@ -132,20 +132,27 @@ def _labels(X):
     return X[:, 30:33].argmax(1).astype(np.int64)
 
 
-def test_fit_together_skips_the_zero_entries_and_equals_fits_alone(monkeypatch):
+def _spy_on_lock_step_products(monkeypatch) -> list:
+    """The row arguments of every lock-step gradient, in order."""
     import digitlab.train.lockstep as lockstep
-    from digitlab.models.linear import RowBlocks
-    from digitlab.train import fit_together
 
-    X, _ = _images(n=3000)
-    y = _labels(X)
-    seen = []
+    seen: list = []
     real = lockstep.stacked_loss_and_grad
     monkeypatch.setattr(
         lockstep,
         "stacked_loss_and_grad",
         lambda ms, Xs, ys, **kw: seen.append(Xs) or real(ms, Xs, ys, **kw),
     )
+    return seen
+
+
+def test_fit_together_skips_the_zero_entries_and_equals_fits_alone(monkeypatch):
+    from digitlab.models.linear import RowBlocks
+    from digitlab.train import fit_together
+
+    X, _ = _images(n=3000)
+    y = _labels(X)
+    seen = _spy_on_lock_step_products(monkeypatch)
     group = [_trainer(s, X.shape[1]) for s in range(3)]
     fit_together(group, (X, y), (X[:200], y[:200]), epochs=40)
     assert len(seen) == 40 and all(isinstance(b, RowBlocks) for b in seen)
@@ -180,7 +187,6 @@ def test_a_single_full_batch_fit_uses_row_blocks_and_equals_the_plain_path(monke
 
 
 def test_short_full_batch_fits_keep_the_plain_products(monkeypatch):
-    import digitlab.train.lockstep as lockstep
     from digitlab.train import fit_together
     from digitlab.train.batching import BLOCKED_MIN_STEPS
 
@@ -189,13 +195,7 @@ def test_short_full_batch_fits_keep_the_plain_products(monkeypatch):
     short = _trainer(0, X.shape[1])
     short.fit((X, y), steps=BLOCKED_MIN_STEPS - 1)  # the layout would cost more than it saves
     assert short._grad_fn.blocks is False
-    seen = []
-    real = lockstep.stacked_loss_and_grad
-    monkeypatch.setattr(
-        lockstep,
-        "stacked_loss_and_grad",
-        lambda ms, Xs, ys, **kw: seen.append(Xs) or real(ms, Xs, ys, **kw),
-    )
+    seen = _spy_on_lock_step_products(monkeypatch)
     fit_together([_trainer(s, X.shape[1]) for s in range(2)], (X, y), steps=5)
     assert len(seen) == 5 and all(Xs is X for Xs in seen)
 
@@ -315,3 +315,28 @@ def test_fits_evaluate_their_training_rows_from_the_blocks(monkeypatch):
     assert [r["train_acc"] for r in group[0].history.records] == pytest.approx(
         [r["train_acc"] for r in alone.history.records], abs=1e-3
     )
+
+
+def test_a_wide_float64_model_trains_from_row_blocks_too():
+    """1,000-output models are not stacked (arithmetic-bound), but a single full-batch fit of
+    one still skips the zero entries, with the same result."""
+    import digitlab.train.batching as batching
+    from digitlab.train import Trainer
+
+    X, _ = _images(n=1500)
+    X = X.astype(np.float64)
+    y = _labels(X)
+
+    def fit(blocked: bool):
+        model = SoftmaxModel(X.shape[1], 300, init="normal", rng=0, dtype="float64", l2=0.01)
+        t = Trainer(model, schedule=0.5, batch_size="full", eval_every=20)
+        if not blocked:
+            t._blocked_full_batch = lambda X: False  # the model's own chunked gradient
+        t.fit((X, y), (X[:300], y[:300]), epochs=40)
+        return t
+
+    wide = fit(True)
+    assert isinstance(wide._grad_fn, batching.BlockedFullBatch) and wide._grad_fn.blocks
+    plain = fit(False)
+    np.testing.assert_allclose(wide.model.params["W"], plain.model.params["W"], atol=1e-10)
+    assert wide.history.records[-1]["train_acc"] == plain.history.records[-1]["train_acc"]
