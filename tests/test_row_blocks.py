@@ -186,18 +186,30 @@ def test_a_single_full_batch_fit_uses_row_blocks_and_equals_the_plain_path(monke
     )
 
 
-def test_short_full_batch_fits_keep_the_plain_products(monkeypatch):
-    from digitlab.train import fit_together
-    from digitlab.train.batching import BLOCKED_MIN_STEPS
+def test_full_batch_fits_in_pieces_or_resumed_equal_one_fit_bit_for_bit(tmp_path):
+    from digitlab.checkpoint import load_checkpoint
+    from digitlab.train import Checkpoint
 
-    X, _ = _images(n=600)
+    X, _ = _images(n=800)
     y = _labels(X)
-    short = _trainer(0, X.shape[1])
-    short.fit((X, y), steps=BLOCKED_MIN_STEPS - 1)  # the layout would cost more than it saves
-    assert short._grad_fn.blocks is False
-    seen = _spy_on_lock_step_products(monkeypatch)
-    fit_together([_trainer(s, X.shape[1]) for s in range(2)], (X, y), steps=5)
-    assert len(seen) == 5 and all(Xs is X for Xs in seen)
+    val = (X[:200], y[:200])
+    one = _trainer(0, X.shape[1])
+    one.fit((X, y), val, steps=45)
+    assert one._grad_fn.blocks  # laid out, however many steps a fit has
+    parts = _trainer(0, X.shape[1])
+    for steps in (3, 40, 45):  # a 3-step fit, then continued
+        parts.continue_fit((X, y), val, steps=steps - parts.step)
+    np.testing.assert_array_equal(parts.model.params["W"], one.model.params["W"])
+    first = _trainer(0, X.shape[1])
+    first.callbacks.append(Checkpoint(tmp_path / "ck.npz", 42, True))
+    first.fit((X, y), val, steps=43)
+    resumed = _trainer(5, X.shape[1])
+    resumed.load_state_dict(*load_checkpoint(tmp_path / "ck-step42.npz"))
+    resumed.fit((X, y), val, steps=45)  # 3 steps left
+    np.testing.assert_array_equal(resumed.model.params["W"], one.model.params["W"])
+    strip = [{**r, "time": 0} for r in one.history.records]
+    assert [{**r, "time": 0} for r in resumed.history.records] == strip
+    assert [{**r, "time": 0} for r in parts.history.records] == strip
 
 
 def test_mini_batches_weights_and_transforms_keep_the_plain_gradient():

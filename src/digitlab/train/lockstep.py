@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from digitlab.models.linear import RowBlocks, can_stack, row_blocks, stacked_loss_and_grad
-from digitlab.train.batching import BLOCKED_MIN_STEPS, ArrayPair, is_source
+from digitlab.train.batching import ArrayPair, is_source
 from digitlab.train.callbacks import History
 from digitlab.train.evaluation import evaluate_together
 from digitlab.train.trainer import Trainer
@@ -58,7 +58,7 @@ def fit_together(
     total = lead.end_step(epochs, steps)
     # the products skip the zero entries, block by block of rows (exactly: see row_blocks);
     # evaluations and callbacks see X as it is
-    blocks = row_blocks(X) if total - lead.step >= BLOCKED_MIN_STEPS else None
+    blocks = row_blocks(X)
     Xp = X if blocks is None else blocks
     with contextlib.ExitStack() as stack:
         for t in trainers:

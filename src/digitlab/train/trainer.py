@@ -277,8 +277,6 @@ class Trainer:
         BLAS threads, the floating-point error state, and on a normal end the parameters' check."""
         self._eval_steps = resolve_eval_every(self.eval_spec, self.steps_per_epoch)
         self.total_steps = total_steps
-        if isinstance(self._grad_fn, BlockedFullBatch):
-            self._grad_fn.steps_left = total_steps - self.step
         self._stop, self.stop_reason, self.diverged, self.aborted = False, None, False, False
         for cb in self.callbacks:
             cb.on_train_begin(self)
