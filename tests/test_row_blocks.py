@@ -352,3 +352,41 @@ def test_a_wide_float64_model_trains_from_row_blocks_too():
     plain = fit(False)
     np.testing.assert_allclose(wide.model.params["W"], plain.model.params["W"], atol=1e-10)
     assert wide.history.records[-1]["train_acc"] == plain.history.records[-1]["train_acc"]
+
+
+def test_models_with_their_own_arithmetic_are_trained_by_their_own_methods():
+    """A subclass that changes the loss (here: half of it) must not be trained by the stacked
+    products or the row blocks, which compute the library classes' arithmetic."""
+    import digitlab.train.batching as batching
+    from digitlab.models.linear import can_stack
+    from digitlab.train import Trainer
+
+    class Half(SoftmaxModel):
+        def _logit_loss_and_grad(self, z, y, scale, weight=None):
+            loss, g = super()._logit_loss_and_grad(z, y, scale, weight)
+            return loss / 2, g / 2
+
+    X, _ = _images(n=600)
+    y = _labels(X)
+    model = Half(X.shape[1], 3, init="normal", rng=0)
+    assert not model.own_arithmetic and model.own_gradient
+    assert not can_stack([model, Half(X.shape[1], 3)])
+    t = Trainer(model, schedule=0.1, batch_size="full")
+    t.fit((X, y), steps=2)
+    assert not isinstance(t._grad_fn, batching.BlockedFullBatch)
+    loss, _ = t.gradient(X, y)
+    assert loss == pytest.approx(model.loss_and_grad(X, y)[0])
+    replaced = SoftmaxModel(X.shape[1], 3)
+    replaced.logits = lambda X: np.zeros((X.shape[0], 3), np.float32)  # on the instance
+    assert not replaced.own_arithmetic and SoftmaxModel(X.shape[1], 3).own_arithmetic
+
+
+def test_release_data_drops_the_row_blocks():
+    from digitlab.train import Trainer
+
+    X, _ = _images(n=600)
+    t = Trainer(SoftmaxModel(X.shape[1], 3), schedule=0.1, batch_size="full")
+    t.fit((X, _labels(X)), steps=3)
+    assert t._grad_fn.blocks
+    t.release_data()
+    assert getattr(t._grad_fn, "blocks", None) is None and getattr(t._grad_fn, "X", None) is None

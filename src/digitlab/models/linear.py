@@ -73,6 +73,31 @@ class LinearModel(Model):
         own = type(self)._data_loss_and_grad is LinearModel._data_loss_and_grad
         return own and self.own_gradient
 
+    #: The methods whose arithmetic :func:`stacked_loss_and_grad` and the row blocks compute
+    #: in their own way; a model that overrides one of them is trained by its own methods.
+    STACKED_ARITHMETIC = (
+        "loss_and_grad",
+        "loss_sum_and_correct",
+        "logits",
+        "_affine",
+        "_data_loss_and_grad",
+        "_logit_loss_and_grad",
+        "_grouped_logit_loss_and_grad",
+    )
+
+    @property
+    def own_arithmetic(self) -> bool:
+        """Whether the loss, gradient and logits are exactly those of :class:`LogisticModel`
+        or :class:`SoftmaxModel` (none of :data:`STACKED_ARITHMETIC` overridden by a subclass
+        or replaced on the instance): what the stacked products and the row blocks compute."""
+        base = SoftmaxModel if isinstance(self, SoftmaxModel) else LogisticModel
+        if not isinstance(self, base):
+            return False
+        return all(
+            name not in vars(self) and getattr(type(self), name) is getattr(base, name)
+            for name in self.STACKED_ARITHMETIC
+        )
+
     def _affine(self, X: np.ndarray) -> np.ndarray:
         z = X @ self.params["W"]
         if self.bias:
@@ -523,8 +548,8 @@ STACK_MAX_OUTPUTS = 256
 
 def can_stack(models: Sequence[Model]) -> bool:
     """Whether :func:`stacked_loss_and_grad` applies and pays: linear models of one class with
-    the same shapes, bias, reduction and dtype, whose gradient method is the class's own, and
-    at most :data:`STACK_MAX_OUTPUTS` outputs each."""
+    the same shapes, bias, reduction and dtype, whose arithmetic is the class's own
+    (:attr:`LinearModel.own_arithmetic`), and at most :data:`STACK_MAX_OUTPUTS` outputs each."""
     first = models[0]
     if not isinstance(first, LinearModel) or first.params["W"].shape[1] > STACK_MAX_OUTPUTS:
         return False
@@ -532,6 +557,6 @@ def can_stack(models: Sequence[Model]) -> bool:
     return all(
         isinstance(m, LinearModel)
         and (type(m), m.params["W"].shape, m.bias, m.reduction, m.dtype) == same
-        and m.own_gradient
+        and m.own_arithmetic
         for m in models
     )
