@@ -386,6 +386,11 @@ def row_blocks(
     return RowBlocks(order, columns, blocks, X.shape[1])
 
 
+#: Rows of features with their labels: ``(columns (s,) or None for all d, rows (c, s),
+#: labels (c,))``.
+Chunk = tuple[np.ndarray | None, np.ndarray, np.ndarray]
+
+
 def stacked_loss_and_grad(
     models: Sequence[LinearModel],
     X: np.ndarray | RowBlocks,
@@ -420,27 +425,21 @@ def stacked_loss_and_grad(
     """
     first = models[0]
     if isinstance(X, RowBlocks):
-        y = _check_blocks(first, X, y)
-        blocks = list(zip(X.columns, X.blocks, strict=True))
-        n = X.shape[0]
+        chunks = list(block_chunks(first, X, y))
     else:
         X = first.check_X(X)
-        n = X.shape[0]
-        y = first.check_y(y, n)
-        blocks = [(None, X[start : start + chunk_rows]) for start in range(0, n, chunk_rows)]
-    k = first.params["W"].shape[1]
-    R = len(models)
-    WT = np.concatenate([m.params["W"].T for m in models])  # (R k, d)
-    b = np.concatenate([m.params["b"] for m in models])[:, None] if first.bias else None
+        y = first.check_y(y, X.shape[0])
+        chunks = [
+            (None, X[start : start + chunk_rows], y[start : start + chunk_rows])
+            for start in range(0, X.shape[0], chunk_rows)
+        ]
+    n, k, R = X.shape[0], first.params["W"].shape[1], len(models)
+    WT, b = _stacked_weights(models)
     scale = first._scale(n, None)
-    starts = np.cumsum([0] + [Xc.shape[0] for _, Xc in blocks])
 
-    def block(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        cols, Xc = blocks[i]
-        Z = (WT if cols is None else WT[:, cols]) @ Xc.T  # (R k, c): class-major
-        if b is not None:
-            Z += b
-        yc = y[starts[i] : starts[i + 1]]
+    def block(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        cols, Xc, yc = chunk
+        Z = _stacked_logits(WT, b, cols, Xc)
         losses = first._grouped_logit_loss_and_grad(Z.reshape(R, k, -1), yc, scale)
         gb = np.add.reduce(Z, axis=1) if b is not None else None
         return losses, Z @ Xc, gb
@@ -448,12 +447,11 @@ def stacked_loss_and_grad(
     losses = np.zeros(R)
     gW = np.zeros((R * k, X.shape[1]), dtype=first.dtype)  # the gradients, transposed
     gb = np.zeros(R * k, dtype=first.dtype)
-    threads = min(fit_threads(), len(blocks) // 2)
-    macs = max(Xc.size for _, Xc in blocks) * R * k
+    threads = min(fit_threads(), len(chunks) // 2)
+    macs = max(Xc.size for _, Xc, _ in chunks) * R * k
     side_by_side = threads > 1 and macs >= PARALLEL_BLOCK_MACS
-    index = range(len(blocks))
-    parts = map_in_order(block, index, threads) if side_by_side else map(block, index)
-    for (cols, _), (part_losses, part_gW, part_gb) in zip(blocks, parts, strict=True):
+    parts = map_in_order(block, chunks, threads) if side_by_side else map(block, chunks)
+    for (cols, _, _), (part_losses, part_gW, part_gb) in zip(chunks, parts, strict=True):
         losses += part_losses  # summed in the blocks' order whichever thread computed them
         if cols is None:
             gW += part_gW
@@ -470,31 +468,43 @@ def stacked_loss_and_grad(
     return out
 
 
-def _check_blocks(model: LinearModel, blocks: RowBlocks, y: np.ndarray) -> np.ndarray:
-    """The labels ``y (n,)`` in the blocks' order, once the blocks are checked to fit ``model``."""
+def block_chunks(model: LinearModel, blocks: RowBlocks, y: np.ndarray) -> Iterator[Chunk]:
+    """Each block of ``blocks`` as a :data:`Chunk` with its labels, once the blocks are checked
+    to fit ``model``; ``y (n,)`` in the rows' stored order."""
     if blocks.shape[1] != model.n_features or blocks.dtype != model.dtype:
         raise ShapeError(
             f"row blocks of shape {blocks.shape} in {blocks.dtype} do not fit this model "
             f"(n, {model.n_features}) in {model.dtype}"
         )
-    return model.check_y(y, blocks.shape[0])[blocks.order]
-
-
-def block_chunks(
-    blocks: RowBlocks, y: np.ndarray
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(columns (s,), rows (c, s), labels (c,))`` of each block, for
-    :func:`stacked_loss_sums_and_correct`; ``y (n,)`` in the rows' stored order."""
-    y = y[blocks.order]
+    y = model.check_y(y, blocks.shape[0])[blocks.order]
     start = 0
     for cols, Xc in zip(blocks.columns, blocks.blocks, strict=True):
         yield cols, Xc, y[start : start + Xc.shape[0]]
         start += Xc.shape[0]
 
 
+def _stacked_weights(models: Sequence[LinearModel]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The models' weights one above the other, ``W^T (R k, d)``, and biases ``(R k, 1)`` or
+    None."""
+    WT = np.concatenate([m.params["W"].T for m in models])
+    b = np.concatenate([m.params["b"] for m in models])[:, None] if models[0].bias else None
+    return WT, b
+
+
+def _stacked_logits(
+    WT: np.ndarray, b: np.ndarray | None, cols: np.ndarray | None, Xc: np.ndarray
+) -> np.ndarray:
+    """The logits of all models on rows ``Xc (c, s)`` holding the columns ``cols``, class-major
+    ``(R k, c)``, so that the softmax reduces across rows."""
+    Z = (WT if cols is None else WT[:, cols]) @ Xc.T
+    if b is not None:
+        Z += b
+    return Z
+
+
 def stacked_loss_sums_and_correct(
     models: Sequence[LinearModel],
-    chunks: Iterable[tuple[np.ndarray | None, np.ndarray, np.ndarray]],
+    chunks: Iterable[Chunk],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each model's summed cross-entropy and count of right predictions over ``chunks`` of
     rows (what :meth:`~digitlab.models.base.Model.loss_sum_and_correct` gives, up to float
@@ -515,13 +525,10 @@ def stacked_loss_sums_and_correct(
     """
     first = models[0]
     k, R = first.params["W"].shape[1], len(models)
-    WT = np.concatenate([m.params["W"].T for m in models])  # (R k, d)
-    b = np.concatenate([m.params["b"] for m in models])[:, None] if first.bias else None
+    WT, b = _stacked_weights(models)
     sums, correct = np.zeros(R), np.zeros(R, dtype=np.int64)
     for cols, Xc, yc in chunks:
-        Z = (WT if cols is None else WT[:, cols]) @ Xc.T  # (R k, c)
-        if b is not None:
-            Z += b
+        Z = _stacked_logits(WT, b, cols, Xc)
         if isinstance(first, LogisticModel):
             for r in range(R):
                 sums[r] += binary_cross_entropy(Z[r], yc)

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from digitlab.errors import ShapeError
 from digitlab.models.base import Model
 from digitlab.train.batching import Rows, is_source, row_chunks
 
@@ -62,9 +61,7 @@ def evaluate_together(models: list[Model], X: Any, y: np.ndarray) -> list[dict[s
 
     n, first = X.shape[0], models[0]
     if isinstance(X, RowBlocks):
-        if X.shape[1] != first.n_features or X.dtype != first.dtype:
-            raise ShapeError(f"row blocks of shape {X.shape} in {X.dtype} do not fit the models")
-        chunks: Any = block_chunks(X, first.check_y(y, n))
+        chunks: Any = block_chunks(first, X, y)
     else:
         chunks = (
             (None, first.check_X(rows), first.check_y(y[start : start + len(rows)], len(rows)))

@@ -399,9 +399,9 @@ class Trainer:
     def _evaluate(self, name: str, X: Any, y: np.ndarray) -> dict[str, float]:
         """:func:`evaluate` of one split; the training rows from the fit's row blocks when the
         full-batch gradient laid them out (the products skip the zero entries)."""
-        blocks = getattr(self._grad_fn, "blocks", None)
-        if name == "train" and blocks and X is self._grad_fn.X:
-            return evaluate_together([self.model], blocks, y)[0]
+        fn = self._grad_fn
+        if name == "train" and isinstance(fn, BlockedFullBatch) and fn.blocks and X is fn.X:
+            return evaluate_together([self.model], fn.blocks, y)[0]
         return evaluate(self.model, X, y, self._weight if name == "train" else None)
 
     # ------------------------------------------------------------------ control and checks
