@@ -152,7 +152,7 @@ def test_a_mini_batch_fit_resolves_the_choices(monkeypatch):
     plain = model.loss_and_grad(X, y)  # nothing resolved yet: the plain layout
     assert plain[1]["W"].flags.c_contiguous
     fn = Trainer(model, batch_size=64).gradient_function(64)
-    assert kernels._current["float32"].batch_transposed  # resolved by the trainer
+    assert kernels._current[np.dtype(np.float32)].batch_transposed  # resolved by the trainer
     loss, g = fn(X, y)
     assert g["W"].flags.f_contiguous and not g["W"].flags.c_contiguous
     assert loss == pytest.approx(plain[0], rel=1e-6)
