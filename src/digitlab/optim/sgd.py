@@ -7,7 +7,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from digitlab import blas
 from digitlab.errors import CheckpointError
+from digitlab.kernels import NARROW_COLUMNS
 from digitlab.models.functional import LinearGrad, rank1_update_
 from digitlab.optim.base import SlotOptimizer
 
@@ -24,7 +26,9 @@ class SGD(SlotOptimizer):
         ``mu`` in [0, 1).
 
     Its slots are the velocity arrays (none for plain descent). It applies a single-sample
-    factored gradient as a rank-1 update (``supports_rank1``).
+    factored gradient as a rank-1 update (``supports_rank1``), and with momentum a batch's
+    factored gradient of a wide layer as one GEMM into the velocity
+    (:attr:`fuses_batch_gradients`).
     """
 
     name: ClassVar[str] = "sgd"
@@ -40,6 +44,17 @@ class SGD(SlotOptimizer):
         super().__init_subclass__(**kwargs)
         if "step" in vars(cls) and "supports_rank1" not in vars(cls):
             cls.supports_rank1 = False
+
+    @property
+    def fuses_batch_gradients(self) -> bool:
+        """Whether a batch's factored gradients save work here: with momentum, ``v <- mu v +
+        a^T delta`` is one BLAS call into the velocity (:func:`digitlab.blas.gemm_tn_`; no
+        gradient array, two passes over the velocity fewer), when NumPy's BLAS is reachable
+        and :meth:`apply_one`, :meth:`update` and :meth:`step` are this class's own (a subclass
+        changing the rule gets arrays)."""
+        cls, own = type(self), ("step", "apply_one", "update", "_batch_step")
+        same = all(getattr(cls, name) is getattr(SGD, name) for name in own)
+        return bool(self.momentum) and same and blas.available()
 
     @property
     def velocity(self) -> dict[str, np.ndarray]:
@@ -59,12 +74,18 @@ class SGD(SlotOptimizer):
         - momentum: ``v <- mu v + x d^T`` (``ger``), ``v += decay p``, ``p -= lr v``.
 
         These equal the array formulas to float rounding (tests/test_optim.py). From a batch,
+        with momentum, no decay and more than :data:`~digitlab.kernels.NARROW_COLUMNS` columns,
+        ``v <- mu v + a^T delta`` is one GEMM into ``v`` (:meth:`_batch_step`, up to
+        :data:`digitlab.blas.ONE_BLOCK_ROWS` rows; bit for bit the array formula); otherwise
         ``g`` is formed (``LinearGrad.dense``) and applied as an array.
         """
-        if isinstance(g, LinearGrad) and g.a.shape[0] == 1:
-            self._rank1_step(k, p, g, lr)
-        else:
-            super().apply_one(k, p, g, lr)
+        if isinstance(g, LinearGrad):
+            if g.a.shape[0] == 1:
+                self._rank1_step(k, p, g, lr)
+                return
+            if self.momentum and self._batch_step(k, p, g, lr):
+                return
+        super().apply_one(k, p, g, lr)
 
     def update(self, p: np.ndarray, g: np.ndarray, slots: list[np.ndarray], lr: float) -> None:
         if not slots:
@@ -74,6 +95,22 @@ class SGD(SlotOptimizer):
         v *= self.momentum
         v += g
         p -= lr * v
+
+    def _batch_step(self, k: str, p: np.ndarray, g: LinearGrad, lr: float) -> bool:
+        """Momentum step from a batch's factored gradient with the velocity written by one
+        GEMM; False (nothing changed) for a narrow layer (its product's layout is a
+        calibrated choice, :func:`digitlab.kernels.transposed`), with weight decay (the array
+        formula adds it to the gradient before the velocity: another rounding), for a batch
+        of more than :data:`digitlab.blas.ONE_BLOCK_ROWS` rows (BLAS would add its blocks'
+        sums to ``mu v`` one by one) or where the GEMM cannot be called directly. So the step
+        is bit for bit the array formula's whether or not NumPy's BLAS is reachable."""
+        if g.decay or g.delta.shape[1] <= NARROW_COLUMNS or g.a.shape[0] > blas.ONE_BLOCK_ROWS:
+            return False  # with decay, mu v + (a^T delta + decay p) keeps its own rounding
+        v = self.slot("velocity", k, p)
+        if not blas.gemm_tn_(v, g.a, g.delta, self.momentum):
+            return False
+        p -= lr * v
+        return True
 
     def _rank1_step(self, k: str, p: np.ndarray, g: LinearGrad, lr: float) -> None:
         x, d = g.a[0], g.delta[0]  # the gradient is outer(x, d) + decay p

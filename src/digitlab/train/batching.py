@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from digitlab import kernels
+from digitlab import blas, kernels
 from digitlab.errors import ConfigError, ShapeError
 
 BatchSpec = int | float | str
@@ -191,10 +191,13 @@ def gradient_method(
     Single-sample SGD asks for factored gradients (``loss_and_grad_factored``) when the
     optimiser declares ``supports_rank1`` (it applies them as one BLAS rank-1 update per
     weight matrix, the arithmetic of ``loss_and_grad`` + its array step to float rounding).
-    A model whose ``loss_and_grad`` is replaced is called as is. A batch of more than
-    ``2 * CHUNK_ROWS`` rows is worked through in blocks of the rows that this host's kernel
-    choices give (:mod:`digitlab.kernels`: 1,024, or the whole batch at once); a batch of two
-    or more rows resolves those choices, which also say how a narrow gradient is multiplied.
+    Batches of up to ``blas.ONE_BLOCK_ROWS`` rows get factored gradients too when the
+    optimiser writes them into its state in one BLAS call (``fuses_batch_gradients``:
+    momentum SGD). A model whose ``loss_and_grad`` is replaced is called as is. A batch of
+    more than ``2 * CHUNK_ROWS`` rows is worked through in blocks of the rows that this
+    host's kernel choices give (:mod:`digitlab.kernels`: 1,024, or the whole batch at once);
+    a batch of two or more rows resolves those choices, which also say how a narrow gradient
+    is multiplied.
     """
     if batch_size == 1 and model.own_gradient and optimizer.supports_rank1:
         return model.loss_and_grad_factored
@@ -202,6 +205,8 @@ def gradient_method(
         rows = kernels.choices(model.dtype).rows  # measured on this host (both layouts)
         if rows and batch_size > 2 * CHUNK_ROWS:
             return functools.partial(model.loss_and_grad, chunk_rows=rows)
+        if batch_size <= blas.ONE_BLOCK_ROWS and getattr(optimizer, "fuses_batch_gradients", False):
+            return model.loss_and_grad_factored
     return model.loss_and_grad
 
 
