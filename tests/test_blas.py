@@ -8,8 +8,8 @@ import pytest
 from digitlab import MLPModel, SoftmaxModel, blas
 from digitlab.models.functional import LinearGrad
 from digitlab.optim import SGD, Adam
-from digitlab.train import Trainer
-from digitlab.train.batching import gradient_method
+from digitlab.train import Callback, Trainer
+from digitlab.train.batching import FactoredBatches, gradient_method
 
 needs_blas = pytest.mark.skipif(not blas.available(), reason="NumPy's BLAS not reachable")
 
@@ -57,6 +57,7 @@ def test_gemm_into_past_one_block_equals_to_rounding():
     np.testing.assert_allclose(c, expected, rtol=1e-12, atol=1e-12)
 
 
+@needs_blas
 @pytest.mark.parametrize(
     "case",
     ["fortran a", "strided b", "dtype mix", "shape", "overlap", "read-only", "empty", "3-d"],
@@ -113,15 +114,37 @@ class _CountingSGD(SGD):
         super().update(p, g, slots, lr)
 
 
+def test_a_kernel_rounding_otherwise_is_not_used(monkeypatch):
+    """The probe compares with NumPy bit for bit: a BLAS whose small-matrix kernel rounds
+    ``beta c + a^T b`` once (OpenBLAS's SkylakeX family) is turned down."""
+
+    def fused_rounding(fn, c, a, b, beta):
+        wide = np.float64 if c.dtype == np.float32 else np.longdouble
+        exact = beta * c.astype(wide) + a.T.astype(wide) @ b.astype(wide)
+        c[...] = exact.astype(c.dtype)
+
+    fns = {np.dtype(np.float32): None, np.dtype(np.float64): None}
+    monkeypatch.setattr(blas, "_call", fused_rounding)
+    assert not blas._exact(fns)
+
+
 @needs_blas
-def test_only_momentum_sgd_of_its_own_rule_asks_for_factored_batches():
+def test_only_momentum_sgd_of_its_own_rule_on_a_wide_layer_asks_for_factored_batches():
     model = MLPModel(20, 3, hidden=(80,), rng=0)
-    assert gradient_method(model, SGD(0.9), 32) == model.loss_and_grad_factored
+    assert isinstance(gradient_method(model, SGD(0.9), 32), FactoredBatches)
     assert gradient_method(model, SGD(0.0), 32) == model.loss_and_grad
     assert gradient_method(model, Adam(), 32) == model.loss_and_grad
     assert gradient_method(model, _CountingSGD(0.9), 32) == model.loss_and_grad
     big = blas.ONE_BLOCK_ROWS + 1
     assert gradient_method(model, SGD(0.9), big) == model.loss_and_grad
+    narrow = MLPModel(20, 3, hidden=(64,), rng=0)  # nothing to fuse: arrays as before
+    assert gradient_method(narrow, SGD(0.9), 32) == narrow.loss_and_grad
+    softmax = SoftmaxModel(20, 10, rng=0)
+    assert gradient_method(softmax, SGD(0.9), 32) == softmax.loss_and_grad
+    patched = SGD(0.9)
+    patched.update = lambda p, g, slots, lr: None  # a rule replaced on the instance
+    assert not patched.fuses_batch_gradients
+    assert not _CountingSGD.supports_rank1  # its update would be skipped by the rank-1 path
 
 
 def _fit(model, optimizer, X, y, batch_size=32):
@@ -139,21 +162,35 @@ def data():
 
 
 @needs_blas
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("l2", [0.0, 1e-3])
-def test_fused_training_equals_the_array_formulas_bit_for_bit(data, dtype, l2, monkeypatch):
+@pytest.mark.parametrize(
+    ("dtype", "l2", "inputs", "rows"),
+    [
+        (np.float32, 0.0, 20, 300),
+        (np.float64, 0.0, 20, 300),
+        (np.float32, 1e-3, 20, 300),  # decay: the arrays
+        (np.float32, 0.0, 20, 289),  # 289 = 9 x 32 + 1: a last batch of one row
+        (np.float32, 1e-3, 20, 289),
+        (np.float64, 0.0, 1, 300),  # one input: NumPy's product is a matrix-vector one
+    ],
+)
+def test_fused_training_equals_the_array_formulas_bit_for_bit(
+    data, dtype, l2, inputs, rows, monkeypatch
+):
     """An MLP with a wide hidden layer, momentum SGD: the same parameters whether the velocity
     is written by one GEMM or by NumPy's passes (and the GEMM path is taken)."""
     X, y = data
+    X, y = X[:rows, :inputs], y[:rows]
     calls = []
     real = blas.gemm_tn_
     monkeypatch.setattr(blas, "gemm_tn_", lambda *a: calls.append(a[1].shape) or real(*a))
 
     def make():
-        return MLPModel(20, 3, hidden=(80,), activation="tanh", l2=l2, dtype=dtype, rng=0)
+        return MLPModel(inputs, 3, hidden=(80,), activation="tanh", l2=l2, dtype=dtype, rng=0)
 
     fused = _fit(make(), SGD(0.9), X, y)
-    assert bool(calls) == (l2 == 0.0)  # W1 (20 x 80) only: W2 is narrow; decay: arrays
+    # W1 (inputs x 80) only: W2 is narrow; decay and one input: arrays
+    assert bool(calls) == (l2 == 0.0 and inputs > 1)
+    assert all(n > 1 for n, _ in calls)  # the one-row batch took loss_and_grad's arrays
     monkeypatch.setenv(blas.ENV, "0")
     blas._gemm_functions.cache_clear()
     try:
@@ -187,3 +224,32 @@ def test_a_narrow_factored_gradient_takes_the_array_formula():
     assert isinstance(a.loss_and_grad_factored(X, y)[1]["W"], LinearGrad)
     for k in a.params:
         np.testing.assert_array_equal(a.params[k], b.params[k])
+
+
+class _Grads(Callback):
+    """Records each evaluated step's gradients and its gradient recomputed with arrays."""
+
+    def __init__(self, model):
+        self.model, self.seen = model, []
+
+    def measure(self, trainer, step):
+        check = self.model.copy()
+        check.params.update({k: v.copy() for k, v in step.before.items()})
+        self.seen.append((dict(step.grads), check.loss_and_grad(step.X, step.y)[1]))
+        return {"scaled": float(np.abs(-0.1 * step.grads["W1"]).sum())}  # arrays: no TypeError
+
+
+@pytest.mark.parametrize("batch_size", [1, 32])
+def test_callbacks_measure_array_gradients(data, batch_size):
+    """A measure sees arrays, equal to the model's array gradient at the step's weights, also
+    where the update used them factored (rank-1 steps, the velocity GEMM)."""
+    X, y = data
+    model = MLPModel(20, 3, hidden=(80,), l2=0.0, rng=0)
+    spy = _Grads(model)
+    Trainer(model, optimizer=SGD(0.9), schedule=0.05, batch_size=batch_size, rng=1,
+            eval_every=7, callbacks=[spy]).fit((X[:64], y[:64]), steps=14)  # fmt: skip
+    assert len(spy.seen) == 2
+    for grads, expected in spy.seen:
+        for k, g in grads.items():
+            assert isinstance(g, np.ndarray), k
+            np.testing.assert_array_equal(g, expected[k], err_msg=k)

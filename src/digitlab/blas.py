@@ -14,9 +14,16 @@ along the summed axis (up to :data:`ONE_BLOCK_ROWS` rows) the result is bit for 
 ``beta * c + a.T @ b`` as NumPy computes it (``tests/test_blas.py``); with more rows the block
 sums are added to ``C`` one by one, equal to float rounding.
 
-Where NumPy's BLAS is not such a library (another build, a platform without it) or the arrays
-do not suit it, :func:`gemm_tn_` returns False and the caller computes the same with NumPy.
-``DIGITLAB_NUMPY_BLAS=0`` turns the direct calls off.
+Those equalities are checked, not assumed: before its first use the call is compared with NumPy
+on probe shapes spanning the sizes it serves, and used only if every entry agrees bit for bit.
+Some kernel families do not agree: OpenBLAS's SkylakeX family (and its successors, and the
+SVE kernels of arm64) computes small products with kernels that round ``beta C + A B`` once,
+and some families sum fewer rows per block; there the arrays are used.
+
+Where NumPy's BLAS is not such a library (another build, a platform without it), disagrees with
+NumPy, or the arrays do not suit it, :func:`gemm_tn_` returns False and the caller computes the
+same with NumPy. ``DIGITLAB_NUMPY_BLAS=0`` (or ``off``) turns the direct calls off; it is read
+once per process, at the first use.
 """
 
 from __future__ import annotations
@@ -46,11 +53,13 @@ def _numpy_blas_path() -> str | None:
     inside NumPy's installation, or threadpoolctl is missing)."""
     try:
         from threadpoolctl import threadpool_info
-    except ImportError:  # pragma: no cover - a declared dependency
+
+        infos = threadpool_info()
+    except Exception:  # missing, or failing to inspect this platform's libraries
         return None
     here = Path(np.__file__).resolve().parent
     roots = (here, here.parent / "numpy.libs")  # macOS: numpy/.dylibs; Linux, Windows: numpy.libs
-    for info in threadpool_info():
+    for info in infos:
         path = Path(info.get("filepath") or "")
         if info.get("internal_api") != "openblas" or not path.name.startswith("libscipy_openblas"):
             continue
@@ -62,9 +71,10 @@ def _numpy_blas_path() -> str | None:
 
 @functools.cache
 def _gemm_functions() -> dict[np.dtype, Any] | None:
-    """``{float32: sgemm, float64: dgemm}`` bound with their C signatures, after a check on a
-    small product; None where NumPy's BLAS cannot be reached (or is turned off)."""
-    if os.environ.get(ENV, "").strip() == "0":
+    """``{float32: sgemm, float64: dgemm}`` bound with their C signatures, once they gave
+    NumPy's numbers on the probe shapes (:func:`_exact`); None where NumPy's BLAS cannot be
+    reached, disagrees, or is turned off."""
+    if os.environ.get(ENV, "").strip().lower() in ("0", "off", "false", "no"):
         return None
     path = _numpy_blas_path()
     if path is None:
@@ -87,20 +97,30 @@ def _gemm_functions() -> dict[np.dtype, Any] | None:
             fn.argtypes = [i, i, i, n, n, n, real, p, n, p, n, real, p, n]
             fn.restype = None
             fns[dtype] = fn
-        return fns if _agrees(fns) else None
+        return fns if _exact(fns) else None
     return None
 
 
-def _agrees(fns: dict[np.dtype, Any]) -> bool:
-    """Whether the bound functions compute ``beta c + a^T b`` on small arrays (a wrong
-    signature would give other numbers)."""
+#: Probe shapes ``(n, p, q)`` of :func:`_exact`: from a few thousand multiply-adds (where some
+#: kernel families switch to small-matrix kernels) to an MLP layer's 784 x 400, and
+#: :data:`ONE_BLOCK_ROWS` rows (a family summing fewer rows per block disagrees there).
+PROBES = ((2, 20, 80), (32, 20, 80), (16, 70, 65), (128, 100, 100), (ONE_BLOCK_ROWS, 300, 100),
+          (128, 784, 400))  # fmt: skip
+
+
+def _exact(fns: dict[np.dtype, Any]) -> bool:
+    """Whether the bound functions give NumPy's ``c *= beta; c += a.T @ b`` bit for bit on
+    :data:`PROBES` (a wrong signature or a kernel rounding otherwise gives other numbers);
+    about 3 ms, once per process."""
     rng = np.random.default_rng(0)
     for dtype, fn in fns.items():
-        a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((7, 5), (7, 3), (5, 3)))
-        expected = dtype.type(0.5) * c + a.T @ b
-        _call(fn, c, a, b, 0.5)
-        if not np.allclose(c, expected, rtol=1e-5, atol=1e-6):
-            return False
+        for n, p, q in PROBES:
+            a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((n, p), (n, q), (p, q)))
+            expected = c * dtype.type(0.9)
+            expected += a.T @ b
+            _call(fn, c, a, b, 0.9)
+            if not np.array_equal(c, expected):
+                return False
     return True
 
 
@@ -142,6 +162,7 @@ def gemm_tn_(c: np.ndarray, a: np.ndarray, b: np.ndarray, beta: float) -> bool:
     b : ndarray (n, q)
         Same dtype as ``c``, C-contiguous.
     beta : float
+        With 0, ``c``'s old values are not read (BLAS: a NaN there does not propagate).
 
     Returns
     -------

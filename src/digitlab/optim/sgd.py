@@ -39,10 +39,14 @@ class SGD(SlotOptimizer):
     def __init__(self, momentum: float = 0.0) -> None:
         super().__init__(momentum=momentum)
 
+    #: The methods whose arithmetic the factored paths (rank-1, velocity GEMM) replace.
+    RULE_METHODS: ClassVar[tuple[str, ...]] = ("step", "apply_one", "update")
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A subclass that replaces :meth:`step` gets factored gradients only if it says so."""
+        """A subclass that replaces :meth:`step`, :meth:`apply_one` or :meth:`update` gets
+        factored gradients only if it says so (``supports_rank1``)."""
         super().__init_subclass__(**kwargs)
-        if "step" in vars(cls) and "supports_rank1" not in vars(cls):
+        if any(m in vars(cls) for m in cls.RULE_METHODS) and "supports_rank1" not in vars(cls):
             cls.supports_rank1 = False
 
     @property
@@ -52,8 +56,11 @@ class SGD(SlotOptimizer):
         gradient array, two passes over the velocity fewer), when NumPy's BLAS is reachable
         and :meth:`apply_one`, :meth:`update` and :meth:`step` are this class's own (a subclass
         changing the rule gets arrays)."""
-        cls, own = type(self), ("step", "apply_one", "update", "_batch_step")
-        same = all(getattr(cls, name) is getattr(SGD, name) for name in own)
+        own = (*self.RULE_METHODS, "_batch_step")
+        same = all(
+            name not in vars(self) and getattr(type(self), name) is getattr(SGD, name)
+            for name in own
+        )
         return bool(self.momentum) and same and blas.available()
 
     @property
@@ -102,10 +109,14 @@ class SGD(SlotOptimizer):
         calibrated choice, :func:`digitlab.kernels.transposed`), with weight decay (the array
         formula adds it to the gradient before the velocity: another rounding), for a batch
         of more than :data:`digitlab.blas.ONE_BLOCK_ROWS` rows (BLAS would add its blocks'
-        sums to ``mu v`` one by one) or where the GEMM cannot be called directly. So the step
+        sums to ``mu v`` one by one), for a layer of one input (NumPy's product is then a
+        matrix-vector one) or where the GEMM cannot be called directly. So the step
         is bit for bit the array formula's whether or not NumPy's BLAS is reachable."""
-        if g.decay or g.delta.shape[1] <= NARROW_COLUMNS or g.a.shape[0] > blas.ONE_BLOCK_ROWS:
+        (n, inputs), outputs = g.a.shape, g.delta.shape[1]
+        if g.decay or outputs <= NARROW_COLUMNS or not 2 <= n <= blas.ONE_BLOCK_ROWS:
             return False  # with decay, mu v + (a^T delta + decay p) keeps its own rounding
+        if inputs < 2:  # NumPy multiplies a (1, n) @ (n, q) as a matrix-vector product
+            return False
         v = self.slot("velocity", k, p)
         if not blas.gemm_tn_(v, g.a, g.delta, self.momentum):
             return False

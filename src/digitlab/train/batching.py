@@ -191,13 +191,14 @@ def gradient_method(
     Single-sample SGD asks for factored gradients (``loss_and_grad_factored``) when the
     optimiser declares ``supports_rank1`` (it applies them as one BLAS rank-1 update per
     weight matrix, the arithmetic of ``loss_and_grad`` + its array step to float rounding).
-    Batches of up to ``blas.ONE_BLOCK_ROWS`` rows get factored gradients too when the
-    optimiser writes them into its state in one BLAS call (``fuses_batch_gradients``:
-    momentum SGD). A model whose ``loss_and_grad`` is replaced is called as is. A batch of
-    more than ``2 * CHUNK_ROWS`` rows is worked through in blocks of the rows that this
-    host's kernel choices give (:mod:`digitlab.kernels`: 1,024, or the whole batch at once);
-    a batch of two or more rows resolves those choices, which also say how a narrow gradient
-    is multiplied.
+    Batches of up to ``blas.ONE_BLOCK_ROWS`` rows get factored gradients too
+    (:class:`FactoredBatches`) when the optimiser writes them into its state in one BLAS call
+    (``fuses_batch_gradients``: momentum SGD) and a weight matrix is wide enough for that
+    (more than ``kernels.NARROW_COLUMNS`` columns). A model whose ``loss_and_grad`` is
+    replaced is called as is. A batch of more than ``2 * CHUNK_ROWS`` rows is worked through
+    in blocks of the rows that this host's kernel choices give (:mod:`digitlab.kernels`:
+    1,024, or the whole batch at once); a batch of two or more rows resolves those choices,
+    which also say how a narrow gradient is multiplied.
     """
     if batch_size == 1 and model.own_gradient and optimizer.supports_rank1:
         return model.loss_and_grad_factored
@@ -205,9 +206,26 @@ def gradient_method(
         rows = kernels.choices(model.dtype).rows  # measured on this host (both layouts)
         if rows and batch_size > 2 * CHUNK_ROWS:
             return functools.partial(model.loss_and_grad, chunk_rows=rows)
-        if batch_size <= blas.ONE_BLOCK_ROWS and getattr(optimizer, "fuses_batch_gradients", False):
-            return model.loss_and_grad_factored
+        wide = any(model.params[k].shape[-1] > kernels.NARROW_COLUMNS for k in model.weights)
+        fuses = getattr(optimizer, "fuses_batch_gradients", False)
+        if wide and batch_size <= blas.ONE_BLOCK_ROWS and fuses:
+            return FactoredBatches(model)
     return model.loss_and_grad
+
+
+class FactoredBatches:
+    """``model.loss_and_grad_factored`` for batches of two or more rows, ``loss_and_grad`` for
+    a batch of one (an epoch's last, say): a one-row factored gradient would be applied as a
+    rank-1 update, whose rounding differs from the array step the other batches' rule
+    reproduces bit for bit."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __call__(self, X: np.ndarray, y: np.ndarray, **kw: Any) -> tuple[float, Any]:
+        if np.shape(X)[0] > 1:
+            return self.model.loss_and_grad_factored(X, y, **kw)
+        return self.model.loss_and_grad(X, y, **kw)
 
 
 class BlockedFullBatch:

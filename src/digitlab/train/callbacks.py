@@ -59,9 +59,9 @@ class Step:
     y : ndarray of int (b,)
     loss : float
         The batch's objective.
-    grads : mapping of name -> ndarray or LinearGrad
-        The gradient the update used, keyed like the parameters. A weight matrix's entry may be
-        a :class:`~digitlab.models.functional.LinearGrad`; ``g.dense(W)`` gives the array.
+    grads : mapping of name -> ndarray
+        The gradient the update used, keyed like the parameters (arrays, also where the update
+        applied a weight matrix's gradient in factored form).
     lr : float
         The learning rate of the step.
     before : dict of ndarray

@@ -28,6 +28,7 @@ from digitlab import kernels
 from digitlab.checkpoint import save_checkpoint
 from digitlab.errors import ConfigError, DivergenceError, ShapeError
 from digitlab.models.base import Model, as_generator
+from digitlab.models.functional import LinearGrad
 from digitlab.optim.base import Optimizer
 from digitlab.optim.schedules import Constant, Schedule
 from digitlab.optim.sgd import SGD
@@ -355,7 +356,14 @@ class Trainer:
         if self.pos >= self.steps_per_epoch:
             self.pos, self.epoch = 0, self.epoch + 1
         self.elapsed = time.perf_counter() - self._t0
-        return Step(X, y, loss, grads, lr, before) if evaluating else None
+        if not evaluating:
+            return None
+        # the callbacks' measures get arrays: a factored gradient formed once, from the rows
+        # and the weights it was computed at (its factors are intact until the next batch)
+        dense = {
+            k: g.dense(before[k]) if isinstance(g, LinearGrad) else g for k, g in grads.items()
+        }
+        return Step(X, y, loss, dense, lr, before)
 
     def finish_step(
         self, loss: float, step: Step | None, results: dict[str, dict[str, float]] | None = None
