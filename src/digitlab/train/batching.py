@@ -207,8 +207,9 @@ def gradient_method(
         if rows and batch_size > 2 * CHUNK_ROWS:
             return functools.partial(model.loss_and_grad, chunk_rows=rows)
         wide = any(model.params[k].shape[-1] > kernels.NARROW_COLUMNS for k in model.weights)
-        fuses = getattr(optimizer, "fuses_batch_gradients", False)
-        if wide and batch_size <= blas.ONE_BLOCK_ROWS and fuses:
+        # asked last: the first ask probes NumPy's BLAS (about 50 ms, once per process)
+        small = batch_size <= blas.ONE_BLOCK_ROWS
+        if wide and small and getattr(optimizer, "fuses_batch_gradients", False):
             return FactoredBatches(model)
     return model.loss_and_grad
 
