@@ -60,7 +60,8 @@ def test_gemm_into_past_one_block_equals_to_rounding():
 @needs_blas
 @pytest.mark.parametrize(
     "case",
-    ["fortran a", "strided b", "dtype mix", "shape", "overlap", "read-only", "empty", "3-d"],
+    ["fortran a", "strided b", "dtype mix", "byte order", "shape", "overlap", "read-only",
+     "empty", "3-d"],  # fmt: skip
 )
 def test_unsuitable_arrays_are_left_to_numpy(case):
     a, b, c = _arrays(16, 6, 5, np.float32)
@@ -70,6 +71,8 @@ def test_unsuitable_arrays_are_left_to_numpy(case):
         b = np.repeat(b, 2, axis=1)[:, ::2]
     elif case == "dtype mix":
         b = b.astype(np.float64)
+    elif case == "byte order":
+        a, b, c = (x.astype(">f4") for x in (a, b, c))
     elif case == "shape":
         c = c[:, :4].copy()
     elif case == "overlap":
