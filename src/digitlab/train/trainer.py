@@ -358,12 +358,14 @@ class Trainer:
         self.elapsed = time.perf_counter() - self._t0
         if not evaluating:
             return None
-        # the callbacks' measures get arrays: a factored gradient formed once, from the rows
-        # and the weights it was computed at (its factors are intact until the next batch)
-        dense = {
-            k: g.dense(before[k]) if isinstance(g, LinearGrad) else g for k, g in grads.items()
-        }
-        return Step(X, y, loss, dense, lr, before)
+        if any(getattr(cb, "measure", None) for cb in self.callbacks):
+            # the measures get arrays: a factored gradient formed once, from the rows and the
+            # weights it was computed at (its factors are intact until the next batch)
+            grads = {
+                k: g.dense(before[k]) if isinstance(g, LinearGrad) else g
+                for k, g in grads.items()
+            }
+        return Step(X, y, loss, grads, lr, before)
 
     def finish_step(
         self, loss: float, step: Step | None, results: dict[str, dict[str, float]] | None = None
