@@ -147,6 +147,8 @@ def test_only_momentum_sgd_of_its_own_rule_on_a_wide_layer_asks_for_factored_bat
     patched = SGD(0.9)
     patched.update = lambda p, g, slots, lr: None  # a rule replaced on the instance
     assert not patched.fuses_batch_gradients
+    assert gradient_method(model, patched, 1) == model.loss_and_grad  # not the rank-1 path
+    assert gradient_method(model, SGD(0.9), 1) == model.loss_and_grad_factored
     assert not _CountingSGD.supports_rank1  # its update would be skipped by the rank-1 path
 
 

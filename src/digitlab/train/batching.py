@@ -190,7 +190,8 @@ def gradient_method(
 
     Single-sample SGD asks for factored gradients (``loss_and_grad_factored``) when the
     optimiser declares ``supports_rank1`` (it applies them as one BLAS rank-1 update per
-    weight matrix, the arithmetic of ``loss_and_grad`` + its array step to float rounding).
+    weight matrix, the arithmetic of ``loss_and_grad`` + its array step to float rounding) and
+    none of its rule's methods was replaced on the instance.
     Batches of up to ``blas.ONE_BLOCK_ROWS`` rows get factored gradients too
     (:class:`FactoredBatches`) when the optimiser writes them into its state in one BLAS call
     (``fuses_batch_gradients``: momentum SGD) and a weight matrix is wide enough for that
@@ -200,7 +201,8 @@ def gradient_method(
     1,024, or the whole batch at once); a batch of two or more rows resolves those choices,
     which also say how a narrow gradient is multiplied.
     """
-    if batch_size == 1 and model.own_gradient and optimizer.supports_rank1:
+    patched = any(m in getattr(optimizer, "__dict__", {}) for m in ("step", "apply_one", "update"))
+    if batch_size == 1 and model.own_gradient and optimizer.supports_rank1 and not patched:
         return model.loss_and_grad_factored
     if batch_size > 1 and model.own_gradient:
         rows = kernels.choices(model.dtype).rows  # measured on this host (both layouts)
