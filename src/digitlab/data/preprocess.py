@@ -31,6 +31,8 @@ METHODS: dict[str, str] = {
 }
 
 _CHUNK_ROWS = 2048  # rows per block when computing the variance (bounds float64 temporaries)
+#: Rows per block of uint8 pixels copied beside their bias input (bounds that copy: 3 MB).
+_BIAS_BLOCK_ROWS = 4096
 _EPS32 = float(np.finfo(np.float32).eps)
 
 StateValue = np.ndarray | str | bool | int
@@ -174,20 +176,52 @@ class Preprocessor:
             out = np.empty(shape, dtype=dtype)
         elif out.shape != shape or out.dtype != dtype:
             raise ShapeError(f"out must be {dtype} {shape}, got {out.dtype} {out.shape}")
-        body, f = out[:, :d], dtype.type
+        if self.bias_column and x.dtype == np.uint8 and self.method != "none":
+            self._with_bias_column(x, out)
+            return out
+        self._apply(x, out[:, :d], self.mean_, self.std_)
+        if self.bias_column:
+            out[:, d] = 1.0
+        return out
+
+    def _apply(
+        self, x: np.ndarray, body: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None
+    ) -> None:
+        """The method's arithmetic from ``x (n, k)`` into ``body (n, k)`` (float)."""
+        f = body.dtype.type
         if self.method == "scale01":
             np.divide(x, f(255.0), out=body)
         elif self.method == "symmetric":
             np.divide(x, f(127.5), out=body)
             np.subtract(body, f(1.0), out=body)
         elif self.method == "standardize":
-            np.subtract(x, self.mean_, out=body)
-            np.divide(body, self.std_, out=body)
+            np.subtract(x, mean, out=body)
+            np.divide(body, std, out=body)
         else:
             body[...] = x
-        if self.bias_column:
-            out[:, d] = 1.0
-        return out
+
+    def _with_bias_column(self, x: np.ndarray, out: np.ndarray) -> None:
+        """uint8 pixels ``x (n, d)`` into ``out (n, d + 1)`` with the bias column of ones.
+
+        Written through ``out[:, :d]`` the arithmetic runs on rows with a gap (2,048 rows of
+        MNIST, "symmetric", float32: 1.23 ms); instead each block of rows is copied with one
+        more pixel whose transform is exactly 1 (255 for "scale01" and "symmetric", 1 with mean
+        0 and std 1 for "standardize") and transformed whole (0.60 ms): the same numbers, the
+        bias column included. (A plain cast, "none", is faster strided: it does not come here.)
+        """
+        n, d = x.shape
+        one = 255 if self.method in ("scale01", "symmetric") else 1
+        mean = std = None
+        if self.method == "standardize" and self.mean_ is not None and self.std_ is not None:
+            mean = np.append(self.mean_, np.float32(0.0))
+            std = np.append(self.std_, np.float32(1.0))
+        ext = np.empty((min(n, _BIAS_BLOCK_ROWS), d + 1), dtype=np.uint8)
+        ext[:, d] = one
+        for start in range(0, n, _BIAS_BLOCK_ROWS):
+            stop = min(start + _BIAS_BLOCK_ROWS, n)
+            block = ext[: stop - start]
+            block[:, :d] = x[start:stop]
+            self._apply(block, out[start:stop], mean, std)
 
     def fit_transform(self, images: np.ndarray) -> np.ndarray:
         """``fit(images)`` then ``transform(images)``; float32 (n, d[+1])."""
