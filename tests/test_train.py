@@ -639,3 +639,51 @@ def test_legacy_shuffle_draws_the_orders_of_np_random_shuffle_and_resumes(tmp_pa
                 "state"):  # fmt: skip
         with pytest.raises(CheckpointError, match="legacy_rng"):
             check_meta(meta | {"legacy_rng": bad})
+
+
+def _split_counts(monkeypatch):
+    """Counts the rows each evaluation pass reads, by split array identity."""
+    import digitlab.train.lockstep as lockstep_mod
+    import digitlab.train.trainer as trainer_mod
+
+    calls: list[int] = []
+    real_one, real_many = trainer_mod.evaluate, lockstep_mod.evaluate_together
+    monkeypatch.setattr(trainer_mod, "evaluate", lambda m, X, y, w=None: calls.append(len(y))
+                        or real_one(m, X, y, w))  # fmt: skip
+    monkeypatch.setattr(lockstep_mod, "evaluate_together", lambda ms, X, y: calls.append(len(y))
+                        or real_many(ms, X, y))  # fmt: skip
+    return calls
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_validation_on_the_test_split_is_measured_once(monkeypatch, together):
+    """Source 004 validates on the test split (``val`` is the ``test`` pair): one pass over
+    its rows per evaluation gives both records, equal to two passes'."""
+    from digitlab.train import fit_together
+
+    rng = np.random.default_rng(0)
+    X = rng.random((120, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 120)
+    train, test = (X[:90], y[:90]), (X[90:], y[90:])
+
+    def run(val):
+        trainers = [Trainer(SoftmaxModel(8, 3, rng=s), batch_size=30, rng=s, eval_every=1)
+                    for s in (0, 1)]  # fmt: skip
+        if together:
+            return [h.records for h in fit_together(trainers, train, val, test, epochs=2)]
+        return [t.fit(train, val, test, epochs=2).records for t in trainers]
+
+    calls = _split_counts(monkeypatch)
+    shared = run(test)
+    passes_shared = calls.count(30)  # passes over the 30 test rows
+    assert passes_shared > 0
+    calls.clear()
+    copy_of_test = (test[0].copy(), test[1].copy())  # equal rows, other arrays: measured
+    apart = run(copy_of_test)
+    assert calls.count(30) == 2 * passes_shared
+    for a, b in zip(shared, apart, strict=True):
+        for ra, rb in zip(a, b, strict=True):
+            assert ra["val_acc"] == ra["test_acc"] and ra["val_loss"] == ra["test_loss"]
+            for k in ra:
+                if k != "time":
+                    assert ra[k] == rb[k], k

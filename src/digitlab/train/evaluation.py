@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 
 from digitlab.models.base import Model
 from digitlab.train.batching import Rows, is_source, row_chunks
+
+T = TypeVar("T")
+
+
+def evaluate_splits_once(
+    splits: Mapping[str, tuple[Any, np.ndarray]], measure: Callable[[str, Any, np.ndarray], T]
+) -> dict[str, T]:
+    """``measure(name, X, y)`` of each split, once per pair of arrays: a validation or test
+    split holding the very arrays of one measured before it (validation on the test split, as
+    source 004 does) gets a copy of that result instead of a second pass over the same rows.
+    The training split is always measured itself (it may be weighted)."""
+    out: dict[str, T] = {}
+    for name, (X, y) in splits.items():
+        twin = next(
+            (
+                seen
+                for seen, (X2, y2) in splits.items()
+                if seen in out and "train" not in (seen, name) and X2 is X and y2 is y
+            ),
+            None,
+        )
+        out[name] = copy.deepcopy(out[twin]) if twin is not None else measure(name, X, y)
+    return out
 
 
 def predict(model: Model, X: Rows) -> np.ndarray:

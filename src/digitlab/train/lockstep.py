@@ -6,10 +6,12 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from digitlab.models.linear import RowBlocks, can_stack, row_blocks, stacked_loss_and_grad
 from digitlab.train.batching import ArrayPair, is_source
 from digitlab.train.callbacks import History
-from digitlab.train.evaluation import evaluate_together
+from digitlab.train.evaluation import evaluate_splits_once, evaluate_together
 from digitlab.train.trainer import Trainer
 
 
@@ -92,10 +94,14 @@ def _evaluate_together(
             return {}
         if any(mine[k][0] is not splits[k][0] or mine[k][1] is not splits[k][1] for k in mine):
             return {}
-    out: dict[int, dict[str, dict[str, float]]] = {id(t): {} for t in trainers}
     models = [t.model for t in trainers]
-    for name, (Xs, ys) in splits.items():
+
+    def measure(name: str, Xs: Any, ys: np.ndarray) -> list[dict[str, float]]:
         rows = blocks if Xs is X and blocks is not None else Xs
-        for t, result in zip(trainers, evaluate_together(models, rows, ys), strict=True):
-            out[id(t)][name] = result
-    return out
+        return evaluate_together(models, rows, ys)
+
+    results = evaluate_splits_once(splits, measure)  # validation on test: measured once
+    return {
+        id(t): {name: per_model[i] for name, per_model in results.items()}
+        for i, t in enumerate(trainers)
+    }

@@ -50,7 +50,7 @@ from digitlab.train.batching import (
     steps_per_epoch,
 )
 from digitlab.train.callbacks import Callback, History, Step
-from digitlab.train.evaluation import evaluate, evaluate_together
+from digitlab.train.evaluation import evaluate, evaluate_splits_once, evaluate_together
 
 Splits = dict[str, ArrayPair]
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -394,9 +394,7 @@ class Trainer:
         epoch = self.step / max(self.steps_per_epoch, 1)
         own = {"step": self.step, "epoch": epoch, "lr": self.lr, "time": self.elapsed}
         if results is None:
-            results = {
-                name: self._evaluate(name, X, y) for name, (X, y) in self.evaluated_splits().items()
-            }
+            results = evaluate_splits_once(self.evaluated_splits(), self._evaluate)
         record = evaluation_record(self.model, own, results)
         if step is not None:  # callbacks written before the measure hook have none
             for measure in filter(None, (getattr(cb, "measure", None) for cb in self.callbacks)):
