@@ -147,7 +147,8 @@ class Preprocessor:
             Optional (n, d[+1]) buffer of ``dtype`` to write into (a batch buffer, say).
         dtype
             float32, or float64: the features computed in float64 from the pixels (as code
-            that divides by ``255.0`` does), not float32 features widened.
+            that divides by ``255.0`` does), not float32 features widened ("standardize"
+            works with its float32 statistics, so its float64 features are float32 ones).
 
         Returns
         -------
@@ -213,8 +214,10 @@ class Preprocessor:
         one = 255 if self.method in ("scale01", "symmetric") else 1
         mean = std = None
         if self.method == "standardize" and self.mean_ is not None and self.std_ is not None:
-            mean = np.append(self.mean_, np.float32(0.0))
-            std = np.append(self.std_, np.float32(1.0))
+            # (d + 1,) in the statistics' own dtype: the same arithmetic as on d columns
+            m, sd = np.broadcast_to(self.mean_, (d,)), np.broadcast_to(self.std_, (d,))
+            mean = np.concatenate([m, np.zeros(1, m.dtype)])
+            std = np.concatenate([sd, np.ones(1, sd.dtype)])
         ext = np.empty((min(n, _BIAS_BLOCK_ROWS), d + 1), dtype=np.uint8)
         ext[:, d] = one
         for start in range(0, n, _BIAS_BLOCK_ROWS):

@@ -20,7 +20,9 @@ def evaluate_splits_once(
     """``measure(name, X, y)`` of each split, once per pair of arrays: a validation or test
     split holding the very arrays of one measured before it (validation on the test split, as
     source 004 does) gets a copy of that result instead of a second pass over the same rows.
-    The training split is always measured itself (it may be weighted)."""
+    The training split is always measured itself (it may be weighted). Assumes that
+    ``measure`` treats the validation and test splits alike and that a split's rows read the
+    same each time (a :class:`BatchSource` hands out fixed rows)."""
     out: dict[str, T] = {}
     for name, (X, y) in splits.items():
         twin = next(
