@@ -17,6 +17,7 @@ a reader the shapes a config implies before any array is read.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -116,6 +117,18 @@ def _check_nonneg(name: str, value: float) -> float:
     if not np.isfinite(value) or value < 0:
         raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
     return value
+
+
+def own_methods(obj: object, base: type, names: Iterable[str]) -> bool:
+    """Whether each method in ``names`` of ``obj`` is ``base``'s own: not overridden by
+    ``obj``'s class nor replaced on the instance (with ``base = type(obj)``, only a replacement
+    on the instance counts). Callers use faster relatives of such methods knowing they compute
+    the same thing."""
+    replaced = getattr(obj, "__dict__", {})
+    return all(
+        name not in replaced and getattr(type(obj), name, None) is getattr(base, name, None)
+        for name in names
+    )
 
 
 class Model:
@@ -533,7 +546,7 @@ class Model:
         """Whether :meth:`loss_and_grad` is this class's own (not replaced on the instance or
         overridden by a subclass): callers may then use its faster relatives (factored or
         stacked gradients) knowing they compute the same thing."""
-        return "loss_and_grad" not in vars(self) and type(self).loss_and_grad is Model.loss_and_grad
+        return own_methods(self, Model, ("loss_and_grad",))
 
     def copy(self) -> Model:
         """A deep copy (parameters and buffers copied)."""

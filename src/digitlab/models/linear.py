@@ -15,6 +15,7 @@ from digitlab.models.base import (
     as_generator,
     config_size,
     init_weight,
+    own_methods,
 )
 from digitlab.models.functional import (
     LinearGrad,
@@ -91,12 +92,7 @@ class LinearModel(Model):
         or :class:`SoftmaxModel` (none of :data:`STACKED_ARITHMETIC` overridden by a subclass
         or replaced on the instance): what the stacked products and the row blocks compute."""
         base = SoftmaxModel if isinstance(self, SoftmaxModel) else LogisticModel
-        if not isinstance(self, base):
-            return False
-        return all(
-            name not in vars(self) and getattr(type(self), name) is getattr(base, name)
-            for name in self.STACKED_ARITHMETIC
-        )
+        return isinstance(self, base) and own_methods(self, base, self.STACKED_ARITHMETIC)
 
     def _affine(self, X: np.ndarray) -> np.ndarray:
         z = X @ self.params["W"]

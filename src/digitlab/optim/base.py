@@ -30,6 +30,11 @@ HYPERPARAMETER_RANGES: dict[str, tuple[float, float, bool, str]] = {
     "weight_decay": (0.0, math.inf, True, "[0, inf)"),
 }
 
+#: The methods of an update rule (:class:`SlotOptimizer`'s) whose arithmetic the factored
+#: gradient paths (rank-1 updates, the velocity GEMM) replace: a rule changing one of them is
+#: given arrays.
+RULE_METHODS = ("step", "apply_one", "update")
+
 Params = dict[str, np.ndarray]
 Grads = Mapping[str, "np.ndarray | LinearGrad"]
 

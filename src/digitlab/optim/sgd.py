@@ -10,8 +10,9 @@ import numpy as np
 from digitlab import blas
 from digitlab.errors import CheckpointError
 from digitlab.kernels import NARROW_COLUMNS
+from digitlab.models.base import own_methods
 from digitlab.models.functional import LinearGrad, rank1_update_
-from digitlab.optim.base import SlotOptimizer
+from digitlab.optim.base import RULE_METHODS, SlotOptimizer
 
 
 class SGD(SlotOptimizer):
@@ -39,14 +40,11 @@ class SGD(SlotOptimizer):
     def __init__(self, momentum: float = 0.0) -> None:
         super().__init__(momentum=momentum)
 
-    #: The methods whose arithmetic the factored paths (rank-1, velocity GEMM) replace.
-    RULE_METHODS: ClassVar[tuple[str, ...]] = ("step", "apply_one", "update")
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A subclass that replaces :meth:`step`, :meth:`apply_one` or :meth:`update` gets
         factored gradients only if it says so (``supports_rank1``)."""
         super().__init_subclass__(**kwargs)
-        if any(m in vars(cls) for m in cls.RULE_METHODS) and "supports_rank1" not in vars(cls):
+        if any(m in vars(cls) for m in RULE_METHODS) and "supports_rank1" not in vars(cls):
             cls.supports_rank1 = False
 
     @property
@@ -56,12 +54,8 @@ class SGD(SlotOptimizer):
         gradient array, two passes over the velocity fewer), when NumPy's BLAS is reachable
         and :meth:`apply_one`, :meth:`update` and :meth:`step` are this class's own (a subclass
         changing the rule gets arrays)."""
-        own = (*self.RULE_METHODS, "_batch_step")
-        same = all(
-            name not in vars(self) and getattr(type(self), name) is getattr(SGD, name)
-            for name in own
-        )
-        return bool(self.momentum) and same and blas.available()
+        own = own_methods(self, SGD, (*RULE_METHODS, "_batch_step"))
+        return bool(self.momentum) and own and blas.available()
 
     @property
     def velocity(self) -> dict[str, np.ndarray]:

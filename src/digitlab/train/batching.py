@@ -16,6 +16,8 @@ import numpy as np
 
 from digitlab import blas, kernels
 from digitlab.errors import ConfigError, ShapeError
+from digitlab.models.base import own_methods
+from digitlab.optim.base import RULE_METHODS
 
 BatchSpec = int | float | str
 EvalSpec = int | float | str
@@ -201,8 +203,8 @@ def gradient_method(
     1,024, or the whole batch at once); a batch of two or more rows resolves those choices,
     which also say how a narrow gradient is multiplied.
     """
-    patched = any(m in getattr(optimizer, "__dict__", {}) for m in ("step", "apply_one", "update"))
-    if batch_size == 1 and model.own_gradient and optimizer.supports_rank1 and not patched:
+    unpatched = own_methods(optimizer, type(optimizer), RULE_METHODS)  # on the instance
+    if batch_size == 1 and model.own_gradient and optimizer.supports_rank1 and unpatched:
         return model.loss_and_grad_factored
     if batch_size > 1 and model.own_gradient:
         rows = kernels.choices(model.dtype).rows  # measured on this host (both layouts)
