@@ -358,7 +358,7 @@ class Trainer:
         self.elapsed = time.perf_counter() - self._t0
         if not evaluating:
             return None
-        if any(getattr(cb, "measure", None) for cb in self.callbacks):
+        if self._measures():
             # the measures get arrays: a factored gradient formed once, from the rows and the
             # weights it was computed at (its factors are intact until the next batch)
             grads = {
@@ -397,12 +397,17 @@ class Trainer:
             results = evaluate_splits_once(self.evaluated_splits(), self._evaluate)
         record = evaluation_record(self.model, own, results)
         if step is not None:  # callbacks written before the measure hook have none
-            for measure in filter(None, (getattr(cb, "measure", None) for cb in self.callbacks)):
+            for measure in self._measures():
                 record |= measure(self, step)
         self.last_eval_step = self.step
         for cb in self.callbacks:
             cb.on_evaluate(self, record)
         return record
+
+    def _measures(self) -> list[Callable[..., dict[str, float]]]:
+        """The callbacks' ``measure(trainer, step)`` hooks (callbacks written before the hook
+        have none)."""
+        return [m for m in (getattr(cb, "measure", None) for cb in self.callbacks) if m]
 
     def _evaluate(self, name: str, X: Any, y: np.ndarray) -> dict[str, float]:
         """:func:`evaluate` of one split; the training rows from the fit's row blocks when the
