@@ -661,10 +661,10 @@ def test_a_job_running_in_another_process_is_neither_continued_nor_removed(tmp_p
     assert json.loads((job / "metrics.json").read_text())["resumed_at_step"] == 5
 
 
-def test_a_killed_reproduce_continues_its_jobs_from_their_checkpoints(tmp_path):
-    """The whole process group killed (a closed laptop, an out-of-time session) while a loky
-    worker trains: the next ``digitlab reproduce`` continues from the last checkpoint."""
-    import signal
+def _reproduce_until_a_checkpoint(tmp_path, epochs=30):
+    """A ``digitlab reproduce`` child (its own session) whose one job trains ``epochs``
+    epochs (0.1 s each on a 2-core Zen 3) in a loky worker; returns ``(proc, command,
+    environment, job folder)`` once the job has written a checkpoint."""
     import subprocess
     import sys
     import time
@@ -674,7 +674,8 @@ def test_a_killed_reproduce_continues_its_jobs_from_their_checkpoints(tmp_path):
     exp.write_text(
         'name = "long"\nsource = "000"\nsection = "s"\ntitle = "t"\nprotocol = "p"\n'
         'figures = ["table"]\n[settings]\nmodel = "mlp"\nhidden = [64]\n'
-        'dataset = "mnist-5k"\nbatch = 16\nlr = 0.05\nepochs = 30\neval_every = 2250\n'
+        'dataset = "mnist-5k"\nbatch = 16\nlr = 0.05\n'
+        f"epochs = {epochs}\neval_every = 2250\n"
     )
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     cmd = [sys.executable, "-m", "digitlab.cli", "reproduce", str(exp), "--out", "runs",
@@ -688,6 +689,49 @@ def test_a_killed_reproduce_continues_its_jobs_from_their_checkpoints(tmp_path):
     while not (job / "checkpoint.npz").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)
+    return proc, cmd, env, job
+
+
+def _children(pid):
+    """The pids of the live processes whose parent is ``pid`` (from /proc)."""
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid):
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _gone_within(pids, seconds):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+def test_a_killed_reproduce_continues_its_jobs_from_their_checkpoints(tmp_path):
+    """The whole process group killed (a closed laptop, an out-of-time session) while a loky
+    worker trains: the next ``digitlab reproduce`` continues from the last checkpoint."""
+    import signal
+    import subprocess
+
+    proc, cmd, env, job = _reproduce_until_a_checkpoint(tmp_path)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     assert not (job / DONE).exists(), "the job ended before it was killed: make it longer"
@@ -703,6 +747,43 @@ def test_a_killed_reproduce_continues_its_jobs_from_their_checkpoints(tmp_path):
     assert metrics["resumed_at_step"] == resumed and metrics["steps"] == 30 * 225  # 3,600 rows / 16
     steps = [int(r.split(",")[0]) for r in (job / "history.csv").read_text().splitlines()[1:]]
     assert steps == [10 * 225, 20 * 225, 30 * 225]
+
+
+def test_sigterm_to_reproduce_stops_its_workers_like_ctrl_c(tmp_path):
+    """``kill`` (SIGTERM) sent to the command alone, as ``timeout``, a job scheduler or the app
+    send it: the command stops as after Ctrl-C (exit 130, one line), and its loky workers
+    stop with it instead of training on into the folder (SIGTERM's default action left them
+    running to the end of their task)."""
+    import signal
+
+    proc, _, _, job = _reproduce_until_a_checkpoint(tmp_path, epochs=300)
+    workers = _children(proc.pid)
+    assert workers, "no worker process: the job ran in the command itself"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "digitlab: interrupted" in err.splitlines()
+    assert _gone_within(workers, 15) == []
+    assert not (job / DONE).exists() and (job / "checkpoint.npz").is_file()
+
+
+def test_workers_end_when_the_command_is_killed_alone(tmp_path):
+    """SIGKILL (or the kernel's out-of-memory killer) of the command alone cannot be caught:
+    each worker sees its parent gone, stops its job as after Ctrl-C (the checkpoint kept, no
+    job.json) and ends, within seconds rather than at the end of its task."""
+    import signal
+    import time
+
+    proc, _, _, job = _reproduce_until_a_checkpoint(tmp_path, epochs=300)
+    workers = _children(proc.pid)
+    assert workers, "no worker process: the job ran in the command itself"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert _gone_within(workers, 15) == []
+    assert not (job / DONE).exists() and (job / "checkpoint.npz").is_file()
+    before = {p.name: p.stat().st_mtime_ns for p in job.iterdir()}
+    time.sleep(1.0)
+    assert {p.name: p.stat().st_mtime_ns for p in job.iterdir()} == before
 
 
 def test_reproduce_says_where_its_runs_stand_while_they_train(tmp_path, capsys, monkeypatch):

@@ -7,10 +7,13 @@ line ``digitlab: error: ...`` to stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -452,8 +455,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     """``data synth``: a tqdm bar on a terminal's stderr; SIGTERM stops like Ctrl-C (resumable)."""
-    import signal
-
     from tqdm import tqdm
 
     from digitlab.data.registry import synth
@@ -471,11 +472,7 @@ def _synth(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
+    try:  # SIGTERM raises KeyboardInterrupt too (main)
         result = synth(args.name, root=args.root, n=args.n, seed=args.seed or 0,
                        progress=progress)  # fmt: skip
     except KeyboardInterrupt:
@@ -483,7 +480,6 @@ def _synth(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)  # fmt: skip
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if bar is not None:
             bar.close()
     if result.already_complete:
@@ -1045,8 +1041,36 @@ def _checks(text: str) -> str:
     return text
 
 
+def _sigterm_as_ctrl_c(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a job scheduler, the app stopping a child) raises
+    KeyboardInterrupt, as Ctrl-C does: the command's own clean-up runs, and the experiment
+    engine stops its worker processes, which SIGTERM's default action would leave training
+    and writing into the output folder after this process had gone. A command with its own
+    handler (training's checkpoint on stop, the app's server) sets it inside and restores
+    this one. Only the main thread can handle signals: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; user errors print one line and return 2, Ctrl-C returns 130."""
+    """Run the command; user errors print one line and return 2, Ctrl-C (or SIGTERM) returns
+    130."""
+    with _sigterm_stops_like_ctrl_c():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         from digitlab import limits
