@@ -413,6 +413,41 @@ def test_redraw_after_deleting_figures_never_retrains(drawn: Path) -> None:
     assert html.read_text().count("data:image/png;base64,") == len(pngs)
 
 
+def test_figures_drawn_side_by_side_in_worker_processes_equal_those_drawn_in_turn(
+    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three experiments to draw: the report draws them in spawned processes (not this one),
+    and every PNG is the same bytes as when they are drawn one after another here."""
+    import os
+
+    from digitlab.report import document
+    from digitlab.report.rundata import find_experiments
+    from digitlab.threads import worker_threads
+
+    if worker_threads() < 2:
+        pytest.skip("one usable core: the figures are drawn in turn")
+    in_turn = Path(shutil.copytree(runs, tmp_path / "in-turn"))
+    figs, pids = document.prepare_all_figures(find_experiments(runs), redraw=False)
+    assert pids and os.getpid() not in pids
+    assert sorted(figs) == ["toy-logistic", "toy-mlp", "toy-softmax"]
+    with monkeypatch.context() as m:
+        m.setattr(document, "PARALLEL_FIGURES_FROM", 10**6)
+        figs_in_turn, pids_in_turn = document.prepare_all_figures(
+            find_experiments(in_turn), redraw=False
+        )
+    assert pids_in_turn == {os.getpid()}
+    assert [[f.kind for f in v] for v in figs.values()] == [
+        [f.kind for f in v] for v in figs_in_turn.values()
+    ]
+    pngs = sorted(p.relative_to(runs) for p in runs.rglob("figures/*.png"))
+    assert pngs == sorted(p.relative_to(in_turn) for p in in_turn.rglob("figures/*.png"))
+    assert len(pngs) >= 6
+    for rel in pngs:
+        assert (runs / rel).read_bytes() == (in_turn / rel).read_bytes(), rel
+    # drawn once: the next report keeps them and draws nothing
+    assert document.prepare_all_figures(find_experiments(runs), redraw=False)[1] == set()
+
+
 def test_fresh_figures_are_kept_and_stale_ones_redrawn(drawn: Path) -> None:
     before = _mtimes(drawn, "*.png")
     write_report(drawn)

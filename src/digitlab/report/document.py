@@ -40,7 +40,12 @@ from digitlab.report.render import (
     to_html,
     to_markdown,
 )
-from digitlab.report.rundata import ExperimentRecord, MemberRecord, find_experiments
+from digitlab.report.rundata import (
+    ExperimentRecord,
+    MemberRecord,
+    find_experiments,
+    load_experiment,
+)
 
 #: Default tolerance of an accuracy, in percentage points below the published value.
 ACC_TOLERANCE_PP = 1.0
@@ -282,6 +287,61 @@ def prepare_figures(exp: ExperimentRecord, index: int, redraw: bool) -> list[Fig
             )
         )
     return entries
+
+
+#: Fewest experiments with figures to draw for which the report draws them in worker
+#: processes (spawning one costs about a second; an experiment's figures take 1-5 s).
+PARALLEL_FIGURES_FROM = 3
+
+
+def _figures_in_worker(folder: str, index: int, redraw: bool) -> tuple[int, list[Figure]]:
+    """:func:`prepare_figures` of the experiment in ``folder``, in a worker process; with the
+    worker's pid."""
+    return os.getpid(), prepare_figures(load_experiment(folder), index, redraw)
+
+
+def prepare_all_figures(
+    exps: list[ExperimentRecord], redraw: bool
+) -> tuple[dict[str, list[Figure]], set[int]]:
+    """:func:`prepare_figures` of every experiment (numbered from 1), keyed by folder name,
+    and the pids of the processes that drew them.
+
+    Matplotlib draws on one core, and a reproduction's figures took 28 s in turn on the
+    2-core Zen 3: from :data:`PARALLEL_FIGURES_FROM` experiments with figures to draw on, the
+    experiments are drawn side by side in spawned processes, one per usable core
+    (:func:`~digitlab.threads.worker_threads`), most figures first. The figures are the same
+    bytes either way (tests/test_report.py).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from digitlab.threads import worker_threads
+
+    todo = [
+        (i, e) for i, e in enumerate(exps, start=1)
+        if redraw or any(is_stale(e, kind) for kind in e.figure_kinds)
+    ]  # fmt: skip
+    workers = min(worker_threads(), len(todo))
+    parallel = len(todo) >= PARALLEL_FIGURES_FROM and workers >= 2
+    drawn: dict[str, list[Figure]] = {}
+    pids = {os.getpid()} if todo and not parallel else set()
+    if parallel:
+        todo.sort(key=lambda t: -len(t[1].figure_kinds))
+        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+        try:
+            futures = [
+                (e, pool.submit(_figures_in_worker, str(e.folder), i, redraw)) for i, e in todo
+            ]
+            for e, future in futures:
+                pid, drawn[e.folder.name] = future.result()
+                pids.add(pid)
+        finally:  # stopped (Ctrl-C, SIGTERM, an error): the experiments being drawn end, no more
+            pool.shutdown(wait=True, cancel_futures=True)
+    out = {}
+    for i, e in enumerate(exps, start=1):  # the rest: nothing to draw, or drawn in turn
+        name = e.folder.name
+        out[name] = drawn[name] if name in drawn else prepare_figures(e, i, redraw)
+    return out, pids
 
 
 def member_label(exp: ExperimentRecord, m: MemberRecord) -> str:
@@ -648,7 +708,7 @@ def write_report(
             f"{root}: no experiment folders (*/experiment.json) in it; "
             "for run folders: digitlab report RUN_DIR..."
         )
-    figs = {e.folder.name: prepare_figures(e, i, redraw) for i, e in enumerate(exps, start=1)}
+    figs = prepare_all_figures(exps, redraw)[0]
     comps = {e.folder.name: [compare(e, p) for p in e.published] for e in exps}
     n_runs = sum(_seeds(m.repeats) for e in exps for m in e.members)
     total = (
