@@ -5,6 +5,7 @@ Everything runs on the embedded 5,000-digit sample with tiny settings."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -680,10 +681,12 @@ def _reproduce_until_a_checkpoint(tmp_path, epochs=30):
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     cmd = [sys.executable, "-m", "digitlab.cli", "reproduce", str(exp), "--out", "runs",
            "--no-report", "--jobs", "2", "--checkpoint-minutes", "0.002"]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+    # output to files: a pipe would stay open as long as any worker lives
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=out, stderr=err, text=True,
+            start_new_session=True,
+        )  # fmt: skip
     job = tmp_path / "runs" / "long" / "run"
     deadline = time.monotonic() + 120
     while not (job / "checkpoint.npz").exists() and time.monotonic() < deadline:
@@ -733,7 +736,7 @@ def test_a_killed_reproduce_continues_its_jobs_from_their_checkpoints(tmp_path):
 
     proc, cmd, env, job = _reproduce_until_a_checkpoint(tmp_path)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
+    proc.wait(timeout=60)
     assert not (job / DONE).exists(), "the job ended before it was killed: make it longer"
     killed_at = load_checkpoint(job / "checkpoint.npz")[1]["progress"]["step"]
     assert killed_at > 0
@@ -749,6 +752,29 @@ def test_a_killed_reproduce_continues_its_jobs_from_their_checkpoints(tmp_path):
     assert steps == [10 * 225, 20 * 225, 30 * 225]
 
 
+def _stop_and_watch_the_workers(tmp_path, sig):
+    """Send ``sig`` to a reproduction's command alone while its worker trains; return the
+    command's exit status, the seconds until its workers were all gone (at most 8: the
+    watch's fallback ends them only after 10), and the job folder."""
+    import signal
+    import time
+
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("finds the worker processes in /proc")
+    proc, _, _, job = _reproduce_until_a_checkpoint(tmp_path, epochs=300)
+    try:
+        workers = _children(proc.pid)
+        assert workers, "no worker process: the job ran in the command itself"
+        sent = time.monotonic()
+        os.kill(proc.pid, sig)
+        rc = proc.wait(timeout=60)
+        left = _gone_within(workers, 8)
+        return rc, left, time.monotonic() - sent, job
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+
+
 def test_sigterm_to_reproduce_stops_its_workers_like_ctrl_c(tmp_path):
     """``kill`` (SIGTERM) sent to the command alone, as ``timeout``, a job scheduler or the app
     send it: the command stops as after Ctrl-C (exit 130, one line), and its loky workers
@@ -756,30 +782,24 @@ def test_sigterm_to_reproduce_stops_its_workers_like_ctrl_c(tmp_path):
     running to the end of their task)."""
     import signal
 
-    proc, _, _, job = _reproduce_until_a_checkpoint(tmp_path, epochs=300)
-    workers = _children(proc.pid)
-    assert workers, "no worker process: the job ran in the command itself"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert "digitlab: interrupted" in err.splitlines()
-    assert _gone_within(workers, 15) == []
+    rc, left, seconds, job = _stop_and_watch_the_workers(tmp_path, signal.SIGTERM)
+    assert rc == 130 and left == []
+    assert "digitlab: interrupted" in (tmp_path / "err.txt").read_text().splitlines()
+    assert seconds < 8
     assert not (job / DONE).exists() and (job / "checkpoint.npz").is_file()
 
 
 def test_workers_end_when_the_command_is_killed_alone(tmp_path):
     """SIGKILL (or the kernel's out-of-memory killer) of the command alone cannot be caught:
     each worker sees its parent gone, stops its job as after Ctrl-C (the checkpoint kept, no
-    job.json) and ends, within seconds rather than at the end of its task."""
+    job.json) and ends, within seconds rather than at the end of its task or after its
+    idle timeout."""
     import signal
     import time
 
-    proc, _, _, job = _reproduce_until_a_checkpoint(tmp_path, epochs=300)
-    workers = _children(proc.pid)
-    assert workers, "no worker process: the job ran in the command itself"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
-    assert _gone_within(workers, 15) == []
+    rc, left, seconds, job = _stop_and_watch_the_workers(tmp_path, signal.SIGKILL)
+    assert rc == -signal.SIGKILL and left == []
+    assert seconds < 5  # the KeyboardInterrupt, not the fallback 10 s later
     assert not (job / DONE).exists() and (job / "checkpoint.npz").is_file()
     before = {p.name: p.stat().st_mtime_ns for p in job.iterdir()}
     time.sleep(1.0)

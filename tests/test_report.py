@@ -436,9 +436,15 @@ def test_figures_drawn_side_by_side_in_worker_processes_equal_those_drawn_in_tur
             find_experiments(in_turn), redraw=False
         )
     assert pids_in_turn == {os.getpid()}
-    assert [[f.kind for f in v] for v in figs.values()] == [
-        [f.kind for f in v] for v in figs_in_turn.values()
-    ]
+
+    def same_nodes(nodes, root):  # the Figure nodes, their files relative to the tree
+        return {
+            name: [dataclasses.replace(f, png=f.png and f.png.relative_to(root)) for f in v]
+            for name, v in nodes.items()
+        }
+
+    assert same_nodes(figs, runs) == same_nodes(figs_in_turn, in_turn)
+    assert [f.number for v in figs.values() for f in v][:2] == ["1.1", "1.2"]
     pngs = sorted(p.relative_to(runs) for p in runs.rglob("figures/*.png"))
     assert pngs == sorted(p.relative_to(in_turn) for p in in_turn.rglob("figures/*.png"))
     assert len(pngs) >= 6
@@ -446,6 +452,12 @@ def test_figures_drawn_side_by_side_in_worker_processes_equal_those_drawn_in_tur
         assert (runs / rel).read_bytes() == (in_turn / rel).read_bytes(), rel
     # drawn once: the next report keeps them and draws nothing
     assert document.prepare_all_figures(find_experiments(runs), redraw=False)[1] == set()
+    # one experiment stale, two fresh: too few to spawn for; the same nodes as before
+    (runs / "toy-mlp" / "experiment.json").touch()
+    again, pids = document.prepare_all_figures(find_experiments(runs), redraw=False)
+    assert pids == {os.getpid()} and same_nodes(again, runs) == same_nodes(figs, runs)
+    again, pids = document.prepare_all_figures(find_experiments(runs), redraw=True)
+    assert os.getpid() not in pids and same_nodes(again, runs) == same_nodes(figs, runs)
 
 
 def test_fresh_figures_are_kept_and_stale_ones_redrawn(drawn: Path) -> None:

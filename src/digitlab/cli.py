@@ -690,7 +690,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     out(f"open http://{args.host}:{args.port}/{query} (Ctrl-C stops)")
     if token:
         out("training from the browser is on: keep this URL private (its token allows it)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # uvicorn shuts down on SIGTERM and then raises it again: with the default action the
+    # server ends by SIGTERM, as a service manager expects, not as an interrupted command
+    ours = threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) is _sigterm_as_ctrl_c
+    )
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if ours else None
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -1053,14 +1063,16 @@ def _sigterm_stops_like_ctrl_c() -> Iterator[None]:
     and writing into the output folder after this process had gone. A command with its own
     handler (training's checkpoint on stop, the app's server) sets it inside and restores
     this one. Only the main thread can handle signals: elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not main_thread or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield  # an ignored SIGTERM stays ignored, as Python leaves an ignored SIGINT
         return
     previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:  # None: a handler set outside Python, which cannot be restored
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -191,9 +191,12 @@ def _in_parallel(jobs: list) -> list[CheckResult]:
     workers = max(1, min(len(jobs), os.cpu_count() or 1, 4))
     if workers == 1:
         return [r for job in jobs for r in job()]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         futures = [pool.submit(job) for job in jobs]
         return [r for f in futures for r in f.result()]
+    finally:  # stopped (Ctrl-C, SIGTERM): the files being checked end, the queued ones never start
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 __all__ = [

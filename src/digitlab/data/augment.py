@@ -196,8 +196,8 @@ def _draw(
     """Random (n, 2) integer shifts along one axis each and (n,) angles in degrees.
 
     For one image (single-sample SGD) the four values are drawn as scalars: the same numbers
-    from the same stream (a generator's scalar and size-1 draws agree, tests/test_augment.py)
-    at a quarter of the time (8 against 31 us).
+    from the same stream (a generator's scalar and size-1 draws agree: see
+    tests/test_data_augment.py) at a quarter of the time (8 against 31 us).
     """
     if n == 1:  # in the order of the arrays' draws below
         magnitude1 = rng.integers(0, max_shift + 1)

@@ -14,17 +14,15 @@ neither continues nor removes it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from digitlab import workers
 from digitlab.errors import ConfigError
 from digitlab.experiments.jobdata import job_data, same_data, worker_dataset
 from digitlab.experiments.plan import Job, init_folder, longest_first, merge_chains, plan_tasks
@@ -43,44 +41,6 @@ LOCK = "job.lock"
 RUNNING_ELSEWHERE = (
     "another digitlab process is running this job now; wait for it to end or stop it first"
 )
-#: Seconds between a worker's checks that the process that started it is still there.
-PARENT_POLL_SECONDS = 0.5
-#: Seconds a worker whose parent is gone gives its job to stop as after Ctrl-C before it ends.
-ORPHAN_GRACE_SECONDS = 10.0
-#: Exit status of a worker that ended because its parent was gone (as after Ctrl-C).
-EXIT_ORPHANED = 130
-#: Set while this process runs a task (read by the parent watch, to end once it is over).
-_task_running = threading.Event()
-#: Set by the parent watch once the parent is gone: the worker runs no further task.
-_orphaned = threading.Event()
-_watching: list[int] = []  # the parent this worker process watches (at most one)
-
-
-def end_with_parent(parent: int) -> None:
-    """Start watching, in a loky worker process (its initializer, :func:`backend`), the
-    process ``parent`` (a pid) that started it: once that is gone (killed with SIGKILL, or by
-    the kernel out of memory), stop this worker's job as Ctrl-C would (a KeyboardInterrupt in
-    its main thread: the job folder is closed as after any stop, its last checkpoint kept for
-    the next run) and end the worker. Without it a loky worker goes on to the end of its task,
-    training into the output folder after the command has gone, and an idle one waits for
-    its idle timeout (5 minutes) holding the command's output pipes. Does nothing in the
-    parent itself, when ``parent`` is not this process's parent or when the watch runs."""
-    if _watching or os.getpid() == parent or os.getppid() != parent:
-        return
-    _watching.append(parent)
-    main = threading.main_thread().ident
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_SECONDS)
-        _orphaned.set()  # the task, once stopped, ends the process (_run_task)
-        if main is not None and _task_running.is_set():
-            set_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-            set_exc(ctypes.c_ulong(main), ctypes.py_object(KeyboardInterrupt))
-            time.sleep(ORPHAN_GRACE_SECONDS)  # a C call may hold the main thread that long
-        os._exit(EXIT_ORPHANED)
-
-    threading.Thread(target=watch, name="digitlab-parent-watch", daemon=True).start()
 
 
 def stop_epoch(metrics: dict[str, Any]) -> int | None:
@@ -420,7 +380,7 @@ def backend(scheduler: str | None) -> Iterator[None]:
 
         with joblib.parallel_config(
             backend="loky", inner_max_num_threads=worker_threads(),
-            initializer=end_with_parent, initargs=(os.getpid(),),
+            initializer=workers.end_with_parent, initargs=(os.getpid(),),
         ):  # fmt: skip
             yield
         return
@@ -448,14 +408,11 @@ def _run_task(
 ) -> list[tuple[int, dict[str, Any]]]:
     """Run a task's groups in order (jobs that finished before are skipped); each job's
     ``job.json`` is written as soon as it finishes. In a loky worker whose parent is gone
-    (:func:`end_with_parent`) the task stops and the worker ends."""
+    (:func:`digitlab.workers.end_with_parent`) the task stops and the worker ends."""
     from digitlab.runfiles import write_json
 
     out = []
-    _task_running.set()
-    try:
-        if _orphaned.is_set():  # a task the parent sent before it went
-            raise KeyboardInterrupt
+    with workers.task():
         for group in groups:
             todo = [(i, job, init) for i, job, init in group if not job.metrics]
             if not todo:
@@ -465,10 +422,6 @@ def _run_task(
             for (i, job, _), metrics in zip(todo, results, strict=True):
                 write_json(Path(job.folder) / DONE, {"key": job.key, "settings": job.settings})
                 out.append((i, metrics))
-    finally:
-        _task_running.clear()
-        if _orphaned.is_set():  # the job folders are closed: end before the next task
-            os._exit(EXIT_ORPHANED)
     return out
 
 
@@ -493,8 +446,8 @@ def run_jobs(
         return
     with backend(scheduler):
         # a cluster's workers are not known here: its chains stay apart
-        workers = None if scheduler is not None else joblib.effective_n_jobs(n_jobs)
-        tasks = merge_chains(jobs, tasks, workers)
+        pool_size = None if scheduler is not None else joblib.effective_n_jobs(n_jobs)
+        tasks = merge_chains(jobs, tasks, pool_size)
         parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")
         calls = (
             joblib.delayed(_run_task)([[(i, jobs[i], init_folder(jobs, i)) for i in g] for g in t])

@@ -297,7 +297,10 @@ PARALLEL_FIGURES_FROM = 3
 def _figures_in_worker(folder: str, index: int, redraw: bool) -> tuple[int, list[Figure]]:
     """:func:`prepare_figures` of the experiment in ``folder``, in a worker process; with the
     worker's pid."""
-    return os.getpid(), prepare_figures(load_experiment(folder), index, redraw)
+    from digitlab import workers
+
+    with workers.task():  # stopped as after Ctrl-C if the report's process is killed
+        return os.getpid(), prepare_figures(load_experiment(folder), index, redraw)
 
 
 def prepare_all_figures(
@@ -306,28 +309,33 @@ def prepare_all_figures(
     """:func:`prepare_figures` of every experiment (numbered from 1), keyed by folder name,
     and the pids of the processes that drew them.
 
-    Matplotlib draws on one core, and a reproduction's figures took 28 s in turn on the
-    2-core Zen 3: from :data:`PARALLEL_FIGURES_FROM` experiments with figures to draw on, the
-    experiments are drawn side by side in spawned processes, one per usable core
-    (:func:`~digitlab.threads.worker_threads`), most figures first. The figures are the same
-    bytes either way (tests/test_report.py).
+    Matplotlib draws on one core: a reproduction's report took 36 s with its 60 figures drawn
+    in turn on the 2-core Zen 3. From :data:`PARALLEL_FIGURES_FROM` experiments with figures
+    to draw on, the experiments are drawn side by side in spawned processes, one per usable
+    core (:func:`~digitlab.threads.usable_cores`), most figures first: 20 s. The PNGs are the
+    same bytes either way (tests/test_report.py). The workers leave Ctrl-C to this process
+    and end with it (:func:`~digitlab.workers.quiet_worker`).
     """
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from digitlab.threads import worker_threads
+    from digitlab.threads import usable_cores
+    from digitlab.workers import quiet_worker
 
     todo = [
         (i, e) for i, e in enumerate(exps, start=1)
-        if redraw or any(is_stale(e, kind) for kind in e.figure_kinds)
+        if e.figure_kinds and (redraw or any(is_stale(e, kind) for kind in e.figure_kinds))
     ]  # fmt: skip
-    workers = min(worker_threads(), len(todo))
+    workers = min(usable_cores(), len(todo))
     parallel = len(todo) >= PARALLEL_FIGURES_FROM and workers >= 2
     drawn: dict[str, list[Figure]] = {}
     pids = {os.getpid()} if todo and not parallel else set()
     if parallel:
         todo.sort(key=lambda t: -len(t[1].figure_kinds))
-        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+        pool = ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"),
+            initializer=quiet_worker, initargs=(os.getpid(),),
+        )  # fmt: skip
         try:
             futures = [
                 (e, pool.submit(_figures_in_worker, str(e.folder), i, redraw)) for i, e in todo
