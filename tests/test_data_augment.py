@@ -297,21 +297,13 @@ def test_one_image_warps_bit_for_bit_as_it_does_inside_a_batch():
 def test_one_image_draws_the_numbers_a_batch_of_one_would(max_shift, max_rotation):
     """``_draw`` for one image uses scalar draws (a quarter of the time): the same shift, angle
     and generator state after, step after step, as the size-1 array draws it replaces."""
-
-    def arrays(n, rng):  # the batch path, forced for a batch of one
-        magnitude = rng.integers(0, max_shift + 1, size=n)
-        sign = rng.integers(0, 2, size=n) * 2 - 1
-        axis = rng.integers(0, 2, size=n)
-        angles = rng.uniform(-max_rotation, max_rotation, size=n)
-        shifts = np.zeros((n, 2), dtype=np.int64)
-        shifts[np.arange(n), axis] = magnitude * sign
-        return shifts, angles
+    from digitlab.data.augment import _draw_arrays
 
     for seed in range(20):
         fast, slow = np.random.default_rng(seed), np.random.default_rng(seed)
         for _ in range(200):
             shifts, angles = _draw(1, fast, max_shift, max_rotation)
-            want_shifts, want_angles = arrays(1, slow)
+            want_shifts, want_angles = _draw_arrays(1, slow, max_shift, max_rotation)
             assert shifts.dtype == want_shifts.dtype and angles.dtype == want_angles.dtype
             np.testing.assert_array_equal(shifts, want_shifts)
             np.testing.assert_array_equal(angles, want_angles)
