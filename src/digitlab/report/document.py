@@ -309,7 +309,7 @@ def prepare_all_figures(
     """:func:`prepare_figures` of every experiment (numbered from 1), keyed by folder name,
     and the pids of the processes that drew them.
 
-    Matplotlib draws on one core: a reproduction's report took 36 s with its 60 figures drawn
+    Matplotlib draws on one core: a reproduction's report took 36 s with its 30 figures drawn
     in turn on the 2-core Zen 3. From :data:`PARALLEL_FIGURES_FROM` experiments with figures
     to draw on, the experiments are drawn side by side in spawned processes, one per usable
     core (:func:`~digitlab.threads.usable_cores`), most figures first: 20 s. The PNGs are the
