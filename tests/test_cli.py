@@ -321,7 +321,8 @@ def test_history_csv_grows_while_training(tmp_path):
     assert seen == [0, 1, 2]  # rows written by the earlier evaluations, before the run ends
 
 
-def test_ctrl_c_saves_and_exits_130(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_and_exits_130(tmp_path, sig):
     import os
     import signal
     import time
@@ -335,11 +336,43 @@ def test_ctrl_c_saves_and_exits_130(tmp_path):
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("runs/*/*/history.csv")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert "interrupted: checkpoint saved" in stdout
     assert list(tmp_path.glob("runs/*/*/checkpoint.npz"))
+
+
+def test_serve_ends_by_sigterm_after_its_graceful_shutdown(tmp_path):
+    """Every other command turns SIGTERM into Ctrl-C (exit 130); the server shuts down on it
+    (uvicorn) and then ends by the signal itself, as a service manager expects."""
+    import os
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "digitlab.cli", "serve", "--runs", str(tmp_path), "--port",
+         str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline, up = time.monotonic() + 60, False
+        while not up and time.monotonic() < deadline and proc.poll() is None:
+            with socket.socket() as s:
+                up = s.connect_ex(("127.0.0.1", port)) == 0
+            time.sleep(0.1)
+        assert up, proc.stderr.read() if proc.poll() is not None else "not listening"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGTERM
+        assert "digitlab: interrupted" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_experiments_column_is_named_source(capsys):
