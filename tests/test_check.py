@@ -636,3 +636,32 @@ def test_crashes_prints_and_memory_hogs_stay_in_their_function(tmp_path):
     assert "MemoryError" in flagged["cross_entropy_loss"]
     loss = next(r for r in results if r.function == "cross_entropy_loss")
     assert loss.line is not None and loss.to_json()["line"] == loss.line
+
+
+def test_a_stopped_check_starts_no_more_files(monkeypatch):
+    """Ctrl-C or SIGTERM (KeyboardInterrupt) while files are checked in parallel: the files
+    being checked end, the queued ones never start (the pool used to check them all first)."""
+    import threading
+    import time
+
+    from digitlab import check
+
+    monkeypatch.setattr(check.os, "cpu_count", lambda: 2)
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def stop():
+        raise KeyboardInterrupt
+
+    def slow(i):
+        def job():
+            with lock:
+                started.append(i)
+            time.sleep(0.3)
+            return []
+
+        return job
+
+    with pytest.raises(KeyboardInterrupt):
+        check._in_parallel([stop, slow(1)] + [slow(i) for i in range(2, 12)])
+    assert len(started) <= 3 and 1 in started  # the one beside it, at most two queued ones
