@@ -3,6 +3,7 @@ function with its diagnosis, hangs and syntax errors are failed checks, the CLI'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import textwrap
 from pathlib import Path
@@ -665,3 +666,51 @@ def test_a_stopped_check_starts_no_more_files(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         check._in_parallel([stop, slow(1)] + [slow(i) for i in range(2, 12)])
     assert len(started) <= 3 and 1 in started  # the one beside it, at most two queued ones
+
+
+def test_a_learners_endless_loop_ends_with_a_killed_checker(tmp_path):
+    """The learner's code runs in a child process of its own session (so a timeout can kill
+    its whole group); if the checker itself is killed (SIGKILL) during an endless call, the
+    child notices its parent gone and ends instead of spinning on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    learner = tmp_path / "mine.py"
+    learner.write_text("def softmax(z):\n    while True:\n        pass\n")
+    checker = (
+        "import sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from digitlab.check.sandbox import Sandbox\n"
+        f"sb = Sandbox(Path({str(learner)!r}), timeout=600)\n"
+        "threading.Thread(target=lambda: sb.call('softmax', [1.0]), daemon=True).start()\n"
+        "while sb.proc is None or sb.count == 0:\n"
+        "    time.sleep(0.05)\n"
+        "print(sb.proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", checker], env=env, stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    child = int(proc.stdout.readline())
+    try:
+        time.sleep(1.0)  # the child is in the endless call now
+        assert Path(f"/proc/{child}").exists()
+        proc.kill()
+        proc.wait(timeout=30)
+        def alive():  # a zombie (not reaped by a container's init) counts as ended
+            try:
+                stat = Path(f"/proc/{child}/stat").read_text()
+            except OSError:
+                return False
+            return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+        deadline = time.monotonic() + 5
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)

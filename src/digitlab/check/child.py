@@ -454,6 +454,10 @@ def serve(runner: Runner, channel: Any) -> None:
 
 
 def main(argv: list[str]) -> None:
+    from digitlab.workers import end_with_parent
+
+    # in its own session, a learner's endless loop would outlive a killed checker: end with it
+    end_with_parent(os.getppid())
     workdir, user_file, fd, memory_mb = Path(argv[0]), Path(argv[1]), int(argv[2]), int(argv[3])
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
