@@ -12,6 +12,7 @@ import pytest
 
 from digitlab.check import check_files, enclosing_function
 from digitlab.cli import main
+from process_helpers import gone_within, start_parent
 
 # ---------------------------------------------------------------- correct files (templates)
 TASK2A = '''
@@ -674,8 +675,6 @@ def test_a_learners_endless_loop_ends_with_a_killed_checker(tmp_path):
     child notices its parent gone and ends instead of spinning on."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
     learner = tmp_path / "mine.py"
@@ -691,26 +690,13 @@ def test_a_learners_endless_loop_ends_with_a_killed_checker(tmp_path):
         "print(sb.proc.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    proc = subprocess.Popen([sys.executable, "-c", checker], env=env, stdout=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    child = int(proc.stdout.readline())
+    proc, child = start_parent(checker)
     try:
         time.sleep(1.0)  # the child is in the endless call now
         assert Path(f"/proc/{child}").exists()
         proc.kill()
         proc.wait(timeout=30)
-        def alive():  # a zombie (not reaped by a container's init) counts as ended
-            try:
-                stat = Path(f"/proc/{child}/stat").read_text()
-            except OSError:
-                return False
-            return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-        deadline = time.monotonic() + 5
-        while alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not alive()
+        assert gone_within([child], 5) == []
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)

@@ -20,6 +20,7 @@ from digitlab.experiments.folders import MARK
 from digitlab.experiments.record import comparability
 from digitlab.report import load_experiment
 from digitlab.report.document import compare, is_comparable
+from process_helpers import children, gone_within
 
 BASE = {
     "name": "rep",
@@ -695,39 +696,6 @@ def _reproduce_until_a_checkpoint(tmp_path, epochs=30):
     return proc, cmd, env, job
 
 
-def _children(pid):
-    """The pids of the live processes whose parent is ``pid`` (from /proc)."""
-    from pathlib import Path
-
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _alive(pid):
-    from pathlib import Path
-
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _gone_within(pids, seconds):
-    import time
-
-    deadline = time.monotonic() + seconds
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
-
-
 def test_a_killed_reproduce_continues_its_jobs_from_their_checkpoints(tmp_path):
     """The whole process group killed (a closed laptop, an out-of-time session) while a loky
     worker trains: the next ``digitlab reproduce`` continues from the last checkpoint."""
@@ -763,12 +731,12 @@ def _stop_and_watch_the_workers(tmp_path, sig):
         pytest.skip("finds the worker processes in /proc")
     proc, _, _, job = _reproduce_until_a_checkpoint(tmp_path, epochs=300)
     try:
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         assert workers, "no worker process: the job ran in the command itself"
         sent = time.monotonic()
         os.kill(proc.pid, sig)
         rc = proc.wait(timeout=60)
-        left = _gone_within(workers, 8)
+        left = gone_within(workers, 8)
         return rc, left, time.monotonic() - sent, job
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -5,6 +5,7 @@ is written, one run at a time, and a run stopped and resumed from the API bit-id
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from process_helpers import gone_within, start_parent
 from train_helpers import (
     LONG_RUN,
     MORE_EPOCHS,
@@ -345,3 +347,41 @@ def test_stopping_the_server_stops_its_training_as_ctrl_c_does(root: Path) -> No
         os.kill(pid, 0)
     metrics = json.loads((root / rid / "metrics.json").read_text())
     assert metrics["interrupted"] is True and (root / rid / "checkpoint.npz").is_file()
+
+
+def test_a_training_child_stops_as_by_ctrl_c_when_the_server_is_killed(tmp_path: Path) -> None:
+    """The child runs in its own session (the server's Ctrl-C reaches it once, through the
+    server): when the server is killed outright (SIGKILL, out of memory) the child stops as
+    after Ctrl-C, its checkpoint saved, instead of training on. A stand-in server starts the
+    child with the real bootstrap (``CHILD``) and is killed."""
+    import signal
+    import time
+
+    from digitlab.serve.training import CHILD
+
+    args = ["train", "--dataset", "mnist-5k", "--model", "mlp", "--hidden", "16",
+            "--epochs", "100000", "--eval-every", "5", "--out", str(tmp_path / "runs")]  # fmt: skip
+    server = (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {CHILD!r}, *{args!r}],\n"
+        "                         start_new_session=True, stdout=subprocess.DEVNULL,\n"
+        "                         stderr=subprocess.DEVNULL)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc, child = start_parent(server)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("runs/*/*/history.csv")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(tmp_path.glob("runs/*/*/history.csv")), "the training never evaluated"
+        proc.kill()
+        proc.wait(timeout=30)
+
+        assert gone_within([child], 20) == []
+        (run,) = tmp_path.glob("runs/*/*")
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["interrupted"] is True and (run / "checkpoint.npz").is_file()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)

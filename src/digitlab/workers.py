@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 #: Seconds between a worker's checks that the process that started it is still there.
 PARENT_POLL_SECONDS = 0.5
@@ -31,21 +31,30 @@ _orphaned = threading.Event()
 _watching: list[int] = []  # the parent this worker process watches (at most one)
 
 
-def end_with_parent(parent: int) -> None:
-    """Start watching, in a worker process (its initializer), the process ``parent`` (a pid)
-    that started it: once that is gone, raise KeyboardInterrupt in the main thread's running
-    :func:`task` (its clean-up runs as after Ctrl-C) and end the worker when the task is over,
-    at once when none runs, and at the latest :data:`ORPHAN_GRACE_SECONDS` later. Does nothing
-    in the parent itself, when ``parent`` is not this process's parent or when the watch
-    runs."""
+def _watch(parent: int, gone: Callable[[], None]) -> None:
+    """Call ``gone()`` in a daemon thread once ``parent`` (a pid) is no longer this process's
+    parent; nothing in the parent itself, when ``parent`` is not this process's parent or
+    when a watch runs."""
     if _watching or os.getpid() == parent or os.getppid() != parent:
         return
     _watching.append(parent)
-    main = threading.main_thread().ident
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_POLL_SECONDS)
+        gone()
+
+    threading.Thread(target=watch, name="digitlab-parent-watch", daemon=True).start()
+
+
+def end_with_parent(parent: int) -> None:
+    """Start watching, in a worker process (its initializer), the process ``parent`` (a pid)
+    that started it: once that is gone, raise KeyboardInterrupt in the main thread's running
+    :func:`task` (its clean-up runs as after Ctrl-C) and end the worker when the task is over,
+    at once when none runs, and at the latest :data:`ORPHAN_GRACE_SECONDS` later."""
+    main = threading.main_thread().ident
+
+    def gone() -> None:
         _orphaned.set()  # the task, once stopped, ends the process (task)
         if main is not None and _task_running.is_set():
             set_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
@@ -53,7 +62,15 @@ def end_with_parent(parent: int) -> None:
             time.sleep(ORPHAN_GRACE_SECONDS)  # a C call may hold the main thread that long
         os._exit(EXIT_ORPHANED)
 
-    threading.Thread(target=watch, name="digitlab-parent-watch", daemon=True).start()
+    _watch(parent, gone)
+
+
+def stop_with_parent(parent: int) -> None:
+    """For a whole command run as a child (the app's trainings, :mod:`digitlab.serve`): once
+    ``parent`` is gone, send this process SIGINT, so that the command stops as after Ctrl-C (a
+    training after its current step, with its checkpoint saved; a reproduction with its
+    workers)."""
+    _watch(parent, lambda: os.kill(os.getpid(), signal.SIGINT))
 
 
 def quiet_worker(parent: int) -> None:

@@ -63,9 +63,11 @@ REQUEST_FILE = ".train-request.toml"
 SERVER_SETTINGS = ("data_root",)
 #: The child's program: the command line, with SIGINT handled even when the server was started
 #: with it ignored (a background job of a shell without job control passes SIG_IGN on to its
-#: children, and a stop would then go unheard).
+#: children, and a stop would then go unheard), and stopped as by Ctrl-C when the server is
+#: gone (killed outright: the child runs in its own session and would train on).
 CHILD = (
-    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from digitlab.workers import stop_with_parent; stop_with_parent(os.getppid()); "
     "from digitlab.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 #: Exit status of a command stopped by Ctrl-C/SIGINT (:data:`digitlab.cli.EXIT_INTERRUPTED`).
