@@ -1,11 +1,13 @@
-"""Worker processes that end with the process that started them.
+"""Child processes that end with the process that started them.
 
-The experiment engine's loky workers and the report's figure workers are child processes of
-the command. When the command is killed outright (SIGKILL, the kernel out of memory), a
-child would go on: a loky worker trains to the end of its task, writing into the output
-folder after the command has gone, and an idle one holds the command's output pipes until
-its idle timeout. :func:`end_with_parent`, a worker's initializer, watches the parent and
-stops the worker's :func:`task` as Ctrl-C would, then ends the worker.
+The experiment engine's loky workers, the report's figure workers, the checker's learner
+process and the app's training commands are child processes. When their parent is killed
+outright (SIGKILL, the kernel out of memory), a child would go on: a loky worker trains to the
+end of its task, writing into the output folder after the command has gone, an idle one holds
+the command's output pipes until its idle timeout, a learner's endless loop spins forever and
+a training started from the browser trains on. Each watches its parent from a daemon thread:
+a worker (:func:`end_with_parent`, its initializer) stops its :func:`task` as Ctrl-C would and
+ends; a whole command run as a child (:func:`stop_with_parent`) gets SIGINT.
 """
 
 from __future__ import annotations
