@@ -422,9 +422,9 @@ def test_figures_drawn_side_by_side_in_worker_processes_equal_those_drawn_in_tur
 
     from digitlab.report import document
     from digitlab.report.rundata import find_experiments
-    from digitlab.threads import worker_threads
+    from digitlab.threads import usable_cores
 
-    if worker_threads() < 2:
+    if usable_cores() < 2:
         pytest.skip("one usable core: the figures are drawn in turn")
     in_turn = Path(shutil.copytree(runs, tmp_path / "in-turn"))
     figs, pids = document.prepare_all_figures(find_experiments(runs), redraw=False)

@@ -692,15 +692,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         out("training from the browser is on: keep this URL private (its token allows it)")
     # uvicorn shuts down on SIGTERM and then raises it again: with the default action the
     # server ends by SIGTERM, as a service manager expects, not as an interrupted command
-    ours = threading.current_thread() is threading.main_thread() and (
-        signal.getsignal(signal.SIGTERM) is _sigterm_as_ctrl_c
-    )
-    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if ours else None
-    try:
+    with _sigterm_handled_by(signal.SIG_DFL):
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -1056,18 +1049,15 @@ def _sigterm_as_ctrl_c(signum: int, frame: Any) -> NoReturn:
 
 
 @contextlib.contextmanager
-def _sigterm_stops_like_ctrl_c() -> Iterator[None]:
-    """SIGTERM (``kill``, ``timeout``, a job scheduler, the app stopping a child) raises
-    KeyboardInterrupt, as Ctrl-C does: the command's own clean-up runs, and the experiment
-    engine stops its worker processes, which SIGTERM's default action would leave training
-    and writing into the output folder after this process had gone. A command with its own
-    handler (training's checkpoint on stop, the app's server) sets it inside and restores
-    this one. Only the main thread can handle signals: elsewhere nothing changes."""
+def _sigterm_handled_by(handler: Any) -> Iterator[None]:
+    """SIGTERM handled by ``handler`` inside, the previous handler restored after. Only the
+    main thread can handle signals, and an ignored SIGTERM stays ignored (as Python leaves an
+    ignored SIGINT): there nothing changes."""
     main_thread = threading.current_thread() is threading.main_thread()
     if not main_thread or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
-        yield  # an ignored SIGTERM stays ignored, as Python leaves an ignored SIGINT
+        yield
         return
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
@@ -1077,8 +1067,15 @@ def _sigterm_stops_like_ctrl_c() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; user errors print one line and return 2, Ctrl-C (or SIGTERM) returns
-    130."""
-    with _sigterm_stops_like_ctrl_c():
+    130.
+
+    SIGTERM (``kill``, ``timeout``, a job scheduler, the app stopping a child) raises
+    KeyboardInterrupt, as Ctrl-C does: the command's own clean-up runs, and the experiment
+    engine stops its worker processes, which SIGTERM's default action would leave training
+    and writing into the output folder after this process had gone. A command with its own
+    handler (training's checkpoint on stop, the app's server) sets it inside and restores
+    this one."""
+    with _sigterm_handled_by(_sigterm_as_ctrl_c):
         return _main(argv)
 
 
