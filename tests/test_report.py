@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import functools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -414,28 +415,28 @@ def test_redraw_after_deleting_figures_never_retrains(drawn: Path) -> None:
 
 
 def test_figures_drawn_side_by_side_in_worker_processes_equal_those_drawn_in_turn(
-    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    runs: Path, tmp_path: Path
 ) -> None:
-    """Three experiments to draw: the report draws them in spawned processes (not this one),
-    and every PNG is the same bytes as when they are drawn one after another here."""
+    """Three experiments to draw: asked for processes, the report draws them in spawned
+    processes (not this one), and every PNG is the same bytes as when they are drawn one after
+    another here, a Python caller's default."""
     import os
 
     from digitlab.report import document
     from digitlab.report.rundata import find_experiments
     from digitlab.threads import usable_cores
 
-    if usable_cores() < 2:
+    cores = usable_cores()
+    if cores < 2:
         pytest.skip("one usable core: the figures are drawn in turn")
     in_turn = Path(shutil.copytree(runs, tmp_path / "in-turn"))
-    figs, pids = document.prepare_all_figures(find_experiments(runs), redraw=False)
+    figs_in_turn, pids_in_turn = document.prepare_all_figures(
+        find_experiments(in_turn), redraw=False
+    )
+    assert pids_in_turn == {os.getpid()}
+    figs, pids = document.prepare_all_figures(find_experiments(runs), False, cores)
     assert pids and os.getpid() not in pids
     assert sorted(figs) == ["toy-logistic", "toy-mlp", "toy-softmax"]
-    with monkeypatch.context() as m:
-        m.setattr(document, "PARALLEL_FIGURES_FROM", 10**6)
-        figs_in_turn, pids_in_turn = document.prepare_all_figures(
-            find_experiments(in_turn), redraw=False
-        )
-    assert pids_in_turn == {os.getpid()}
 
     def same_nodes(nodes, root):  # the Figure nodes, their files relative to the tree
         return {
@@ -451,13 +452,25 @@ def test_figures_drawn_side_by_side_in_worker_processes_equal_those_drawn_in_tur
     for rel in pngs:
         assert (runs / rel).read_bytes() == (in_turn / rel).read_bytes(), rel
     # drawn once: the next report keeps them and draws nothing
-    assert document.prepare_all_figures(find_experiments(runs), redraw=False)[1] == set()
+    assert document.prepare_all_figures(find_experiments(runs), False, cores)[1] == set()
     # one experiment stale, two fresh: too few to spawn for; the same nodes as before
     (runs / "toy-mlp" / "experiment.json").touch()
-    again, pids = document.prepare_all_figures(find_experiments(runs), redraw=False)
+    again, pids = document.prepare_all_figures(find_experiments(runs), False, cores)
     assert pids == {os.getpid()} and same_nodes(again, runs) == same_nodes(figs, runs)
-    again, pids = document.prepare_all_figures(find_experiments(runs), redraw=True)
+    again, pids = document.prepare_all_figures(find_experiments(runs), True, cores)
     assert os.getpid() not in pids and same_nodes(again, runs) == same_nodes(figs, runs)
+
+
+def test_write_report_from_a_script_without_a_main_guard(runs: Path, tmp_path: Path) -> None:
+    """A Python caller's ``write_report`` draws in its own process by default: spawned workers
+    would import an unguarded script again (running it, then failing the pool)."""
+    script = tmp_path / "mine.py"
+    script.write_text(f"from digitlab.report import write_report\nwrite_report({str(runs)!r})\n")
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (runs / "report.html").is_file() and len(list(runs.rglob("figures/*.png"))) >= 6
 
 
 def test_fresh_figures_are_kept_and_stale_ones_redrawn(drawn: Path) -> None:

@@ -645,7 +645,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if run_dirs:
         html, md = write_run_report(run_dirs, out=getattr(args, "out", None))
     else:
-        html, md = write_report(Path(args.runs), redraw=getattr(args, "redraw", False))
+        from digitlab.threads import usable_cores
+
+        html, md = write_report(Path(args.runs), redraw=getattr(args, "redraw", False),
+                                processes=usable_cores())  # fmt: skip
     out(f"report: {html} and {md}")
     return 0
 

@@ -304,29 +304,30 @@ def _figures_in_worker(folder: str, index: int, redraw: bool) -> tuple[int, list
 
 
 def prepare_all_figures(
-    exps: list[ExperimentRecord], redraw: bool
+    exps: list[ExperimentRecord], redraw: bool, processes: int = 1
 ) -> tuple[dict[str, list[Figure]], set[int]]:
     """:func:`prepare_figures` of every experiment (numbered from 1), keyed by folder name,
     and the pids of the processes that drew them.
 
     Matplotlib draws on one core: a reproduction's report took 36 s with its 30 figures drawn
-    in turn on the 2-core Zen 3. From :data:`PARALLEL_FIGURES_FROM` experiments with figures
-    to draw on, the experiments are drawn side by side in spawned processes, one per usable
-    core (:func:`~digitlab.threads.usable_cores`), most figures first: 20 s. The PNGs are the
-    same bytes either way (tests/test_report.py). The workers leave Ctrl-C to this process
-    and end with it (:func:`~digitlab.workers.quiet_worker`).
+    in turn on the 2-core Zen 3. With ``processes`` of 2 or more and from
+    :data:`PARALLEL_FIGURES_FROM` experiments with figures to draw on, the experiments are
+    drawn side by side in up to ``processes`` spawned processes, most figures first: 20 s.
+    The PNGs are the same bytes either way (tests/test_report.py). The workers leave Ctrl-C to
+    this process and end with it (:func:`~digitlab.workers.quiet_worker`). Spawned processes
+    import the caller's main script again: the command line asks for them (its script is
+    guarded), a Python caller only when its script is (``if __name__ == "__main__":``).
     """
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from digitlab.threads import usable_cores
     from digitlab.workers import quiet_worker
 
     todo = [
         (i, e) for i, e in enumerate(exps, start=1)
         if e.figure_kinds and (redraw or any(is_stale(e, kind) for kind in e.figure_kinds))
     ]  # fmt: skip
-    workers = min(usable_cores(), len(todo))
+    workers = min(processes, len(todo))
     parallel = len(todo) >= PARALLEL_FIGURES_FROM and workers >= 2
     drawn: dict[str, list[Figure]] = {}
     pids = {os.getpid()} if todo and not parallel else set()
@@ -684,7 +685,7 @@ def experiments_document(
 
 # ---------------------------------------------------------------------------------- entry
 def write_report(
-    runs_root: str | os.PathLike = "runs", *, redraw: bool = False
+    runs_root: str | os.PathLike = "runs", *, redraw: bool = False, processes: int = 1
 ) -> tuple[Path, Path]:
     """Write ``runs_root/report.html`` and ``runs_root/report.md`` from the saved runs.
 
@@ -694,6 +695,11 @@ def write_report(
         Folder holding ``<experiment>/experiment.json`` folders.
     redraw : bool
         Redraw every figure, not only those missing or older than their data.
+    processes : int
+        Processes that draw the experiments' figures side by side (1: in turn, here; more:
+        spawned, see :func:`prepare_all_figures`, which needs the caller's script guarded by
+        ``if __name__ == "__main__":``). ``digitlab report`` and ``reproduce`` use every
+        usable core.
 
     Returns
     -------
@@ -716,7 +722,7 @@ def write_report(
             f"{root}: no experiment folders (*/experiment.json) in it; "
             "for run folders: digitlab report RUN_DIR..."
         )
-    figs = prepare_all_figures(exps, redraw)[0]
+    figs = prepare_all_figures(exps, redraw, processes)[0]
     comps = {e.folder.name: [compare(e, p) for p in e.published] for e in exps}
     n_runs = sum(_seeds(m.repeats) for e in exps for m in e.members)
     total = (
