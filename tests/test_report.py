@@ -473,6 +473,15 @@ def test_write_report_from_a_script_without_a_main_guard(runs: Path, tmp_path: P
     assert (runs / "report.html").is_file() and len(list(runs.rglob("figures/*.png"))) >= 6
 
 
+@pytest.mark.parametrize("processes", [0, -1, 1.5, "2", True, None])
+def test_write_report_refuses_a_process_count_that_is_not_a_whole_number(
+    runs: Path, processes: Any
+) -> None:
+    with pytest.raises(ReportError, match="processes must be a whole number >= 1"):
+        write_report(runs, processes=processes)
+    assert not (runs / "report.html").exists() and not list(runs.rglob("figures/*.png"))
+
+
 def test_fresh_figures_are_kept_and_stale_ones_redrawn(drawn: Path) -> None:
     before = _mtimes(drawn, "*.png")
     write_report(drawn)

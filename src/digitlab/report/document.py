@@ -709,10 +709,12 @@ def write_report(
     Raises
     ------
     ReportError
-        When ``runs_root`` does not exist, holds no experiment or an ``experiment.json`` is
-        malformed (nothing is written then). A figure that
+        When ``processes`` is not a whole number >= 1, ``runs_root`` does not exist, holds no
+        experiment or an ``experiment.json`` is malformed (nothing is written then). A figure that
         cannot be drawn does not raise: the report says so in its place.
     """
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ReportError(f"processes must be a whole number >= 1, got {processes!r}")
     root = Path(runs_root)
     if not root.is_dir():
         raise ReportError(f"{root}: no such folder")
