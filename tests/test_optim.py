@@ -276,3 +276,76 @@ def test_trainer_fast_path_keyed_on_declared_capability():
     fast = Trainer(model, optimizer=SGD(), batch_size=1).gradient_function(1)
     slow = Trainer(model, optimizer=Spy(), batch_size=1).gradient_function(1)
     assert fast == model.loss_and_grad_factored and slow == model.loss_and_grad
+
+
+# ---------------------------------------------------------------- L-BFGS on row blocks (issue 23)
+def _digits(n=1500):
+    from digitlab.data import Preprocessor, load
+
+    data = load("mnist-5k")
+    return Preprocessor("scale01").fit_transform(data.x_train[:n]), data.y_train[:n]
+
+
+def test_lbfgs_on_row_blocks_reaches_the_same_optimum(monkeypatch):
+    """The float32 stage's data term comes from the row blocks (products skipping the zero
+    entries) and ends where the chunked products end."""
+    import sys
+
+    from digitlab.models import linear
+
+    lb = sys.modules["digitlab.optim.lbfgs"]
+    X, y = _digits()
+    calls = []
+    stacked = linear.stacked_loss_and_grad
+    monkeypatch.setattr(
+        linear, "stacked_loss_and_grad", lambda *a, **k: calls.append(a[1]) or stacked(*a, **k)
+    )
+    blocked = lbfgs(SoftmaxModel(784, 10, l2=1e-3), X, y)
+    assert calls and all(isinstance(b, linear.RowBlocks) for b in calls)
+    assert all(b.dtype == np.float32 for b in calls)  # only the float32 stage is laid out
+    monkeypatch.setattr(lb, "_blocks", lambda *a: None)
+    calls.clear()
+    dense = lbfgs(SoftmaxModel(784, 10, l2=1e-3), X, y)
+    assert not calls
+    # both stop at gtol 1e-6 (float64 stage, the solver's coordinates): objectives agree to ~1e-9
+    assert blocked.objective == pytest.approx(dense.objective, rel=1e-8)
+    assert blocked.converged and dense.converged
+    assert blocked.grad_norm < 1e-4 and dense.grad_norm < 1e-4
+    np.testing.assert_allclose(blocked.model.params["W"], dense.model.params["W"], atol=1e-4)
+
+
+def test_lbfgs_lays_out_blocks_only_where_they_apply():
+    import sys
+
+    from digitlab.models.linear import RowBlocks
+
+    blocks = sys.modules["digitlab.optim.lbfgs"]._blocks
+    X, y = _digits(600)
+    stages = [np.float32, np.float64]
+    assert isinstance(blocks(SoftmaxModel(784, 10), X, None, stages), RowBlocks)
+    assert blocks(SoftmaxModel(784, 10), X, np.ones(600), stages) is None  # weighted rows
+    assert blocks(SoftmaxModel(784, 10), X, None, [np.float64]) is None  # no float32 stage
+    assert blocks(SoftmaxModel(784, 10), (X * 255).astype(np.uint8), None, stages) is None
+    assert blocks(SoftmaxModel(784, 10), X + 1.0, None, stages) is None  # dense: declined
+
+    class Mine(SoftmaxModel):  # arithmetic of its own: the blocks would not compute it
+        def _affine(self, X):
+            return super()._affine(X) * 2.0
+
+    assert blocks(Mine(784, 10), X, None, stages) is None
+    got = blocks(LogisticModel(784), X.astype(np.float64), None, stages)
+    assert isinstance(got, RowBlocks) and got.dtype == np.float64  # for the float64 stage
+
+
+def test_lbfgs_weighted_rows_follow_the_unweighted_ones():
+    """Weights of one (a general product for the second moment) and no weights (a symmetric
+    one) reach the same optimum; weight 2 on a row equals the row twice."""
+    X, y = _digits(400)
+    plain = lbfgs(SoftmaxModel(784, 10, l2=1e-2), X, y)
+    ones = lbfgs(SoftmaxModel(784, 10, l2=1e-2), X, y, sample_weight=np.ones(400))
+    assert ones.objective == pytest.approx(plain.objective, rel=1e-10)
+    w = np.ones(400)
+    w[:50] = 2.0
+    twice = lbfgs(SoftmaxModel(784, 10, l2=1e-2), np.vstack([X, X[:50]]), np.r_[y, y[:50]])
+    weighted = lbfgs(SoftmaxModel(784, 10, l2=1e-2), X, y, sample_weight=w)
+    assert weighted.objective == pytest.approx(twice.objective, rel=1e-10)

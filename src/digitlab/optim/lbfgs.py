@@ -96,7 +96,15 @@ def lbfgs(
       scalar initial Hessian fits (on MNIST 56 iterations instead of 114; setting up ``P`` costs
       one ``d x d`` eigendecomposition). Gradients map back by the chain rule:
       ``dtheta_W = P (dW - mu db^T)``, ``dtheta_b = db``.
-    - Precision and memory: ``X`` is never copied; blocks are converted as they are used.
+    - Zero entries skipped: for the stage computed in ``X``'s own dtype (float32 features
+      and the default float32 start), unweighted rows of digitlab's own linear arithmetic are
+      laid out once as :class:`~digitlab.models.linear.RowBlocks`, whose products skip the
+      columns each block of rows leaves at zero (MNIST: 47% of the entries kept, a copy of
+      that share of ``X`` held during the solve; dense features are not laid out). 60,000
+      MNIST images, float32, l2 = 1e-3, 46 iterations: 4.2 -> 2.5 s with OpenBLAS's
+      SandyBridge kernels, 2.46 -> 2.38 s with its Haswell kernels.
+    - Precision and memory: otherwise ``X`` is never copied; chunks are converted as they are
+      used. The features' second moment is one symmetric product per chunk (``syrk``).
     - Threads: SciPy's L-BFGS-B does its small vector algebra in SciPy's own OpenBLAS (wheels
       ship one beside NumPy's). Two-thread calls there leave idle threads spinning that halve
       the speed of NumPy's next matrix product (33 ms -> 70-120 ms per evaluation on two
@@ -116,10 +124,14 @@ def lbfgs(
     stages = [dtype] if same else [start_dtype, dtype]
     theta = coords.to_theta(model.params)
     n_iter = 0
+    blocks = _blocks(model, X, w, stages)
     with _scipy_blas_single_threaded():
         for i, stage_dtype in enumerate(stages):
             last = i == len(stages) - 1
-            fun = _stage_objective(model.astype(stage_dtype), model, coords, (X, y, w), chunk_rows)
+            rows = blocks if blocks is not None and blocks.dtype == stage_dtype else None
+            fun = _stage_objective(
+                model.astype(stage_dtype), model, coords, (X, y, w), chunk_rows, rows
+            )
             res = minimize(
                 fun,
                 theta,
@@ -148,15 +160,36 @@ def lbfgs(
     )
 
 
+def _blocks(model: Model, X: np.ndarray, w: np.ndarray | None, stages: list[Any]) -> Any:
+    """``X`` as :class:`~digitlab.models.linear.RowBlocks` for the stage computed in ``X``'s
+    own dtype, or None: unweighted rows of digitlab's own linear arithmetic, features that are
+    mostly zero (:func:`~digitlab.models.linear.row_blocks` declines dense ones)."""
+    from digitlab.models.linear import LinearModel, row_blocks
+
+    if w is not None or X.dtype not in [np.dtype(d) for d in stages] or X.shape[0] < 2:
+        return None
+    if not (isinstance(model, LinearModel) and model.own_arithmetic):
+        return None
+    return row_blocks(X)
+
+
 def _stage_objective(
-    m: Model, model: Model, coords: _Coordinates, data: tuple[Any, Any, Any], chunk_rows: int
+    m: Model,
+    model: Model,
+    coords: _Coordinates,
+    data: tuple[Any, Any, Any],
+    chunk_rows: int,
+    blocks: Any = None,
 ) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
     """The objective and its gradient in the solver's coordinates, for one stage.
 
     The data term is computed by ``m`` (``model`` in the stage's precision, its penalty
-    removed); the penalty, cheap, in float64 from theta (a float32 penalty adds rounding
-    noise to f that stalls the line search near the optimum).
+    removed), from ``blocks`` (the rows as RowBlocks in that precision) where given; the
+    penalty, cheap, in float64 from theta (a float32 penalty adds rounding noise to f that
+    stalls the line search near the optimum).
     """
+    from digitlab.models.linear import stacked_loss_and_grad
+
     X, y, w = data
     l2, penalized = model.l2, model.penalized
     m.l2 = 0.0
@@ -165,7 +198,10 @@ def _stage_objective(
         params = coords.params(t)
         for k, v in params.items():
             m.params[k][...] = v
-        loss, grads = m.loss_and_grad(X, y, chunk_rows=chunk_rows, sample_weight=w)
+        if blocks is not None:  # the products skip the features' zero entries
+            loss, grads = stacked_loss_and_grad([m], blocks, y)[0]
+        else:
+            loss, grads = m.loss_and_grad(X, y, chunk_rows=chunk_rows, sample_weight=w)
         grads = {k: g.astype(np.float64) for k, g in grads.items()}
         for k in penalized:
             loss += l2 * float(np.vdot(params[k], params[k]))
@@ -205,13 +241,14 @@ class _Coordinates:
         # float32 GEMMs for float32 (or integer) features, float64 ones for float64 features
         dtype = np.float64 if X.dtype == np.float64 else np.float32
         for start in range(0, n, chunk_rows):
-            block = X[start : start + chunk_rows].astype(dtype)
-            w = np.ones(block.shape[0], dtype) if weight is None else (
-                weight[start : start + chunk_rows].astype(dtype))  # fmt: skip
-            wblock = block * w[:, None]
+            block = X[start : start + chunk_rows].astype(dtype, copy=False)
+            if weight is None:  # block.T @ block is one symmetric product (BLAS syrk): half
+                wblock, m = block, m + block.shape[0]  # the multiply-adds of a general one
+            else:
+                w = weight[start : start + chunk_rows].astype(dtype)
+                wblock, m = block * w[:, None], m + float(w.sum(dtype=np.float64))
             s1 += wblock.sum(axis=0, dtype=np.float64)  # blocks summed in float64
             s2 += wblock.T @ block if full else np.einsum("ij,ij->j", wblock, block)
-            m += float(w.sum(dtype=np.float64))
         # rounded to float32: rounding noise of the sums (another row order, a weight 2 for a
         # repeated row) then leaves the coordinates unchanged, and with them the solver's path
         mean = (s1 / m).astype(np.float32).astype(np.float64)
