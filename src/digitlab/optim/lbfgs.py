@@ -101,8 +101,9 @@ def lbfgs(
       laid out once as :class:`~digitlab.models.linear.RowBlocks`, whose products skip the
       columns each block of rows leaves at zero (MNIST: 47% of the entries kept, a copy of
       that share of ``X`` held during the solve; dense features are not laid out). 60,000
-      MNIST images, float32, l2 = 1e-3, 46 iterations: 4.2 -> 2.5 s with OpenBLAS's
-      SandyBridge kernels, 2.46 -> 2.38 s with its Haswell kernels.
+      MNIST images, float32, l2 = 1e-3, 46 iterations, with the symmetric product below:
+      4.82 -> 3.13 s with OpenBLAS's SandyBridge kernels, 3.66 -> 3.31 s with its Haswell
+      kernels (README).
     - Precision and memory: otherwise ``X`` is never copied; chunks are converted as they are
       used. The features' second moment is one symmetric product per chunk (``syrk``).
     - Threads: SciPy's L-BFGS-B does its small vector algebra in SciPy's own OpenBLAS (wheels
