@@ -146,6 +146,9 @@ def lbfgs(
                 },
             )
             theta, n_iter = res.x, n_iter + int(res.nit)
+            if rows is not None:  # only one stage computes in X's dtype: free the layout
+                blocks = rows = None
+                del fun  # its closure holds the layout too
         result_model = model.astype(np.float64)
         for k, v in coords.params(theta).items():
             result_model.params[k][...] = v
@@ -251,7 +254,8 @@ class _Coordinates:
             s1 += wblock.sum(axis=0, dtype=np.float64)  # blocks summed in float64
             s2 += wblock.T @ block if full else np.einsum("ij,ij->j", wblock, block)
         # rounded to float32: rounding noise of the sums (another row order, a weight 2 for a
-        # repeated row) then leaves the coordinates unchanged, and with them the solver's path
+        # repeated row, the symmetric product of unweighted rows) then mostly leaves the
+        # coordinates unchanged, and with them the solver's path
         mean = (s1 / m).astype(np.float32).astype(np.float64)
         cov = (s2 / m).astype(np.float32).astype(np.float64)
         if self.has_b:  # centred: the bias absorbs the mean
