@@ -30,12 +30,22 @@ def _arrays(n: int, p: int, q: int, dtype: type, seed: int = 0) -> tuple[np.ndar
 
 
 def test_numpy_wheels_blas_is_found():
-    """NumPy's wheels ship scipy-openblas: then the direct call must be reachable (a broken
-    discovery would silently fall back and lose the fused step)."""
+    """NumPy's wheels ship scipy-openblas: then the direct call must be reachable and compute
+    ``beta C + A^T B`` (a broken discovery or signature would silently fall back and lose the
+    fused step). Whether it is *used* is the probe's verdict: bit for bit NumPy's numbers, which
+    OpenBLAS's SkylakeX kernels (AVX-512 hosts) do not give on small products."""
     config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
     if config.get("name") != "scipy-openblas":
         pytest.skip("NumPy built against another BLAS")
-    assert blas.available()
+    fns = blas.bound_functions()
+    assert fns is not None
+    for dtype in (np.float32, np.float64):
+        a, b, c = _arrays(128, 784, 400, dtype)
+        expected = c * dtype(0.9) + a.T @ b
+        blas._call(fns[np.dtype(dtype)], c, a, b, 0.9)
+        np.testing.assert_allclose(c, expected, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                   atol=1e-3 if dtype == np.float32 else 1e-10)  # fmt: skip
+    assert blas.available() == blas._exact(fns)
 
 
 @needs_blas

@@ -76,6 +76,14 @@ def _gemm_functions() -> dict[np.dtype, Any] | None:
     reached, disagrees, or is turned off."""
     if os.environ.get(ENV, "").strip().lower() in ("0", "off", "false", "no"):
         return None
+    fns = bound_functions()
+    return fns if fns is not None and _exact(fns) else None
+
+
+def bound_functions() -> dict[np.dtype, Any] | None:
+    """``{float32: sgemm, float64: dgemm}`` of NumPy's own BLAS bound with their C signatures,
+    before any check of their numbers; None where that library cannot be found or lacks the
+    symbols."""
     path = _numpy_blas_path()
     if path is None:
         return None
@@ -97,7 +105,7 @@ def _gemm_functions() -> dict[np.dtype, Any] | None:
             fn.argtypes = [i, i, i, n, n, n, real, p, n, p, n, real, p, n]
             fn.restype = None
             fns[dtype] = fn
-        return fns if _exact(fns) else None
+        return fns
     return None
 
 
