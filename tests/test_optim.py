@@ -303,7 +303,7 @@ def test_lbfgs_on_row_blocks_reaches_the_same_optimum(monkeypatch):
     blocked = lbfgs(SoftmaxModel(784, 10, l2=1e-3), X, y)
     assert calls and all(isinstance(b, linear.RowBlocks) for b in calls)
     assert all(b.dtype == np.float32 for b in calls)  # only the float32 stage is laid out
-    monkeypatch.setattr(lb, "_blocks", lambda *a: None)
+    monkeypatch.setattr(lb, "_blocked", lambda *a: False)
     calls.clear()
     dense = lbfgs(SoftmaxModel(784, 10, l2=1e-3), X, y)
     assert not calls
@@ -314,27 +314,33 @@ def test_lbfgs_on_row_blocks_reaches_the_same_optimum(monkeypatch):
     np.testing.assert_allclose(blocked.model.params["W"], dense.model.params["W"], atol=1e-4)
 
 
-def test_lbfgs_lays_out_blocks_only_where_they_apply():
+def test_lbfgs_lays_out_blocks_only_where_they_apply(monkeypatch):
     import sys
 
-    from digitlab.models.linear import RowBlocks
+    from digitlab.models import linear
 
-    blocks = sys.modules["digitlab.optim.lbfgs"]._blocks
+    blocked = sys.modules["digitlab.optim.lbfgs"]._blocked
     X, y = _digits(600)
-    stages = [np.float32, np.float64]
-    assert isinstance(blocks(SoftmaxModel(784, 10), X, None, stages), RowBlocks)
-    assert blocks(SoftmaxModel(784, 10), X, np.ones(600), stages) is None  # weighted rows
-    assert blocks(SoftmaxModel(784, 10), X, None, [np.float64]) is None  # no float32 stage
-    assert blocks(SoftmaxModel(784, 10), (X * 255).astype(np.uint8), None, stages) is None
-    assert blocks(SoftmaxModel(784, 10), X + 1.0, None, stages) is None  # dense: declined
+    assert blocked(SoftmaxModel(784, 10), X, None, np.float32)
+    assert not blocked(SoftmaxModel(784, 10), X, np.ones(600), np.float32)  # weighted rows
+    assert not blocked(SoftmaxModel(784, 10), X, None, np.float64)  # not the stage in X's dtype
+    assert not blocked(SoftmaxModel(784, 10), (X * 255).astype(np.uint8), None, np.float32)
 
     class Mine(SoftmaxModel):  # arithmetic of its own: the blocks would not compute it
         def _affine(self, X):
             return super()._affine(X) * 2.0
 
-    assert blocks(Mine(784, 10), X, None, stages) is None
-    got = blocks(LogisticModel(784), X.astype(np.float64), None, stages)
-    assert isinstance(got, RowBlocks) and got.dtype == np.float64  # for the float64 stage
+    assert not blocked(Mine(784, 10), X, None, np.float32)
+    assert blocked(LogisticModel(784), X.astype(np.float64), None, np.float64)
+    calls = []  # dense features: the layout is declined, the chunked products kept
+    stacked = linear.stacked_loss_and_grad
+    monkeypatch.setattr(
+        linear, "stacked_loss_and_grad", lambda *a, **k: calls.append(a[1]) or stacked(*a, **k)
+    )
+    lbfgs(SoftmaxModel(784, 10, l2=1e-2), X[:200] + 1.0, y[:200], max_iter=5)
+    assert not calls
+    lbfgs(SoftmaxModel(784, 10, l2=1e-2), X[:200], y[:200], max_iter=5)
+    assert calls  # the spy sees the blocked products where they apply
 
 
 def test_lbfgs_weighted_rows_follow_the_unweighted_ones():

@@ -100,7 +100,7 @@ def lbfgs(
       and the default float32 start), unweighted rows of digitlab's own linear arithmetic are
       laid out once as :class:`~digitlab.models.linear.RowBlocks`, whose products skip the
       columns each block of rows leaves at zero (MNIST: 47% of the entries kept, a copy of
-      that share of ``X`` held during the solve; dense features are not laid out). 60,000
+      that share of ``X`` held during that stage; dense features are not laid out). 60,000
       MNIST images, float32, l2 = 1e-3, 46 iterations, with the symmetric product below:
       4.82 -> 3.13 s with OpenBLAS's SandyBridge kernels, 3.66 -> 3.31 s with its Haswell
       kernels (README).
@@ -125,14 +125,11 @@ def lbfgs(
     stages = [dtype] if same else [start_dtype, dtype]
     theta = coords.to_theta(model.params)
     n_iter = 0
-    blocks = _blocks(model, X, w, stages)
     with _scipy_blas_single_threaded():
         for i, stage_dtype in enumerate(stages):
             last = i == len(stages) - 1
-            rows = blocks if blocks is not None and blocks.dtype == stage_dtype else None
-            fun = _stage_objective(
-                model.astype(stage_dtype), model, coords, (X, y, w), chunk_rows, rows
-            )
+            # the next stage's objective replaces this one's, and with it any row layout
+            fun = _stage_objective(model.astype(stage_dtype), model, coords, (X, y, w), chunk_rows)
             res = minimize(
                 fun,
                 theta,
@@ -146,9 +143,6 @@ def lbfgs(
                 },
             )
             theta, n_iter = res.x, n_iter + int(res.nit)
-            if rows is not None:  # only one stage computes in X's dtype: free the layout
-                blocks = rows = None
-                del fun  # its closure holds the layout too
         result_model = model.astype(np.float64)
         for k, v in coords.params(theta).items():
             result_model.params[k][...] = v
@@ -164,48 +158,42 @@ def lbfgs(
     )
 
 
-def _blocks(model: Model, X: np.ndarray, w: np.ndarray | None, stages: list[Any]) -> Any:
-    """``X`` as :class:`~digitlab.models.linear.RowBlocks` for the stage computed in ``X``'s
-    own dtype, or None: unweighted rows of digitlab's own linear arithmetic, features that are
-    mostly zero (:func:`~digitlab.models.linear.row_blocks` declines dense ones)."""
-    from digitlab.models.linear import LinearModel, row_blocks
+def _blocked(model: Model, X: np.ndarray, w: np.ndarray | None, dtype: Any) -> bool:
+    """Whether the stage computed in ``dtype`` reads ``X`` laid out in row blocks: ``X`` in
+    that dtype, unweighted rows, digitlab's own linear arithmetic."""
+    from digitlab.models.linear import LinearModel
 
-    if w is not None or X.dtype not in [np.dtype(d) for d in stages] or X.shape[0] < 2:
-        return None
-    if not (isinstance(model, LinearModel) and model.own_arithmetic):
-        return None
-    return row_blocks(X)
+    linear = isinstance(model, LinearModel) and model.own_arithmetic
+    return w is None and X.dtype == np.dtype(dtype) and linear
 
 
 def _stage_objective(
-    m: Model,
-    model: Model,
-    coords: _Coordinates,
-    data: tuple[Any, Any, Any],
-    chunk_rows: int,
-    blocks: Any = None,
+    m: Model, model: Model, coords: _Coordinates, data: tuple[Any, Any, Any], chunk_rows: int
 ) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
     """The objective and its gradient in the solver's coordinates, for one stage.
 
     The data term is computed by ``m`` (``model`` in the stage's precision, its penalty
-    removed), from ``blocks`` (the rows as RowBlocks in that precision) where given; the
-    penalty, cheap, in float64 from theta (a float32 penalty adds rounding noise to f that
-    stalls the line search near the optimum).
+    removed), from the rows laid out in blocks on its first call where :func:`_blocked` (the
+    trainer's full-batch layout, :class:`~digitlab.train.batching.BlockedFullBatch`, which
+    keeps the chunked products for dense features); the penalty, cheap, in float64 from theta
+    (a float32 penalty adds rounding noise to f that stalls the line search near the optimum).
     """
-    from digitlab.models.linear import stacked_loss_and_grad
+    from digitlab.train.batching import BlockedFullBatch
 
     X, y, w = data
     l2, penalized = model.l2, model.penalized
     m.l2 = 0.0
 
+    def chunked(X: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        return m.loss_and_grad(X, y, chunk_rows=chunk_rows, sample_weight=w)
+
+    data_term = BlockedFullBatch(m, X, chunked) if _blocked(model, X, w, m.dtype) else chunked
+
     def fun(t: np.ndarray) -> tuple[float, np.ndarray]:
         params = coords.params(t)
         for k, v in params.items():
             m.params[k][...] = v
-        if blocks is not None:  # the products skip the features' zero entries
-            loss, grads = stacked_loss_and_grad([m], blocks, y)[0]
-        else:
-            loss, grads = m.loss_and_grad(X, y, chunk_rows=chunk_rows, sample_weight=w)
+        loss, grads = data_term(X, y)
         grads = {k: g.astype(np.float64) for k, g in grads.items()}
         for k in penalized:
             loss += l2 * float(np.vdot(params[k], params[k]))
